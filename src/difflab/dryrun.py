@@ -1,0 +1,21 @@
+"""`--dry-run`: build the model a config describes and say what it is, without data or training."""
+
+from __future__ import annotations
+
+from .config import Config
+from .models import build_model, count_parameters
+
+
+def describe(cfg: Config) -> dict:
+    c, size = (1, 28)
+    if cfg.data.vae_checkpoint:
+        from .latent import latent_shape_of
+
+        c, size, _ = latent_shape_of(cfg)
+    model = build_model(cfg.model, in_channels=c, image_size=size)
+    return {
+        "config": cfg.name,
+        "architecture": cfg.model.architecture,
+        "target": cfg.diffusion.target,
+        "params": count_parameters(model),
+    }

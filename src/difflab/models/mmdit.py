@@ -1,0 +1,205 @@
+"""MMDiT: the two-stream, joint-attention Transformer of SD3 (Esser et al. 2024, Sec. 4).
+
+Two sequences of tokens travel side by side, each with its own weights:
+the image patch tokens and the conditioning tokens. In SD3 the conditioning
+tokens are text-encoder outputs; on MNIST they are `cond_tokens` learned
+vectors per class (the null class, label 10, has its own). In every block
+both streams project to queries, keys and values, are concatenated along the
+token axis into ONE attention, and are split back ("joint attention", Fig. 2b).
+So image tokens read the class tokens and the class tokens read the image.
+
+A second, pooled route drives adaLN-Zero modulation in every block:
+c = t_emb + pooled(y), as SD3 adds its pooled CLIP vector to the timestep embedding.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+from ..config import ModelConfig
+from .dit import (
+    QKV,
+    FinalLayer,
+    Modulation,
+    ModulationOut,
+    PatchEmbed,
+    attention,
+    check_shapes,
+    init_linears,
+    layer_norm,
+    mlp,
+    sincos_pos_embed_2d,
+    unpatchify,
+)
+from .layers import NUM_CLASSES, LabelEmbedder, TimestepEmbedder
+
+
+class Stream(nn.Module):
+    """One stream's own weights in a joint block: modulation, norms, QKV, output projection, MLP."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float,
+        qk_norm: bool = False,
+        dropout: float = 0.0,
+        pre_only: bool = False,
+    ):
+        super().__init__()
+        # pre_only: in the last block the conditioning stream only lends keys and values;
+        # its own output would never be read, so SD3 drops its queries, projection and MLP.
+        self.pre_only = pre_only
+        self.mod = Modulation(dim, sets=1, gated=False) if pre_only else Modulation(dim, sets=2)
+        self.norm1 = layer_norm(dim)
+        self.qkv = QKV(dim, num_heads, qk_norm, queries=not pre_only)
+        if not pre_only:
+            self.proj = nn.Linear(dim, dim)
+            self.norm2 = layer_norm(dim)
+            self.mlp = mlp(dim, mlp_ratio, dropout)
+
+    def prepare(
+        self, x: torch.Tensor, attn_mod: ModulationOut
+    ) -> tuple[Optional[torch.Tensor], torch.Tensor, torch.Tensor]:
+        """Tokens -> modulated LayerNorm -> (q, k, v), each (B, H, T, Dh); q is None if pre_only."""
+        return self.qkv(attn_mod.apply(self.norm1(x)))
+
+    def residual(
+        self, x: torch.Tensor, attn_out: torch.Tensor, attn_mod: ModulationOut, mlp_mod: ModulationOut
+    ) -> torch.Tensor:
+        """The two gated residual updates of adaLN-Zero: attention output, then the MLP."""
+        x = x + attn_mod.gate * self.proj(attn_out)  # (B, T, D)
+        return x + mlp_mod.gate * self.mlp(mlp_mod.apply(self.norm2(x)))  # (B, T, D)
+
+
+class MMDiTBlock(nn.Module):
+    """Joint-attention block: separate weights per stream, one attention over both (SD3 Fig. 2b)."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float,
+        qk_norm: bool = False,
+        dropout: float = 0.0,
+        last: bool = False,
+    ):
+        super().__init__()
+        self.img = Stream(dim, num_heads, mlp_ratio, qk_norm, dropout)
+        self.cond = Stream(dim, num_heads, mlp_ratio, qk_norm, dropout, pre_only=last)
+
+    def forward(
+        self, x: torch.Tensor, ctx: torch.Tensor, c: torch.Tensor
+    ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """x: (B, N, D) image tokens, ctx: (B, M, D) conditioning tokens, c: (B, D)."""
+        N = x.shape[1]
+        # 1. modulate: each stream computes its own (shift, scale, gate) from c = t_emb + pooled
+        img_attn, img_mlp = self.img.mod(c)  # fields (B, 1, D)
+        cond_mods = self.cond.mod(c)  # [attn, mlp]; only [attn] (no gate) in the last block
+
+        # 2. prepare image tokens for attention
+        img_q, img_k, img_v = self.img.prepare(x, img_attn)  # each (B, H, N, Dh)
+
+        # 3. prepare conditioning tokens for attention, with the conditioning stream's weights
+        # (in the last block there are no conditioning queries: cond_q is None)
+        cond_q, cond_k, cond_v = self.cond.prepare(ctx, cond_mods[0])  # each (B, H, M, Dh)
+
+        # 4. joint attention: one sequence [cond; image], every query sees the keys of both streams
+        k = torch.cat([cond_k, img_k], dim=2)  # (B, H, M+N, Dh)
+        v = torch.cat([cond_v, img_v], dim=2)  # (B, H, M+N, Dh)
+        q = img_q if cond_q is None else torch.cat([cond_q, img_q], dim=2)  # (B, H, M+N, Dh)
+        out = attention(q, k, v)  # (B, M+N, D) or (B, N, D)
+
+        # 5. split back into the two streams (cond_out is empty in the last block)
+        cond_out, img_out = out[:, :-N], out[:, -N:]  # (B, M, D), (B, N, D)
+
+        # 6. gated residuals and MLPs, each stream with its own weights
+        x = self.img.residual(x, img_out, img_attn, img_mlp)  # (B, N, D)
+        if self.cond.pre_only:
+            return x, None
+        ctx = self.cond.residual(ctx, cond_out, *cond_mods)  # (B, M, D)
+        return x, ctx
+
+
+class MMDiT(nn.Module):
+    """Patch tokens and per-class tokens -> MMDiT blocks -> final layer on the image tokens."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        image_size: int,
+        patch_size: int,
+        hidden_size: int,
+        depth: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        cond_tokens: int = 4,
+        qk_norm: bool = False,
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        self.in_channels, self.patch_size = in_channels, patch_size
+        self.hidden_size, self.cond_tokens = hidden_size, cond_tokens
+        self.grid = image_size // patch_size  # tokens per side
+        self.patch_embed = PatchEmbed(in_channels, hidden_size, patch_size)
+        pos_embed = sincos_pos_embed_2d(hidden_size, self.grid, self.grid)  # (1, N, D), fixed
+        self.register_buffer("pos_embed", pos_embed, persistent=False)
+        self.t_embed = TimestepEmbedder(hidden_size)
+        # the pooled route, like SD3's pooled CLIP embedding: one vector per class, added to t_emb
+        self.pooled_embed = LabelEmbedder(hidden_size)
+        # the token route, standing where SD3 has text-encoder tokens: cond_tokens vectors per class
+        self.cond_embed = nn.Embedding(NUM_CLASSES + 1, cond_tokens * hidden_size)
+        self.blocks = nn.ModuleList(
+            MMDiTBlock(hidden_size, num_heads, mlp_ratio, qk_norm, dropout, last=(i == depth - 1))
+            for i in range(depth)
+        )
+        self.final = FinalLayer(hidden_size, patch_size, in_channels)
+        self.initialize_weights()
+
+    def initialize_weights(self) -> None:
+        """DiT's initialisation applied to both streams."""
+        # 1. every Linear: Xavier-uniform weights, zero biases
+        init_linears(self.blocks)
+        init_linears(self.t_embed)
+        # 2. embeddings: small normal, like ViT
+        nn.init.normal_(self.pooled_embed.table.weight, std=0.02)
+        nn.init.normal_(self.cond_embed.weight, std=0.02)
+        nn.init.normal_(self.t_embed.mlp[0].weight, std=0.02)
+        nn.init.normal_(self.t_embed.mlp[2].weight, std=0.02)
+        # 3. adaLN-Zero: zero both streams' modulation -> each block is the identity on both streams
+        for block in self.blocks:
+            for stream in (block.img, block.cond):
+                nn.init.zeros_(stream.mod.lin.weight)
+                nn.init.zeros_(stream.mod.lin.bias)
+        # 4. the final layer (modulation and output Linear) was zeroed in FinalLayer.__init__
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """x: (B, C, H, W), t: (B,) already scaled to [0, 1000], y: (B,) labels in 0..10."""
+        B = x.shape[0]
+        img = self.patch_embed(x) + self.pos_embed  # (B, N, D)
+        ctx = self.cond_embed(y).view(B, self.cond_tokens, self.hidden_size)  # (B, M, D)
+        c = self.t_embed(t) + self.pooled_embed(y)  # (B, D)
+        for block in self.blocks:
+            img, ctx = block(img, ctx, c)  # (B, N, D), (B, M, D); ctx is None after the last block
+        out = self.final(img, c)  # image stream only: (B, N, p*p*C)
+        return unpatchify(out, self.in_channels, self.patch_size, self.grid, self.grid)  # (B, C, H, W)
+
+
+def build_mmdit(cfg: ModelConfig, in_channels: int, image_size: int) -> MMDiT:
+    """MMDiT from the `model:` section of a config."""
+    check_shapes(cfg, image_size)
+    return MMDiT(
+        in_channels=in_channels,
+        image_size=image_size,
+        patch_size=cfg.patch_size,
+        hidden_size=cfg.hidden_size,
+        depth=cfg.depth,
+        num_heads=cfg.num_heads,
+        mlp_ratio=cfg.mlp_ratio,
+        cond_tokens=cfg.cond_tokens,
+        qk_norm=cfg.qk_norm,
+        dropout=cfg.dropout,
+    )

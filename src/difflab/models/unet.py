@@ -1,0 +1,177 @@
+"""The U-Net of DDPM and Stable Diffusion, sized for 28x28 digits.
+
+Ronneberger et al. 2015 for the shape; Ho et al. 2020 (App. B) for the diffusion
+version: residual blocks that receive the time embedding, self-attention at the
+lowest resolution, skip connections from every down block to the up path.
+SD1/SD2 add text cross-attention; here the class label is added to the time
+embedding instead (Dhariwal & Nichol 2021, Sec. 4), with a null class for guidance.
+
+Shapes for the default config (channels 32, channel_mult [1, 2, 2]):
+28x28x32 -> 14x14x64 -> 7x7x64 (+ attention) -> back up to 28x28x32 -> 28x28x1.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import ModelConfig
+from .layers import LabelEmbedder, TimestepEmbedder
+
+
+def norm(channels: int) -> nn.GroupNorm:
+    """GroupNorm with 8 groups (32 in SD; our channel counts are small)."""
+    return nn.GroupNorm(min(8, channels), channels)
+
+
+def zero_init(module: nn.Module) -> nn.Module:
+    """Zero the last layer of a residual branch so each block starts as the identity."""
+    for p in module.parameters():
+        nn.init.zeros_(p)
+    return module
+
+
+class ResBlock(nn.Module):
+    """Two 3x3 convolutions with the (time + class) embedding added in between."""
+
+    def __init__(self, in_ch: int, out_ch: int, emb_dim: int, dropout: float):
+        super().__init__()
+        self.norm1, self.conv1 = norm(in_ch), nn.Conv2d(in_ch, out_ch, 3, padding=1)
+        self.emb = nn.Linear(emb_dim, out_ch)
+        self.norm2, self.dropout = norm(out_ch), nn.Dropout(dropout)
+        self.conv2 = zero_init(nn.Conv2d(out_ch, out_ch, 3, padding=1))
+        self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))  # (B, out, H, W)
+        h = h + self.emb(F.silu(emb))[:, :, None, None]  # broadcast over H, W
+        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        return self.skip(x) + h
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention over the H*W positions (Vaswani et al. 2017)."""
+
+    def __init__(self, channels: int, num_heads: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.norm = norm(channels)
+        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+        self.proj = zero_init(nn.Conv2d(channels, channels, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        qkv = self.qkv(self.norm(x)).reshape(b, 3, self.num_heads, c // self.num_heads, h * w)
+        q, k, v = qkv.transpose(-1, -2).unbind(1)  # each (B, heads, HW, c / heads)
+        out = F.scaled_dot_product_attention(q, k, v)  # (B, heads, HW, c / heads)
+        out = out.transpose(-1, -2).reshape(b, c, h, w)
+        return x + self.proj(out)
+
+
+class Downsample(nn.Module):
+    """Halve H and W with a strided convolution (28 -> 14 -> 7)."""
+
+    def __init__(self, ch: int):
+        super().__init__()
+        self.conv = nn.Conv2d(ch, ch, 3, stride=2, padding=1)
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+class Upsample(nn.Module):
+    """Double H and W (nearest neighbour), then a 3x3 convolution."""
+
+    def __init__(self, ch: int):
+        super().__init__()
+        self.conv = nn.Conv2d(ch, ch, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+class UNet(nn.Module):
+    """(x_t, 1000 t, y) -> output of the same shape as x_t."""
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        channels: int = 32,
+        channel_mult: tuple = (1, 2, 2),
+        num_res_blocks: int = 2,
+        attention_levels: tuple = (2,),
+        dropout: float = 0.0,
+        num_heads: int = 4,
+    ):
+        super().__init__()
+        emb_dim = 4 * channels
+        self.time_embed = TimestepEmbedder(emb_dim, freq_dim=channels)
+        self.label_embed = LabelEmbedder(emb_dim)
+        self.conv_in = nn.Conv2d(in_channels, channels, 3, padding=1)
+
+        # Down path: remember every block's output channels for the skips.
+        self.down = nn.ModuleList()
+        skip_chs, ch = [channels], channels
+        for level, mult in enumerate(channel_mult):
+            for _ in range(num_res_blocks):
+                block = nn.ModuleList([ResBlock(ch, channels * mult, emb_dim, dropout)])
+                ch = channels * mult
+                if level in attention_levels:
+                    block.append(SelfAttention(ch, num_heads))
+                self.down.append(block)
+                skip_chs.append(ch)
+            if level != len(channel_mult) - 1:
+                self.down.append(nn.ModuleList([Downsample(ch)]))
+                skip_chs.append(ch)
+
+        self.mid = nn.ModuleList(
+            [ResBlock(ch, ch, emb_dim, dropout), SelfAttention(ch, num_heads), ResBlock(ch, ch, emb_dim, dropout)]
+        )
+
+        # Up path: one more block per level than on the way down, each eating a skip.
+        self.up = nn.ModuleList()
+        for level, mult in reversed(list(enumerate(channel_mult))):
+            for i in range(num_res_blocks + 1):
+                block = nn.ModuleList([ResBlock(ch + skip_chs.pop(), channels * mult, emb_dim, dropout)])
+                ch = channels * mult
+                if level in attention_levels:
+                    block.append(SelfAttention(ch, num_heads))
+                if level != 0 and i == num_res_blocks:
+                    block.append(Upsample(ch))
+                self.up.append(block)
+
+        self.out = nn.Sequential(norm(ch), nn.SiLU(), zero_init(nn.Conv2d(ch, in_channels, 3, padding=1)))
+
+    @staticmethod
+    def _run(block: nn.ModuleList, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        for layer in block:
+            h = layer(h, emb) if isinstance(layer, ResBlock) else layer(h)
+        return h
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        emb = self.time_embed(t) + self.label_embed(y)  # (B, 4 * channels)
+        h = self.conv_in(x)  # (B, channels, 28, 28)
+        skips = [h]
+        for block in self.down:
+            h = self._run(block, h, emb)
+            skips.append(h)
+        h = self._run(self.mid, h, emb)  # (B, C_max, 7, 7)
+        for block in self.up:
+            h = self._run(block, torch.cat([h, skips.pop()], dim=1), emb)
+        return self.out(h)  # (B, in_channels, 28, 28)
+
+
+def build_unet(cfg: ModelConfig, in_channels: int, image_size: int) -> UNet:
+    levels = len(cfg.channel_mult)
+    if image_size % (2 ** (levels - 1)):
+        raise ValueError(f"image size {image_size} is not divisible by 2^{levels - 1} for {levels} U-Net levels")
+    return UNet(
+        in_channels=in_channels,
+        channels=cfg.channels,
+        channel_mult=tuple(cfg.channel_mult),
+        num_res_blocks=cfg.num_res_blocks,
+        attention_levels=tuple(cfg.attention_levels),
+        dropout=cfg.dropout,
+        num_heads=cfg.num_heads,
+    )

@@ -1,0 +1,109 @@
+"""What the network predicts: eps, x0, v or the flow velocity, in historical order.
+
+Every objective answers the same two questions for a path x_t = a x0 + s eps
+(a = alpha(t), s = sigma(t), see schedules.py):
+
+- `target(x0, eps, a, s)`: what the model is trained to output;
+- `to_x0_eps(out, x_t, a, s)`: turn a model output back into (x0_hat, eps_hat).
+
+The second map is affine in `out` for every objective, so classifier-free
+guidance gives the same result whether it mixes outputs, x0 or eps
+(tests/test_objectives.py checks it).
+"""
+
+from __future__ import annotations
+
+import torch
+
+Tensor = torch.Tensor
+# Where a path reaches alpha = 0 (pure noise) or sigma = 0 (clean data), one of
+# the conversions below divides by zero; the floor keeps it finite.
+_FLOOR = 1e-6
+
+
+class Objective:
+    name = "objective"
+
+    def target(self, x0: Tensor, eps: Tensor, a: Tensor, s: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def to_x0_eps(self, out: Tensor, x_t: Tensor, a: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+
+class EpsilonObjective(Objective):
+    """Predict the noise (Ho et al. 2020, Eq. 14): loss ||eps - eps_theta(x_t, t)||^2. SD1."""
+
+    name = "eps"
+
+    def target(self, x0, eps, a, s):
+        return eps
+
+    def to_x0_eps(self, out, x_t, a, s):
+        x0 = (x_t - s * out) / a.clamp(min=_FLOOR)  # invert x_t = a x0 + s eps
+        return x0, out
+
+
+class X0Objective(Objective):
+    """Predict the clean image directly (Ho et al. 2020, Sec. 3.2 discuss and reject it)."""
+
+    name = "x0"
+
+    def target(self, x0, eps, a, s):
+        return x0
+
+    def to_x0_eps(self, out, x_t, a, s):
+        eps = (x_t - a * out) / s.clamp(min=_FLOOR)
+        return out, eps
+
+
+class VObjective(Objective):
+    """Predict v = a eps - s x0 (Salimans & Ho 2022, Sec. 4, App. D). SD2.
+
+    (x_t, v) is (x0, eps) rotated, so both come back by solving a 2x2 system:
+    x0 = (a x_t - s v) / (a^2 + s^2), eps = (s x_t + a v) / (a^2 + s^2);
+    the denominator is 1 on variance-preserving paths.
+    """
+
+    name = "v"
+
+    def target(self, x0, eps, a, s):
+        return a * eps - s * x0
+
+    def to_x0_eps(self, out, x_t, a, s):
+        norm = a**2 + s**2
+        return (a * x_t - s * out) / norm, (s * x_t + a * out) / norm
+
+
+class FlowObjective(Objective):
+    """Predict the velocity u = eps - x0 of the straight path (Liu et al. 2022, Eq. 1; Esser et al. 2024, Eq. 3-4). SD3.
+
+    On the flow path (a = 1 - t, s = t) u = d x_t / dt. Solving x_t = a x0 + s eps,
+    u = eps - x0 gives x0 = (x_t - s u) / (a + s), eps = (x_t + a u) / (a + s).
+    """
+
+    name = "flow"
+
+    def target(self, x0, eps, a, s):
+        return eps - x0
+
+    def to_x0_eps(self, out, x_t, a, s):
+        norm = a + s
+        return (x_t - s * out) / norm, (x_t + a * out) / norm
+
+
+OBJECTIVES = {
+    "eps": EpsilonObjective,
+    "x0": X0Objective,
+    "v": VObjective,
+    "flow": FlowObjective,
+}
+
+
+def build_objective(name: str) -> Objective:
+    return OBJECTIVES[name]()
+
+
+def broadcast(v: Tensor, like: Tensor) -> Tensor:
+    """(B,) -> (B, 1, 1, 1) so per-sample coefficients multiply images."""
+    return v.reshape(-1, *([1] * (like.ndim - 1))).to(like.dtype)

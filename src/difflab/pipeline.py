@@ -1,0 +1,146 @@
+"""A trained model, ready to sample: model + objective + path (+ VAE), rebuilt from a checkpoint alone."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional, Sequence, Union
+
+import torch
+
+from .checkpoint import CheckpointError, load_checkpoint, load_weights
+from .config import Config, ConfigError, config_from_dict
+from .guidance import make_denoiser
+from .models import NULL_CLASS, build_model, count_parameters
+from .objectives import build_objective
+from .samplers import SAMPLERS
+from .schedules import build_path, time_grid
+
+
+def select_device(name: str = "auto") -> torch.device:
+    """CUDA, then Apple's MPS, then the CPU; or exactly what `name` says."""
+    if name != "auto":
+        device = torch.device(name)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError(f"training.device: {name!r} asked for, but CUDA is not available here")
+        return device
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def is_unconditional(cfg: Config) -> bool:
+    """A model trained with every label dropped (DDPM 2020) knows only the null class."""
+    return cfg.training.cfg_dropout_prob >= 1.0
+
+
+def sample_shape(cfg: Config, vae=None) -> tuple[int, int, int]:
+    """(C, H, W) of what diffusion runs on: pixels, or the VAE's latents."""
+    if vae is not None:
+        return vae.latent_shape
+    return (1, 28, 28)
+
+
+@dataclass
+class GenerationResult:
+    images: torch.Tensor  # (N, 1, 28, 28) in [-1, 1], on the CPU
+    labels: torch.Tensor  # (N,) the requested digits (NULL_CLASS for unconditional)
+    nfe: int  # model evaluations (a CFG step counts once)
+    seconds: float
+    trajectory: list = field(default_factory=list)  # [(t, x_t, x0_hat)] when asked for
+
+
+class Pipeline:
+    """Everything needed to turn noise into digits."""
+
+    def __init__(self, model: torch.nn.Module, cfg: Config, device: torch.device, vae=None, info: Optional[dict] = None):
+        self.model, self.cfg, self.device, self.vae = model.eval(), cfg, device, vae
+        self.objective = build_objective(cfg.diffusion.target)
+        self.path = build_path(cfg.diffusion)
+        self.info = info or {}
+
+    @classmethod
+    def from_checkpoint(cls, path: Union[str, Path], device: Union[str, torch.device] = "auto", use_ema: bool = True):
+        device = select_device(device) if isinstance(device, str) else device
+        state = load_checkpoint(path)
+        try:
+            cfg = config_from_dict(state["config"], source=f"{path} (stored config)")
+        except ConfigError as e:
+            raise CheckpointError(str(e)) from None
+        vae = None
+        if cfg.data.vae_checkpoint:
+            from .latent import load_vae  # latent diffusion: decode through the VAE
+
+            vae = load_vae(cfg.data.vae_checkpoint, device)
+        c, h, _ = sample_shape(cfg, vae)
+        model = build_model(cfg.model, in_channels=c, image_size=h)
+        weights = state.get("ema") if use_ema and state.get("ema") is not None else state["model"]
+        load_weights(model, weights, path)
+        info = {k: state.get(k) for k in ("step", "epoch", "images_seen", "train_images_per_s", "device")}
+        info["params"] = count_parameters(model)
+        info["checkpoint"] = str(path)
+        return cls(model.to(device), cfg, device, vae=vae, info=info)
+
+    def default_labels(self, digits: Sequence[int], n_per_digit: int) -> torch.Tensor:
+        """A row of `n_per_digit` for each digit; only the null class if the model is unconditional."""
+        labels = torch.tensor([d for d in digits for _ in range(n_per_digit)], dtype=torch.long)
+        return torch.full_like(labels, NULL_CLASS) if is_unconditional(self.cfg) else labels
+
+    def initial_noise(self, n: int, seed: int) -> torch.Tensor:
+        """Starting noise from a CPU generator, so a seed means the same images on every device."""
+        g = torch.Generator().manual_seed(seed)
+        return torch.randn((n, *sample_shape(self.cfg, self.vae)), generator=g)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        labels: torch.Tensor,
+        *,
+        sampler: Optional[str] = None,
+        steps: Optional[int] = None,
+        cfg_scale: Optional[float] = None,
+        seed: int = 0,
+        noise: Optional[torch.Tensor] = None,
+        batch_size: int = 1000,
+        trajectory: bool = False,
+        callback: Optional[Callable] = None,
+        **options,
+    ) -> GenerationResult:
+        """Sample one image per label. Unset options come from the config's `sampling` section."""
+        s = self.cfg.sampling
+        sampler = sampler or s.sampler
+        steps = steps or s.steps
+        if is_unconditional(self.cfg):
+            cfg_scale = 1.0
+        spacing = options.pop("spacing", s.spacing)
+        shift = options.pop("shift", s.shift)
+        if sampler == "ddim":
+            options.setdefault("eta", s.eta)
+        times = time_grid(steps, spacing, shift, self.cfg.diffusion.num_timesteps).tolist()
+        x_all = self.initial_noise(len(labels), seed) if noise is None else noise.cpu()
+        gen = torch.Generator().manual_seed(seed + 1)  # for stochastic samplers
+        start, outs, nfe, traj = time.perf_counter(), [], 0, []
+        for lo in range(0, len(labels), batch_size):
+            y = labels[lo : lo + batch_size].to(self.device)
+            x = x_all[lo : lo + batch_size].to(self.device)
+            denoiser = make_denoiser(self.model, self.objective, self.path, y, s, cfg_scale)
+
+            def cb(i, t, x_t, x0):
+                if trajectory and lo == 0:
+                    traj.append((t, self.decode(x_t).cpu(), self.decode(x0).cpu()))
+                if callback:
+                    callback(i, t, x_t, x0)
+
+            x0 = SAMPLERS[sampler](denoiser, x, times, self.path, generator=gen, callback=cb, **options)
+            outs.append(self.decode(x0).clamp(-1, 1).cpu())
+            nfe = denoiser.calls
+        if trajectory:
+            traj.append((0.0, outs[0], outs[0]))
+        return GenerationResult(torch.cat(outs), labels.cpu(), nfe, time.perf_counter() - start, traj)
+
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        """Latents -> pixels through the VAE; pixels pass through."""
+        return x if self.vae is None else self.vae.decode_latents(x)

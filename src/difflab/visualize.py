@@ -1,0 +1,62 @@
+"""Pictures: image grids, trajectory strips and GIFs, with Pillow (no torchvision needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence, Union
+
+import numpy as np
+import torch
+from PIL import Image
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """(N, C, H, W) in [-1, 1] -> (N, H, W) uint8 (first channel)."""
+    x = ((images[:, 0].detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round()
+    return x.to(torch.uint8).numpy()
+
+
+def grid_array(images: torch.Tensor, nrow: int, pad: int = 2, scale: int = 1) -> np.ndarray:
+    """Tile N images into rows of `nrow`, with a dark gap between them."""
+    pics = to_uint8(images)
+    n, h, w = pics.shape
+    rows = (n + nrow - 1) // nrow
+    canvas = np.full((rows * (h + pad) + pad, nrow * (w + pad) + pad), 40, dtype=np.uint8)
+    for i, pic in enumerate(pics):
+        r, c = divmod(i, nrow)
+        canvas[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + c * (w + pad) : pad + c * (w + pad) + w] = pic
+    if scale > 1:
+        canvas = np.kron(canvas, np.ones((scale, scale), dtype=np.uint8))
+    return canvas
+
+
+def save_grid(images: torch.Tensor, path: Union[str, Path], nrow: int = 8, scale: int = 2) -> Path:
+    """Write a PNG grid: one image per cell, `nrow` per row (a row per digit in sample grids)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(grid_array(images, nrow, scale=scale)).save(path)
+    return path
+
+
+def trajectory_frames(trajectory: Sequence, n: int = 8, scale: int = 2) -> list[np.ndarray]:
+    """One frame per step: the top row shows x_t, the bottom row the predicted x0, for `n` samples."""
+    frames = []
+    for _, x_t, x0 in trajectory:
+        both = torch.cat([x_t[:n], x0[:n]])
+        frames.append(grid_array(both, nrow=min(n, len(x_t)), scale=scale))
+    return frames
+
+
+def save_trajectory(trajectory: Sequence, png: Union[str, Path], gif: Union[str, Path, None] = None,
+                    n: int = 8, max_columns: int = 10) -> Path:
+    """A strip (steps left to right; x_t above, x0_hat below) and optionally an animated GIF."""
+    png = Path(png)
+    png.parent.mkdir(parents=True, exist_ok=True)
+    picks = np.unique(np.linspace(0, len(trajectory) - 1, min(max_columns, len(trajectory))).round().astype(int))
+    cols = [torch.cat([trajectory[i][1][:1], trajectory[i][2][:1]]) for i in picks]  # (2, C, H, W) each
+    strip = torch.stack(cols, dim=1).flatten(0, 1)  # row 0: x_t, row 1: x0_hat
+    Image.fromarray(grid_array(strip, nrow=len(picks), scale=3)).save(png)
+    if gif is not None:
+        frames = [Image.fromarray(f) for f in trajectory_frames(trajectory, n=n)]
+        frames[0].save(gif, save_all=True, append_images=frames[1:] + [frames[-1]] * 5, duration=80, loop=0)
+    return png

@@ -1,0 +1,177 @@
+"""DiT and MMDiT: shapes, adaLN-Zero at init, how the label reaches the image, size, learning."""
+
+import sys
+from pathlib import Path
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+if SRC not in sys.path:  # tests/conftest.py may already have done this
+    sys.path.insert(0, SRC)
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from difflab.config import ModelConfig
+from difflab.models.dit import DiTBlock, build_dit, sincos_pos_embed_2d, unpatchify
+from difflab.models.layers import NULL_CLASS, count_parameters
+from difflab.models.mmdit import MMDiTBlock, build_mmdit
+
+torch.set_num_threads(1)
+
+BUILDERS = {"dit": build_dit, "mmdit": build_mmdit}
+
+# The ~1.7M-parameter settings (C=1, 28x28): same width for both, an MMDiT block ~ two DiT blocks.
+SETTINGS = {
+    "dit": dict(hidden_size=112, depth=7, num_heads=4, mlp_ratio=4.0),
+    "mmdit": dict(hidden_size=112, depth=4, num_heads=4, mlp_ratio=4.0, cond_tokens=4),
+}
+
+# Small models for the fast tests.
+TINY = dict(hidden_size=32, depth=2, num_heads=4, mlp_ratio=2.0, cond_tokens=2)
+
+
+def inputs(batch: int, channels: int, size: int, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, channels, size, size, generator=g)
+    t = torch.rand(batch, generator=g) * 1000
+    y = torch.randint(0, NULL_CLASS + 1, (batch,), generator=g)
+    return x, t, y
+
+
+def perturb(model: torch.nn.Module, std: float = 0.05, seed: int = 0) -> None:
+    """Add small noise to every weight, so zero-initialised gates and outputs become non-zero."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(std * torch.randn(p.shape, generator=g))
+
+
+@pytest.mark.parametrize("name", ["dit", "mmdit"])
+@pytest.mark.parametrize(
+    "channels,size,patch", [(1, 28, 2), (1, 28, 4), (4, 7, 1)]  # pixels, two patch sizes; latent
+)
+def test_output_shape(name, channels, size, patch):
+    model = BUILDERS[name](ModelConfig(patch_size=patch, **TINY), channels, size)
+    perturb(model)  # the untrained output is exactly 0; make it depend on the input
+    x, t, y = inputs(3, channels, size)
+    out = model(x, t, y)
+    assert out.shape == x.shape
+    assert torch.isfinite(out).all() and out.abs().sum() > 0
+
+
+@pytest.mark.parametrize("name", ["dit", "mmdit"])
+def test_untrained_model_outputs_zero(name):
+    """The zero-initialised final layer makes the first prediction exactly 0 (DiT Sec. 3.2)."""
+    model = BUILDERS[name](ModelConfig(patch_size=4, **TINY), 1, 28)
+    assert torch.equal(model(*inputs(2, 1, 28)), torch.zeros(2, 1, 28, 28))
+
+
+def test_bad_patch_size_fails_loudly():
+    with pytest.raises(ValueError, match="divisible"):
+        build_dit(ModelConfig(patch_size=3, **TINY), 1, 28)
+
+
+def test_unpatchify_inverts_cutting_into_patches():
+    """Token order (row-major) and per-token layout (C, p, p) agree with F.unfold's patches."""
+    x = torch.randn(2, 3, 12, 12)
+    tokens = F.unfold(x, kernel_size=4, stride=4).transpose(1, 2)  # (B, T, C*p*p)
+    assert torch.equal(unpatchify(tokens, channels=3, patch_size=4, grid_h=3, grid_w=3), x)
+
+
+def test_position_embedding_is_fixed_and_distinct():
+    pos = sincos_pos_embed_2d(32, 7, 7)  # (1, 49, 32)
+    assert pos.shape == (1, 49, 32)
+    distances = torch.cdist(pos[0], pos[0]) + torch.eye(49)
+    assert distances.min() > 1e-3  # every position gets its own code
+    model = build_dit(ModelConfig(patch_size=4, **TINY), 1, 28)
+    assert not any(p is model.pos_embed for p in model.parameters())  # not learned
+
+
+def test_dit_block_is_identity_at_init():
+    block = DiTBlock(dim=32, num_heads=4, mlp_ratio=4.0)
+    x, c = torch.randn(2, 10, 32), torch.randn(2, 32)
+    assert torch.equal(block(x, c), x)
+    perturb(block)  # and it is not the identity by construction
+    assert not torch.allclose(block(x, c), x)
+
+
+@pytest.mark.parametrize("qk_norm", [False, True])
+def test_mmdit_block_is_identity_at_init_on_both_streams(qk_norm):
+    x, ctx, c = torch.randn(2, 10, 32), torch.randn(2, 3, 32), torch.randn(2, 32)
+    block = MMDiTBlock(dim=32, num_heads=4, mlp_ratio=4.0, qk_norm=qk_norm)
+    x_out, ctx_out = block(x, ctx, c)
+    assert torch.equal(x_out, x) and torch.equal(ctx_out, ctx)
+    # the last block only lends keys and values from the conditioning stream
+    last = MMDiTBlock(dim=32, num_heads=4, mlp_ratio=4.0, qk_norm=qk_norm, last=True)
+    x_out, ctx_out = last(x, ctx, c)
+    assert torch.equal(x_out, x) and ctx_out is None
+    perturb(block)
+    x_out, ctx_out = block(x, ctx, c)
+    assert not torch.allclose(x_out, x) and not torch.allclose(ctx_out, ctx)
+
+
+def test_models_start_as_identity_blocks():
+    """The builders keep adaLN-Zero after their own initialisation pass."""
+    dit = build_dit(ModelConfig(patch_size=4, **TINY), 1, 28)
+    mmdit = build_mmdit(ModelConfig(patch_size=4, **TINY), 1, 28)
+    x, ctx, c = torch.randn(2, 49, 32), torch.randn(2, 2, 32), torch.randn(2, 32)
+    assert all(torch.equal(block(x, c), x) for block in dit.blocks)
+    x_out, ctx_out = mmdit.blocks[0](x, ctx, c)
+    assert torch.equal(x_out, x) and torch.equal(ctx_out, ctx)
+
+
+def mmdit_outputs(model, y_a: int, y_b: int):
+    x, t, _ = inputs(2, 1, 28)
+    with torch.no_grad():
+        return model(x, t, torch.full((2,), y_a)), model(x, t, torch.full((2,), y_b))
+
+
+@pytest.mark.parametrize("qk_norm", [False, True])
+def test_mmdit_label_reaches_image_through_both_routes(qk_norm):
+    model = build_mmdit(ModelConfig(patch_size=4, qk_norm=qk_norm, **TINY), 1, 28)
+    perturb(model)
+    # the null class and a real class give different outputs
+    out_null, out_3 = mmdit_outputs(model, NULL_CLASS, 3)
+    assert not torch.allclose(out_null, out_3, atol=1e-5)
+    with torch.no_grad():
+        pooled = model.pooled_embed.table.weight
+        tokens = model.cond_embed.weight
+        saved_pooled, saved_tokens = pooled.clone(), tokens.clone()
+        # 1. same pooled vector for every class: the label now acts only through the
+        #    conditioning tokens, i.e. through joint attention; the output still changes
+        pooled.copy_(saved_pooled[3].expand_as(pooled))
+        out_null, out_3 = mmdit_outputs(model, NULL_CLASS, 3)
+        assert not torch.allclose(out_null, out_3, atol=1e-5)
+        # 2. same tokens too: no route is left, so the label cannot change the output
+        tokens.copy_(saved_tokens[3].expand_as(tokens))
+        out_null, out_3 = mmdit_outputs(model, NULL_CLASS, 3)
+        assert torch.equal(out_null, out_3)
+        # 3. same tokens, per-class pooled vectors: the pooled route alone changes it
+        pooled.copy_(saved_pooled)
+        out_null, out_3 = mmdit_outputs(model, NULL_CLASS, 3)
+        assert not torch.allclose(out_null, out_3, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["dit", "mmdit"])
+@pytest.mark.parametrize("patch", [2, 4])
+def test_parameter_budget(name, patch):
+    """The chosen settings land within 5% of 1.7M parameters for 1x28x28 images."""
+    model = BUILDERS[name](ModelConfig(patch_size=patch, **SETTINGS[name]), 1, 28)
+    assert 1.615e6 <= count_parameters(model) <= 1.785e6
+
+
+@pytest.mark.parametrize("name", ["dit", "mmdit"])
+def test_a_few_steps_reduce_the_loss(name):
+    torch.manual_seed(0)
+    model = BUILDERS[name](ModelConfig(patch_size=4, **TINY), 1, 28)
+    x, t, y = inputs(8, 1, 28, seed=1)
+    target = torch.randn(8, 1, 28, 28, generator=torch.Generator().manual_seed(2))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(30):
+        loss = F.mse_loss(model(x, t, y), target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.7 * losses[0]  # about 0.98 -> 0.4 for both models

@@ -1,0 +1,47 @@
+"""Train any config: python train.py --config configs/unified_sd1_unet_eps.yaml [section.key=value ...]"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "src"))
+
+from difflab.cli import fail, run_main  # noqa: E402
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--config", required=True, help="a YAML file under configs/")
+    parser.add_argument("overrides", nargs="*", help="section.key=value, e.g. training.epochs=2")
+    parser.add_argument("--resume", nargs="?", const="last", default=None,
+                        help="continue from experiments/<config>/checkpoints/last.pt (or a given checkpoint)")
+    parser.add_argument("--dry-run", action="store_true", help="build everything, print one JSON line, exit")
+    args = parser.parse_args(argv)
+
+    from difflab.config import load_config
+    from difflab.training import Trainer
+
+    cfg = load_config(args.config, args.overrides)
+    if args.dry_run:
+        from difflab.dryrun import describe
+
+        print(json.dumps(describe(cfg)))
+        return 0
+    trainer = Trainer(cfg)
+    if args.resume:
+        path = trainer.out_dir / "checkpoints" / "last.pt" if args.resume == "last" else Path(args.resume)
+        if not path.is_file():
+            fail(f"--resume: no checkpoint at {path} (train first, or name one with --resume PATH)")
+        trainer.load_state(path)
+        print(f"resuming from {path} at step {trainer.step} of {trainer.total_steps}")
+    print(f"training {cfg.name}: {cfg.model.architecture}, target {cfg.diffusion.target}, "
+          f"{trainer.params:,} parameters, {trainer.total_steps} steps of {trainer.batch_size} "
+          f"on {trainer.device}; writing to {trainer.out_dir}")
+    trainer.fit()
+    print(f"done: checkpoints in {trainer.out_dir / 'checkpoints'}, samples in {trainer.out_dir / 'samples'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))
