@@ -20,6 +20,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     from difflab.config import load_config
+    from difflab.distributed import shutdown
     from difflab.training import Trainer
 
     cfg = load_config(args.config, args.overrides)
@@ -28,18 +29,35 @@ def main(argv=None):
 
         print(json.dumps(describe(cfg)))
         return 0
-    trainer = Trainer(cfg)
+    if cfg.model.architecture == "vae":  # latent diffusion's first stage: src/difflab/vae_training.py
+        from difflab.vae_training import VAETrainer
+
+        trainer = VAETrainer(cfg)
+    else:
+        trainer = Trainer(cfg)
     if args.resume:
         path = trainer.out_dir / "checkpoints" / "last.pt" if args.resume == "last" else Path(args.resume)
         if not path.is_file():
             fail(f"--resume: no checkpoint at {path} (train first, or name one with --resume PATH)")
         trainer.load_state(path)
-        print(f"resuming from {path} at step {trainer.step} of {trainer.total_steps}")
-    print(f"training {cfg.name}: {cfg.model.architecture}, target {cfg.diffusion.target}, "
-          f"{trainer.params:,} parameters, {trainer.total_steps} steps of {trainer.batch_size} "
-          f"on {trainer.device}; writing to {trainer.out_dir}")
-    trainer.fit()
-    print(f"done: checkpoints in {trainer.out_dir / 'checkpoints'}, samples in {trainer.out_dir / 'samples'}")
+        if trainer.dist.is_main:
+            print(f"resuming from {path} at step {trainer.step} of {trainer.total_steps}")
+    if trainer.dist.is_main:
+        ranks = f" x {trainer.dist.world} ranks" if trainer.dist.enabled else ""
+        print(f"training {cfg.name}: {cfg.model.architecture}, target {cfg.diffusion.target}, "
+              f"{trainer.params:,} parameters, {trainer.total_steps} steps of {trainer.batch_size}{ranks} "
+              f"on {trainer.device}; writing to {trainer.out_dir}")
+    try:
+        trainer.fit()
+    finally:
+        shutdown(trainer.dist)
+    if trainer.interrupted:
+        resume = f"python train.py --config {args.config} {' '.join(args.overrides)} --resume".replace("  ", " ")
+        print(f"interrupted at step {trainer.step}: saved {trainer.out_dir / 'checkpoints' / 'last.pt'}\n"
+              f"resume with: {resume}", file=sys.stderr)
+        return 130
+    if trainer.dist.is_main:
+        print(f"done: checkpoints in {trainer.out_dir / 'checkpoints'}, samples in {trainer.out_dir / 'samples'}")
     return 0
 
 

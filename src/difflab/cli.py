@@ -7,6 +7,7 @@ import sys
 from .checkpoint import CheckpointError
 from .config import ConfigError
 from .data import DataError
+from .training import NonFiniteLoss, OutputError
 
 
 class UsageError(RuntimeError):
@@ -28,7 +29,7 @@ def run_main(main) -> int:
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
-    except (DataError, CheckpointError, UsageError) as e:
+    except (DataError, CheckpointError, UsageError, OutputError, NonFiniteLoss) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -15,14 +15,14 @@ from typing import Any, Optional, Union
 
 import yaml
 
-ARCHITECTURES = ("unet", "dit", "mmdit")
+ARCHITECTURES = ("unet", "dit", "mmdit", "vae")
 TARGETS = ("eps", "x0", "v", "flow")
 SCHEDULES = ("linear", "scaled_linear", "cosine", "flow")
 T_SAMPLINGS = ("uniform_discrete", "uniform", "logit_normal")
 SAMPLERS = ("ddpm", "ddim", "euler", "heun", "dpm++2m")
 SPACINGS = ("leading", "trailing")
 DATASETS = ("mnist", "fashion_mnist")
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("fp32", "bf16")
 
 
 class ConfigError(ValueError):
@@ -41,9 +41,9 @@ class DataConfig:
 class ModelConfig:
     architecture: str = "unet"
     # U-Net (Ronneberger et al. 2015; as used by Ho et al. 2020 and SD)
-    channels: int = 32
-    channel_mult: list = field(default_factory=lambda: [1, 2, 2])
-    num_res_blocks: int = 2
+    channels: int = 16
+    channel_mult: list = field(default_factory=lambda: [1, 4, 6])
+    num_res_blocks: int = 1
     attention_levels: list = field(default_factory=lambda: [2])  # indices into channel_mult
     dropout: float = 0.0
     # Transformers (DiT, MMDiT)
@@ -54,6 +54,9 @@ class ModelConfig:
     mlp_ratio: float = 4.0
     cond_tokens: int = 4  # MMDiT: learned conditioning tokens per class
     qk_norm: bool = False  # MMDiT: RMS-normalise queries and keys (SD3.5)
+    # VAE (latent diffusion's first stage, Rombach et al. 2022): channels, channel_mult, num_res_blocks above
+    latent_channels: int = 4
+    kl_weight: float = 1e-4  # weight of the per-element KL term against the per-pixel MSE
 
 
 @dataclass
@@ -89,7 +92,8 @@ class TrainingConfig:
     device: str = "auto"  # auto | cpu | cuda | mps | cuda:1 ...
     output_dir: str = "experiments"
     compile: Optional[bool] = None  # None: on for CUDA, off for CPU
-    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast on CUDA)
+    precision: str = "fp32"  # fp32 | bf16 (autocast; fast on recent GPUs)
+    threads: Optional[int] = None  # CPU threads; None = PyTorch's default (one per core)
     on_nonfinite: str = "stop"  # stop | skip
 
 
@@ -213,6 +217,7 @@ def _validate(cfg: Config, source: str) -> None:
         "model.channels": m.channels, "model.hidden_size": m.hidden_size, "model.depth": m.depth,
         "model.num_heads": m.num_heads, "model.patch_size": m.patch_size,
         "model.mlp_ratio": m.mlp_ratio, "model.cond_tokens": m.cond_tokens,
+        "model.latent_channels": m.latent_channels,
         "diffusion.num_timesteps": d.num_timesteps, "diffusion.beta_start": d.beta_start,
         "diffusion.logit_std": d.logit_std, "training.epochs": t.epochs,
         "training.max_batch_size": t.max_batch_size, "training.lr": t.lr,
@@ -249,9 +254,12 @@ def _validate(cfg: Config, source: str) -> None:
         "training.weight_decay": t.weight_decay, "training.warmup_steps": t.warmup_steps,
         "training.grad_clip": t.grad_clip, "training.sample_every": t.sample_every,
         "training.keep_last": t.keep_last, "sampling.cfg_scale": s.cfg_scale,
+        "model.kl_weight": m.kl_weight,
     }.items():
         if value < 0:
             bad(key, "a number >= 0")
+    if t.threads is not None and t.threads < 1:
+        bad("training.threads", "a positive integer or null")
     if t.max_steps is not None and t.max_steps < 1:
         bad("training.max_steps", "a positive integer or null")
     gi = s.guidance_interval

@@ -7,15 +7,22 @@ from .models import build_model, count_parameters
 
 
 def describe(cfg: Config) -> dict:
-    c, size = (1, 28)
+    if cfg.model.architecture == "vae":  # latent diffusion's first stage: no diffusion target
+        from .models.vae import build_vae
+
+        return {"config": cfg.name, "architecture": "vae", "target": "reconstruction",
+                "params": count_parameters(build_vae(cfg.model))}
+    c, size, extra = 1, 28, {}
     if cfg.data.vae_checkpoint:
-        from .latent import latent_shape_of
+        from .latent import latent_shape_of, vae_params_of
 
         c, size, _ = latent_shape_of(cfg)
+        extra["vae_params"] = vae_params_of(cfg)  # reported apart from the diffusion model's
     model = build_model(cfg.model, in_channels=c, image_size=size)
     return {
         "config": cfg.name,
         "architecture": cfg.model.architecture,
         "target": cfg.diffusion.target,
         "params": count_parameters(model),
+        **extra,
     }

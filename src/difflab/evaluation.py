@@ -482,3 +482,69 @@ def evaluate_images(
         "recall": recall,
         "n": n,
     }
+
+
+# --------------------------------------------------------------------------
+# Sampling and scoring in one call (evaluate.py, benchmarks/sampler_quality.py)
+# --------------------------------------------------------------------------
+
+
+def balanced_labels(n: int) -> torch.Tensor:
+    """n digit labels spread evenly over 0..9 (0, 1, ..., 9, 0, 1, ...): counts differ by at most one."""
+    return torch.arange(n) % 10
+
+
+def evaluate_pipeline(
+    pipe,
+    classifier: nn.Module,
+    n: int,
+    *,
+    sampler: Optional[str] = None,
+    steps: Optional[int] = None,
+    cfg_scale: Optional[float] = None,
+    seed: int = 0,
+    batch_size: int = 500,
+    data_dir: Optional[Union[str, Path]] = None,
+    progress: bool = True,
+    **options,
+) -> dict:
+    """Sample n images from a difflab.pipeline.Pipeline and score them with evaluate_images.
+
+    Labels are balanced_labels(n), or all the null class for an unconditional model
+    (then accuracy is None). Unset sampler, steps and cfg_scale come from the
+    checkpoint's config, as in Pipeline.generate; `options` (spacing, eta, ...) go
+    to it too. Adds to evaluate_images' dict: sampler, steps, nfe (model
+    evaluations per image; a CFG step counts once, as in the papers), cfg_scale
+    (the one used), seconds (sampling only) and device.
+    """
+    from difflab.models import NULL_CLASS
+    from difflab.pipeline import is_unconditional  # imported here: the pipeline imports every model
+
+    s = pipe.cfg.sampling
+    sampler, steps = sampler or s.sampler, steps or s.steps
+    unconditional = is_unconditional(pipe.cfg)
+    cfg_scale = 1.0 if unconditional else (s.cfg_scale if cfg_scale is None else cfg_scale)
+    labels = balanced_labels(n)
+    if unconditional:
+        labels = torch.full_like(labels, NULL_CLASS)
+    batches = -(-n // batch_size)
+    # One bar over every batch's steps; the callback fires once per sampler step.
+    with tqdm(total=steps * batches, unit="step", desc=f"{sampler} x{steps}", disable=not progress) as bar:
+        result = pipe.generate(
+            labels, sampler=sampler, steps=steps, cfg_scale=cfg_scale, seed=seed,
+            batch_size=batch_size, callback=lambda *_: bar.update(1), **options,
+        )  # fmt: skip
+    if not torch.isfinite(result.images).all():  # clamp keeps NaN: say so instead of a silent FID
+        raise FloatingPointError(f"{sampler} x{steps} produced non-finite pixels")
+    scores = evaluate_images(
+        result.images, None if unconditional else labels, classifier, data_dir=data_dir, batch_size=batch_size
+    )
+    return {
+        **scores,
+        "sampler": sampler,
+        "steps": steps,
+        "nfe": result.nfe,
+        "cfg_scale": cfg_scale,
+        "seconds": round(result.seconds, 3),
+        "device": str(pipe.device),
+    }

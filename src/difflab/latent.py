@@ -1,18 +1,124 @@
-"""Where the training data comes from: MNIST pixels, or a VAE's latents (latent diffusion)."""
+"""Where the training data comes from: MNIST pixels, or a VAE's latents (latent diffusion).
+
+Latent diffusion (Rombach et al. 2022) runs in two stages:
+
+1. a VAE is trained on pixels (`configs/reference/vae_mnist.yaml`, `vae_training.py`);
+2. a diffusion model is trained on its scaled latents z = scale * E(x)
+   (`configs/reference/ldm_latent.yaml`, the ordinary `training.py`), and samples
+   are decoded by x = D(z / scale).
+
+The encoder is frozen in stage 2, so the training set is encoded once and cached
+(in memory, and in a file beside the VAE checkpoint named by the checkpoint's hash);
+each training step then costs only the small diffusion model.
+"""
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
+from typing import Union
+
 import torch
 
-from .config import Config
+from .checkpoint import CheckpointError, load_checkpoint, load_weights, save_checkpoint
+from .config import Config, ConfigError, config_from_dict
 from .data import load_split
+from .models import count_parameters
+from .models.vae import VAE, build_vae
+
+DEFAULT_VAE_CONFIG = "configs/reference/vae_mnist.yaml"
 
 
 def load_training_data(cfg: Config, device: torch.device):
-    """(x, y) tensors on `device`, plus the VAE when the config asks for latent diffusion."""
-    x, y = load_split("train", dataset=cfg.data.dataset, data_dir=cfg.data.data_dir, device=device)
-    return (x, y), None
+    """((x, y), vae): pixels and None, or the scaled latents of every training image and the VAE."""
+    if not cfg.data.vae_checkpoint:
+        x, y = load_split("train", dataset=cfg.data.dataset, data_dir=cfg.data.data_dir, device=device)
+        return (x, y), None
+    vae = load_vae(cfg.data.vae_checkpoint, device)  # first: a missing VAE fails before any data work
+    x, y = load_split("train", dataset=cfg.data.dataset, data_dir=cfg.data.data_dir, device="cpu")
+    z = cached_latents(vae, Path(cfg.data.vae_checkpoint), x, cfg.data.dataset)  # (N, C, H / f, W / f)
+    print(f"latents {tuple(z.shape)}: std {z.std().item():.3f} after scaling by {vae.scale_factor:.5f}")
+    return (z.to(device), y.to(device)), vae
 
 
-def load_vae(path, device):
-    raise NotImplementedError("latent diffusion arrives with the VAE")
+def load_vae(path: Union[str, Path], device: Union[str, torch.device]) -> VAE:
+    """Rebuild a trained VAE from its checkpoint alone: config, weights, scale factor."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no VAE checkpoint there; train the VAE first: {train_command(path)}")
+    state = load_checkpoint(path)
+    try:
+        cfg = config_from_dict(state["config"], source=f"{path} (stored config)")
+    except ConfigError as e:
+        raise CheckpointError(str(e)) from None
+    if cfg.model.architecture != "vae" or "scale_factor" not in state:
+        raise CheckpointError(
+            f"{path}: not a VAE checkpoint (its model.architecture is {cfg.model.architecture!r}); "
+            f"data.vae_checkpoint must name one written by {train_command(path)}"
+        )
+    vae = build_vae(cfg.model)
+    load_weights(vae, state["model"], path, what="VAE")
+    vae.scale_factor = float(state["scale_factor"])
+    return vae.to(device).eval().requires_grad_(False)
+
+
+def latent_shape_of(cfg: Config) -> tuple[int, int, int]:
+    """(C, H, W) of the latents the config's VAE produces (for --dry-run: no data needed)."""
+    return load_vae(cfg.data.vae_checkpoint, "cpu").latent_shape
+
+
+def vae_params_of(cfg: Config) -> int:
+    """Parameter count of the config's VAE, reported beside the diffusion model's."""
+    return count_parameters(load_vae(cfg.data.vae_checkpoint, "cpu"))
+
+
+def train_command(path: Path) -> str:
+    """The command that writes `path`, which train.py names <output_dir>/<config name>/checkpoints/<file>.pt."""
+    name, output_dir = path.parent.parent.name, path.parent.parent.parent
+    configs = [Path("configs/reference") / f"{name}.yaml", Path("configs") / f"{name}.yaml"]
+    config = next((c for c in configs if c.is_file()), None)
+    if path.parent.name != "checkpoints" or config is None:
+        return f"`python train.py --config {DEFAULT_VAE_CONFIG}`, then point data.vae_checkpoint at its checkpoint"
+    extra = "" if output_dir == Path("experiments") else f" training.output_dir={output_dir}"
+    return f"`python train.py --config {config}{extra}`"
+
+
+# --------------------------------------------------------------------------- the latent cache
+
+
+@torch.no_grad()
+def encode_dataset(vae: VAE, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    """Images (N, 1, 28, 28) -> scaled latents (N, C, H / f, W / f) on the CPU."""
+    dev = next(vae.parameters()).device
+    return torch.cat([vae.encode_latents(x[i : i + batch_size].to(dev)).cpu() for i in range(0, len(x), batch_size)])
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def cached_latents(vae: VAE, vae_path: Path, x: torch.Tensor, dataset: str) -> torch.Tensor:
+    """encode_dataset(vae, x), read from `latents_<dataset>_<VAE hash>.pt` beside the VAE when it is there.
+
+    The file name carries the VAE checkpoint's hash and the file the images' hash, so a
+    retrained VAE or other data is never served stale latents.
+    """
+    vae_hash = _sha256(vae_path.read_bytes())[:16]
+    data_hash = _sha256(x.contiguous().numpy().tobytes())
+    cache = vae_path.parent / f"latents_{dataset}_{vae_hash}.pt"
+    if cache.is_file():
+        try:
+            saved = torch.load(cache, map_location="cpu", weights_only=True)
+            if saved.get("data_sha256") == data_hash:
+                return saved["latents"]
+        except Exception:  # a corrupt or foreign file: encode again and overwrite it
+            pass
+    print(f"encoding {len(x)} images with the VAE (once; cached in {cache})")
+    z = encode_dataset(vae, x)
+    try:
+        for old in vae_path.parent.glob(f"latents_{dataset}_*.pt"):  # caches of earlier VAEs
+            old.unlink()
+        save_checkpoint({"latents": z, "data_sha256": data_hash, "vae_sha256": vae_hash}, cache)
+    except OSError:
+        pass  # a read-only folder: the latents stay in memory for this run
+    return z

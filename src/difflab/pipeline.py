@@ -18,15 +18,15 @@ from .samplers import SAMPLERS
 from .schedules import build_path, time_grid
 
 
-def select_device(name: str = "auto") -> torch.device:
-    """CUDA, then Apple's MPS, then the CPU; or exactly what `name` says."""
+def select_device(name: str = "auto", local_rank: int = 0) -> torch.device:
+    """CUDA (this process's GPU under torchrun), then Apple's MPS, then the CPU; or exactly what `name` says."""
     if name != "auto":
         device = torch.device(name)
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ConfigError(f"training.device: {name!r} asked for, but CUDA is not available here")
         return device
     if torch.cuda.is_available():
-        return torch.device("cuda")
+        return torch.device("cuda", local_rank)
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")

@@ -10,7 +10,10 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
+import signal
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Optional
 
@@ -19,6 +22,7 @@ from tqdm import tqdm
 
 from .checkpoint import CheckpointError, load_checkpoint, load_weights, save_checkpoint
 from .config import Config, ConfigError, config_from_dict
+from .distributed import DistInfo, barrier, init_distributed, mean_across_ranks
 from .models import NULL_CLASS, build_model, count_parameters
 from .objectives import broadcast, build_objective
 from .pipeline import Pipeline, select_device
@@ -29,7 +33,11 @@ T_BINS = 10  # the loss is also logged per tenth of [0, 1] in t (minRF's habit)
 
 
 class NonFiniteLoss(RuntimeError):
-    pass
+    """The loss or the weights stopped being finite; nothing non-finite is saved."""
+
+
+class OutputError(RuntimeError):
+    """The output folder cannot be written (permissions, a full disk); one line says which."""
 
 
 def lr_at(step: int, base_lr: float, warmup: int, total: int) -> float:
@@ -63,10 +71,14 @@ class EMA:
 class Trainer:
     """Holds the model, optimiser and data of one run; `fit()` trains it."""
 
-    def __init__(self, cfg: Config, data: Optional[tuple] = None, device: Optional[torch.device] = None, quiet: bool = False):
-        self.cfg, self.quiet = cfg, quiet
-        self.device = device or select_device(cfg.training.device)
-        t = cfg.training
+    def __init__(self, cfg: Config, data: Optional[tuple] = None, device: Optional[torch.device] = None,
+                 quiet: bool = False, dist: Optional[DistInfo] = None):
+        self.cfg, t = cfg, cfg.training
+        self.dist = dist or init_distributed()
+        self.quiet = quiet or not self.dist.is_main
+        if t.threads:
+            torch.set_num_threads(t.threads)
+        self.device = device or select_device(t.device, self.dist.local_rank)
         self.out_dir = Path(t.output_dir) / cfg.name
         # The whole dataset as one tensor on the device; batches are drawn by index.
         self.vae = None
@@ -76,42 +88,123 @@ class Trainer:
             data, self.vae = load_training_data(cfg, self.device)
         self.x, self.y = data[0].to(self.device), data[1].to(self.device)
         c, h = self.x.shape[1], self.x.shape[2]
-        torch.manual_seed(t.seed)  # the initial weights
+        torch.manual_seed(t.seed)  # the initial weights: the same on every rank
         self.model = build_model(cfg.model, in_channels=c, image_size=h).to(self.device)
+        self.params = count_parameters(self.model)
+        self.path, self.objective = build_path(cfg.diffusion), build_objective(cfg.diffusion.target)
+        self.autocast = self._autocast_context()
+        self.batch_size = t.batch_size if isinstance(t.batch_size, int) else self.choose_batch_size()
+        self.train_model = self._wrap(self.model)
         self.ema = EMA(self.model, t.ema_decay)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
-        self.path, self.objective = build_path(cfg.diffusion), build_objective(cfg.diffusion.target)
-        self.batch_size = t.batch_size if isinstance(t.batch_size, int) else t.max_batch_size
-        self.steps_per_epoch = max(len(self.x) // self.batch_size, 1)
+        # batch_size is per rank; one step consumes world * batch_size images.
+        self.global_batch = self.batch_size * self.dist.world
+        self.steps_per_epoch = max(len(self.x) // self.global_batch, 1)
         total = t.epochs * self.steps_per_epoch
         self.total_steps = min(total, t.max_steps) if t.max_steps else total
         self.step, self.images_seen, self.elapsed = 0, 0, 0.0
         self.noise_gen = torch.Generator(device=self.device).manual_seed(t.seed + 1)
-        self.params = count_parameters(self.model)
         self.train_images_per_s = None
+        self._perm = None  # (epoch, that epoch's permutation of the dataset)
+        self.skipped = 0
+
+    def _autocast_context(self):
+        """bf16 autocast (training.precision): matmuls in bfloat16, weights and loss in fp32."""
+        if self.cfg.training.precision == "bf16" and self.device.type in ("cuda", "cpu"):
+            return lambda: torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        return nullcontext
+
+    def _wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        """What the training step calls: DDP across ranks, then torch.compile if asked for."""
+        if self.device.type == "cuda":  # TF32 matmuls on Ampere and newer: ~fp32 accuracy, far faster
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            model = DistributedDataParallel(model, device_ids=ids)
+        compile_ = self.cfg.training.compile
+        if compile_ is None:
+            compile_ = self.device.type == "cuda"  # measured: on the CPU compile does not pay off here
+        return torch.compile(model) if compile_ else model
+
+    def choose_batch_size(self) -> int:
+        """training.batch_size: auto. Time a few steps at 32, 64, ... up to max_batch_size and keep
+        the smallest batch within 5% of the best images/s (small batches learn more per image)."""
+        limit, results = self.cfg.training.max_batch_size, {}
+        probe = copy.deepcopy(self.model)
+        opt = torch.optim.AdamW(probe.parameters(), lr=1e-9)
+        size = 32
+        while size <= min(limit, len(self.x)):
+            try:
+                results[size] = self._probe_speed(probe, opt, size)
+            except (torch.cuda.OutOfMemoryError, RuntimeError) as e:
+                if "out of memory" not in str(e).lower():
+                    raise
+                break  # this size does not fit; neither will larger ones
+            finally:
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+            size *= 2
+        if not results:
+            raise ConfigError("training.batch_size: auto found no batch size that fits in memory; set one")
+        best = max(results.values())
+        chosen = min(b for b, ips in results.items() if ips >= 0.95 * best)
+        if not self.quiet:
+            table = ", ".join(f"{b}: {ips:.0f} img/s" for b, ips in results.items())
+            print(f"batch_size auto: {table} -> {chosen} (smallest within 5% of the best {best:.0f} img/s)")
+        return chosen
+
+    def _probe_speed(self, model, opt, size: int, steps: int = 3) -> float:
+        x = self.x[:size]
+        y = self.y[:size]
+        for i in range(steps + 1):
+            if i == 1:
+                self._sync()
+                start = time.perf_counter()
+            with self.autocast():
+                out = model(x, torch.full((size,), 500.0, device=self.device), y)
+            loss = (out.float() - x).pow(2).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        self._sync()
+        return steps * size / (time.perf_counter() - start)
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
 
     # ------------------------------------------------------------------ one step
 
     def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The batch for a global step: epoch e's permutation comes from seed + e, so a resumed run sees the same data."""
         epoch, pos = divmod(step, self.steps_per_epoch)
-        g = torch.Generator().manual_seed(self.cfg.training.seed * 1_000_003 + epoch)
-        perm = torch.randperm(len(self.x), generator=g)
-        idx = perm[pos * self.batch_size : (pos + 1) * self.batch_size].to(self.device)
+        if self._perm is None or self._perm[0] != epoch:
+            g = torch.Generator().manual_seed(self.cfg.training.seed * 1_000_003 + epoch)
+            self._perm = (epoch, torch.randperm(len(self.x), generator=g).to(self.device))
+        # This rank's slice of the global batch: ranks see disjoint images.
+        start = pos * self.global_batch + self.dist.rank * self.batch_size
+        idx = self._perm[1][start : start + self.batch_size]
         return self.x[idx], self.y[idx]
 
     def loss(self, x0: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per-sample MSE between the model's output and the objective's target."""
-        g, n = self.noise_gen, x0.shape[0]
-        t = sample_training_t(self.cfg.diffusion, n, g, self.device)  # (B,)
-        eps = torch.randn(x0.shape, generator=g, device=self.device)
+        # Every rank draws the randomness of the whole global batch and keeps its slice, so the
+        # run is the same for any number of ranks (and the generators stay in step for resume).
+        g, n = self.noise_gen, self.global_batch
+        mine = slice(self.dist.rank * self.batch_size, (self.dist.rank + 1) * self.batch_size)
+        t = sample_training_t(self.cfg.diffusion, n, g, self.device)[mine]  # (B,)
+        eps = torch.randn((n, *x0.shape[1:]), generator=g, device=self.device)[mine]
         # Label dropout for classifier-free guidance (Ho & Salimans 2022, Algorithm 1).
-        drop = torch.rand(n, generator=g, device=self.device) < self.cfg.training.cfg_dropout_prob
+        drop = (torch.rand(n, generator=g, device=self.device) < self.cfg.training.cfg_dropout_prob)[mine]
         y = torch.where(drop, torch.full_like(y, NULL_CLASS), y)
         a, s = broadcast(self.path.alpha(t), x0), broadcast(self.path.sigma(t), x0)
         x_t = a * x0 + s * eps  # the forward process, Ho et al. 2020, Eq. 4
         target = self.objective.target(x0, eps, a, s)
-        out = self.model(x_t, t * 1000, y)
+        with self.autocast():
+            out = self.train_model(x_t, t * 1000, y)
         per_sample = (out.float() - target).pow(2).flatten(1).mean(1)  # (B,)
         return per_sample.mean(), per_sample.detach(), t
 
@@ -122,15 +215,18 @@ class Trainer:
         x0, y = self.batch(step)
         loss, per_sample, t = self.loss(x0, y)
         if tc.on_nonfinite == "skip" or self.device.type != "cuda":
-            # On the CPU this check is free; on a GPU it costs a synchronisation.
-            if not torch.isfinite(loss).item():
+            # On the CPU this check is free; on a GPU it costs a synchronisation, so there it
+            # happens only in "skip" mode (and in "stop" mode at each log step, in fit()).
+            finite = 1.0 - mean_across_ranks(torch.isfinite(loss).float().reshape(1), self.dist).item()
+            if finite > 0:  # any rank's loss was not finite: every rank agrees to skip or stop
                 if tc.on_nonfinite == "stop":
-                    raise NonFiniteLoss(f"loss became {loss.item()} at step {step}; nothing non-finite was saved")
+                    raise NonFiniteLoss(f"the loss became {loss.item()} at step {step}; stopping "
+                                        f"(training.on_nonfinite=skip skips such steps instead)")
                 self.opt.zero_grad(set_to_none=True)
                 self.skipped += 1
-                return loss.detach(), per_sample, t
+                return torch.zeros_like(loss.detach()), torch.nan_to_num(per_sample), t
         self.opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.backward()  # under DDP this also averages the gradients across ranks
         if tc.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
         self.opt.step()
@@ -140,47 +236,91 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
 
     def fit(self, stop_after: Optional[int] = None) -> dict:
-        """Train until total_steps (or `stop_after` steps, for tests and interruptions); return the last log."""
-        tc, self.skipped = self.cfg.training, 0
+        """Train until total_steps (or `stop_after` steps); return the last log record.
+
+        Ctrl-C (SIGINT) finishes the current step, saves last.pt and returns with
+        `self.interrupted` set, so nothing is lost and --resume continues.
+        """
+        tc, self.interrupted = self.cfg.training, False
         end = self.total_steps if stop_after is None else min(self.total_steps, stop_after)
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        if self.step == 0:  # a fresh run starts a fresh log
-            (self.out_dir / "metrics.jsonl").unlink(missing_ok=True)
-        (self.out_dir / "config.json").write_text(json.dumps(self.cfg.to_dict(), indent=2))
+        if self.dist.is_main:
+            self.check_writable()
+            if self.step == 0:  # a fresh run starts a fresh log
+                (self.out_dir / "metrics.jsonl").unlink(missing_ok=True)
+            (self.out_dir / "config.json").write_text(json.dumps(self.cfg.to_dict(), indent=2))
         bar = tqdm(total=self.total_steps, initial=self.step, disable=self.quiet, unit="step", dynamic_ncols=True)
-        loss_sum = torch.zeros((), device=self.device)
-        bin_sum = torch.zeros(T_BINS, device=self.device)
-        bin_cnt = torch.zeros(T_BINS, device=self.device)
+        sums = torch.zeros(1 + 2 * T_BINS, device=self.device)  # loss, then loss and count per t bin
         n_since, t_last, last_log = 0, time.perf_counter(), {}
-        while self.step < end:
-            loss, per_sample, t = self.train_step(self.step)
-            self.step += 1
-            self.images_seen += per_sample.shape[0]
-            loss_sum += loss
-            bins = (t * T_BINS).long().clamp(max=T_BINS - 1)
-            bin_sum.scatter_add_(0, bins, per_sample)
-            bin_cnt.scatter_add_(0, bins, torch.ones_like(per_sample))
-            n_since += 1
-            bar.update(1)
-            epoch_done = self.step % self.steps_per_epoch == 0
-            if self.step % tc.log_every == 0 or self.step == end or epoch_done:
-                now = time.perf_counter()
-                self.elapsed += now - t_last
-                ips = n_since * self.batch_size / max(now - t_last, 1e-9)
-                self.train_images_per_s = ips
-                last_log = self._log(loss_sum.item() / n_since, ips, bin_sum, bin_cnt)
-                bar.set_postfix(loss=f"{last_log['loss']:.4f}", img_s=f"{ips:.0f}", epoch=self.step // self.steps_per_epoch)
-                loss_sum.zero_(), bin_sum.zero_(), bin_cnt.zero_()
-                n_since, t_last = 0, time.perf_counter()
-            if tc.sample_every and self.step % tc.sample_every == 0:
-                self.save_samples(f"step_{self.step:07d}")
-            if epoch_done or self.step == self.total_steps:
-                self.end_of_epoch()
-                t_last = time.perf_counter()  # sampling and saving are not training time
+        with self._sigint_stops_training():
+            while self.step < end and not self.interrupted:
+                loss, per_sample, t = self.train_step(self.step)
+                self.step += 1
+                self.images_seen += self.global_batch
+                bins = (t * T_BINS).long().clamp(max=T_BINS - 1)
+                sums[0] += loss
+                sums[1:].view(2, T_BINS)[0].scatter_add_(0, bins, per_sample)
+                sums[1:].view(2, T_BINS)[1].scatter_add_(0, bins, torch.ones_like(per_sample))
+                n_since += 1
+                bar.update(1)
+                epoch_done = self.step % self.steps_per_epoch == 0
+                if self.step % tc.log_every == 0 or self.step == end or epoch_done:
+                    # The only host-device synchronisation: once every log_every steps.
+                    now = time.perf_counter()
+                    self.elapsed += now - t_last
+                    ips = n_since * self.global_batch / max(now - t_last, 1e-9)
+                    self.train_images_per_s = ips
+                    totals = mean_across_ranks(sums, self.dist).tolist()
+                    last_log = self._log(totals[0] / n_since, ips, totals[1 : 1 + T_BINS], totals[1 + T_BINS :])
+                    if not math.isfinite(last_log["loss"]):
+                        raise NonFiniteLoss(f"the loss became {last_log['loss']} by step {self.step}; stopping")
+                    bar.set_postfix(loss=f"{last_log['loss']:.4f}", img_s=f"{ips:.0f}",
+                                    epoch=self.step // self.steps_per_epoch)
+                    sums.zero_()
+                    n_since, t_last = 0, time.perf_counter()
+                if tc.sample_every and self.step % tc.sample_every == 0:
+                    self.save_samples(f"step_{self.step:07d}")
+                if epoch_done or self.step == self.total_steps:
+                    self.end_of_epoch()
+                    t_last = time.perf_counter()  # sampling and saving are not training time
         bar.close()
         if self.step < self.total_steps:  # stopped early: keep everything needed to resume
             self.save("last.pt")
+        barrier(self.dist)
         return last_log
+
+    def _sigint_stops_training(self):
+        """Within the loop, Ctrl-C sets a flag instead of raising mid-step."""
+        trainer = self
+
+        class _Handler:
+            def __enter__(self):
+                self.previous = None
+                try:
+                    self.previous = signal.signal(signal.SIGINT, self.handle)
+                except ValueError:  # not the main thread: leave signals alone
+                    pass
+
+            def handle(self, signum, frame):
+                if trainer.interrupted:  # a second Ctrl-C: stop at once
+                    raise KeyboardInterrupt
+                trainer.interrupted = True
+
+            def __exit__(self, *exc):
+                if self.previous is not None:
+                    signal.signal(signal.SIGINT, self.previous)
+
+        return _Handler()
+
+    def check_writable(self) -> None:
+        """Fail before the first step, with one line, if the output folder cannot be written."""
+        probe = self.out_dir / f".write_test.{os.getpid()}"
+        try:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            probe.write_bytes(b"0" * 4096)
+            probe.unlink()
+        except OSError as e:
+            raise OutputError(f"cannot write to {self.out_dir}: {e.strerror or e} "
+                              f"(set training.output_dir=... to a writable folder)") from None
 
     def end_of_epoch(self) -> None:
         epoch = math.ceil(self.step / self.steps_per_epoch)
@@ -191,8 +331,8 @@ class Trainer:
             self._prune()
         self.save("last.pt")
 
-    def _log(self, loss: float, ips: float, bin_sum, bin_cnt) -> dict:
-        by_t = (bin_sum / bin_cnt.clamp(min=1)).tolist()
+    def _log(self, loss: float, ips: float, bin_sum: list, bin_cnt: list) -> dict:
+        by_t = [v / c if c > 0 else None for v, c in zip(bin_sum, bin_cnt)]
         record = {
             "step": self.step,
             "epoch": round(self.step / self.steps_per_epoch, 4),
@@ -201,11 +341,12 @@ class Trainer:
             "lr": self.opt.param_groups[0]["lr"],
             "images_per_s": round(ips, 1),
             "seconds": round(self.elapsed, 2),
-            "loss_by_t": [round(v, 5) if c > 0 else None for v, c in zip(by_t, bin_cnt.tolist())],
+            "loss_by_t": [None if v is None else round(v, 5) for v in by_t],
             "skipped_steps": self.skipped,
         }
-        with open(self.out_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
+        if self.dist.is_main:
+            with open(self.out_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
         return record
 
     # ------------------------------------------------------------------ outputs
@@ -214,7 +355,9 @@ class Trainer:
         """The EMA model as a sampling pipeline."""
         return Pipeline(self.ema.model, self.cfg, self.device, vae=self.vae)
 
-    def save_samples(self, tag: str) -> Path:
+    def save_samples(self, tag: str) -> Optional[Path]:
+        if not self.dist.is_main:
+            return None
         pipe = self.pipeline()
         labels = pipe.default_labels(range(10), self.cfg.sampling.n_per_class)
         result = pipe.generate(labels, seed=self.cfg.training.seed)
@@ -240,8 +383,16 @@ class Trainer:
             "torch": str(torch.__version__),
         }
 
-    def save(self, name: str) -> Path:
-        return save_checkpoint(self.state(), self.out_dir / "checkpoints" / name)
+    def save(self, name: str) -> Optional[Path]:
+        """Write a checkpoint atomically (rank 0 only); a failed write leaves the old file intact."""
+        if not self.dist.is_main:
+            return None
+        path = self.out_dir / "checkpoints" / name
+        try:
+            return save_checkpoint(self.state(), path)
+        except OSError as e:
+            raise OutputError(f"could not write {path}: {e.strerror or e}; "
+                              f"earlier checkpoints in {path.parent} are intact") from None
 
     def _prune(self) -> None:
         keep = self.cfg.training.keep_last

@@ -6,8 +6,8 @@ lowest resolution, skip connections from every down block to the up path.
 SD1/SD2 add text cross-attention; here the class label is added to the time
 embedding instead (Dhariwal & Nichol 2021, Sec. 4), with a null class for guidance.
 
-Shapes for the default config (channels 32, channel_mult [1, 2, 2]):
-28x28x32 -> 14x14x64 -> 7x7x64 (+ attention) -> back up to 28x28x32 -> 28x28x1.
+Shapes for the default config (channels 16, channel_mult [1, 4, 6]):
+28x28x16 -> 14x14x64 -> 7x7x96 (+ attention) -> back up to 28x28x16 -> 28x28x1.
 """
 
 from __future__ import annotations

@@ -1,0 +1,83 @@
+"""Training throughput: train.py's loop against a bare forward/backward/step loop, same model and batch.
+
+    python benchmarks/train_throughput.py                 # the SD1 config
+    python benchmarks/train_throughput.py --config configs/unified_sd2_unet_v.yaml --steps 20
+
+Rounds of the two loops alternate, so a noisy machine slows both alike; the medians
+and their ratio are printed. The loop's overhead (EMA, clipping, LR schedule, batch
+indexing, logging) should stay under 10% on the CPU.
+"""
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "src"))
+
+import torch  # noqa: E402
+
+from difflab.config import load_config  # noqa: E402
+from difflab.models import build_model  # noqa: E402
+from difflab.training import Trainer  # noqa: E402
+
+
+def bare_loop(model, opt, x, y, batch_size, steps, gen):
+    """The least a training step can do: forward, MSE, backward, AdamW."""
+    start = time.perf_counter()
+    for _ in range(steps):
+        idx = torch.randint(0, len(x), (batch_size,), generator=gen)
+        xb, yb = x[idx], y[idx]
+        t = torch.rand(batch_size, generator=gen)
+        noise = torch.randn(xb.shape, generator=gen)
+        loss = (model(xb + noise, t * 1000, yb) - noise).pow(2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return steps * batch_size / (time.perf_counter() - start)
+
+
+def trainer_loop(trainer, steps):
+    """train.py's own loop (Trainer.fit), for `steps` more steps."""
+    start = time.perf_counter()
+    trainer.fit(stop_after=trainer.step + steps)
+    return steps * trainer.batch_size / (time.perf_counter() - start)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default=str(ROOT / "configs/unified_sd1_unet_eps.yaml"))
+    p.add_argument("--steps", type=int, default=10, help="steps per round")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--threads", type=int, default=None)
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = load_config(args.config, [f"training.output_dir={tmp}", "training.device=cpu", "training.log_every=1000000"])
+        n = 60000  # the size of MNIST; random pixels time the same as digits
+        x, y = torch.rand(n, 1, 28, 28) * 2 - 1, torch.randint(0, 10, (n,))
+        trainer = Trainer(cfg, data=(x, y), quiet=True)
+        model = build_model(cfg.model)
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.training.lr)
+        gen = torch.Generator().manual_seed(0)
+        bare_loop(model, opt, x, y, trainer.batch_size, 2, gen)  # warm-up both
+        trainer_loop(trainer, 2)
+        bare, loop = [], []
+        for _ in range(args.rounds):
+            bare.append(bare_loop(model, opt, x, y, trainer.batch_size, args.steps, gen))
+            loop.append(trainer_loop(trainer, args.steps))
+    b, l = statistics.median(bare), statistics.median(loop)
+    print(f"config {cfg.name}, batch {trainer.batch_size}, {torch.get_num_threads()} threads, "
+          f"{args.rounds} alternating rounds of {args.steps} steps")
+    print(f"bare forward/backward/step : {b:8.1f} images/s  (rounds: {', '.join(f'{v:.0f}' for v in bare)})")
+    print(f"train.py loop (Trainer.fit): {l:8.1f} images/s  (rounds: {', '.join(f'{v:.0f}' for v in loop)})")
+    print(f"loop / bare = {l / b:.3f}  (overhead {100 * (1 - l / b):.1f}%)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,182 @@
+"""Score a model with numbers: python evaluate.py --checkpoint PATH [--n 5000 --sampler heun --steps 20 ...]
+
+Samples N images (evenly over the digits 0-9) and prints one JSON object on stdout:
+
+- fid: Frechet distance (Heusel et al. 2017) between the classifier's penultimate
+  features of the samples and of the MNIST test set; fid_floor is the same for N real
+  training images, what a perfect model would score at this N (FID is biased upwards
+  for small N, so compare runs at the same N);
+- accuracy / per_digit_accuracy: how often the classifier sees the digit asked for
+  (null for an unconditional model, which is asked for no digit);
+- precision / recall (Kynkaanniemi et al. 2019): quality and coverage;
+- n, sampler, steps, nfe, cfg_scale, seconds (sampling only), device, checkpoint, config.
+
+`--samples FILE.npz` scores images saved by `sample.py --save-npz` instead. Progress goes
+to stderr, so `python evaluate.py ... > scores.json` keeps stdout clean.
+"""
+
+import argparse
+import contextlib
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "src"))
+
+from difflab.cli import fail, run_main  # noqa: E402
+
+# The keys of every answer, in the order they are printed; what does not apply is null.
+KEYS = ("fid", "fid_floor", "accuracy", "per_digit_accuracy", "precision", "recall", "n",
+        "sampler", "steps", "nfe", "cfg_scale", "seconds", "device", "checkpoint", "samples", "config")  # fmt: skip
+MIN_IMAGES = 4  # FID needs a covariance, precision/recall the 3 nearest neighbours of each point
+
+
+def load_samples(path):
+    """(images (N, 1, 28, 28) in [-1, 1], labels (N,) or None) from a `sample.py --save-npz` file.
+
+    The file holds x: uint8 (N, 28, 28) and y: integer (N,), the digits asked for; y all
+    equal to the null class 10 means unconditional samples (no accuracy to measure).
+    """
+    import zipfile
+
+    import numpy as np
+    import torch
+
+    from difflab.data import images_to_tensor
+    from difflab.models import NULL_CLASS
+
+    path = Path(path)
+    if not path.is_file():
+        fail(f"--samples: {path}: no such file")
+    if not zipfile.is_zipfile(path):  # else np.load may try it as a pickle or a bare .npy
+        fail(f"--samples: {path}: not an .npz file (write one with `sample.py --save-npz`)")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            missing = [k for k in ("x", "y") if k not in npz.files]
+            if missing:
+                fail(f"--samples: {path} has no array {' or '.join(missing)} (expected x: uint8 N x 28 x 28, y: N labels)")
+            x, y = npz["x"], npz["y"]
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        fail(f"--samples: {path}: not a readable .npz file ({type(e).__name__})")
+    if x.dtype != np.uint8 or x.ndim != 3 or x.shape[1:] != (28, 28):
+        fail(f"--samples: x is {x.dtype} {x.shape}, expected uint8 (N, 28, 28)")
+    if y.ndim != 1 or len(y) != len(x) or not np.issubdtype(y.dtype, np.integer):
+        fail(f"--samples: y is {y.dtype} {y.shape}, expected {len(x)} integer labels")
+    if len(x) < MIN_IMAGES:
+        fail(f"--samples: {path} holds {len(x)} images, need at least {MIN_IMAGES}")
+    if (y == NULL_CLASS).all():
+        labels = None
+    elif y.min() < 0 or y.max() > 9:
+        fail(f"--samples: y must be digits 0..9, or all {NULL_CLASS} for unconditional samples")
+    else:
+        labels = torch.from_numpy(y.astype(np.int64))
+    return images_to_tensor(x), labels
+
+
+def evaluate_checkpoint(checkpoint, classifier=None, n: int = 5000, *, sampler: Optional[str] = None,
+                        steps: Optional[int] = None, cfg_scale: Optional[float] = None, seed: int = 0,
+                        batch_size: int = 500, device: str = "auto", data_dir=None, use_ema: bool = True,
+                        progress: bool = True) -> dict:  # fmt: skip
+    """Sample n images from a checkpoint and score them; the dict that evaluate.py prints.
+
+    `classifier` defaults to the cached MNIST classifier (trained on first use); tests
+    pass a small untrained one. The data folder is data_dir, else the checkpoint's
+    cfg.data.data_dir, else the default (resolve_data_dir).
+    """
+    from difflab import evaluation as ev
+    from difflab.pipeline import Pipeline
+
+    pipe = Pipeline.from_checkpoint(checkpoint, device, use_ema=use_ema)
+    if pipe.cfg.data.dataset != "mnist":
+        fail(f"{checkpoint}: trained on {pipe.cfg.data.dataset}; the judge is an MNIST classifier")
+    data_dir = data_dir or pipe.cfg.data.data_dir
+    if classifier is None:
+        classifier = quiet_load_classifier(data_dir, pipe.device)
+    try:
+        scores = ev.evaluate_pipeline(pipe, classifier, n, sampler=sampler, steps=steps, cfg_scale=cfg_scale,
+                                      seed=seed, batch_size=batch_size, data_dir=data_dir, progress=progress)
+    except FloatingPointError as e:
+        fail(f"{checkpoint}: {e}")
+    return tidy({**scores, "checkpoint": str(checkpoint), "config": pipe.cfg.name})
+
+
+def evaluate_samples(path, classifier=None, *, batch_size: int = 500, device: str = "auto", data_dir=None) -> dict:
+    """Score the images of a `sample.py --save-npz` file; sampling keys are null."""
+    from difflab import evaluation as ev
+    from difflab.pipeline import select_device
+
+    images, labels = load_samples(path)
+    device = select_device(device)
+    if classifier is None:
+        classifier = quiet_load_classifier(data_dir, device)
+    scores = ev.evaluate_images(images, labels, classifier, data_dir=data_dir, batch_size=batch_size)
+    return tidy({**scores, "device": str(device), "samples": str(path)})
+
+
+def quiet_load_classifier(data_dir, device):
+    """evaluation.load_classifier, with its messages sent to stderr: stdout is for the JSON."""
+    from difflab import evaluation as ev
+
+    with contextlib.redirect_stdout(sys.stderr):
+        return ev.load_classifier(data_dir, device=device)
+
+
+def tidy(scores: dict) -> dict:
+    """Every key of KEYS in order (null where it does not apply); no per-digit dict without labels."""
+    out = {k: scores.get(k) for k in KEYS}
+    if out["accuracy"] is None:
+        del out["per_digit_accuracy"]
+    else:  # JSON object keys are strings; "0".."9" in order
+        out["per_digit_accuracy"] = {str(d): a for d, a in sorted(out["per_digit_accuracy"].items())}
+    return out
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--checkpoint", help="sample from this checkpoint and score the images")
+    what.add_argument("--samples", metavar="FILE.npz", help="score saved samples (x uint8 N x 28 x 28, y labels)")
+    p.add_argument("--n", type=int, default=5000, help="images to sample (default 5000)")
+    p.add_argument("--sampler", default=None, help="ddpm | ddim | euler | heun | dpm++2m (default: the config's)")
+    p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the config's)")
+    p.add_argument("--cfg-scale", type=float, default=None, help="guidance scale; 1 = no guidance")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=500, help="images per batch: bounds memory")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--data-dir", default=None, help="MNIST and the classifier (default: the config's, else data/)")
+    p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
+    p.add_argument("--out", default=None, metavar="FILE.json", help="also write the JSON here")
+    args = p.parse_args(argv)
+
+    from difflab.config import SAMPLERS
+
+    if args.sampler is not None and args.sampler not in SAMPLERS:
+        fail(f"--sampler: expected one of {', '.join(SAMPLERS)}, got {args.sampler!r}")
+    for name in ("steps", "batch_size"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            fail(f"--{name.replace('_', '-')}: expected a positive integer")
+    if args.n < MIN_IMAGES:
+        fail(f"--n: expected at least {MIN_IMAGES} images, got {args.n}")
+    if args.cfg_scale is not None and args.cfg_scale < 0:
+        fail("--cfg-scale: expected a number >= 0")
+
+    if args.samples:
+        scores = evaluate_samples(args.samples, batch_size=args.batch_size, device=args.device, data_dir=args.data_dir)
+    else:
+        scores = evaluate_checkpoint(
+            args.checkpoint, n=args.n, sampler=args.sampler, steps=args.steps, cfg_scale=args.cfg_scale,
+            seed=args.seed, batch_size=args.batch_size, device=args.device, data_dir=args.data_dir,
+            use_ema=not args.no_ema,
+        )  # fmt: skip
+    text = json.dumps(scores, indent=2)
+    print(text)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text + "\n")
+        print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))
