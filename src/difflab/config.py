@@ -35,6 +35,7 @@ class DataConfig:
     data_dir: Optional[str] = None  # None: $DIFFLAB_DATA, else ./data
     # Latent diffusion: path of a trained VAE checkpoint. None = pixel space.
     vae_checkpoint: Optional[str] = None
+    limit: Optional[int] = None  # use only the first N training images (quick experiments, tests)
 
 
 @dataclass
@@ -258,6 +259,8 @@ def _validate(cfg: Config, source: str) -> None:
     }.items():
         if value < 0:
             bad(key, "a number >= 0")
+    if cfg.data.limit is not None and cfg.data.limit < 1:
+        bad("data.limit", "a positive integer or null")
     if t.threads is not None and t.threads < 1:
         bad("training.threads", "a positive integer or null")
     if t.max_steps is not None and t.max_steps < 1:

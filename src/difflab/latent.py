@@ -33,9 +33,11 @@ def load_training_data(cfg: Config, device: torch.device):
     """((x, y), vae): pixels and None, or the scaled latents of every training image and the VAE."""
     if not cfg.data.vae_checkpoint:
         x, y = load_split("train", dataset=cfg.data.dataset, data_dir=cfg.data.data_dir, device=device)
+        x, y = x[: cfg.data.limit], y[: cfg.data.limit]  # data.limit: the first N images only
         return (x, y), None
     vae = load_vae(cfg.data.vae_checkpoint, device)  # first: a missing VAE fails before any data work
     x, y = load_split("train", dataset=cfg.data.dataset, data_dir=cfg.data.data_dir, device="cpu")
+    x, y = x[: cfg.data.limit], y[: cfg.data.limit]
     z = cached_latents(vae, Path(cfg.data.vae_checkpoint), x, cfg.data.dataset)  # (N, C, H / f, W / f)
     print(f"latents {tuple(z.shape)}: std {z.std().item():.3f} after scaling by {vae.scale_factor:.5f}")
     return (z.to(device), y.to(device)), vae

@@ -138,4 +138,7 @@ def build_vae(cfg: ModelConfig, in_channels: int = 1, image_size: int = 28) -> V
             f"model.channel_mult: {len(cfg.channel_mult)} levels downsample by {factor}, "
             f"which does not divide the image size {image_size}; use at most 3 levels for 28x28"
         )
+    for width in (cfg.channels * m for m in cfg.channel_mult):
+        if width % min(8, width):
+            raise ConfigError(f"model.channels: widths {cfg.channels} x channel_mult must be multiples of 8 (GroupNorm)")
     return VAE(in_channels, image_size, cfg.channels, tuple(cfg.channel_mult), cfg.num_res_blocks, cfg.latent_channels)

@@ -1,0 +1,166 @@
+"""The demo in a real browser: start `interactive_demo.py`, drive headless Chromium, look at the page.
+
+Needs Debian's Chromium (/usr/bin/chromium) and Playwright's Python package; Playwright's own
+browser download is never used. Without them the test is skipped and says why.
+It leaves a screenshot of the page in docs/images/demo.png.
+"""
+
+import os
+import queue
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+
+from conftest import tiny_config, tiny_data
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+SCREENSHOT = ROOT / "docs" / "images" / "demo.png"
+TIMEOUT_MS = 30_000
+
+
+def missing_tools() -> str:
+    """Why the test cannot run here, or '' if it can."""
+    if not os.access(CHROMIUM, os.X_OK):
+        return f"no Chromium at {CHROMIUM} (apt-get install chromium)"
+    for module, install in [("playwright", "pip install playwright"), ("gradio", "pip install -r requirements-demo.txt")]:
+        try:
+            __import__(module)
+        except ImportError:
+            return f"{module} is not installed ({install})"
+    return ""
+
+
+@pytest.fixture(scope="module")
+def demo_url(tmp_path_factory):
+    """A demo server on a free localhost port, serving a tiny checkpoint trained here."""
+    reason = missing_tools()
+    if reason:
+        pytest.skip(reason)
+    from difflab.training import Trainer
+
+    tmp = tmp_path_factory.mktemp("demo")
+    Trainer(tiny_config(tmp), data=tiny_data(64), quiet=True).fit()
+    ckpt = tmp / "experiments" / "tiny" / "checkpoints" / "model_epoch_1.pt"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GRADIO_TEMP_DIR": str(tmp / "gradio")}
+    proc = subprocess.Popen([sys.executable, str(ROOT / "interactive_demo.py"), "--checkpoint", str(ckpt)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
+    url, log, deadline = None, [], time.monotonic() + 60
+    while url is None and time.monotonic() < deadline and proc.poll() is None:
+        try:
+            line = lines.get(timeout=0.5)
+        except queue.Empty:
+            continue
+        log.append(line)
+        if line.startswith("difflab demo: http://"):
+            url = line.split()[2]
+    if url is None:
+        proc.kill()
+        pytest.fail("the demo did not print its URL within 60 s:\n" + "".join(log))
+    yield url
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def _generate(page, *, digit=None, seed=None, steps=None) -> str:
+    """Fill in the values given, press Generate, wait for this run's result; return the status text."""
+    for elem_id, value in [("digit", digit), ("seed", seed), ("steps", steps)]:
+        if value is not None:
+            page.fill(f"#{elem_id} input", str(value))
+    before = _text(page, "summary-a") + _text(page, "status")
+    page.click("#generate")
+    # The summary names the seed, so each run below changes it (or the status shows an error).
+    page.wait_for_function(f"before => {_JS_TEXT}('summary-a') + {_JS_TEXT}('status') !== before",
+                           arg=before, timeout=TIMEOUT_MS)
+    return _text(page, "status")
+
+
+# The text of a gr.Markdown, without the progress tracker Gradio may overlay on it.
+_JS_TEXT = "(id => document.querySelector(`#${id} [data-testid=markdown]`).innerText.trim())"
+
+
+def _text(page, elem_id: str) -> str:
+    return page.evaluate(f"{_JS_TEXT}({elem_id!r})")
+
+
+def _image_bytes(page, elem_id: str) -> bytes:
+    src = page.get_attribute(f"#{elem_id} img", "src", timeout=TIMEOUT_MS)
+    return page.request.get(src).body()
+
+
+def test_the_demo_page_generates_reproducibly_and_refuses_bad_values(demo_url):
+    from playwright.sync_api import sync_playwright
+
+    host = urlparse(demo_url).netloc
+    external = []  # every request that would leave this machine: recorded, then blocked
+
+    def only_local(route):
+        url = route.request.url
+        if urlparse(url).scheme in ("data", "blob") or urlparse(url).netloc == host:
+            route.continue_()
+        else:
+            external.append(url)
+            route.abort()
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        context = browser.new_context(viewport={"width": 1280, "height": 860})
+        context.route("**/*", only_local)
+        page = context.new_page()
+        page.goto(demo_url)
+        page.wait_for_selector("#generate", timeout=TIMEOUT_MS)
+        page.fill("#n-images input[type=number]", "4")
+        page.press("#n-images input[type=number]", "Enter")
+
+        assert _generate(page, digit=7, seed=1, steps=4) == ""
+        assert "digit 7" in _text(page, "summary-a") and "seed 1" in _text(page, "summary-a")
+        first = _image_bytes(page, "grid-a")
+        assert first.startswith(b"\x89PNG")
+        assert page.locator("#strip-a img").count() == 1
+        assert page.get_attribute("#gif-a img", "src").startswith("data:image/gif;base64,")
+        SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SCREENSHOT))
+
+        _generate(page, seed=2)
+        assert "seed 2" in _text(page, "summary-a")
+        assert _image_bytes(page, "grid-a") != first, "two seeds gave the same images"
+        _generate(page, seed=1)
+        assert "seed 1" in _text(page, "summary-a")
+        assert _image_bytes(page, "grid-a") == first, "the same seed gave other images"
+
+        status = _generate(page, steps=100000)
+        assert "Not generated" in status and "steps" in status and "1000" in status, status
+        assert page.locator("#grid-a img").count() == 0  # the old images are gone, not passed off as new
+        assert "Traceback" not in page.content()
+        browser.close()
+    assert external == [], f"the page asked for things outside localhost: {external}"
+
+
+def test_several_tabs_generating_at_once_all_get_images(demo_url):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        pages = [browser.new_page() for _ in range(3)]
+        for seed, page in enumerate(pages):
+            page.goto(demo_url)
+            page.wait_for_selector("#generate", timeout=TIMEOUT_MS)
+            page.fill("#n-images input[type=number]", "2")
+            page.press("#n-images input[type=number]", "Enter")
+            page.fill("#steps input", "4")
+            page.fill("#seed input", str(seed))
+        for page in pages:  # all three clicks before any result is in
+            page.click("#generate")
+        for seed, page in enumerate(pages):
+            page.wait_for_selector("#grid-a img", timeout=TIMEOUT_MS)
+            assert f"seed {seed}" in _text(page, "summary-a")
+        browser.close()

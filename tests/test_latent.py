@@ -1,0 +1,151 @@
+"""Latent diffusion: the VAE round-trips, its scale factor whitens the latents, both stages run end to end."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import tiny_config, tiny_data
+from difflab import latent
+from difflab.checkpoint import CheckpointError, load_checkpoint
+from difflab.config import ConfigError, ModelConfig, load_config
+from difflab.dryrun import describe
+from difflab.models import build_model, count_parameters
+from difflab.models.vae import build_vae
+from difflab.pipeline import Pipeline
+from difflab.training import Trainer
+from difflab.vae_training import VAETrainer
+
+ROOT = Path(__file__).resolve().parent.parent
+VAE_MODEL = {"architecture": "vae", "channels": 8, "channel_mult": [1, 2, 2], "latent_channels": 4}
+LDM_MODEL = {"architecture": "unet", "channels": 16, "channel_mult": [1], "attention_levels": [], "num_heads": 2}
+CPU = torch.device("cpu")
+
+
+def train_vae(folder: Path, epochs: int = 3, **model) -> VAETrainer:
+    """A tiny VAE trained for a few dozen steps on the synthetic squares; its checkpoint is saved."""
+    cfg = tiny_config(folder, model={**VAE_MODEL, **model}, training={"epochs": epochs, "lr": 3e-3})
+    trainer = VAETrainer(cfg, data=tiny_data(256), quiet=True)
+    trainer.fit()
+    return trainer
+
+
+@pytest.fixture(scope="module")
+def tiny_vae(tmp_path_factory) -> VAETrainer:
+    return train_vae(tmp_path_factory.mktemp("vae"))
+
+
+def vae_path(trainer: VAETrainer) -> Path:
+    return trainer.out_dir / "checkpoints" / "last.pt"
+
+
+def test_vae_round_trip_shapes():
+    vae = build_vae(ModelConfig(**VAE_MODEL))
+    x = tiny_data(3)[0]  # (3, 1, 28, 28)
+    mean, logvar = vae.encode(x)
+    assert mean.shape == logvar.shape == (3, 4, 7, 7) and vae.latent_shape == (4, 7, 7)
+    x_hat, _, _ = vae(x)
+    assert x_hat.shape == x.shape
+    z = vae.encode_latents(x)
+    assert z.shape == (3, *vae.latent_shape)
+    images = vae.decode_latents(z)
+    assert images.shape == x.shape and images.min() >= -1 and images.max() <= 1
+    assert build_vae(ModelConfig(**{**VAE_MODEL, "channel_mult": [1, 2]})).latent_shape == (4, 14, 14)
+    with pytest.raises(ConfigError, match="channel_mult"):  # factor 8 does not divide 28
+        build_vae(ModelConfig(**{**VAE_MODEL, "channel_mult": [1, 1, 1, 1]}))
+
+
+def test_vae_training_improves_reconstructions(tiny_vae):
+    lines = (tiny_vae.out_dir / "metrics.jsonl").read_text().splitlines()
+    records = [r for r in map(json.loads, lines) if "psnr" in r]
+    assert records[-1]["psnr"] > records[0]["psnr"] + 3, records
+    assert (tiny_vae.out_dir / "reconstructions" / "epoch_003.png").exists()
+    assert tiny_vae.final["psnr"] > records[0]["psnr"]
+
+
+def test_stored_scale_factor_gives_unit_variance_latents(tiny_vae):
+    state = load_checkpoint(vae_path(tiny_vae))
+    vae = latent.load_vae(vae_path(tiny_vae), CPU)
+    assert vae.scale_factor == state["scale_factor"]
+    x = tiny_data(128, seed=1)[0]  # a batch the scale was not measured on
+    raw = vae.encode(x)[0]
+    assert abs(raw.std().item() - 1) > 0.05  # the VAE alone does not give unit variance...
+    assert vae.encode_latents(x).std().item() == pytest.approx(1.0, abs=0.1)  # ...its scale factor does
+    assert torch.allclose(vae.decode_latents(vae.encode_latents(x)), vae.decode(raw).clamp(-1, 1), atol=1e-5)
+
+
+def test_latent_diffusion_end_to_end(tiny_vae, tmp_path, monkeypatch):
+    """Stage two via Trainer(cfg) alone: it encodes (and caches) the data, trains, and samples decode to pixels."""
+    monkeypatch.setattr(latent, "load_split", lambda split, **kw: tiny_data(128))
+    cfg = tiny_config(tmp_path, data={"vae_checkpoint": str(vae_path(tiny_vae))}, model=LDM_MODEL,
+                      training={"epochs": 2})
+    trainer = Trainer(cfg, quiet=True)
+    assert trainer.x.shape == (128, 4, 7, 7) and trainer.vae is not None
+    trainer.fit()
+    assert (trainer.out_dir / "samples" / "epoch_002.png").exists()
+
+    pipe = Pipeline.from_checkpoint(trainer.out_dir / "checkpoints" / "last.pt", "cpu")
+    assert pipe.vae.scale_factor == trainer.vae.scale_factor
+    result = pipe.generate(torch.arange(10), steps=3, seed=0)
+    assert result.images.shape == (10, 1, 28, 28)
+    assert result.images.min() >= -1 and result.images.max() <= 1
+    info = describe(cfg)
+    assert info["params"] == trainer.params and info["vae_params"] == count_parameters(pipe.vae)
+
+
+def test_latents_are_cached_beside_the_vae(tiny_vae, tmp_path, monkeypatch):
+    cfg = tiny_config(tmp_path, data={"vae_checkpoint": str(vae_path(tiny_vae))}, model=LDM_MODEL)
+    monkeypatch.setattr(latent, "load_split", lambda split, **kw: tiny_data(64))
+    (first, _), _ = latent.load_training_data(cfg, CPU)
+    assert list(vae_path(tiny_vae).parent.glob("latents_mnist_*.pt"))
+
+    def no_encoding(*args):
+        raise AssertionError("encoded again")
+
+    monkeypatch.setattr(latent, "encode_dataset", no_encoding)
+    (again, _), _ = latent.load_training_data(cfg, CPU)
+    assert torch.equal(first, again)
+    monkeypatch.setattr(latent, "load_split", lambda split, **kw: tiny_data(64, seed=7))  # other images
+    with pytest.raises(AssertionError, match="encoded again"):
+        latent.load_training_data(cfg, CPU)
+
+
+def test_missing_vae_names_the_command_that_trains_it(tmp_path):
+    missing = tmp_path / "experiments" / "vae_mnist" / "checkpoints" / "last.pt"
+    cfg = tiny_config(tmp_path, data={"vae_checkpoint": str(missing)}, model=LDM_MODEL)
+    command = f"python train.py --config configs/reference/vae_mnist.yaml training.output_dir={missing.parents[2]}"
+    with pytest.raises(CheckpointError) as e:
+        latent.load_training_data(cfg, CPU)
+    assert "\n" not in str(e.value) and "python train.py --config" in str(e.value)
+    r = subprocess.run([sys.executable, "train.py", "--config", "configs/reference/ldm_latent.yaml",
+                        f"data.vae_checkpoint={missing}"], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert command in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_vae_that_does_not_match_is_refused(tiny_vae, tmp_path):
+    # a diffusion checkpoint where a VAE should be
+    pixel = Trainer(tiny_config(tmp_path / "pixel"), data=tiny_data(32), quiet=True).save("pixel.pt")
+    with pytest.raises(CheckpointError, match="not a VAE checkpoint"):
+        latent.load_vae(pixel, CPU)
+    # a latent model trained on 4-channel latents, decoded by a VAE with 2 latent channels
+    cfg = tiny_config(tmp_path / "ldm", data={"vae_checkpoint": str(vae_path(tiny_vae))}, model=LDM_MODEL)
+    ldm = Trainer(cfg, data=(torch.randn(32, 4, 7, 7), torch.arange(32) % 10), quiet=True).save("ldm.pt")
+    other = train_vae(tmp_path / "vae2", epochs=1, latent_channels=2)
+    state = load_checkpoint(ldm)
+    state["config"]["data"]["vae_checkpoint"] = str(vae_path(other))
+    torch.save(state, ldm)
+    with pytest.raises(CheckpointError, match="do not match"):
+        Pipeline.from_checkpoint(ldm, "cpu")
+
+
+def test_shipped_configs_size_both_stages():
+    vae_cfg = load_config(ROOT / "configs/reference/vae_mnist.yaml")
+    assert build_vae(vae_cfg.model).latent_shape == (4, 7, 7)
+    assert describe(vae_cfg)["architecture"] == "vae"
+    ldm = load_config(ROOT / "configs/reference/ldm_latent.yaml")
+    params = count_parameters(build_model(ldm.model, in_channels=4, image_size=7))
+    assert abs(params / 1.7e6 - 1) < 0.05, params
