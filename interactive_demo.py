@@ -41,11 +41,11 @@ def main(argv=None):
         paths += found
     if not paths:
         fail("give a model: --checkpoint CKPT (repeatable) or --experiments DIR")
+    models = load_models(paths, args.device)  # a bad checkpoint stops here, with one line
     try:
-        import gradio  # noqa: F401  (checked before the models load, which takes a while)
+        import gradio  # noqa: F401
     except ImportError:
         fail("the demo needs Gradio: pip install -r requirements-demo.txt")
-    models = load_models(paths, args.device)
     launch(models, host=args.host, port=args.port)
     return 0
 

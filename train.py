@@ -21,7 +21,7 @@ def main(argv=None):
 
     from difflab.config import load_config
     from difflab.distributed import shutdown
-    from difflab.training import Trainer
+    from difflab.training import Trainer, resume_path
 
     cfg = load_config(args.config, args.overrides)
     if args.dry_run:
@@ -36,7 +36,7 @@ def main(argv=None):
     else:
         trainer = Trainer(cfg)
     if args.resume:
-        path = trainer.out_dir / "checkpoints" / "last.pt" if args.resume == "last" else Path(args.resume)
+        path = resume_path(trainer) if args.resume == "last" else Path(args.resume)
         if not path.is_file():
             fail(f"--resume: no checkpoint at {path} (train first, or name one with --resume PATH)")
         trainer.load_state(path)

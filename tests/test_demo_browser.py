@@ -30,7 +30,8 @@ def missing_tools() -> str:
     """Why the test cannot run here, or '' if it can."""
     if not os.access(CHROMIUM, os.X_OK):
         return f"no Chromium at {CHROMIUM} (apt-get install chromium)"
-    for module, install in [("playwright", "pip install playwright"), ("gradio", "pip install -r requirements-demo.txt")]:
+    for module, install in [("playwright", "pip install playwright"),
+                            ("gradio", "pip install -r requirements-demo.txt")]:
         try:
             __import__(module)
         except ImportError:
@@ -71,6 +72,17 @@ def demo_url(tmp_path_factory):
     proc.wait(timeout=10)
 
 
+@pytest.fixture(scope="module")
+def browser(demo_url):
+    """Headless Debian Chromium, launched once for the tests below."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
 def _generate(page, *, digit=None, seed=None, steps=None) -> str:
     """Fill in the values given, press Generate, wait for this run's result; return the status text."""
     for elem_id, value in [("digit", digit), ("seed", seed), ("steps", steps)]:
@@ -97,9 +109,7 @@ def _image_bytes(page, elem_id: str) -> bytes:
     return page.request.get(src).body()
 
 
-def test_the_demo_page_generates_reproducibly_and_refuses_bad_values(demo_url):
-    from playwright.sync_api import sync_playwright
-
+def test_the_demo_page_generates_reproducibly_and_refuses_bad_values(demo_url, browser):
     host = urlparse(demo_url).netloc
     external = []  # every request that would leave this machine: recorded, then blocked
 
@@ -111,56 +121,52 @@ def test_the_demo_page_generates_reproducibly_and_refuses_bad_values(demo_url):
             external.append(url)
             route.abort()
 
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        context = browser.new_context(viewport={"width": 1280, "height": 860})
-        context.route("**/*", only_local)
-        page = context.new_page()
-        page.goto(demo_url)
-        page.wait_for_selector("#generate", timeout=TIMEOUT_MS)
-        page.fill("#n-images input[type=number]", "4")
-        page.press("#n-images input[type=number]", "Enter")
+    context = browser.new_context(viewport={"width": 1280, "height": 860})
+    context.route("**/*", only_local)
+    page = context.new_page()
+    page.goto(demo_url)
+    page.wait_for_selector("#generate", timeout=TIMEOUT_MS)
+    page.fill("#n-images input[type=number]", "4")
+    page.press("#n-images input[type=number]", "Enter")
 
-        assert _generate(page, digit=7, seed=1, steps=4) == ""
-        assert "digit 7" in _text(page, "summary-a") and "seed 1" in _text(page, "summary-a")
-        first = _image_bytes(page, "grid-a")
-        assert first.startswith(b"\x89PNG")
-        assert page.locator("#strip-a img").count() == 1
-        assert page.get_attribute("#gif-a img", "src").startswith("data:image/gif;base64,")
-        SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(SCREENSHOT))
+    assert _generate(page, digit=7, seed=1, steps=4) == ""
+    assert "digit 7" in _text(page, "summary-a") and "seed 1" in _text(page, "summary-a")
+    first = _image_bytes(page, "grid-a")
+    assert first.startswith(b"\x89PNG")
+    assert page.locator("#strip-a img").count() == 1
+    assert page.get_attribute("#gif-a img", "src").startswith("data:image/gif;base64,")
+    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOT))
 
-        _generate(page, seed=2)
-        assert "seed 2" in _text(page, "summary-a")
-        assert _image_bytes(page, "grid-a") != first, "two seeds gave the same images"
-        _generate(page, seed=1)
-        assert "seed 1" in _text(page, "summary-a")
-        assert _image_bytes(page, "grid-a") == first, "the same seed gave other images"
+    _generate(page, seed=2)
+    assert "seed 2" in _text(page, "summary-a")
+    assert _image_bytes(page, "grid-a") != first, "two seeds gave the same images"
+    _generate(page, seed=1)
+    assert "seed 1" in _text(page, "summary-a")
+    assert _image_bytes(page, "grid-a") == first, "the same seed gave other images"
 
-        status = _generate(page, steps=100000)
-        assert "Not generated" in status and "steps" in status and "1000" in status, status
-        assert page.locator("#grid-a img").count() == 0  # the old images are gone, not passed off as new
-        assert "Traceback" not in page.content()
-        browser.close()
+    status = _generate(page, steps=100000)
+    assert "Not generated" in status and "steps" in status and "1000" in status, status
+    assert page.locator("#grid-a img").count() == 0  # the old images are gone, not passed off as new
+    assert "Traceback" not in page.content()
+    context.close()
     assert external == [], f"the page asked for things outside localhost: {external}"
 
 
-def test_several_tabs_generating_at_once_all_get_images(demo_url):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        pages = [browser.new_page() for _ in range(3)]
-        for seed, page in enumerate(pages):
-            page.goto(demo_url)
-            page.wait_for_selector("#generate", timeout=TIMEOUT_MS)
-            page.fill("#n-images input[type=number]", "2")
-            page.press("#n-images input[type=number]", "Enter")
-            page.fill("#steps input", "4")
-            page.fill("#seed input", str(seed))
-        for page in pages:  # all three clicks before any result is in
-            page.click("#generate")
-        for seed, page in enumerate(pages):
-            page.wait_for_selector("#grid-a img", timeout=TIMEOUT_MS)
-            assert f"seed {seed}" in _text(page, "summary-a")
-        browser.close()
+def test_several_tabs_generating_at_once_all_get_images(demo_url, browser):
+    context = browser.new_context()
+    pages = [context.new_page() for _ in range(3)]
+    for page in pages:
+        page.goto(demo_url, wait_until="commit")  # the three tabs load side by side
+    for seed, page in enumerate(pages):
+        page.wait_for_selector("#generate", timeout=TIMEOUT_MS)
+        page.fill("#n-images input[type=number]", "2")
+        page.press("#n-images input[type=number]", "Enter")
+        page.fill("#steps input", "4")
+        page.fill("#seed input", str(seed))
+    for page in pages:  # all three clicks before any result is in
+        page.click("#generate")
+    for seed, page in enumerate(pages):
+        page.wait_for_selector("#grid-a img", timeout=TIMEOUT_MS)
+        assert f"seed {seed}" in _text(page, "summary-a")
+    context.close()

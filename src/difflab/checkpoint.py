@@ -3,11 +3,13 @@
 A checkpoint is a dict of tensors and plain Python values (no pickled classes),
 so `torch.load(..., weights_only=True)` reads it and no code can run from it.
 It carries the resolved config, so nothing else is needed to rebuild the model
-(the nanoGPT habit).
+(the nanoGPT habit), and a SHA-256 of its contents: `torch.load` does not check the
+zip's CRCs, so without it a flipped bit in the weights would load silently.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
 import zipfile
@@ -23,6 +25,33 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used; the message is one line that says why."""
 
 
+def contents_sha256(state: dict) -> str:
+    """SHA-256 of a checkpoint's contents: every key and value in order, tensors as dtype, shape and bytes."""
+    h = hashlib.sha256()
+
+    def feed(value: Any) -> None:
+        if isinstance(value, torch.Tensor):
+            t = value.detach().cpu().contiguous()
+            h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy())
+        elif isinstance(value, dict):
+            h.update(b"{")
+            for k, v in value.items():
+                feed(k)
+                feed(v)
+            h.update(b"}")
+        elif isinstance(value, (list, tuple)):  # pickling may turn one into the other: hash them alike
+            h.update(b"[")
+            for v in value:
+                feed(v)
+            h.update(b"]")
+        else:
+            h.update(repr(value).encode() + b";")
+
+    feed(state)
+    return h.hexdigest()
+
+
 def save_checkpoint(state: dict, path: Union[str, Path]) -> Path:
     """Write to a temporary file beside `path`, flush to disk, then rename over it.
 
@@ -31,9 +60,11 @@ def save_checkpoint(state: dict, path: Union[str, Path]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    payload = {"format": FORMAT, **state}
+    payload["sha256"] = contents_sha256(payload)
     try:
         with open(tmp, "wb") as f:
-            torch.save({"format": FORMAT, **state}, f)
+            torch.save(payload, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -54,11 +85,15 @@ def load_checkpoint(path: Union[str, Path], map_location: Any = "cpu") -> dict:
         if "weights only" in str(e).lower() or "weights_only" in str(e).lower():
             raise CheckpointError(f"{path}: refused, the file holds Python objects beyond weights (code could run)") from None
         raise CheckpointError(f"{path}: corrupted or not a PyTorch checkpoint") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+    except Exception as e:  # damaged bytes fail in many ways: RuntimeError, EOFError, BadZipFile, KeyError, TypeError
+        first = str(e).splitlines()[0] if str(e) else ""
+        reason = first if isinstance(e, (RuntimeError, OSError)) and first else f"{type(e).__name__}: {first}"
         raise CheckpointError(f"{path}: truncated or corrupted checkpoint ({reason[:120]})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a difflab checkpoint (no '{FORMAT}' marker)")
+    digest = state.pop("sha256", None)  # None: written before checkpoints carried one
+    if digest is not None and digest != contents_sha256(state):
+        raise CheckpointError(f"{path}: corrupted checkpoint (its contents do not match their SHA-256)")
     for key in ("config", "model"):
         if key not in state:
             raise CheckpointError(f"{path}: incomplete difflab checkpoint (missing '{key}')")

@@ -8,6 +8,7 @@ points turn into one line on stderr and exit code 2 (see `exit_on_config_error`)
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -197,8 +198,12 @@ def _build_section(section: str, values: Any, source: str):
             raise ConfigError(
                 f"{source}: {section}.{key}: expected {_type_name(hints[key])}, got {value!r}"
             )
-        if isinstance(hints[key], type) and hints[key] is float:
-            values[key] = float(value)
+        if _accepts_float(hints[key]) and isinstance(value, (int, float)) and not isinstance(value, bool):
+            number = float(value) if abs(value) < 1e308 else math.inf  # float(10**400) would raise
+            if not math.isfinite(number):
+                raise ConfigError(f"{source}: {section}.{key}: expected a finite number, got {value!r}")
+            if hints[key] is float:
+                values[key] = number
     return cls(**values)
 
 
@@ -234,6 +239,10 @@ def _validate(cfg: Config, source: str) -> None:
         bad("model.attention_levels", f"indices in 0..{len(m.channel_mult) - 1}")
     if m.num_res_blocks < 1:
         bad("model.num_res_blocks", "an integer >= 1")
+    if m.architecture == "unet":  # U-Net attention splits each attended width (and the middle's) into heads
+        for width in {m.channels * m.channel_mult[a] for a in [*m.attention_levels, -1]}:
+            if width % m.num_heads:
+                bad("model.num_heads", f"a divisor of every attended U-Net width (here {width})")
     if m.hidden_size % m.num_heads:
         bad("model.hidden_size", f"a multiple of model.num_heads ({m.num_heads})")
     if not d.beta_start < d.beta_end < 1:
@@ -278,7 +287,7 @@ def parse_override(text: str) -> tuple[str, str, Any]:
     section, name = key.split(".", 1)
     try:
         value = yaml.safe_load(raw) if raw != "" else None
-    except yaml.YAMLError:
+    except (yaml.YAMLError, ValueError, RecursionError):  # PyYAML raises ValueError for `!!int abc`
         value = raw
     return section, name, value
 
@@ -291,7 +300,7 @@ def config_from_dict(raw: Any, source: str = "<dict>", name: Optional[str] = Non
         raise ConfigError(f"{source}: expected a mapping of sections at the top level")
     raw = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
     cfg_name = raw.pop("name", name or "experiment")
-    if not isinstance(cfg_name, str) or not cfg_name or "/" in cfg_name:
+    if not isinstance(cfg_name, str) or cfg_name in ("", ".", "..") or "/" in cfg_name or "\0" in cfg_name:
         raise ConfigError(f"{source}: name: expected a folder name, got {cfg_name!r}")
     sections = {}
     for key, values in raw.items():
@@ -316,6 +325,8 @@ def load_config(path: Union[str, Path], overrides: Optional[list] = None) -> Con
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark else ""
         raise ConfigError(f"{source}: not valid YAML{where}") from None
+    except (ValueError, RecursionError) as e:  # `!!int abc`, a 5000-digit number, nesting too deep
+        raise ConfigError(f"{source}: not valid YAML ({type(e).__name__}: {str(e).splitlines()[0][:100]})") from None
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):

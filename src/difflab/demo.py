@@ -33,8 +33,12 @@ from .models import NULL_CLASS
 from .pipeline import Pipeline, sample_shape
 from .visualize import grid_array, trajectory_frames
 
-# Limits that keep one request from occupying the server for minutes. A "model evaluation
-# per image" is the unit of work: images x steps, doubled for Heun (two evaluations a step).
+# Set before Gradio is imported anywhere: no usage reports, no check for a newer version.
+os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+
+# Limits that keep one request from occupying the server for minutes. The unit of work is one
+# image through the model once: images x steps, doubled for Heun (two evaluations a step).
 MAX_STEPS = 1000
 MAX_IMAGES = 64
 MAX_WORK = 4096  # e.g. 4 images x 1000 steps (DDPM), or 64 images x 64 steps
@@ -111,10 +115,15 @@ def load_models(paths: Sequence[Path], device: str = "auto") -> dict[str, Pipeli
 # --- checking what a request asks for -------------------------------------------------------
 
 
+def _show(x: float) -> str:
+    """2147483647 rather than 2.14748e+09; 7.5 stays 7.5."""
+    return str(int(x)) if math.isfinite(x) and x == int(x) else f"{x:g}"
+
+
 def _number(raw, name: str, lo: float, hi: float, problems: list, whole: bool) -> Optional[float]:
     """`raw` as a number in [lo, hi]; a page or an API client may send None, text or 1e400."""
     kind = "a whole number" if whole else "a number"
-    expected = f"{name}: expected {kind} from {lo:g} to {hi:g}"
+    expected = f"{name}: expected {kind} from {_show(lo)} to {_show(hi)}"
     if isinstance(raw, str):
         raw = raw.strip()
     try:
@@ -123,7 +132,7 @@ def _number(raw, name: str, lo: float, hi: float, problems: list, whole: bool) -
         problems.append(f"{expected}, got {'nothing' if raw in (None, '') else repr(raw)}")
         return None
     if not math.isfinite(value) or (whole and value != round(value)) or not lo <= value <= hi:
-        problems.append(f"{expected}, got {value:g}")
+        problems.append(f"{expected}, got {_show(value)}")
         return None
     return int(value) if whole else value
 
@@ -170,7 +179,7 @@ def check_request(models: dict, *, model, digit, cfg_scale, steps, sampler, seed
         if work > MAX_WORK:
             heun = " x 2 (Heun evaluates the model twice a step)" if per_step == 2 else ""
             problems.append(f"too much work for one request: {n_images} images x {steps} steps{heun} = "
-                            f"{work} model evaluations per image; the limit is {MAX_WORK}: "
+                            f"{work} image evaluations, more than the {MAX_WORK} allowed: "
                             "ask for fewer steps or fewer images")
     if problems:
         raise DemoInputError("; ".join(problems))
@@ -267,8 +276,9 @@ guidance 1 (none) against 7.5, or two samplers with the same seed."""
 
 def _gif_html(gif: bytes) -> str:
     """The animation inline as a data: URL, so no file has to be written or served."""
-    return (f'<img class="difflab-gif" alt="denoising animation: x_t above, predicted x0 below" '
-            f'src="data:image/gif;base64,{base64.b64encode(gif).decode()}">')
+    return (f'<figure><img alt="denoising animation" src="data:image/gif;base64,{base64.b64encode(gif).decode()}">'
+            f"<figcaption>Every step, animated (up to {GIF_IMAGES} images): x_t above, predicted x0 below"
+            "</figcaption></figure>")
 
 
 def _outputs(panel: Optional[Panel]) -> list:
@@ -280,7 +290,6 @@ def _outputs(panel: Optional[Panel]) -> list:
 
 def build_app(models: dict[str, Pipeline]):
     """The Gradio page around `generate`. Returns (blocks, theme): Gradio 6 takes the theme at launch."""
-    os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # before gradio is imported: no telemetry, no version check
     import gradio as gr
 
     names = list(models)
@@ -289,14 +298,17 @@ def build_app(models: dict[str, Pipeline]):
     theme = gr.themes.Default(font=["ui-sans-serif", "system-ui", "Segoe UI", "Roboto", "Arial", "sans-serif"],
                               font_mono=["ui-monospace", "Consolas", "DejaVu Sans Mono", "monospace"])
 
+    def picture(label: str, elem_id: str):
+        # Grey PNGs, no label drawn over the picture, and no "share" button (it would upload).
+        return gr.Image(label=label, show_label=False, type="numpy", format="png", image_mode="L",
+                        buttons=["download", "fullscreen"], interactive=False, elem_id=elem_id)
+
     def panel_components(title: str, key: str):
         gr.Markdown(f"### {title}")
-        return [gr.Image(label="Generated images", type="numpy", format="png", elem_id=f"grid-{key}",
-                         interactive=False),
-                gr.Markdown(elem_id=f"summary-{key}"),
-                gr.Image(label="Trajectory: x_t (top) and predicted x0 (bottom), noise on the left",
-                         type="numpy", format="png", elem_id=f"strip-{key}", interactive=False),
-                gr.HTML(elem_id=f"gif-{key}")]
+        grid = picture("Generated images", f"grid-{key}")
+        summary = gr.Markdown(elem_id=f"summary-{key}")
+        gr.Markdown("**Trajectory** of the first image, noise on the left: x_t above, predicted x0 below")
+        return [grid, summary, picture("Trajectory", f"strip-{key}"), gr.HTML(elem_id=f"gif-{key}")]
 
     def on_generate(model, digit, cfg_scale, steps, sampler, seed, n_images, compare, model_b,
                     progress=gr.Progress()):
@@ -320,7 +332,7 @@ def build_app(models: dict[str, Pipeline]):
             with gr.Column(scale=1, min_width=260):
                 model = gr.Dropdown(names, value=names[0], label="Model", visible=len(names) > 1)
                 digit = gr.Number(value=3, label="Digit (0-9)", elem_id="digit")
-                cfg_scale = gr.Slider(0, MAX_CFG, value=first.cfg_scale, step=0.5, label="Guidance scale",
+                cfg_scale = gr.Slider(0, MAX_CFG, value=min(first.cfg_scale, MAX_CFG), step=0.5, label="Guidance scale",
                                       info="1 = no guidance; higher = more like the digit, less varied",
                                       elem_id="cfg")
                 steps = gr.Number(value=first.steps, label=f"Steps (1-{MAX_STEPS})", elem_id="steps")
@@ -341,9 +353,9 @@ def build_app(models: dict[str, Pipeline]):
                         outputs_b = panel_components("Second model", "b")
         compare.change(lambda on: [gr.update(visible=on), gr.update(visible=on)], compare, [model_b, column_b])
         button.click(on_generate, [model, digit, cfg_scale, steps, sampler, seed, n_images, compare, model_b],
-                     [status] + outputs_a + outputs_b, concurrency_limit=4,
-                     show_progress_on=[outputs_a[0], outputs_b[0]])  # the bar over the images only
-    # Requests beyond the limit wait in the queue (the page says so) rather than failing.
+                     [status] + outputs_a + outputs_b, show_progress_on=[outputs_a[0], outputs_b[0]],
+                     concurrency_limit=1)  # one at a time, as `generate` would anyway (its lock)
+    # Other tabs wait in Gradio's queue, and their pages show their place in it.
     app.queue(max_size=64)
     return app, theme
 
@@ -364,8 +376,9 @@ def launch(models: dict[str, Pipeline], host: str = "127.0.0.1", port: Optional[
     try:
         app.launch(server_name=host, server_port=port, theme=theme, quiet=True, share=False, show_error=False,
                    ssr_mode=False, pwa=False, mcp_server=False, inbrowser=False, prevent_thread_lock=True)
-    except OSError as e:  # the port is taken, or the host is not an address of this machine
-        raise UsageError(f"cannot serve on {host}:{port}: {str(e).splitlines()[0] if str(e) else e!r}") from None
+    except OSError:  # the port is taken, or the host is not an address of this machine
+        raise UsageError(f"cannot serve on {host}:{port}: the port is in use or the address is not this "
+                         "machine's (leave out --port for a free one)") from None
     url = f"http://{f'[{host}]' if ':' in host else host}:{port}/"
     print(f"difflab demo: {url} ({len(models)} model{'s' if len(models) > 1 else ''}; Ctrl-C to stop)", flush=True)
     app.block_thread()  # until Ctrl-C, which closes the server

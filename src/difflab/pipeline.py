@@ -21,7 +21,10 @@ from .schedules import build_path, time_grid
 def select_device(name: str = "auto", local_rank: int = 0) -> torch.device:
     """CUDA (this process's GPU under torchrun), then Apple's MPS, then the CPU; or exactly what `name` says."""
     if name != "auto":
-        device = torch.device(name)
+        try:
+            device = torch.device(name)
+        except RuntimeError:  # a typo such as "gpu" or "cuda0"
+            raise ConfigError(f"training.device: expected auto, cpu, cuda, cuda:N or mps, got {name!r}") from None
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ConfigError(f"training.device: {name!r} asked for, but CUDA is not available here")
         return device

@@ -13,7 +13,7 @@ import math
 import os
 import signal
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Optional
 
@@ -38,6 +38,30 @@ class NonFiniteLoss(RuntimeError):
 
 class OutputError(RuntimeError):
     """The output folder cannot be written (permissions, a full disk); one line says which."""
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # alive, but another user's
+        return True
+    return True
+
+
+def resume_path(trainer) -> Path:
+    """What `--resume` continues from: last.pt, or model_epoch_<N>.pt when a kill between the two
+    writes at the end of epoch N left last.pt one epoch behind it (any trainer: pixels or VAE)."""
+    folder = trainer.out_dir / "checkpoints"
+    last = folder / "last.pt"
+    epochs = sorted(folder.glob("model_epoch_*.pt"), key=lambda p: int(p.stem.split("_")[-1]))
+    if not epochs or (last.is_file() and last.stat().st_mtime_ns >= epochs[-1].stat().st_mtime_ns):
+        return last  # the usual case: last.pt was written after every other checkpoint
+    if not last.is_file():
+        return epochs[-1]
+    newest_step = min(int(epochs[-1].stem.split("_")[-1]) * trainer.steps_per_epoch, trainer.total_steps)
+    return epochs[-1] if newest_step > int(load_checkpoint(last)["step"]) else last
 
 
 def lr_at(step: int, base_lr: float, warmup: int, total: int) -> float:
@@ -245,13 +269,14 @@ class Trainer:
         end = self.total_steps if stop_after is None else min(self.total_steps, stop_after)
         if self.dist.is_main:
             self.check_writable()
+            self._remove_stale_temporaries()
             if self.step == 0:  # a fresh run starts a fresh log
                 (self.out_dir / "metrics.jsonl").unlink(missing_ok=True)
             (self.out_dir / "config.json").write_text(json.dumps(self.cfg.to_dict(), indent=2))
         bar = tqdm(total=self.total_steps, initial=self.step, disable=self.quiet, unit="step", dynamic_ncols=True)
         sums = torch.zeros(1 + 2 * T_BINS, device=self.device)  # loss, then loss and count per t bin
         n_since, t_last, last_log = 0, time.perf_counter(), {}
-        with self._sigint_stops_training():
+        with self._sigint_stops_training(), self._output_errors():
             while self.step < end and not self.interrupted:
                 loss, per_sample, t = self.train_step(self.step)
                 self.step += 1
@@ -310,6 +335,23 @@ class Trainer:
                     signal.signal(signal.SIGINT, self.previous)
 
         return _Handler()
+
+    @contextmanager
+    def _output_errors(self):
+        """A full disk while writing metrics or samples: one line, not a traceback (save() has its own)."""
+        try:
+            yield
+        except OSError as e:
+            where = e.filename or self.out_dir
+            raise OutputError(f"could not write {where}: {e.strerror or e}; "
+                              f"checkpoints already in {self.out_dir / 'checkpoints'} are intact") from None
+
+    def _remove_stale_temporaries(self) -> None:
+        """Delete the `.<name>.<pid>.tmp` files a killed run left half-written; they are never loaded."""
+        for tmp in (self.out_dir / "checkpoints").glob(".*.tmp"):
+            pid = tmp.name.split(".")[-2]
+            if pid.isdigit() and int(pid) != os.getpid() and not _process_alive(int(pid)):
+                tmp.unlink(missing_ok=True)
 
     def check_writable(self) -> None:
         """Fail before the first step, with one line, if the output folder cannot be written."""

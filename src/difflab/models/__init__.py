@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..config import ModelConfig
+from ..config import ConfigError, ModelConfig
 from .layers import NULL_CLASS, NUM_CLASSES, count_parameters
 from .unet import build_unet
 
@@ -30,7 +30,16 @@ MODELS = {
 
 
 def build_model(cfg: ModelConfig, in_channels: int = 1, image_size: int = 28) -> nn.Module:
-    return MODELS[cfg.architecture](cfg, in_channels, image_size)
+    try:
+        return MODELS[cfg.architecture](cfg, in_channels, image_size)
+    except ConfigError:
+        raise
+    except ValueError as e:  # sizes the architecture cannot take (GroupNorm groups, patch size, levels)
+        raise ConfigError(f"model: {str(e).splitlines()[0]}") from None
+    except RuntimeError as e:
+        if "allocate" not in str(e):
+            raise
+        raise ConfigError(f"model: too large to build ({str(e).splitlines()[0][:120]})") from None
 
 
 __all__ = ["MODELS", "build_model", "count_parameters", "NULL_CLASS", "NUM_CLASSES"]

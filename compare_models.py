@@ -1,0 +1,65 @@
+"""Compare trained models side by side: python compare_models.py [--checkpoints A B ...]
+
+Without --checkpoints, takes the newest checkpoint of each config under experiments/.
+Writes into results/: grid.png (a column per model, same noise, same digits),
+trajectories.png/.gif, fid_vs_steps.png, fid_vs_guidance.png, loss_curves.png,
+RESULTS.md and results.json.
+"""
+
+import argparse
+import platform
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "src"))
+
+from difflab.cli import fail, run_main  # noqa: E402
+
+
+def numbers(text, kind):
+    try:
+        return [kind(v) for v in text.split(",") if v.strip()] if text else []
+    except ValueError:
+        fail(f"expected comma-separated numbers, got {text!r}")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoints", nargs="+", default=None)
+    p.add_argument("--experiments", default="experiments")
+    p.add_argument("--out", default="results")
+    p.add_argument("--n", type=int, default=2000, help="samples per model for the table")
+    p.add_argument("--sweep-n", type=int, default=500, help="samples per point of the sweeps")
+    p.add_argument("--steps-list", default="10,25,50", help="sampling steps to sweep ('' to skip)")
+    p.add_argument("--scales", default="1,3,5,7.5", help="guidance scales to sweep ('' to skip)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--note", default=None, help="a line for RESULTS.md (default: the machine)")
+    args = p.parse_args(argv)
+
+    from difflab.compare import newest_checkpoints, run_comparison
+    from difflab.evaluation import load_classifier
+
+    if args.checkpoints:
+        ckpts = [Path(c) for c in args.checkpoints]
+    else:
+        if not Path(args.experiments).is_dir():
+            fail(f"no {args.experiments}/ folder: train something first, or pass --checkpoints")
+        ckpts = newest_checkpoints(Path(args.experiments))
+        if not ckpts:
+            fail(f"no checkpoints under {args.experiments}/*/checkpoints/")
+    if args.n < 1 or args.sweep_n < 1:
+        fail("--n and --sweep-n must be positive")
+    print("comparing: " + ", ".join(str(c) for c in ckpts), file=sys.stderr)
+    note = args.note or f"Machine: {platform.machine()}, {platform.processor() or 'cpu'}; N = {args.n} samples per model, seed {args.seed}."
+    result = run_comparison(ckpts, Path(args.out), load_classifier(), n=args.n, seed=args.seed,
+                            steps_list=numbers(args.steps_list, int), scales=numbers(args.scales, float),
+                            sweep_n=args.sweep_n, device=args.device, note=note)
+    print((Path(args.out) / "RESULTS.md").read_text())
+    print(f"wrote {args.out}/: grid.png, trajectories.png/.gif, fid_vs_steps.png, fid_vs_guidance.png, "
+          f"loss_curves.png, RESULTS.md, results.json ({len(result['rows'])} models)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))

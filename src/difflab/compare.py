@@ -1,0 +1,209 @@
+"""The fair comparison: several checkpoints, the same noise, the same digits, the same judge.
+
+Used by compare_models.py. Every figure here is drawn from models given identical
+starting noise (where their sample shapes agree), so differences are the models'.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no window
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from .evaluation import evaluate_pipeline  # noqa: E402
+from .pipeline import Pipeline, is_unconditional  # noqa: E402
+from .visualize import grid_array  # noqa: E402
+
+
+def newest_checkpoints(experiments: Path) -> list[Path]:
+    """The newest model_epoch_<N>.pt (largest N) of each config folder, else its last.pt."""
+    found = []
+    for folder in sorted(p for p in Path(experiments).iterdir() if (p / "checkpoints").is_dir()):
+        epochs = sorted((folder / "checkpoints").glob("model_epoch_*.pt"), key=lambda p: int(p.stem.split("_")[-1]))
+        last = folder / "checkpoints" / "last.pt"
+        if epochs:
+            found.append(epochs[-1])
+        elif last.exists():
+            found.append(last)
+    return found
+
+
+def same_noise_grid(pipes: dict, out: Path, per_digit: int = 4, seed: int = 0) -> Path:
+    """One column per model: a row per digit, every model starting from the same noise."""
+    fig, axes = plt.subplots(1, len(pipes), figsize=(1.2 + 1.1 * per_digit * len(pipes) / 2, 6), squeeze=False)
+    for ax, (name, pipe) in zip(axes[0], pipes.items()):
+        y = pipe.default_labels(range(10), per_digit)
+        images = pipe.generate(y, seed=seed).images
+        ax.imshow(grid_array(images, nrow=per_digit), cmap="gray", vmin=0, vmax=255)
+        ax.set_title(name + (" (uncond.)" if is_unconditional(pipe.cfg) else ""), fontsize=8)
+        ax.axis("off")
+    fig.suptitle(f"same noise (seed {seed}), rows = digits 0-9", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def trajectories(pipes: dict, png: Path, gif: Path, digits: Sequence[int] = (3, 7), seed: int = 0,
+                 columns: int = 8) -> tuple[Path, Path]:
+    """x_t (top) and predicted x0 (bottom) over the steps, one band per model; also as a GIF."""
+    trajs = {}
+    for name, pipe in pipes.items():
+        y = pipe.default_labels(digits, 1)
+        trajs[name] = pipe.generate(y, seed=seed, trajectory=True).trajectory
+    bands = []
+    for name, traj in trajs.items():
+        picks = np.unique(np.linspace(0, len(traj) - 1, columns).round().astype(int))
+        tiles = [torch.cat([traj[i][1][:1], traj[i][2][:1]]) for i in picks]  # (2, C, H, W)
+        bands.append((name, grid_array(torch.stack(tiles, 1).flatten(0, 1), nrow=len(picks), scale=2)))
+    fig, axes = plt.subplots(len(bands), 1, figsize=(columns * 0.9, 2.0 * len(bands)), squeeze=False)
+    for ax, (name, band) in zip(axes[:, 0], bands):
+        ax.imshow(band, cmap="gray", vmin=0, vmax=255)
+        ax.set_title(f"{name}: x_t (top), predicted x0 (bottom), noise -> image", fontsize=8)
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+    # GIF: frame k shows every model at the same fraction of its own sampling run.
+    frames = []
+    for f in np.linspace(0, 1, 24):
+        rows = []
+        for traj in trajs.values():
+            _, x_t, x0 = traj[int(round(f * (len(traj) - 1)))]
+            rows.append(grid_array(torch.cat([x_t, x0]), nrow=len(x_t), scale=3))
+        width = max(r.shape[1] for r in rows)
+        rows = [np.pad(r, ((0, 4), (0, width - r.shape[1])), constant_values=0) for r in rows]
+        frames.append(Image.fromarray(np.concatenate(rows, 0)))
+    frames[0].save(gif, save_all=True, append_images=frames[1:] + [frames[-1]] * 8, duration=120, loop=0)
+    return png, gif
+
+
+def sweep(pipes: dict, classifier, n: int, what: str, values: Sequence, seed: int = 0) -> dict:
+    """FID and accuracy of each model as `what` ('steps' or 'cfg_scale') varies."""
+    out = {}
+    for name, pipe in pipes.items():
+        rows = []
+        for v in values:
+            if what == "cfg_scale" and is_unconditional(pipe.cfg):
+                continue
+            r = evaluate_pipeline(pipe, classifier, n, seed=seed, progress=False, **{what: v})
+            rows.append({what: v, "fid": r["fid"], "accuracy": r["accuracy"], "fid_floor": r["fid_floor"]})
+        out[name] = rows
+    return out
+
+
+def plot_sweep(results: dict, what: str, out: Path, xlabel: str) -> Path:
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    floor = None
+    for name, rows in results.items():
+        if not rows:
+            continue
+        xs = [r[what] for r in rows]
+        a1.plot(xs, [r["fid"] for r in rows], marker="o", label=name)
+        if rows[0]["accuracy"] is not None:
+            a2.plot(xs, [100 * r["accuracy"] for r in rows], marker="o", label=name)
+        floor = rows[0]["fid_floor"]
+    if floor is not None:
+        a1.axhline(floor, color="gray", ls="--", lw=1, label="floor (real vs real)")
+    a1.set(xlabel=xlabel, ylabel="FID (classifier features)", yscale="log")
+    a2.set(xlabel=xlabel, ylabel="conditional accuracy (%)")
+    if what == "steps":
+        a1.set_xscale("log")
+        a2.set_xscale("log")
+    a1.legend(fontsize=7)
+    a2.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def loss_curves(checkpoints: dict, out: Path) -> Path:
+    """Training loss against images seen, from each run's metrics.jsonl."""
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    for name, ckpt in checkpoints.items():
+        metrics = Path(ckpt).parent.parent / "metrics.jsonl"
+        if not metrics.exists():
+            continue
+        rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+        ax.plot([r["images_seen"] for r in rows], [r["loss"] for r in rows], label=name)
+    ax.set(xlabel="training images seen", ylabel="training loss (own target)", yscale="log")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def results_table(rows: list[dict], note: str = "") -> str:
+    """RESULTS.md: one row per model."""
+    head = ("| model | params | training images | train img/s (device) | FID (floor) | accuracy "
+            "| sampler | steps | CFG | s / 1000 samples |\n|---|---|---|---|---|---|---|---|---|---|\n")
+    lines = []
+    for r in rows:
+        acc = "n/a (unconditional)" if r["accuracy"] is None else f"{100 * r['accuracy']:.1f}%"
+        ips = f"{r['train_images_per_s']:.0f} ({r['train_device']})" if r["train_images_per_s"] else "?"
+        lines.append(f"| {r['model']} | {r['params']:,} | {r['images_seen']:,} | {ips} | {r['fid']:.2f} "
+                     f"({r['fid_floor']:.2f}) | {acc} | {r['sampler']} | {r['steps']} | {r['cfg_scale']} "
+                     f"| {r['seconds_per_1000']:.1f} |")
+    return "# Results\n\n" + note + "\n\n" + head + "\n".join(lines) + "\n"
+
+
+def evaluate_models(pipes: dict, classifier, n: int, seed: int = 0) -> list[dict]:
+    """Each model with its own config's sampler, steps and guidance, on n images."""
+    rows = []
+    for name, pipe in pipes.items():
+        r = evaluate_pipeline(pipe, classifier, n, seed=seed, progress=True)
+        info = pipe.info
+        rows.append({
+            "model": name, "params": info.get("params"), "images_seen": info.get("images_seen") or 0,
+            "train_images_per_s": info.get("train_images_per_s"), "train_device": info.get("device"),
+            "fid": r["fid"], "fid_floor": r["fid_floor"], "accuracy": r["accuracy"], "precision": r["precision"],
+            "recall": r["recall"], "sampler": r["sampler"], "steps": r["steps"], "cfg_scale": r["cfg_scale"],
+            "nfe": r["nfe"], "seconds_per_1000": 1000 * r["seconds"] / n, "checkpoint": info.get("checkpoint"),
+            "sample_device": r["device"],
+        })
+    return rows
+
+
+def load_pipelines(checkpoints: Sequence[Path], device: str = "auto") -> tuple[dict, dict]:
+    """name -> Pipeline and name -> checkpoint path; names are the config names (made unique)."""
+    pipes, paths = {}, {}
+    for ckpt in checkpoints:
+        pipe = Pipeline.from_checkpoint(ckpt, device)
+        name = pipe.cfg.name
+        while name in pipes:
+            name += "'"
+        pipes[name], paths[name] = pipe, Path(ckpt)
+    return pipes, paths
+
+
+def run_comparison(checkpoints: Sequence[Path], out_dir: Path, classifier, n: int = 1000, seed: int = 0,
+                   steps_list: Optional[Sequence[int]] = (10, 25, 50), scales: Optional[Sequence[float]] = (1.0, 3.0, 7.5),
+                   sweep_n: Optional[int] = None, device: str = "auto", note: str = "") -> dict:
+    """Write every figure and RESULTS.md into out_dir; return the rows and the sweeps."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pipes, paths = load_pipelines(checkpoints, device)
+    same_noise_grid(pipes, out_dir / "grid.png", seed=seed)
+    trajectories(pipes, out_dir / "trajectories.png", out_dir / "trajectories.gif", seed=seed)
+    loss_curves(paths, out_dir / "loss_curves.png")
+    rows = evaluate_models(pipes, classifier, n, seed)
+    sweeps = {}
+    if steps_list:
+        sweeps["steps"] = sweep(pipes, classifier, sweep_n or n, "steps", steps_list, seed)
+        plot_sweep(sweeps["steps"], "steps", out_dir / "fid_vs_steps.png", "sampling steps")
+    if scales:
+        sweeps["cfg_scale"] = sweep(pipes, classifier, sweep_n or n, "cfg_scale", scales, seed)
+        plot_sweep(sweeps["cfg_scale"], "cfg_scale", out_dir / "fid_vs_guidance.png", "guidance scale")
+    (out_dir / "RESULTS.md").write_text(results_table(rows, note))
+    (out_dir / "results.json").write_text(json.dumps({"rows": rows, "sweeps": sweeps, "n": n, "seed": seed}, indent=2))
+    return {"rows": rows, "sweeps": sweeps}

@@ -1,0 +1,106 @@
+"""What the fault tests share: the root conftest's tiny config and data, subprocess runs, and a trial log.
+
+Each test records how many trials it ran and how many came through with nothing lost;
+`benchmarks/fault_report.py` runs this folder with $DIFFLAB_FAULT_LOG set and prints the table.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+TESTS = Path(__file__).resolve().parent.parent
+ROOT = TESTS.parent
+MNIST = ROOT / "data" / "mnist.npz"
+LOG_ENV = "DIFFLAB_FAULT_LOG"
+
+
+def _root_conftest():
+    """tests/conftest.py itself: inside this package `from conftest import ...` could find another file."""
+    path = TESTS / "conftest.py"
+    mod = sys.modules.get("conftest")
+    if mod is not None and Path(getattr(mod, "__file__", "")).resolve() == path:
+        return mod
+    spec = importlib.util.spec_from_file_location("difflab_tests_conftest", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+_conftest = _root_conftest()
+tiny_config, tiny_data = _conftest.tiny_config, _conftest.tiny_data
+
+needs_mnist = pytest.mark.skipif(not MNIST.is_file(), reason=f"{MNIST} is missing; run `python setup_mnist.py`")
+
+
+def record(fault: str, trials: int, survived: int, note: str = "") -> None:
+    """Append one row of the reliability table to $DIFFLAB_FAULT_LOG (when set)."""
+    path = os.environ.get(LOG_ENV)
+    if path:
+        with open(path, "a") as f:
+            f.write(json.dumps({"fault": fault, "trials": trials, "survived": survived, "note": note}) + "\n")
+
+
+def tiny_yaml(tmp_path: Path, name: str = "tiny", **sections) -> Path:
+    """A YAML config for train.py: the tiny U-Net on the first images of the real MNIST file."""
+    raw = {
+        "name": name,
+        "data": {"data_dir": str(MNIST.parent), "limit": 8},
+        "model": {"architecture": "unet", "channels": 8, "channel_mult": [1, 2], "num_res_blocks": 1,
+                  "attention_levels": [], "num_heads": 2},
+        "diffusion": {"target": "eps", "schedule": "linear"},
+        "training": {"epochs": 2, "batch_size": 4, "lr": 2e-3, "warmup_steps": 2, "log_every": 2,
+                     "output_dir": str(tmp_path / "experiments"), "seed": 0, "device": "cpu", "threads": 1,
+                     "checkpoint_every": 1},
+        "sampling": {"sampler": "ddim", "steps": 2, "cfg_scale": 2.0, "n_per_class": 1},
+    }
+    for section, values in sections.items():
+        raw.setdefault(section, {}).update(values)
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def env() -> dict:
+    """The environment of a child process: one thread, unbuffered output, no stray data folder."""
+    return {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def script(name: str, *args, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run one of the entry points (train.py, sample.py) to completion."""
+    return subprocess.run([sys.executable, str(ROOT / name), *map(str, args)], cwd=cwd, env=env(),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def start(name: str, *args, cwd: Path, out: Path, err: Path) -> subprocess.Popen:
+    """Start an entry point with stdout and stderr in files (a full pipe would block the child)."""
+    with open(out, "w") as stdout, open(err, "w") as stderr:  # the child keeps its own copies
+        return subprocess.Popen([sys.executable, str(ROOT / name), *map(str, args)], cwd=cwd, env=env(),
+                                stdout=stdout, stderr=stderr)
+
+
+def wait_for(predicate, proc: subprocess.Popen, timeout: float = 60, what: str = "") -> None:
+    """Poll until `predicate()` holds; fail if the child exits first or time runs out."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if proc.poll() is not None:
+            raise AssertionError(f"the child exited ({proc.returncode}) before {what}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def one_clear_line(result: subprocess.CompletedProcess) -> str:
+    """The failure was reported as exactly one line on stderr, with no traceback; return it."""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    return lines[0]

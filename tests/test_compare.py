@@ -1,0 +1,57 @@
+"""compare_models: every file is written, the table has a row per model, and models share their noise."""
+
+import json
+from pathlib import Path
+
+import torch
+
+from conftest import tiny_config, tiny_data
+from difflab import compare
+from difflab import evaluation as ev
+from difflab.training import Trainer
+
+
+def synthetic_split(split, data_dir=None, dataset="mnist", device="cpu"):
+    return tiny_data(120 if split == "train" else 80, seed=0 if split == "train" else 1)
+
+
+def make_checkpoint(tmp_path, name, **sections):
+    cfg = tiny_config(tmp_path, **sections)
+    cfg.name = name
+    Trainer(cfg, data=tiny_data(48), quiet=True).fit()
+    return Path(cfg.training.output_dir) / name / "checkpoints" / "model_epoch_1.pt"
+
+
+def test_every_file_and_a_row_per_model(tmp_path, monkeypatch):
+    monkeypatch.setattr(ev, "load_split", synthetic_split)
+    torch.manual_seed(0)
+    classifier = ev.MNISTClassifier().eval()
+    eps = make_checkpoint(tmp_path, "tiny_eps")
+    flow = make_checkpoint(tmp_path, "tiny_flow", diffusion={"target": "flow", "schedule": "flow"},
+                           sampling={"sampler": "euler", "spacing": "trailing"})
+    assert compare.newest_checkpoints(tmp_path / "experiments") == [eps, flow]
+    out = tmp_path / "results"
+    result = compare.run_comparison([eps, flow], out, classifier, n=20, steps_list=(2, 4), scales=(1.0, 3.0), sweep_n=10)
+    for name in ("grid.png", "trajectories.png", "trajectories.gif", "fid_vs_steps.png", "fid_vs_guidance.png",
+                 "loss_curves.png", "RESULTS.md", "results.json"):
+        assert (out / name).stat().st_size > 0, name
+    table = (out / "RESULTS.md").read_text()
+    assert "| tiny_eps |" in table and "| tiny_flow |" in table
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert [r["model"] for r in rows] == ["tiny_eps", "tiny_flow"]
+    for r in rows:
+        assert r["fid"] >= 0 and 0 <= r["accuracy"] <= 1 and r["params"] > 0 and r["seconds_per_1000"] > 0
+        assert r["images_seen"] == 48
+    assert len(result["sweeps"]["steps"]["tiny_flow"]) == 2
+
+
+def test_models_start_from_the_same_noise(tmp_path):
+    a = make_checkpoint(tmp_path, "a")
+    b = make_checkpoint(tmp_path, "b", diffusion={"target": "v"})
+    pipes, _ = compare.load_pipelines([a, b], "cpu")
+    seen = {}
+    for name, pipe in pipes.items():
+        pipe.generate(torch.arange(3), seed=5, callback=lambda i, t, x, x0, name=name: seen.setdefault(name, x.clone()))
+    assert torch.equal(seen["a"], seen["b"])
+    pipe = pipes["a"]
+    assert not torch.equal(pipe.initial_noise(3, 5), pipe.initial_noise(3, 6))

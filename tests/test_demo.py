@@ -1,0 +1,130 @@
+"""The demo's generation function, without a browser: it samples reproducibly, refuses bad values
+with a message, compares two models from the same noise, and survives many requests at once."""
+
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import tiny_config, tiny_data
+from difflab.demo import MAX_WORK, DemoInputError, find_checkpoints, generate, load_models
+from difflab.training import Trainer
+
+ROOT = Path(__file__).resolve().parent.parent
+FAST = dict(digit=3, cfg_scale=2.0, steps=3, sampler="ddim", seed=0, n_images=2)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """A conditional model trained for an epoch, and an unconditional one straight from initialisation."""
+    tmp = tmp_path_factory.mktemp("demo")
+    Trainer(tiny_config(tmp / "a"), data=tiny_data(64), quiet=True).fit()
+    other = Trainer(tiny_config(tmp / "b", training={"cfg_dropout_prob": 1.0, "seed": 1}), quiet=True,
+                    data=tiny_data(16)).save("untrained.pt")
+    trained = tmp / "a" / "experiments" / "tiny" / "checkpoints" / "model_epoch_1.pt"
+    return load_models([trained, other], "cpu")
+
+
+def first(models):
+    return next(iter(models))
+
+
+def run(models, **changes):
+    return generate(models, **{"model": first(models), **FAST, **changes})
+
+
+def cell(picture: np.ndarray, row: int = 0, col: int = 0) -> np.ndarray:
+    """One 28x28 image of a grid_array picture drawn at scale 3 with 2-pixel gaps."""
+    top, left = 3 * (2 + 30 * row), 3 * (2 + 30 * col)
+    return picture[top : top + 84, left : left + 84]
+
+
+def test_a_request_gives_images_a_trajectory_and_its_cost(models):
+    (panel,) = run(models, n_images=10, steps=4)
+    assert panel.grid.dtype == np.uint8 and panel.grid.shape == (3 * (2 * 30 + 2), 3 * (8 * 30 + 2))  # 8 per row
+    assert panel.strip.shape[0] == 3 * (2 * 30 + 2)  # x_t above, predicted x0 below
+    assert panel.gif.startswith(b"GIF89a")
+    assert panel.nfe == 4 and panel.seconds > 0
+    assert "digit 3" in panel.summary() and "4 model evaluations" in panel.summary()
+    # The strip starts from pure noise: the first x_t is the seed's noise, not an image in [-1, 1] clamped flat.
+    assert cell(panel.strip).std() > 40
+
+
+def test_the_same_seed_gives_the_same_images_and_another_seed_others(models):
+    a, b, c = (run(models, seed=s)[0].grid for s in (7, 7, 8))
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+    ancestral = [run(models, seed=5, sampler="ddpm")[0].grid for _ in range(2)]
+    assert np.array_equal(*ancestral)
+
+
+def test_side_by_side_runs_two_models_from_the_same_noise(models):
+    name_a, name_b = list(models)
+    panels = generate(models, model=name_a, compare_with=name_b, **FAST)
+    assert [p.model for p in panels] == [name_a, name_b]
+    # Step 0 shows x_t = the starting noise: identical; the models then make different images.
+    assert np.array_equal(cell(panels[0].strip), cell(panels[1].strip))
+    assert not np.array_equal(panels[0].grid, panels[1].grid)
+    assert "unconditional" in panels[1].summary() and "guidance 1," in panels[1].summary()
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"digit": 12}, "digit: expected a whole number from 0 to 9, got 12"),
+    ({"digit": 2.5}, "digit: expected a whole number"),
+    ({"digit": None}, "digit: expected a whole number from 0 to 9, got nothing"),
+    ({"digit": "seven"}, "digit: .* got 'seven'"),
+    ({"steps": 100_000}, "steps: expected a whole number from 1 to 1000, got 100000"),
+    ({"steps": 0}, "steps: expected"),
+    ({"steps": "1e400"}, "steps: expected .* got inf"),
+    ({"cfg_scale": -1}, "guidance scale: expected a number from 0 to 20"),
+    ({"cfg_scale": float("nan")}, "guidance scale: .* got nan"),
+    ({"seed": -3}, "seed: expected a whole number from 0 to 2147483647, got -3"),
+    ({"n_images": 65}, "images: expected a whole number from 1 to 64"),
+    ({"sampler": "plms"}, "sampler: expected one of ddpm, ddim, euler, heun, dpm\\+\\+2m, got 'plms'"),
+    ({"model": "nope"}, "model: expected one of"),
+    ({"compare_with": "nope"}, "compare with: expected one of"),
+    ({"steps": 1000, "n_images": 64}, f"too much work .* 64 images x 1000 steps = 64000 image evaluations, more than the {MAX_WORK}"),
+    ({"steps": 600, "n_images": 4, "sampler": "heun"}, "too much work .* x 2 \\(Heun"),
+])
+def test_bad_values_are_refused_with_a_message_before_any_work(models, changes, message):
+    with pytest.raises(DemoInputError, match=message) as e:
+        run(models, **changes)
+    assert "\n" not in str(e.value)
+
+
+def test_every_problem_is_named_at_once_and_text_numbers_are_read(models):
+    with pytest.raises(DemoInputError) as e:
+        run(models, digit=-1, steps=2.5, seed="x")
+    assert [p.split(":")[0] for p in str(e.value).split("; ")] == ["digit", "steps", "seed"]
+    assert "digit 4" in run(models, digit="4", steps="3", seed=" 2 ")[0].summary()  # what an API client may send
+
+
+def test_twenty_requests_at_once_all_complete_with_their_own_images(models):
+    expected = {seed: run(models, seed=seed, n_images=1, steps=2)[0].grid for seed in (0, 1)}
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        futures = [pool.submit(run, models, seed=k % 2, n_images=1, steps=2) for k in range(20)]
+        results = [f.result(timeout=120) for f in futures]
+    for k, (panel,) in enumerate(results):
+        assert np.array_equal(panel.grid, expected[k % 2]), k
+
+
+def test_the_newest_checkpoint_of_each_run_is_found(tmp_path):
+    for name in ["a/checkpoints/model_epoch_2.pt", "a/checkpoints/model_epoch_10.pt", "a/checkpoints/last.pt",
+                 "b/checkpoints/last.pt", "c/checkpoints/notes.txt"]:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).touch()
+    found = [p.relative_to(tmp_path).as_posix() for p in find_checkpoints(tmp_path)]
+    assert found == ["a/checkpoints/model_epoch_10.pt", "b/checkpoints/last.pt"]  # 10 > 2, not "10" < "2"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--checkpoint", "missing.pt"], "no such checkpoint"),
+    (["--experiments", "."], "no run in . has"),
+])
+def test_the_command_refuses_bad_input_with_one_line(tmp_path, args, message):
+    r = subprocess.run([sys.executable, str(ROOT / "interactive_demo.py"), *args], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and message in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
