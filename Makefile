@@ -4,7 +4,7 @@ TORCH_VERSION ?= 2.13.0
 CONFIG ?= configs/unified_sd1_unet_eps.yaml
 QUICK_EPOCHS ?= 1
 
-.PHONY: install install-test data quickstart test
+.PHONY: install install-test install-demo install-browser data quickstart test compare demo
 
 install:
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install "torch==$(TORCH_VERSION)"
@@ -24,5 +24,35 @@ quickstart: install data
 		--out experiments/$(basename $(notdir $(CONFIG)))/quickstart_samples.png
 	@echo "Samples: experiments/$(basename $(notdir $(CONFIG)))/quickstart_samples.png"
 
-test: install-test data
-	$(PYTHON) -m pytest -q tests
+install-demo: install
+	$(PYTHON) -m pip install -q -r requirements-demo.txt
+
+# The browser test drives Debian's Chromium through Playwright's Python API. Playwright never
+# downloads a browser of its own: the test launches /usr/bin/chromium. Without root or apt the
+# browser test is skipped with its reason shown.
+install-browser:
+	@if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null 2>&1; then \
+		(apt-get update -qq && apt-get install -y -qq chromium) || echo "could not install chromium: the browser test will be skipped"; \
+	fi
+	$(PYTHON) -m pip install -q playwright
+
+test: install-test install-demo install-browser data
+	$(PYTHON) -m pytest -q -rs tests
+
+demo: install-demo
+	$(PYTHON) interactive_demo.py --experiments experiments
+
+# The fair comparison (issue 7): every config trained on the same number of images, then
+# evaluated with the same N and seed. COMPARE_IMAGES=600000 for a 10x larger budget.
+COMPARE_IMAGES ?= 60000
+COMPARE_N ?= 2000
+COMPARE_DIR ?= experiments/compare
+COMPARE_CONFIGS ?= $(wildcard configs/*.yaml) configs/reference/ddpm_original.yaml \
+	configs/reference/unet_x0_prediction.yaml configs/reference/unet_flow.yaml configs/reference/dit_transformer.yaml
+compare: install data
+	@steps=$$(( $(COMPARE_IMAGES) / 128 )); epochs=$$(( ($(COMPARE_IMAGES) + 59999) / 60000 )); \
+	for c in $(COMPARE_CONFIGS); do \
+		$(PYTHON) train.py --config $$c training.output_dir=$(COMPARE_DIR) training.batch_size=128 \
+			training.epochs=$$epochs training.max_steps=$$steps || exit 1; \
+	done
+	$(PYTHON) compare_models.py --experiments $(COMPARE_DIR) --n $(COMPARE_N) --out results

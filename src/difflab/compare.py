@@ -24,9 +24,15 @@ from .visualize import grid_array  # noqa: E402
 
 
 def newest_checkpoints(experiments: Path) -> list[Path]:
-    """The newest model_epoch_<N>.pt (largest N) of each config folder, else its last.pt."""
+    """The newest model_epoch_<N>.pt (largest N) of each diffusion config's folder, else its last.pt.
+
+    Autoencoder runs (model.architecture: vae, see config.json beside the checkpoints) are skipped.
+    """
     found = []
     for folder in sorted(p for p in Path(experiments).iterdir() if (p / "checkpoints").is_dir()):
+        config = folder / "config.json"
+        if config.exists() and json.loads(config.read_text()).get("model", {}).get("architecture") == "vae":
+            continue
         epochs = sorted((folder / "checkpoints").glob("model_epoch_*.pt"), key=lambda p: int(p.stem.split("_")[-1]))
         last = folder / "checkpoints" / "last.pt"
         if epochs:

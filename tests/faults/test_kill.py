@@ -33,6 +33,7 @@ def test_sigkill_at_random_moments_loses_nothing(tmp_path):
         resume = ["--resume"] if (folder / "last.pt").exists() else []
         if trial == TRIALS and pid is not None:  # a decoy left by a dead process: never to be loaded
             (folder / f".model_epoch_999.pt.{pid}.tmp").write_bytes(b"half a checkpoint")
+        import time; print(trial, "start", time.monotonic(), flush=True)
         proc = start("train.py", "--config", config, *resume, cwd=tmp_path, out=out, err=err)
         if resume:  # --resume continued from the newest checkpoint left by the kill
             wait_for(lambda: "resuming from" in out.read_text(), proc, what="the resume line")
@@ -52,7 +53,7 @@ def test_sigkill_at_random_moments_loses_nothing(tmp_path):
         except subprocess.TimeoutExpired:
             os.kill(proc.pid, signal.SIGKILL)
         assert proc.wait(timeout=30) == -signal.SIGKILL, "the run ended before the kill; raise EPOCHS"
-        pid = proc.pid
+        pid = proc.pid; print(trial, "killed", time.monotonic(), flush=True)
         mid_write += any(folder.glob(".*.tmp"))  # a temporary file the kill cut short
         steps = _checkpoints(folder) if folder.exists() else {}  # every one loads, in full
         assert not steps or "last.pt" in steps
