@@ -44,7 +44,8 @@ def main(argv=None):
             print(f"resuming from {path} at step {trainer.step} of {trainer.total_steps}")
     if trainer.dist.is_main:
         ranks = f" x {trainer.dist.world} ranks" if trainer.dist.enabled else ""
-        print(f"training {cfg.name}: {cfg.model.architecture}, target {cfg.diffusion.target}, "
+        what = "an autoencoder" if cfg.model.architecture == "vae" else f"target {cfg.diffusion.target}"
+        print(f"training {cfg.name}: {cfg.model.architecture}, {what}, "
               f"{trainer.params:,} parameters, {trainer.total_steps} steps of {trainer.batch_size}{ranks} "
               f"on {trainer.device}; writing to {trainer.out_dir}")
     try:
@@ -57,7 +58,8 @@ def main(argv=None):
               f"resume with: {resume}", file=sys.stderr)
         return 130
     if trainer.dist.is_main:
-        print(f"done: checkpoints in {trainer.out_dir / 'checkpoints'}, samples in {trainer.out_dir / 'samples'}")
+        pictures = "reconstructions" if cfg.model.architecture == "vae" else "samples"
+        print(f"done: checkpoints in {trainer.out_dir / 'checkpoints'}, {pictures} in {trainer.out_dir / pictures}")
     return 0
 
 

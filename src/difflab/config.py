@@ -176,6 +176,11 @@ def _accepts_float(hint: Any) -> bool:
     return hint is float or float in typing.get_args(hint)
 
 
+def _shown(key: Any) -> str:
+    """A key as the one-line message shows it: as typed, or quoted when it holds a newline or is no string."""
+    return key if isinstance(key, str) and key.isprintable() else repr(key)
+
+
 def _yaml_float(text: str) -> Any:
     try:
         return float(text)
@@ -193,7 +198,7 @@ def _build_section(section: str, values: Any, source: str):
             value = values[key] = _yaml_float(value)  # YAML 1.1 reads 3e-4 as a string
         if key not in hints:
             known = ", ".join(hints)
-            raise ConfigError(f"{source}: {section}.{key}: unknown key (known: {known})")
+            raise ConfigError(f"{source}: {section}.{_shown(key)}: unknown key (known: {known})")
         if not _check_type(value, hints[key]):
             raise ConfigError(
                 f"{source}: {section}.{key}: expected {_type_name(hints[key])}, got {value!r}"
@@ -306,7 +311,7 @@ def config_from_dict(raw: Any, source: str = "<dict>", name: Optional[str] = Non
     for key, values in raw.items():
         if key not in _SECTION_CLASSES:
             known = ", ".join(["name", *_SECTION_CLASSES])
-            raise ConfigError(f"{source}: {key}: unknown section (known: {known})")
+            raise ConfigError(f"{source}: {_shown(key)}: unknown section (known: {known})")
         sections[key] = _build_section(key, values, source)
     cfg = Config(name=cfg_name, **sections)
     _validate(cfg, source)

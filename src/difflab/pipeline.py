@@ -78,6 +78,10 @@ class Pipeline:
             from .latent import load_vae  # latent diffusion: decode through the VAE
 
             vae = load_vae(cfg.data.vae_checkpoint, device)
+            trained_with = state.get("vae_scale_factor")
+            if trained_with is not None and abs(trained_with - vae.scale_factor) > 1e-6 * abs(trained_with):
+                raise CheckpointError(f"{path}: trained on latents of another VAE (scale factor {trained_with:.5f}, "
+                                      f"{cfg.data.vae_checkpoint} has {vae.scale_factor:.5f}); retrain or restore that VAE")
         c, h, _ = sample_shape(cfg, vae)
         model = build_model(cfg.model, in_channels=c, image_size=h)
         weights = state.get("ema") if use_ema and state.get("ema") is not None else state["model"]

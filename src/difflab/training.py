@@ -110,6 +110,10 @@ class Trainer:
             from .latent import load_training_data
 
             data, self.vae = load_training_data(cfg, self.device)
+        elif cfg.data.vae_checkpoint:  # latents handed in (tests): still decode grids through the VAE
+            from .latent import load_vae
+
+            self.vae = load_vae(cfg.data.vae_checkpoint, self.device)
         self.x, self.y = data[0].to(self.device), data[1].to(self.device)
         c, h = self.x.shape[1], self.x.shape[2]
         torch.manual_seed(t.seed)  # the initial weights: the same on every rank
@@ -423,6 +427,8 @@ class Trainer:
             "train_images_per_s": self.train_images_per_s,
             "device": str(self.device),
             "torch": str(torch.__version__),
+            # which VAE the latents came from: its measured scale factor is its fingerprint
+            "vae_scale_factor": None if self.vae is None else float(self.vae.scale_factor),
         }
 
     def save(self, name: str) -> Optional[Path]:

@@ -50,8 +50,8 @@ def psnr(x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 def reconstruct(vae: VAE, x: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
     """x -> decode(encode(x)) through the scaled latents diffusion uses (the posterior mean)."""
     dev = next(vae.parameters()).device
-    outs = [vae.decode_latents(vae.encode_latents(x[i : i + batch_size].to(dev))).cpu() for i in range(0, len(x), batch_size)]
-    return torch.cat(outs)
+    batches = (x[i : i + batch_size].to(dev) for i in range(0, len(x), batch_size))
+    return torch.cat([vae.decode_latents(vae.encode_latents(b)).cpu() for b in batches])
 
 
 @torch.no_grad()
@@ -97,10 +97,11 @@ class VAETrainer:
             torch.set_num_threads(t.threads)
         self.device = device or select_device(t.device)
         self.out_dir = Path(t.output_dir) / cfg.name
-        load = lambda split: load_split(split, cfg.data.dataset, cfg.data.data_dir, "cpu")  # noqa: E731
-        self.x, self.y = data if data is not None else load("train")
-        self.x_test, self.y_test = test_data if test_data is not None else (load("test") if data is None else data)
-        self.x = self.x.to(self.device)
+        if data is None:  # MNIST; PSNR and the classifier are judged on the test split
+            data = load_split("train", cfg.data.dataset, cfg.data.data_dir, "cpu")
+            test_data = test_data or load_split("test", cfg.data.dataset, cfg.data.data_dir, "cpu")
+        self.x, self.y = data[0].to(self.device), data[1]
+        self.x_test, self.y_test = test_data if test_data is not None else data  # given data only: judge on it
         torch.manual_seed(t.seed)  # the initial weights
         self.model = build_vae(cfg.model, in_channels=self.x.shape[1], image_size=self.x.shape[2]).to(self.device)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
@@ -196,6 +197,7 @@ class VAETrainer:
         return record
 
     def eval_psnr(self) -> float:
+        """Mean PSNR on the first EVAL_IMAGES test images (cheap enough for every log line)."""
         self.model.eval()
         return psnr(reconstruct(self.model, self.x_test[:EVAL_IMAGES]), self.x_test[:EVAL_IMAGES]).mean().item()
 
@@ -213,7 +215,8 @@ class VAETrainer:
         idx = [int((self.y_test == d).nonzero()[0]) for d in range(10) if (self.y_test == d).any()][:n]
         x = self.x_test[idx]
         self.model.eval()
-        return save_grid(torch.cat([x.cpu(), reconstruct(self.model, x)]), self.out_dir / "reconstructions" / f"{tag}.png", nrow=len(idx))
+        pairs = torch.cat([x.cpu(), reconstruct(self.model, x)])  # (2n, 1, 28, 28): originals, then reconstructions
+        return save_grid(pairs, self.out_dir / "reconstructions" / f"{tag}.png", nrow=len(idx))
 
     def evaluate_test_set(self) -> dict:
         """PSNR on every held-out image, and whether the MNIST classifier still reads the digits."""
@@ -233,6 +236,7 @@ class VAETrainer:
         return result
 
     def describe_final(self) -> str:
+        """The final evaluation as the one line train.py leaves on the screen."""
         r = self.final
         text = f"test set ({r['test_images']} images): reconstruction PSNR {r['psnr']:.2f} dB"
         if "classifier_accuracy_reconstructions" in r:
@@ -241,6 +245,7 @@ class VAETrainer:
         return text + f"; latent scale factor {self.model.scale_factor:.5f}"
 
     def state(self) -> dict:
+        """Everything to rebuild the VAE (config, weights, scale factor) and to resume its training."""
         self.model.eval()
         g = torch.Generator().manual_seed(self.cfg.training.seed)
         subset = torch.randperm(len(self.x), generator=g)[:SCALE_IMAGES].to(self.device)

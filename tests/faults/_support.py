@@ -104,3 +104,24 @@ def one_clear_line(result: subprocess.CompletedProcess) -> str:
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
     return lines[0]
+
+
+def quick_trainer(tmp_path: Path, data=None, **training):
+    """An in-process Trainer on 16 synthetic images: batch 8 (2 steps an epoch), 3 epochs, no attention
+    layers and 1-step sample grids, so that a whole run takes a second or two."""
+    from difflab.training import Trainer
+
+    cfg = tiny_config(tmp_path, model={"attention_levels": []}, sampling={"steps": 1},
+                      training={"batch_size": 8, "epochs": 3, **training})
+    return Trainer(cfg, data=tiny_data(16) if data is None else data, quiet=True)
+
+
+def train_main(argv: list) -> int:
+    """`python train.py ARGV` run in this process, through the same run_main that maps errors to exit
+    codes (a child process would first spend seconds importing torch)."""
+    from difflab.cli import run_main
+
+    spec = importlib.util.spec_from_file_location("difflab_train_entry", ROOT / "train.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return run_main(lambda: module.main([str(a) for a in argv]))

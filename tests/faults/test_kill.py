@@ -1,19 +1,25 @@
-"""SIGKILL at random moments: every checkpoint on disk stays complete, and --resume picks up the newest."""
+"""SIGKILL at random moments: every checkpoint on disk stays complete, and --resume picks up the newest.
+
+train.py runs as a child process on the tiny U-Net and the first 8 MNIST images (2 steps an
+epoch), so an epoch's steps, its sample grid and its two checkpoint writes come round every few
+hundred milliseconds. Each trial waits for the child's 1st or 2nd epoch to end, then kills it at a
+random point of the next epoch (a step, the sampling, a write, the moment between two writes);
+every other trial instead kills it a random few milliseconds into its 1st or 2nd checkpoint write,
+the case the temporary file and the rename are there for.
+"""
 
 import os
 import random
 import re
 import signal
-import subprocess
-
+import time
 
 from difflab.checkpoint import load_checkpoint
 
-from ._support import needs_mnist, record, script, start, tiny_yaml, wait_for
+from ._support import needs_mnist, record, start, tiny_yaml, train_main, wait_for
 
 TRIALS = 5
-EPOCHS = 24  # 2 steps each (8 images, batch 4): an epoch ends, samples and checkpoints every few 100 ms;
-# the seeded kill delays add up to 4.4 s, well short of the whole run even on a fast machine
+EPOCHS = 16  # each trial advances at most 3 epochs, so no trial can reach the end
 KEEP = 2
 
 
@@ -22,48 +28,83 @@ def _checkpoints(folder):
     return {p.name: int(load_checkpoint(p)["step"]) for p in sorted(folder.glob("*.pt"))}
 
 
+def _mtime(path):
+    try:
+        return path.stat().st_mtime_ns
+    except FileNotFoundError:
+        return None
+
+
+def _kill_after_epochs(proc, last, epochs, phase, period):
+    """SIGKILL `phase` of an epoch after the child has written last.pt `epochs` times; return the epoch's length."""
+    seen, times = _mtime(last), []
+    while len(times) < epochs:
+        assert proc.poll() is None, f"the child exited ({proc.returncode}) before it was killed"
+        now = _mtime(last)
+        if now != seen:
+            seen = now
+            times.append(time.monotonic())
+        time.sleep(0.01)
+    if len(times) > 1:
+        period = times[-1] - times[-2]
+    time.sleep(phase * period)
+    os.kill(proc.pid, signal.SIGKILL)
+    return period
+
+
+def _kill_inside_write(proc, folder, nth, delay):
+    """SIGKILL `delay` seconds after the child's `nth` checkpoint write began (its temporary file appeared)."""
+    present, count = False, 0
+    while True:
+        assert proc.poll() is None, f"the child exited ({proc.returncode}) before it was killed"
+        now = any(folder.glob(f".*.{proc.pid}.tmp"))  # this child's own, not a dead one's
+        count += now and not present
+        present = now
+        if count == nth:
+            time.sleep(delay)
+            os.kill(proc.pid, signal.SIGKILL)
+            return
+        time.sleep(0.001)
+
+
 @needs_mnist
-def test_sigkill_at_random_moments_loses_nothing(tmp_path):
+def test_sigkill_at_random_moments_loses_nothing(tmp_path, capsys):
     rng = random.Random(10)
     config = tiny_yaml(tmp_path, training={"epochs": EPOCHS, "keep_last": KEEP})
     folder = tmp_path / "experiments" / "tiny" / "checkpoints"
-    survived, mid_write, expected_start, pid = 0, 0, 0, None
+    survived, mid_write, expected_start, pid, period = 0, 0, 0, None, 0.5
     for trial in range(TRIALS + 1):  # the extra run resumes to the end without a kill
         out, err = tmp_path / f"out{trial}.txt", tmp_path / f"err{trial}.txt"
         resume = ["--resume"] if (folder / "last.pt").exists() else []
-        if trial == TRIALS and pid is not None:  # a decoy left by a dead process: never to be loaded
+        if trial == TRIALS:  # a temporary file of a dead process, named to win if it were ever loaded
             (folder / f".model_epoch_999.pt.{pid}.tmp").write_bytes(b"half a checkpoint")
-        import time; print(trial, "start", time.monotonic(), flush=True)
+        if trial == TRIALS:  # the last resume runs in this process (a child would spend seconds importing torch)
+            assert train_main(["--config", config, *resume]) == 0
+            step = int(re.search(r"at step (\d+) of", capsys.readouterr().out).group(1))
+            survived += step == expected_start
+            break
         proc = start("train.py", "--config", config, *resume, cwd=tmp_path, out=out, err=err)
-        if resume:  # --resume continued from the newest checkpoint left by the kill
+        if resume:  # --resume continues from the newest checkpoint the kill left
             wait_for(lambda: "resuming from" in out.read_text(), proc, what="the resume line")
             step = int(re.search(r"at step (\d+) of", out.read_text()).group(1))
             assert step == expected_start, (trial, step, expected_start)
             survived += trial > 0
-        elif trial > 0:
-            assert expected_start == 0  # killed before its first checkpoint: nothing to lose
-            survived += 1
-        if trial == TRIALS:
-            assert proc.wait(timeout=180) == 0, err.read_text()[-2000:]
-            break
-        wait_for(lambda: "training tiny" in out.read_text(), proc, what="training started")
-        # Kill at a random moment: mid-step, mid-sampling, mid-write or between two writes.
-        try:
-            proc.wait(timeout=rng.uniform(0.2, 1.5))
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGKILL)
-        assert proc.wait(timeout=30) == -signal.SIGKILL, "the run ended before the kill; raise EPOCHS"
-        pid = proc.pid; print(trial, "killed", time.monotonic(), flush=True)
+        if trial % 2:
+            _kill_inside_write(proc, folder, rng.choice([1, 2]), rng.uniform(0, 0.01))
+        else:
+            period = _kill_after_epochs(proc, folder / "last.pt", rng.choice([1, 2]), rng.random(), period)
+        assert proc.wait(timeout=30) == -signal.SIGKILL
+        pid = proc.pid
         mid_write += any(folder.glob(".*.tmp"))  # a temporary file the kill cut short
-        steps = _checkpoints(folder) if folder.exists() else {}  # every one loads, in full
-        assert not steps or "last.pt" in steps
+        steps = _checkpoints(folder)  # every file named *.pt loads, in full
+        assert "last.pt" in steps
         assert len([n for n in steps if n.startswith("model_epoch_")]) <= KEEP + 1  # pruned right after a save
-        expected_start = max(steps.values(), default=0)
+        expected_start = max(steps.values())
 
     final = _checkpoints(folder)
     total = EPOCHS * 2
     assert final == {"last.pt": total, f"model_epoch_{EPOCHS - 1}.pt": total - 2, f"model_epoch_{EPOCHS}.pt": total}
     assert not list(folder.glob(".*.tmp")), "stale temporary files were not cleaned up"
-    record("SIGKILL at a random moment during training, then --resume", TRIALS, survived,
-           f"{mid_write} of {TRIALS} kills cut a checkpoint write short")
+    record("SIGKILL at a random moment in training, then `train.py --resume`", TRIALS, survived,
+           f"{mid_write} of {TRIALS} kills cut a checkpoint write short (a half-written temporary file left)")
     assert survived == TRIALS

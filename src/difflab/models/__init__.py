@@ -30,6 +30,9 @@ MODELS = {
 
 
 def build_model(cfg: ModelConfig, in_channels: int = 1, image_size: int = 28) -> nn.Module:
+    if cfg.architecture not in MODELS:  # "vae": latent diffusion's autoencoder (models/vae.py), not a denoiser
+        raise ConfigError(f"model.architecture: {cfg.architecture!r} is not a denoiser (known: {', '.join(MODELS)}); "
+                          "a VAE is used through a diffusion config's data.vae_checkpoint")
     try:
         return MODELS[cfg.architecture](cfg, in_channels, image_size)
     except ConfigError:

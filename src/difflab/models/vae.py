@@ -66,7 +66,8 @@ class Encoder(nn.Module):
 class Decoder(nn.Module):
     """Latent z (unscaled) -> image; the mirror of the encoder, with nearest-neighbour upsampling."""
 
-    def __init__(self, out_channels: int, channels: int, channel_mult: tuple, num_res_blocks: int, latent_channels: int):
+    def __init__(self, out_channels: int, channels: int, channel_mult: tuple, num_res_blocks: int,
+                 latent_channels: int):
         super().__init__()
         ch = channels * channel_mult[-1]
         layers = [nn.Conv2d(latent_channels, ch, 3, padding=1), ResBlock(ch, ch)]
@@ -140,5 +141,5 @@ def build_vae(cfg: ModelConfig, in_channels: int = 1, image_size: int = 28) -> V
         )
     for width in (cfg.channels * m for m in cfg.channel_mult):
         if width % min(8, width):
-            raise ConfigError(f"model.channels: widths {cfg.channels} x channel_mult must be multiples of 8 (GroupNorm)")
+            raise ConfigError(f"model.channels: {cfg.channels} x channel_mult must give multiples of 8 (GroupNorm)")
     return VAE(in_channels, image_size, cfg.channels, tuple(cfg.channel_mult), cfg.num_res_blocks, cfg.latent_channels)
