@@ -2,7 +2,7 @@
 PYTHON ?= python3
 TORCH_VERSION ?= 2.13.0
 CONFIG ?= configs/unified_sd1_unet_eps.yaml
-QUICK_EPOCHS ?= 1
+QUICK_STEPS ?= 300
 
 .PHONY: install install-test install-demo install-browser data quickstart test compare demo
 
@@ -16,11 +16,11 @@ install-test: install
 data:
 	$(PYTHON) setup_mnist.py
 
-# Installs, fetches MNIST, trains the SD1 config for $(QUICK_EPOCHS) epoch(s) (a few minutes on a
-# laptop CPU) and samples a grid of every digit.
+# Installs, fetches MNIST, trains the SD1 config for $(QUICK_STEPS) steps of 128 images (under
+# an epoch: minutes on a laptop CPU) and samples a grid with a row per digit.
 quickstart: install data
-	$(PYTHON) train.py --config $(CONFIG) training.epochs=$(QUICK_EPOCHS)
-	$(PYTHON) sample.py --checkpoint experiments/$(basename $(notdir $(CONFIG)))/checkpoints/model_epoch_$(QUICK_EPOCHS).pt \
+	$(PYTHON) train.py --config $(CONFIG) training.epochs=1 training.max_steps=$(QUICK_STEPS)
+	$(PYTHON) sample.py --checkpoint experiments/$(basename $(notdir $(CONFIG)))/checkpoints/model_epoch_1.pt \
 		--out experiments/$(basename $(notdir $(CONFIG)))/quickstart_samples.png
 	@echo "Samples: experiments/$(basename $(notdir $(CONFIG)))/quickstart_samples.png"
 

@@ -104,7 +104,7 @@ def test_generated_config_dicts_load_or_raise_config_error():
 def test_generated_yaml_files_and_overrides_load_or_raise_config_error(tmp_path_factory):
     folder, seen = tmp_path_factory.mktemp("fuzz_yaml"), collections.Counter()
 
-    @SETTINGS
+    @settings(SETTINGS, max_examples=150)
     @given(raw=config_dicts(), extra=st.lists(overrides, max_size=3), text=st.sampled_from(
         ["", "{", "a: [1", "training: {lr: !!float x}", "model: !!int abc", "x: " + "9" * 5000,
          "!!python/object/apply:os.system [true]", "- 1\n- 2", "training:\n  lr: 1\n lr: 2", "? [a]\n: 1",
@@ -130,7 +130,6 @@ def _dry_run_cases(rng: random.Random) -> dict:
                       "num_heads": 2}}
     cases = {
         "valid": yaml.safe_dump(base),
-        "not YAML": "model: {architecture: unet\n",
         "!!int of a word": "training:\n  epochs: !!int many\n",
         "GroupNorm cannot split 12 channels in 8 groups": yaml.safe_dump({"model": {**base["model"], "channels": 12}}),
         "DiT patches do not tile 28": yaml.safe_dump({"model": {"architecture": "dit", "patch_size": 3}}),

@@ -60,7 +60,7 @@ def _half_written_then_enospc(real_save, fail_on: int):
 FULL_DISK = {  # where the disk fills, during epoch 2 of a run whose epoch 1 is safely on disk
     "writing model_epoch_2.pt": lambda mp, real: mp.setattr(torch, "save", _half_written_then_enospc(real, 1)),
     "writing last.pt": lambda mp, real: mp.setattr(torch, "save", _half_written_then_enospc(real, 2)),
-    "at fsync": lambda mp, real: mp.setattr(os, "fsync", lambda fd: _full()),
+    "flushing a checkpoint to disk (fsync)": lambda mp, real: mp.setattr(os, "fsync", lambda fd: _full()),
     "appending to metrics.jsonl": lambda mp, real: mp.setattr(training, "open", lambda path, *a, **k: _full(path),
                                                               raising=False),
     "writing the sample grid": lambda mp, real: mp.setattr(training, "save_grid", lambda images, path, **k: _full(path)),
