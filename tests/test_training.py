@@ -99,3 +99,23 @@ def test_bad_checkpoints_are_refused_with_one_line(tmp_path):
     r = subprocess.run([sys.executable, str(ROOT / "sample.py"), "--checkpoint", str(truncated)],
                        capture_output=True, text=True)
     assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+
+
+def test_auto_batch_size_picks_a_measured_size_and_stops_at_out_of_memory(tmp_path, monkeypatch, capsys):
+    from difflab import speed
+
+    cfg = tiny_config(tmp_path, training={"batch_size": "auto", "max_batch_size": 128})
+    trainer = Trainer(cfg, data=tiny_data(256))
+    assert trainer.batch_size in (32, 64, 128)
+    assert "batch_size auto:" in capsys.readouterr().out
+
+    # 32 and 64 fit (64 twice as fast), 128 runs out of memory: 64 is chosen, 128 never reported.
+    def fake_probe(model, opt, x, y, size, autocast, device, steps=3):
+        if size >= 128:
+            raise RuntimeError("CUDA out of memory. Tried to allocate ...")
+        return {32: 100.0, 64: 200.0}[size]
+
+    monkeypatch.setattr(speed, "probe_speed", fake_probe)
+    trainer = Trainer(cfg, data=tiny_data(256))
+    assert trainer.batch_size == 64
+    assert "128:" not in capsys.readouterr().out

@@ -27,6 +27,7 @@ from .models import NULL_CLASS, build_model, count_parameters
 from .objectives import broadcast, build_objective
 from .pipeline import Pipeline, select_device
 from .schedules import build_path, sample_training_t
+from .speed import choose_batch_size
 from .visualize import save_grid
 
 T_BINS = 10  # the loss is also logged per tenth of [0, 1] in t (minRF's habit)
@@ -158,51 +159,9 @@ class Trainer:
         return torch.compile(model) if compile_ else model
 
     def choose_batch_size(self) -> int:
-        """training.batch_size: auto. Time a few steps at 32, 64, ... up to max_batch_size and keep
-        the smallest batch within 5% of the best images/s (small batches learn more per image)."""
-        limit, results = self.cfg.training.max_batch_size, {}
-        probe = copy.deepcopy(self.model)
-        opt = torch.optim.AdamW(probe.parameters(), lr=1e-9)
-        size = 32
-        while size <= min(limit, len(self.x)):
-            try:
-                results[size] = self._probe_speed(probe, opt, size)
-            except (torch.cuda.OutOfMemoryError, RuntimeError) as e:
-                if "out of memory" not in str(e).lower():
-                    raise
-                break  # this size does not fit; neither will larger ones
-            finally:
-                if self.device.type == "cuda":
-                    torch.cuda.empty_cache()
-            size *= 2
-        if not results:
-            raise ConfigError("training.batch_size: auto found no batch size that fits in memory; set one")
-        best = max(results.values())
-        chosen = min(b for b, ips in results.items() if ips >= 0.95 * best)
-        if not self.quiet:
-            table = ", ".join(f"{b}: {ips:.0f} img/s" for b, ips in results.items())
-            print(f"batch_size auto: {table} -> {chosen} (smallest within 5% of the best {best:.0f} img/s)")
-        return chosen
-
-    def _probe_speed(self, model, opt, size: int, steps: int = 3) -> float:
-        x = self.x[:size]
-        y = self.y[:size]
-        for i in range(steps + 1):
-            if i == 1:
-                self._sync()
-                start = time.perf_counter()
-            with self.autocast():
-                out = model(x, torch.full((size,), 500.0, device=self.device), y)
-            loss = (out.float() - x).pow(2).mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        self._sync()
-        return steps * size / (time.perf_counter() - start)
-
-    def _sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+        """training.batch_size: auto (see speed.choose_batch_size)."""
+        return choose_batch_size(self.model, self.x, self.y, self.autocast, self.cfg.training.max_batch_size,
+                                 self.device, verbose=not self.quiet)
 
     # ------------------------------------------------------------------ one step
 

@@ -116,12 +116,16 @@ def quick_trainer(tmp_path: Path, data=None, **training):
     return Trainer(cfg, data=tiny_data(16) if data is None else data, quiet=True)
 
 
-def train_main(argv: list) -> int:
-    """`python train.py ARGV` run in this process, through the same run_main that maps errors to exit
-    codes (a child process would first spend seconds importing torch)."""
+def entry_main(name: str, argv: list) -> int:
+    """`python NAME ARGV` (train.py, sample.py) run in this process, through the same run_main that maps
+    errors to exit codes; a child process would first spend seconds importing torch."""
     from difflab.cli import run_main
 
-    spec = importlib.util.spec_from_file_location("difflab_train_entry", ROOT / "train.py")
+    spec = importlib.util.spec_from_file_location(f"difflab_entry_{Path(name).stem}", ROOT / name)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return run_main(lambda: module.main([str(a) for a in argv]))
+
+
+def train_main(argv: list) -> int:
+    return entry_main("train.py", argv)
