@@ -1,11 +1,19 @@
-"""Training throughput: train.py's loop against a bare forward/backward/step loop, same model and batch.
+"""Training throughput.
 
-    python benchmarks/train_throughput.py                 # the SD1 config
+    python benchmarks/train_throughput.py                 # SD1: train.py's loop vs a bare loop
     python benchmarks/train_throughput.py --config configs/unified_sd2_unet_v.yaml --steps 20
+    python benchmarks/train_throughput.py --all [--compile] [--peer]
 
-Rounds of the two loops alternate, so a noisy machine slows both alike; the medians
-and their ratio are printed. The loop's overhead (EMA, clipping, LR schedule, batch
-indexing, logging) should stay under 10% on the CPU.
+Default: train.py's loop against a bare forward/backward/step loop on the same model
+and batch. Rounds of the two alternate, so a noisy machine slows both alike; the
+medians and their ratio are printed. The loop's overhead (EMA, clipping, LR schedule,
+batch indexing, logging) should stay under 10% on the CPU.
+
+--all: per config, parameters, FLOPs per training image (torch.utils.flop_counter),
+images/s eager (and compiled with --compile), the GFLOP/s achieved against this
+machine's fp32 matmul peak measured in the same run, and sampling images/s.
+--peer adds diffusers' UNet2DModel configured to our SD1 U-Net's parameter count
+(pip install diffusers), timed with the same bare loop.
 """
 
 import argparse
@@ -53,9 +61,17 @@ def main():
     p.add_argument("--steps", type=int, default=10, help="steps per round")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--all", action="store_true", help="a table over every config")
+    p.add_argument("--compile", action="store_true", help="with --all: also time torch.compile")
+    p.add_argument("--peer", action="store_true", help="with --all: also time diffusers' UNet2DModel")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.all:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from throughput_table import run_table
+
+        return run_table(args)
 
     with tempfile.TemporaryDirectory() as tmp:
         cfg = load_config(args.config, [f"training.output_dir={tmp}", "training.device=cpu", "training.log_every=1000000"])
@@ -80,4 +96,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

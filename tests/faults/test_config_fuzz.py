@@ -2,8 +2,6 @@
 examples), and a handful through `train.py --dry-run` exit 0, or 2 with one line naming the problem."""
 
 import collections
-import dataclasses
-import math
 import random
 import subprocess
 import sys
@@ -171,3 +169,13 @@ def test_train_dry_run_exits_0_or_2_with_one_line(tmp_path, capsys):
            f"{len(results) - len(procs)} in process, {len(procs)} as child processes")
     assert all(ok.values()), {w: r for w, r in results.items() if not ok[w]}
     assert all(results[w][0] == (0 if w.startswith("valid") else 2) for w in results if not w.startswith("random"))
+
+
+def test_train_py_refuses_a_device_name_it_cannot_parse(tmp_path, capsys):
+    (tmp_path / "device.yaml").write_text("training: {device: gpu}\n")  # torch.device("gpu") raises RuntimeError
+    code = entry_main("train.py", ["--config", tmp_path / "device.yaml"])
+    err = capsys.readouterr().err.strip().splitlines()
+    ok = code == 2 and len(err) == 1 and "training.device" in err[0]
+    record("`train.py` with training.device: gpu (a name torch cannot parse)", 1, int(ok),
+           "exit code 2, one line, before any data is read")
+    assert ok, (code, err)

@@ -76,19 +76,22 @@ def test_sigkill_at_random_moments_loses_nothing(tmp_path, capsys):
     for trial in range(TRIALS + 1):  # the extra run resumes to the end without a kill
         out, err = tmp_path / f"out{trial}.txt", tmp_path / f"err{trial}.txt"
         resume = ["--resume"] if (folder / "last.pt").exists() else []
-        if trial == TRIALS:  # a temporary file of a dead process, named to win if it were ever loaded
+        if trial == TRIALS:
+            # A temporary file of a dead process, named to win if it were ever taken for a checkpoint;
+            # then the last resume, in this process (a child would spend seconds importing torch).
             (folder / f".model_epoch_999.pt.{pid}.tmp").write_bytes(b"half a checkpoint")
-        if trial == TRIALS:  # the last resume runs in this process (a child would spend seconds importing torch)
             assert train_main(["--config", config, *resume]) == 0
-            step = int(re.search(r"at step (\d+) of", capsys.readouterr().out).group(1))
-            survived += step == expected_start
+            started = int(re.search(r"at step (\d+) of", capsys.readouterr().out).group(1))
+        else:
+            proc = start("train.py", "--config", config, *resume, cwd=tmp_path, out=out, err=err)
+            started = 0
+            if resume:
+                wait_for(lambda: "resuming from" in out.read_text(), proc, what="the resume line")
+                started = int(re.search(r"at step (\d+) of", out.read_text()).group(1))
+        if trial > 0:  # the kill lost nothing: --resume went on from the newest checkpoint it left
+            survived += started == expected_start
+        if trial == TRIALS:
             break
-        proc = start("train.py", "--config", config, *resume, cwd=tmp_path, out=out, err=err)
-        if resume:  # --resume continues from the newest checkpoint the kill left
-            wait_for(lambda: "resuming from" in out.read_text(), proc, what="the resume line")
-            step = int(re.search(r"at step (\d+) of", out.read_text()).group(1))
-            assert step == expected_start, (trial, step, expected_start)
-            survived += trial > 0
         if trial % 2:
             _kill_inside_write(proc, folder, rng.choice([1, 2]), rng.uniform(0, 0.01))
         else:

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from difflab.checkpoint import load_checkpoint
+
 from ._support import needs_mnist, quick_trainer, record, start, tiny_yaml, train_main, wait_for
 
 
