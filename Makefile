@@ -4,7 +4,7 @@ TORCH_VERSION ?= 2.13.0
 CONFIG ?= configs/unified_sd1_unet_eps.yaml
 QUICK_STEPS ?= 300
 
-.PHONY: install install-test install-demo install-browser data quickstart test compare demo
+.PHONY: install install-test install-demo install-browser data classifier quickstart test compare demo
 
 install:
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install "torch==$(TORCH_VERSION)"
@@ -36,7 +36,11 @@ install-browser:
 	fi
 	$(PYTHON) -m pip install -q playwright
 
-test: install-test install-demo install-browser data
+# The MNIST classifier that evaluate.py judges with: trained once (a minute or two), then cached.
+classifier: data
+	$(PYTHON) -c "import sys; sys.path.insert(0, 'src'); from difflab.evaluation import load_classifier; load_classifier()"
+
+test: install-test install-demo install-browser data classifier
 	$(PYTHON) -m pytest -q -rs tests
 
 demo: install-demo
