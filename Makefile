@@ -2,9 +2,9 @@
 PYTHON ?= python3
 TORCH_VERSION ?= 2.13.0
 CONFIG ?= configs/unified_sd1_unet_eps.yaml
-QUICK_STEPS ?= 300
+QUICK_IMAGES ?= 38400
 
-.PHONY: install install-test install-demo install-browser data classifier quickstart test compare demo
+.PHONY: install install-test install-demo install-browser data classifier quickstart test compare compare-all demo
 
 install:
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install "torch==$(TORCH_VERSION)"
@@ -16,10 +16,10 @@ install-test: install
 data:
 	$(PYTHON) setup_mnist.py
 
-# Installs, fetches MNIST, trains the SD1 config for $(QUICK_STEPS) steps of 128 images (under
+# Installs, fetches MNIST, trains the SD1 config on $(QUICK_IMAGES) images (1200 steps of 32; under
 # an epoch: minutes on a laptop CPU) and samples a grid with a row per digit.
 quickstart: install data
-	$(PYTHON) train.py --config $(CONFIG) training.epochs=1 training.max_steps=$(QUICK_STEPS)
+	$(PYTHON) train.py --config $(CONFIG) training.epochs=1 training.max_images=$(QUICK_IMAGES)
 	$(PYTHON) sample.py --checkpoint experiments/$(basename $(notdir $(CONFIG)))/checkpoints/model_epoch_1.pt \
 		--out experiments/$(basename $(notdir $(CONFIG)))/quickstart_samples.png
 	@echo "Samples: experiments/$(basename $(notdir $(CONFIG)))/quickstart_samples.png"
@@ -47,16 +47,23 @@ demo: install-demo
 	$(PYTHON) interactive_demo.py --experiments experiments
 
 # The fair comparison (issue 7): every config trained on the same number of images, then
-# evaluated with the same N and seed. COMPARE_IMAGES=600000 for a 10x larger budget.
+# evaluated with the same N and seed. `make compare` trains the three milestones in configs/
+# (about an hour on 2 CPU cores); `make compare-all` adds the reference configs (hours on a CPU:
+# DDPM samples with 1000 steps). COMPARE_IMAGES=600000 for a 10x larger budget.
 COMPARE_IMAGES ?= 60000
-COMPARE_N ?= 2000
+COMPARE_N ?= 1000
+COMPARE_SWEEP_N ?= 200
 COMPARE_DIR ?= experiments/compare
-COMPARE_CONFIGS ?= $(wildcard configs/*.yaml) configs/reference/ddpm_original.yaml \
-	configs/reference/unet_x0_prediction.yaml configs/reference/unet_flow.yaml configs/reference/dit_transformer.yaml
+COMPARE_CONFIGS ?= $(wildcard configs/*.yaml)
+REFERENCE_CONFIGS = configs/reference/ddpm_original.yaml configs/reference/unet_x0_prediction.yaml \
+	configs/reference/unet_flow.yaml configs/reference/dit_transformer.yaml
 compare: install data
-	@steps=$$(( $(COMPARE_IMAGES) / 128 )); epochs=$$(( ($(COMPARE_IMAGES) + 59999) / 60000 )); \
+	@epochs=$$(( ($(COMPARE_IMAGES) + 59999) / 60000 )); \
 	for c in $(COMPARE_CONFIGS); do \
-		$(PYTHON) train.py --config $$c training.output_dir=$(COMPARE_DIR) training.batch_size=128 \
-			training.epochs=$$epochs training.max_steps=$$steps || exit 1; \
+		$(PYTHON) train.py --config $$c training.output_dir=$(COMPARE_DIR) \
+			training.epochs=$$epochs training.max_images=$(COMPARE_IMAGES) || exit 1; \
 	done
-	$(PYTHON) compare_models.py --experiments $(COMPARE_DIR) --n $(COMPARE_N) --out results
+	$(PYTHON) compare_models.py --experiments $(COMPARE_DIR) --n $(COMPARE_N) --sweep-n $(COMPARE_SWEEP_N) --out results
+
+compare-all:
+	$(MAKE) compare COMPARE_CONFIGS="$(wildcard configs/*.yaml) $(REFERENCE_CONFIGS)"

@@ -43,7 +43,8 @@ def main():
         for patch in [int(v) for v in args.patches.split(",")]:
             cfg = load_config(args.config, [f"model.patch_size={patch}", f"training.output_dir={tmp}",
                                             "training.device=cpu", "training.log_every=20",
-                                            f"training.max_steps={args.images // 128}", "sampling.n_per_class=1"])
+                                            f"training.max_images={args.images}", "training.epochs=100",
+                                            "sampling.n_per_class=1"])
             trainer = Trainer(cfg, data=data, quiet=True)
             log = trainer.fit()
             pipe = Pipeline(trainer.ema.model, cfg, trainer.device)

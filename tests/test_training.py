@@ -119,3 +119,12 @@ def test_auto_batch_size_picks_a_measured_size_and_stops_at_out_of_memory(tmp_pa
     trainer = Trainer(cfg, data=tiny_data(256))
     assert trainer.batch_size == 64
     assert "128:" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("batch_size", [8, 16])
+def test_max_images_is_a_budget_in_images_whatever_the_batch_size(tmp_path, batch_size):
+    cfg = tiny_config(tmp_path, training={"epochs": 5, "batch_size": batch_size, "max_images": 96})
+    trainer = Trainer(cfg, data=tiny_data(128), quiet=True)
+    assert trainer.total_steps == 96 // batch_size
+    trainer.fit()
+    assert trainer.images_seen == 96

@@ -87,6 +87,7 @@ class TrainingConfig:
     cfg_dropout_prob: float = 0.1
     seed: int = 0
     max_steps: Optional[int] = None
+    max_images: Optional[int] = None  # a budget in training images, whatever the batch size
     log_every: int = 50
     sample_every: int = 0  # steps between sample grids; 0 = once per epoch
     checkpoint_every: int = 1  # epochs between model_epoch_<N>.pt files
@@ -279,6 +280,8 @@ def _validate(cfg: Config, source: str) -> None:
         bad("training.threads", "a positive integer or null")
     if t.max_steps is not None and t.max_steps < 1:
         bad("training.max_steps", "a positive integer or null")
+    if t.max_images is not None and t.max_images < 1:
+        bad("training.max_images", "a positive integer or null")
     gi = s.guidance_interval
     if not (len(gi) == 2 and all(isinstance(v, (int, float)) for v in gi) and 0 <= gi[0] <= gi[1] <= 1):
         bad("sampling.guidance_interval", "[lo, hi] with 0 <= lo <= hi <= 1")

@@ -109,6 +109,8 @@ class VAETrainer:
         self.steps_per_epoch = max(len(self.x) // self.batch_size, 1)
         total = t.epochs * self.steps_per_epoch
         self.total_steps = min(total, t.max_steps) if t.max_steps else total
+        if t.max_images:  # the budget in images: the same for every batch size
+            self.total_steps = min(self.total_steps, max(t.max_images // self.batch_size, 1))
         self.step, self.elapsed = 0, 0.0
         self.noise_gen = torch.Generator(device=self.device).manual_seed(t.seed + 1)
         self.params = count_parameters(self.model)
