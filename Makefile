@@ -52,7 +52,8 @@ demo: install-demo
 # DDPM samples with 1000 steps). COMPARE_IMAGES=600000 for a 10x larger budget.
 COMPARE_IMAGES ?= 60000
 COMPARE_N ?= 1000
-COMPARE_SWEEP_N ?= 200
+COMPARE_SWEEP_N ?= 100
+COMPARE_SCALES ?= 1,3,7.5
 COMPARE_DIR ?= experiments/compare
 COMPARE_CONFIGS ?= $(wildcard configs/*.yaml)
 REFERENCE_CONFIGS = configs/reference/ddpm_original.yaml configs/reference/unet_x0_prediction.yaml \
@@ -63,7 +64,7 @@ compare: install data
 		$(PYTHON) train.py --config $$c training.output_dir=$(COMPARE_DIR) \
 			training.epochs=$$epochs training.max_images=$(COMPARE_IMAGES) || exit 1; \
 	done
-	$(PYTHON) compare_models.py --experiments $(COMPARE_DIR) --n $(COMPARE_N) --sweep-n $(COMPARE_SWEEP_N) --out results
+	$(PYTHON) compare_models.py --experiments $(COMPARE_DIR) --n $(COMPARE_N) --sweep-n $(COMPARE_SWEEP_N) --scales $(COMPARE_SCALES) --out results
 
 compare-all:
 	$(MAKE) compare COMPARE_CONFIGS="$(wildcard configs/*.yaml) $(REFERENCE_CONFIGS)"

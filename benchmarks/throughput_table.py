@@ -103,7 +103,8 @@ def run_table(args) -> int:
               for c in CONFIGS]
     if args.peer:
         try:
-            models.append(("diffusers UNet2DModel (peer)", _Peer(diffusers_peer()), 128))
+            sd1_batch = load_config(ROOT / CONFIGS[0]).training.batch_size  # the same step as ours
+            models.append(("diffusers UNet2DModel (peer)", _Peer(diffusers_peer()), sd1_batch))
         except ImportError:
             print("--peer: diffusers is not installed (pip install diffusers); skipping the peer", file=sys.stderr)
     for name, model, batch in models:
