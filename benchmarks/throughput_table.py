@@ -129,3 +129,22 @@ def run_table(args) -> int:
         ours, peer = rows[names.index("unified_sd1_unet_eps")][3], rows[-1][3]
         print(f"\nours / diffusers at equal parameters: {ours / peer:.2f}x (training images/s, eager)")
     return 0
+
+
+def run_peer(args) -> int:
+    """Our SD1 U-Net against diffusers' UNet2DModel, in alternating rounds of the same step,
+    so a noisy machine slows both alike (the --all table times them minutes apart)."""
+    cfg = load_config(ROOT / CONFIGS[0])
+    ours, peer = build_model(cfg.model), _Peer(diffusers_peer())
+    batch, shape = cfg.training.batch_size, (1, 28, 28)
+    speeds = {"ours": [], "peer": []}
+    for _ in range(args.rounds):
+        speeds["ours"].append(train_speed(ours, shape, batch, args.steps, 1))
+        speeds["peer"].append(train_speed(peer, shape, batch, args.steps, 1))
+    o, q = statistics.median(speeds["ours"]), statistics.median(speeds["peer"])
+    print(f"batch {batch}, {torch.get_num_threads()} threads, {args.rounds} alternating rounds of {args.steps} steps")
+    print(f"ours  ({count_parameters(ours):,} params): {o:7.1f} images/s  (rounds: {', '.join(f'{v:.0f}' for v in speeds['ours'])})")
+    print(f"peer  ({count_parameters(peer):,} params): {q:7.1f} images/s  (rounds: {', '.join(f'{v:.0f}' for v in speeds['peer'])})")
+    print(f"ours / diffusers at equal parameters: {o / q:.2f}x")
+    return 0
+

@@ -13,7 +13,8 @@ batch indexing, logging) should stay under 10% on the CPU.
 images/s eager (and compiled with --compile), the GFLOP/s achieved against this
 machine's fp32 matmul peak measured in the same run, and sampling images/s.
 --peer adds diffusers' UNet2DModel configured to our SD1 U-Net's parameter count
-(pip install diffusers), timed with the same bare loop.
+(pip install diffusers), timed with the same bare loop; --peer alone times ours and it in
+alternating rounds and prints their ratio.
 """
 
 import argparse
@@ -63,7 +64,8 @@ def main():
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--all", action="store_true", help="a table over every config")
     p.add_argument("--compile", action="store_true", help="with --all: also time torch.compile")
-    p.add_argument("--peer", action="store_true", help="with --all: also time diffusers' UNet2DModel")
+    p.add_argument("--peer", action="store_true",
+                   help="with --all: a row for diffusers' UNet2DModel; alone: ours against it in alternating rounds")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -72,6 +74,11 @@ def main():
         from throughput_table import run_table
 
         return run_table(args)
+    if args.peer:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from throughput_table import run_peer
+
+        return run_peer(args)
 
     with tempfile.TemporaryDirectory() as tmp:
         cfg = load_config(args.config, [f"training.output_dir={tmp}", "training.device=cpu", "training.log_every=1000000"])
