@@ -30,15 +30,10 @@ def matmul_peak(n: int = 2048, reps: int = 10) -> float:
     return reps * 2 * n**3 / (time.perf_counter() - start) / 1e9
 
 
-def call(model, x, t, y):
-    out = model(x, t, y)
-    return out.sample if hasattr(out, "sample") else out  # diffusers returns an output object
-
-
 def flops_per_image(model, shape) -> float:
     x, t, y = torch.randn(1, *shape), torch.full((1,), 500.0), torch.tensor([3])
     with FlopCounterMode(display=False) as counter:
-        call(model, x, t, y).pow(2).mean().backward()
+        model(x, t, y).pow(2).mean().backward()
     model.zero_grad(set_to_none=True)
     return counter.get_total_flops()
 
@@ -49,7 +44,7 @@ def train_speed(model, shape, batch: int, steps: int, rounds: int) -> float:
     x, t, y = torch.randn(batch, *shape), torch.rand(batch) * 1000, torch.randint(0, 11, (batch,))
 
     def step():
-        loss = (call(model, x, t, y) - x).pow(2).mean()
+        loss = (model(x, t, y) - x).pow(2).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -68,10 +63,10 @@ def train_speed(model, shape, batch: int, steps: int, rounds: int) -> float:
 def sample_speed(model, shape, batch: int = 100, steps: int = 5) -> float:
     """Images/s of sampling at 50 steps with CFG (two forward passes' worth per step)."""
     x, y = torch.randn(2 * batch, *shape), torch.randint(0, 11, (2 * batch,))
-    call(model, x, torch.full((2 * batch,), 500.0), y)
+    model(x, torch.full((2 * batch,), 500.0), y)
     start = time.perf_counter()
     for i in range(steps):
-        call(model, x, torch.full((2 * batch,), 1000.0 - 100 * i), y)
+        model(x, torch.full((2 * batch,), 1000.0 - 100 * i), y)
     per_step = (time.perf_counter() - start) / steps
     return batch / (50 * per_step)
 
@@ -88,6 +83,8 @@ def diffusers_peer():
 
 
 class _Peer(torch.nn.Module):
+    """diffusers' (x, t, class_labels) -> output object, as our (x, t, y) -> tensor."""
+
     def __init__(self, net):
         super().__init__()
         self.net = net
@@ -99,12 +96,11 @@ class _Peer(torch.nn.Module):
 def run_table(args) -> int:
     peak = matmul_peak()
     rows = []
-    models = [(Path(c).stem, build_model(load_config(ROOT / c).model), load_config(ROOT / c).training.batch_size)
-              for c in CONFIGS]
+    configs = [load_config(ROOT / c) for c in CONFIGS]
+    models = [(Path(c).stem, build_model(cfg.model), cfg.training.batch_size) for c, cfg in zip(CONFIGS, configs)]
     if args.peer:
-        try:
-            sd1_batch = load_config(ROOT / CONFIGS[0]).training.batch_size  # the same step as ours
-            models.append(("diffusers UNet2DModel (peer)", _Peer(diffusers_peer()), sd1_batch))
+        try:  # timed at the SD1 config's batch: the same step as ours
+            models.append(("diffusers UNet2DModel (peer)", _Peer(diffusers_peer()), configs[0].training.batch_size))
         except ImportError:
             print("--peer: diffusers is not installed (pip install diffusers); skipping the peer", file=sys.stderr)
     for name, model, batch in models:

@@ -69,16 +69,11 @@ def main():
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.all:
+    if args.all or args.peer:
         sys.path.insert(0, str(Path(__file__).resolve().parent))
-        from throughput_table import run_table
+        from throughput_table import run_peer, run_table
 
-        return run_table(args)
-    if args.peer:
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
-        from throughput_table import run_peer
-
-        return run_peer(args)
+        return run_table(args) if args.all else run_peer(args)
 
     with tempfile.TemporaryDirectory() as tmp:
         cfg = load_config(args.config, [f"training.output_dir={tmp}", "training.device=cpu", "training.log_every=1000000"])

@@ -73,6 +73,17 @@ def lr_at(step: int, base_lr: float, warmup: int, total: int) -> float:
     return base_lr * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def run_length(t, steps_per_epoch: int, images_per_step: int) -> int:
+    """Optimiser steps of a run: its epochs, cut by training.max_steps and by training.max_images
+    (a budget in images: the same for every batch size and world size)."""
+    total = t.epochs * steps_per_epoch
+    if t.max_steps:
+        total = min(total, t.max_steps)
+    if t.max_images:
+        total = min(total, max(t.max_images // images_per_step, 1))
+    return total
+
+
 class EMA:
     """Exponential moving average of the weights, used for sampling (Song & Ermon 2020; Ho et al. 2020).
 
@@ -129,10 +140,7 @@ class Trainer:
         # batch_size is per rank; one step consumes world * batch_size images.
         self.global_batch = self.batch_size * self.dist.world
         self.steps_per_epoch = max(len(self.x) // self.global_batch, 1)
-        total = t.epochs * self.steps_per_epoch
-        self.total_steps = min(total, t.max_steps) if t.max_steps else total
-        if t.max_images:  # the budget in images: the same for every batch size (and world size)
-            self.total_steps = min(self.total_steps, max(t.max_images // self.global_batch, 1))
+        self.total_steps = run_length(t, self.steps_per_epoch, self.global_batch)
         self.step, self.images_seen, self.elapsed = 0, 0, 0.0
         self.noise_gen = torch.Generator(device=self.device).manual_seed(t.seed + 1)
         self.train_images_per_s = None

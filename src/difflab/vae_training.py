@@ -33,7 +33,7 @@ from .distributed import DistInfo, init_distributed
 from .models import count_parameters
 from .models.vae import VAE, build_vae, kl_divergence
 from .pipeline import select_device
-from .training import NonFiniteLoss, lr_at
+from .training import NonFiniteLoss, lr_at, run_length
 from .visualize import save_grid
 
 SCALE_IMAGES = 10_000  # training images whose latents set the scale factor
@@ -107,10 +107,7 @@ class VAETrainer:
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
         self.batch_size = t.batch_size if isinstance(t.batch_size, int) else t.max_batch_size
         self.steps_per_epoch = max(len(self.x) // self.batch_size, 1)
-        total = t.epochs * self.steps_per_epoch
-        self.total_steps = min(total, t.max_steps) if t.max_steps else total
-        if t.max_images:  # the budget in images: the same for every batch size
-            self.total_steps = min(self.total_steps, max(t.max_images // self.batch_size, 1))
+        self.total_steps = run_length(t, self.steps_per_epoch, self.batch_size)
         self.step, self.elapsed = 0, 0.0
         self.noise_gen = torch.Generator(device=self.device).manual_seed(t.seed + 1)
         self.params = count_parameters(self.model)
