@@ -213,3 +213,32 @@ def test_sampler_benchmark_writes_table_plot_and_json(tiny_checkpoint, fake_mnis
     assert all(r["nfe"] <= r["nfe_budget"] for r in summary["rows"])
     assert summary["verdict"]["best"]["sampler"] in ("heun", "dpm++2m")
     assert (tmp_path / "out" / "sampler_quality.png").stat().st_size > 10_000
+
+
+def test_fid_sensitivity_spoilers_do_what_their_names_say():
+    bench = _load_script("fid_sensitivity", ROOT / "benchmarks" / "fid_sensitivity.py")
+    g = torch.Generator().manual_seed(0)
+    x = torch.full((2, 1, 28, 28), -1.0)
+    x[:, :, 10:18, 13:15] = 1.0  # a vertical stroke two pixels wide
+    spoil = bench.spoilers(g)
+    assert torch.equal(spoil["real digits, untouched"](x), x)
+    thick, thin = spoil["strokes thicker (3x3 max filter)"](x), spoil["strokes thinner (3x3 min filter)"](x)
+    assert (thick == 1).sum() > (x == 1).sum() > (thin == 1).sum()  # one pixel wider / narrower each side
+    noisy = spoil["noise std 0.1"](x)
+    assert noisy.min() >= -1 and noisy.max() <= 1 and 0.02 < (noisy - x).abs().mean() < 0.1
+    blocks = spoil["4x4 blocks (patch means)"](x)
+    assert torch.equal(blocks[..., :4, :4], blocks[..., :1, :1].expand(-1, -1, 4, 4))  # constant per patch
+
+
+def test_sampler_verdict_judges_the_distance_to_the_reference_not_the_lowest_fid():
+    bench = _load_script("sampler_quality", ROOT / "benchmarks" / "sampler_quality.py")
+    rows = [{"sampler": "heun", "nfe": 3, "steps": 2, "fid": 50.0},  # far below: not converged
+            {"sampler": "dpm++2m", "nfe": 16, "steps": 16, "fid": 95.0},
+            {"sampler": "euler", "nfe": 16, "steps": 16, "fid": 96.0},  # first order: not a candidate
+            {"sampler": "heun", "nfe": 31, "steps": 16, "fid": 96.5}]  # over the NFE budget
+    result = bench.verdict(rows, {"sampler": "euler", "steps": 200, "fid": 96.6}, max_nfe=16)
+    assert result["best"]["sampler"] == "dpm++2m" and result["within_10_percent"]
+    assert result["relative_gap"] == pytest.approx(95.0 / 96.6 - 1)
+    far = bench.verdict(rows[:1], {"sampler": "euler", "steps": 200, "fid": 96.6}, max_nfe=16)
+    assert not far["within_10_percent"]  # 48% below the reference is a miss, not a win
+    assert bench.verdict(rows, {}, max_nfe=16)["best"]["fid"] == 50.0  # no reference: the lowest FID
