@@ -43,6 +43,10 @@ def test_every_file_and_a_row_per_model(tmp_path, monkeypatch):
         assert r["fid"] >= 0 and 0 <= r["accuracy"] <= 1 and r["params"] > 0 and r["seconds_per_1000"] > 0
         assert r["images_seen"] == 48
     assert len(result["sweeps"]["steps"]["tiny_flow"]) == 2
+    # a second run without the steps sweep leaves no plot of the first run's behind
+    again = compare.run_comparison([eps, flow], out, classifier, n=20, steps_list=(), scales=(1.0,), sweep_n=10)
+    assert not (out / "fid_vs_steps.png").exists() and "steps" not in again["sweeps"]
+    assert (out / "fid_vs_guidance.png").stat().st_size > 0
 
 
 def test_models_start_from_the_same_noise(tmp_path):
