@@ -88,16 +88,14 @@ def verdict(rows: list, reference: dict, max_nfe: int) -> dict:
                   and r["fid"] is not None]  # fmt: skip
     if not candidates:
         return {"best": None, "max_nfe": max_nfe}
-    has_reference = bool(reference) and reference.get("fid") is not None
-    if has_reference:
-        best = min(candidates, key=lambda r: abs(r["fid"] / reference["fid"] - 1))
-    else:
-        best = min(candidates, key=lambda r: r["fid"])
+    ref_fid = reference.get("fid") if reference else None
+    gap = (lambda r: r["fid"] / ref_fid - 1) if ref_fid is not None else None
+    best = min(candidates, key=(lambda r: abs(gap(r))) if gap else (lambda r: r["fid"]))
     out = {"best": {k: best[k] for k in ("sampler", "nfe", "steps", "fid")}, "max_nfe": max_nfe}
-    if has_reference:
+    if gap:
         out["reference"] = f"{reference['sampler']} x{reference['steps']}"
-        out["reference_fid"] = reference["fid"]
-        out["relative_gap"] = best["fid"] / reference["fid"] - 1
+        out["reference_fid"] = ref_fid
+        out["relative_gap"] = gap(best)
         out["within_10_percent"] = bool(abs(out["relative_gap"]) <= TOLERANCE)
     return out
 

@@ -2,8 +2,8 @@
 
 Needs Debian's Chromium (/usr/bin/chromium) and Playwright's Python package; Playwright's own
 browser download is never used. Without them the test is skipped and says why.
-It leaves a screenshot of the page in pytest's temporary folder; with DIFFLAB_SCREENSHOT=PATH set,
-there instead (how docs/images/demo.png is made: tests never write into the repository on their own).
+It leaves a screenshot of the page in pytest's temporary folder, or at DIFFLAB_SCREENSHOT=PATH
+when that is set: tests never write into the repository on their own.
 """
 
 import os
