@@ -20,7 +20,7 @@ def main(argv=None):
     p.add_argument("--digits", default="0123456789", help="which digits, e.g. 3 or 0,1,7")
     p.add_argument("--out", default=None, help="PNG path (default: beside the experiment's samples)")
     p.add_argument("--save-npz", default=None, metavar="PATH", help="also write x (uint8 N x 28 x 28) and y")
-    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--batch-size", type=int, default=None, help="images per batch (default: 64 on a CPU, 500 on a GPU)")
     p.add_argument("--device", default="auto")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
     args = p.parse_args(argv)
@@ -29,7 +29,7 @@ def main(argv=None):
 
     from difflab.config import SAMPLERS
     from difflab.data import tensor_to_uint8
-    from difflab.pipeline import Pipeline
+    from difflab.pipeline import Pipeline, sampling_batch_size
     from difflab.visualize import save_grid
 
     if args.sampler is not None and args.sampler not in SAMPLERS:
@@ -49,10 +49,11 @@ def main(argv=None):
 
     sampler = args.sampler or pipe.cfg.sampling.sampler
     steps = args.steps or pipe.cfg.sampling.steps
-    batches = -(-len(labels) // args.batch_size)
+    batch_size = args.batch_size or sampling_batch_size(pipe.device)
+    batches = -(-len(labels) // batch_size)
     with tqdm(total=steps * batches, unit="step", desc=f"{sampler} x{steps}") as bar:
         result = pipe.generate(labels, sampler=sampler, steps=steps, cfg_scale=args.cfg_scale,
-                               seed=args.seed, batch_size=args.batch_size, callback=lambda *a: bar.update(1))
+                               seed=args.seed, batch_size=batch_size, callback=lambda *a: bar.update(1))
     ckpt = Path(args.checkpoint)
     out = Path(args.out) if args.out else ckpt.parent.parent / "samples" / f"sample_{ckpt.stem}_{sampler}_{steps}.png"
     save_grid(result.images, out, nrow=args.n)

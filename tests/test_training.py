@@ -71,6 +71,21 @@ def test_checkpoint_round_trip_and_sampling_determinism(tmp_path):
     assert torch.equal(a, b) and not torch.equal(a, c)
     ancestral = [pipe.generate(labels, sampler="ddpm", seed=s).images for s in (5, 5)]
     assert torch.equal(*ancestral)
+    # The batch is a speed setting only (pipeline.sampling_batch_size): every image keeps its noise.
+    for batch_size in (3, 7):
+        assert torch.allclose(pipe.generate(labels, seed=3, batch_size=batch_size).images, a, atol=1e-5)
+
+
+def test_the_epoch_checkpoint_is_written_before_the_sample_grid(tmp_path, monkeypatch):
+    def broken_grid(self, tag):
+        raise RuntimeError("sampling failed")
+
+    monkeypatch.setattr(Trainer, "save_samples", broken_grid)
+    trainer = Trainer(tiny_config(tmp_path), data=tiny_data(32), quiet=True)
+    with pytest.raises(RuntimeError, match="sampling failed"):
+        trainer.fit()
+    saved = load_checkpoint(trainer.out_dir / "checkpoints" / "model_epoch_1.pt")
+    assert saved["step"] == trainer.total_steps
 
 
 def test_bad_checkpoints_are_refused_with_one_line(tmp_path):

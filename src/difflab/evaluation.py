@@ -422,7 +422,7 @@ def evaluate_pipeline(
     steps: Optional[int] = None,
     cfg_scale: Optional[float] = None,
     seed: int = 0,
-    batch_size: int = 500,
+    batch_size: Optional[int] = None,
     data_dir: Optional[Union[str, Path]] = None,
     progress: bool = True,
     **options,
@@ -446,6 +446,10 @@ def evaluate_pipeline(
     labels = balanced_labels(n)
     if unconditional:
         labels = torch.full_like(labels, NULL_CLASS)
+    if batch_size is None:
+        from difflab.pipeline import sampling_batch_size
+
+        batch_size = sampling_batch_size(pipe.device)
     batches = -(-n // batch_size)
     # One bar over every batch's steps; the callback fires once per sampler step.
     with tqdm(total=steps * batches, unit="step", desc=f"{sampler} x{steps}", disable=not progress) as bar:

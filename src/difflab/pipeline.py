@@ -35,6 +35,17 @@ def select_device(name: str = "auto", local_rank: int = 0) -> torch.device:
     return torch.device("cpu")
 
 
+def sampling_batch_size(device: Union[str, torch.device]) -> int:
+    """Images per sampling batch when none is asked for: small on a CPU, large on a GPU.
+
+    On a CPU, a batch of 64 (128 through the network with guidance) keeps the U-Net's
+    activations in cache and samples about 1.7x faster than a batch of 500
+    (`python benchmarks/sampling_batch.py`); a GPU is idle below a few hundred images.
+    The batch never changes the images: the starting noise is drawn for all of them first.
+    """
+    return 64 if torch.device(device).type == "cpu" else 500
+
+
 def is_unconditional(cfg: Config) -> bool:
     """A model trained with every label dropped (DDPM 2020) knows only the null class."""
     return cfg.training.cfg_dropout_prob >= 1.0
@@ -111,13 +122,15 @@ class Pipeline:
         cfg_scale: Optional[float] = None,
         seed: int = 0,
         noise: Optional[torch.Tensor] = None,
-        batch_size: int = 1000,
+        batch_size: Optional[int] = None,
         trajectory: bool = False,
         callback: Optional[Callable] = None,
         **options,
     ) -> GenerationResult:
-        """Sample one image per label. Unset options come from the config's `sampling` section."""
+        """Sample one image per label. Unset options come from the config's `sampling` section;
+        an unset batch_size from sampling_batch_size (the images are the same for any batch)."""
         s = self.cfg.sampling
+        batch_size = batch_size or sampling_batch_size(self.device)
         sampler = sampler or s.sampler
         steps = steps or s.steps
         if is_unconditional(self.cfg):

@@ -339,12 +339,13 @@ class Trainer:
 
     def end_of_epoch(self) -> None:
         epoch = math.ceil(self.step / self.steps_per_epoch)
-        if not self.cfg.training.sample_every:
-            self.save_samples(f"epoch_{epoch:03d}")
+        # Weights first: a sample grid that fails or is interrupted must not cost the epoch.
         if epoch % self.cfg.training.checkpoint_every == 0 or self.step == self.total_steps:
             self.save(f"model_epoch_{epoch}.pt")
             self._prune()
         self.save("last.pt")
+        if not self.cfg.training.sample_every:
+            self.save_samples(f"epoch_{epoch:03d}")
 
     def _log(self, loss: float, ips: float, bin_sum: list, bin_cnt: list) -> dict:
         by_t = [v / c if c > 0 else None for v, c in zip(bin_sum, bin_cnt)]
