@@ -38,7 +38,7 @@ install-browser:
 
 # The MNIST classifier that evaluate.py judges with: trained once (a minute or two), then cached.
 classifier: data
-	$(PYTHON) -c "import sys; sys.path.insert(0, 'src'); from difflab.evaluation import load_classifier; load_classifier()"
+	$(PYTHON) -c "import sys; sys.path.insert(0, 'src'); from difflab.classifier import load_classifier; load_classifier()"
 
 test: install-test install-demo install-browser data classifier
 	$(PYTHON) -m pytest -q -rs tests

@@ -38,7 +38,7 @@ def main(argv=None):
     args = p.parse_args(argv)
 
     from difflab.compare import newest_checkpoints, run_comparison
-    from difflab.evaluation import load_classifier
+    from difflab.classifier import load_classifier
 
     if args.checkpoints:
         ckpts = [Path(c) for c in args.checkpoints]

@@ -115,11 +115,11 @@ def evaluate_samples(path, classifier=None, *, batch_size: int = 500, device: st
 
 
 def quiet_load_classifier(data_dir, device):
-    """evaluation.load_classifier, with its messages sent to stderr: stdout is for the JSON."""
-    from difflab import evaluation as ev
+    """difflab.classifier.load_classifier, with its messages sent to stderr: stdout is for the JSON."""
+    from difflab.classifier import load_classifier
 
     with contextlib.redirect_stdout(sys.stderr):
-        return ev.load_classifier(data_dir, device=device)
+        return load_classifier(data_dir, device=device)
 
 
 def tidy(scores: dict) -> dict:

@@ -1,7 +1,7 @@
 """Download MNIST (or Fashion-MNIST) into the data folder, checked: `python setup_mnist.py`.
 
 The data folder is --data-dir, else $DIFFLAB_DATA, else ./data. All the work is in
-`difflab.data.fetch`; this file only reads the command line and reports errors.
+`difflab.download.fetch`; this file only reads the command line and reports errors.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from pathlib import Path
 # Run from a plain checkout, without `pip install -e .`.
 sys.path.insert(0, str(Path(__file__).parent / "src"))
 
-from difflab.data import DATASETS, DataError, fetch  # noqa: E402
+from difflab.data import DATASETS, DataError  # noqa: E402
+from difflab.download import fetch  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

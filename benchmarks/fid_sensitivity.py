@@ -26,8 +26,9 @@ sys.path.insert(0, str(ROOT / "src"))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from difflab.classifier import load_classifier  # noqa: E402
 from difflab.data import load_split  # noqa: E402
-from difflab.evaluation import evaluate_images, load_classifier  # noqa: E402
+from difflab.evaluation import evaluate_images  # noqa: E402
 
 
 def spoilers(generator: torch.Generator) -> dict:

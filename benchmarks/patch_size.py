@@ -19,9 +19,10 @@ sys.path.insert(0, str(ROOT / "src"))
 
 import torch  # noqa: E402
 
+from difflab.classifier import load_classifier  # noqa: E402
 from difflab.config import load_config  # noqa: E402
 from difflab.data import load_split  # noqa: E402
-from difflab.evaluation import evaluate_images, load_classifier  # noqa: E402
+from difflab.evaluation import evaluate_images  # noqa: E402
 from difflab.pipeline import Pipeline  # noqa: E402
 from difflab.training import Trainer  # noqa: E402
 

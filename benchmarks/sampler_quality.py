@@ -201,7 +201,7 @@ def main(argv=None):
     p.add_argument("--out-dir", default=None, help="default: results/sampler_quality/<config name>/")
     args = p.parse_args(argv)
 
-    from difflab import evaluation as ev
+    from difflab.classifier import load_classifier
     from difflab.config import SAMPLERS, SPACINGS
     from difflab.pipeline import Pipeline, is_unconditional
 
@@ -220,7 +220,7 @@ def main(argv=None):
         fail(f"{args.checkpoint}: trained on {pipe.cfg.data.dataset}; the judge is an MNIST classifier")
     data_dir = args.data_dir or pipe.cfg.data.data_dir
     with contextlib.redirect_stdout(sys.stderr):  # stdout is for the table
-        classifier = ev.load_classifier(data_dir, device=pipe.device)
+        classifier = load_classifier(data_dir, device=pipe.device)
 
     rows = []
     for sampler in samplers:

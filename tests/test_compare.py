@@ -6,6 +6,7 @@ from pathlib import Path
 import torch
 
 from conftest import tiny_config, tiny_data
+from difflab import classifier as clf
 from difflab import compare
 from difflab import evaluation as ev
 from difflab.training import Trainer
@@ -25,7 +26,7 @@ def make_checkpoint(tmp_path, name, **sections):
 def test_every_file_and_a_row_per_model(tmp_path, monkeypatch):
     monkeypatch.setattr(ev, "load_split", synthetic_split)
     torch.manual_seed(0)
-    classifier = ev.MNISTClassifier().eval()
+    classifier = clf.MNISTClassifier().eval()
     eps = make_checkpoint(tmp_path, "tiny_eps")
     flow = make_checkpoint(tmp_path, "tiny_flow", diffusion={"target": "flow", "schedule": "flow"},
                            sampling={"sampler": "euler", "spacing": "trailing"})

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from conftest import tiny_config, tiny_data
+from difflab import classifier as clf
 from difflab import evaluation as ev
 from difflab.cli import run_main
 from difflab.data import images_to_tensor
@@ -53,9 +54,9 @@ def tiny_checkpoint(tmp_path_factory):
 def fake_mnist(monkeypatch):
     """No real data or classifier: synthetic splits and a small untrained classifier."""
     torch.manual_seed(0)
-    classifier = ev.MNISTClassifier().eval()
+    classifier = clf.MNISTClassifier().eval()
     monkeypatch.setattr(ev, "load_split", _synthetic_split)
-    monkeypatch.setattr(ev, "load_classifier", lambda *a, **k: classifier)
+    monkeypatch.setattr(clf, "load_classifier", lambda *a, **k: classifier)
     return classifier
 
 
@@ -65,10 +66,10 @@ def fake_mnist(monkeypatch):
 
 
 def test_real_test_images_score_like_real_images(tmp_path, monkeypatch, capsys):
-    if not (DATA / "mnist.npz").is_file() or not ev.classifier_paths(DATA)[0].is_file():
+    if not (DATA / "mnist.npz").is_file() or not clf.classifier_paths(DATA)[0].is_file():
         pytest.skip(f"needs {DATA}/mnist.npz and the cached classifier in {DATA}/classifier (run evaluate.py once)")
-    classifier = ev.load_classifier(DATA, train_if_missing=False)
-    monkeypatch.setattr(ev, "load_classifier", lambda *a, **k: classifier)  # one feature cache for both runs
+    classifier = clf.load_classifier(DATA, train_if_missing=False)
+    monkeypatch.setattr(clf, "load_classifier", lambda *a, **k: classifier)  # one feature cache for both runs
     arrays = np.load(DATA / "mnist.npz")
     # A random subset: MNIST's test set is ordered (its first half is the cleaner writers).
     pick = np.random.default_rng(0).permutation(10_000)[:1000]

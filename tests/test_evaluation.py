@@ -1,5 +1,6 @@
-"""Tests for difflab.evaluation: FID and precision/recall math on synthetic features,
-the classifier cache on a tiny model, and (when cached) the real MNIST classifier."""
+"""Tests for difflab.evaluation and difflab.classifier: FID and precision/recall math on
+synthetic features, the classifier cache on a tiny model, and (when cached) the real MNIST
+classifier."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import shutil
 import pytest
 import torch
 
+from difflab import classifier as clf
 from difflab import evaluation as ev
 
 
@@ -130,13 +132,13 @@ def _synthetic_split(split: str, data_dir=None, dataset: str = "mnist", device: 
 def test_random_shift_moves_each_image_by_at_most_max_shift():
     x = torch.full((400, 1, 28, 28), -1.0)
     x[:, 0, 10, 17] = 1.0  # one bright pixel, off the diagonal so a transpose would show
-    out = ev.random_shift(x, 2, torch.Generator().manual_seed(0))
+    out = clf.random_shift(x, 2, torch.Generator().manual_seed(0))
     assert out.shape == x.shape and ((out == 1.0).sum(dim=(1, 2, 3)) == 1).all()
     rows, cols = (out[:, 0] == 1.0).nonzero()[:, 1:].T
     assert set(rows.tolist()) == set(range(8, 13)) and set(cols.tolist()) == set(range(15, 20))
 
 
-TINY = ev.TrainSettings(epochs=1, batch_size=64, train_subset=256)
+TINY = clf.TrainSettings(epochs=1, batch_size=64, train_subset=256)
 
 
 @pytest.fixture(scope="module")
@@ -144,8 +146,8 @@ def tiny_trained(tmp_path_factory):
     """Train the tiny classifier once per module; tests get a copy of its cache."""
     data_dir = tmp_path_factory.mktemp("tiny")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(ev, "load_split", _synthetic_split)
-        ev.load_classifier(data_dir, settings=TINY)
+        mp.setattr(clf, "load_split", _synthetic_split)
+        clf.load_classifier(data_dir, settings=TINY)
     return data_dir
 
 
@@ -153,18 +155,19 @@ def tiny_trained(tmp_path_factory):
 def tiny_cache(tiny_trained, tmp_path, monkeypatch):
     """(data_dir, model): a fresh copy of the tiny cache in tmp_path, loaded from it."""
     shutil.copytree(tiny_trained / "classifier", tmp_path / "classifier")
-    monkeypatch.setattr(ev, "load_split", _synthetic_split)
-    return tmp_path, ev.load_classifier(tmp_path, settings=TINY, train_if_missing=False)
+    monkeypatch.setattr(clf, "load_split", _synthetic_split)  # (re)training
+    monkeypatch.setattr(ev, "load_split", _synthetic_split)  # the reference features
+    return tmp_path, clf.load_classifier(tmp_path, settings=TINY, train_if_missing=False)
 
 
 def test_training_writes_weights_and_hash(tiny_cache):
     data_dir, model = tiny_cache
-    weights, meta_path = ev.classifier_paths(data_dir)
+    weights, meta_path = clf.classifier_paths(data_dir)
     meta = json.loads(meta_path.read_text())
-    assert meta["sha256"] == ev.sha256_file(weights)
+    assert meta["sha256"] == clf.sha256_file(weights)
     assert meta["settings"] == dataclasses.asdict(TINY) and 0.0 <= meta["test_accuracy"] <= 1.0
     assert not model.training and model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
-    assert model.features(torch.zeros(2, 1, 28, 28)).shape == (2, ev.FEATURE_DIM)
+    assert model.features(torch.zeros(2, 1, 28, 28)).shape == (2, clf.FEATURE_DIM)
 
 
 def test_cached_classifier_is_loaded_not_retrained(tiny_cache, monkeypatch):
@@ -173,15 +176,15 @@ def test_cached_classifier_is_loaded_not_retrained(tiny_cache, monkeypatch):
     def no_training(*args, **kwargs):
         raise AssertionError("should have loaded the cache")
 
-    monkeypatch.setattr(ev, "train_classifier", no_training)
-    loaded = ev.load_classifier(data_dir, settings=TINY)
+    monkeypatch.setattr(clf, "train_classifier", no_training)
+    loaded = clf.load_classifier(data_dir, settings=TINY)
     for (name, a), b in zip(model.state_dict().items(), loaded.state_dict().values()):
         assert torch.equal(a, b), name
 
 
 def test_tampered_weights_are_detected_and_retrained_deterministically(tiny_cache, capsys):
     data_dir, _ = tiny_cache
-    weights, meta_path = ev.classifier_paths(data_dir)
+    weights, meta_path = clf.classifier_paths(data_dir)
     original = json.loads(meta_path.read_text())["sha256"]
     state = torch.load(weights, weights_only=True)
     state["head.bias"] += 1.0  # a plausible-looking but wrong file
@@ -189,17 +192,17 @@ def test_tampered_weights_are_detected_and_retrained_deterministically(tiny_cach
     capsys.readouterr()
 
     with pytest.raises(FileNotFoundError, match="SHA-256"):
-        ev.load_classifier(data_dir, settings=TINY, train_if_missing=False)
-    ev.load_classifier(data_dir, settings=TINY)
+        clf.load_classifier(data_dir, settings=TINY, train_if_missing=False)
+    clf.load_classifier(data_dir, settings=TINY)
     assert "SHA-256" in capsys.readouterr().out
     # Same seed, same data -> bit-identical weights, so the hash comes back.
-    assert ev.sha256_file(weights) == original
+    assert clf.sha256_file(weights) == original
 
 
 def test_other_settings_trigger_retraining(tiny_cache, capsys):
     data_dir, _ = tiny_cache
     capsys.readouterr()
-    ev.load_classifier(data_dir, settings=ev.TrainSettings(epochs=1, batch_size=64, train_subset=128))
+    clf.load_classifier(data_dir, settings=clf.TrainSettings(epochs=1, batch_size=64, train_subset=128))
     assert "other settings" in capsys.readouterr().out
 
 
@@ -237,10 +240,10 @@ def real():
     except (ImportError, DataError, FileNotFoundError) as err:
         pytest.skip(f"MNIST not available ({err}); run `python setup_mnist.py`")
     try:
-        model = ev.load_classifier(train_if_missing=False)
+        model = clf.load_classifier(train_if_missing=False)
     except FileNotFoundError as err:
         pytest.skip(f"no cached classifier ({err})")
-    meta = json.loads(ev.classifier_paths()[1].read_text())
+    meta = json.loads(clf.classifier_paths()[1].read_text())
     return model, images, labels, meta
 
 

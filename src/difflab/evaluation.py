@@ -1,35 +1,28 @@
-"""Judging generated digits: a small MNIST classifier and metrics on its features.
+"""Judging generated digits: metrics on the features of a small MNIST classifier.
 
 - FID (Heusel et al. 2017): Frechet distance between Gaussians fitted to features
   of real and generated images. Inception-v3 is the usual feature extractor; on
-  MNIST a small CNN trained here plays that role, so the numbers are comparable
-  within this project only.
+  MNIST a small CNN trained here (classifier.py) plays that role, so the numbers
+  are comparable within this project only.
 - Precision / recall (Kynkaanniemi et al. 2019): how much of the generated set
   lies on the real manifold (quality) and how much of the real manifold the
   generated set covers (diversity).
 - Conditional accuracy: for a class-conditional model, does the classifier see
   the digit that was asked for?
 
-The classifier is trained once on demand (about a minute or two on a laptop CPU)
-and cached under the data folder with the SHA-256 of its weights.
+The classifier itself (network, training and cache) is in classifier.py; the
+maths of FID and precision/recall is in metrics.py.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
-import os
-import time
 import weakref
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Union
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
@@ -42,215 +35,6 @@ from difflab.metrics import (  # noqa: F401  (re-exported: the maths lives in me
 )
 
 ArrayLike = Union[torch.Tensor, np.ndarray]
-
-CACHE_FORMAT = 1  # bump when the architecture or the file layout changes
-FEATURE_DIM = 128
-
-
-# --------------------------------------------------------------------------
-# The classifier
-# --------------------------------------------------------------------------
-
-
-def _conv_block(c_in: int, c_out: int) -> nn.Sequential:
-    """3x3 conv -> BatchNorm -> ReLU -> 2x2 max-pool (halves the resolution)."""
-    return nn.Sequential(
-        nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
-        nn.BatchNorm2d(c_out),
-        nn.ReLU(inplace=True),
-        nn.MaxPool2d(2),
-    )
-
-
-class MNISTClassifier(nn.Module):
-    """Three conv blocks and a 128-d feature layer; features(x) feeds FID.
-
-    Small on purpose: about 100k weights, trained in a minute or two on two CPU
-    cores, and still > 99% accurate on the MNIST test set.
-    """
-
-    def __init__(self, channels: tuple[int, int, int] = (16, 32, 64), feature_dim: int = FEATURE_DIM):
-        super().__init__()
-        c1, c2, c3 = channels
-        self.convs = nn.Sequential(
-            _conv_block(1, c1),  # (N, c1, 14, 14)
-            _conv_block(c1, c2),  # (N, c2, 7, 7)
-            _conv_block(c2, c3),  # (N, c3, 3, 3)
-        )
-        self.fc = nn.Linear(c3 * 3 * 3, feature_dim)
-        self.dropout = nn.Dropout(0.3)
-        self.head = nn.Linear(feature_dim, 10)
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Penultimate activations (N, 128), the analogue of Inception's pool3."""
-        h = self.convs(x).flatten(1)  # (N, c3 * 9)
-        return F.relu(self.fc(h))  # (N, 128)
-
-    def classify(self, feats: torch.Tensor) -> torch.Tensor:
-        """Logits (N, 10) from features (N, 128): the last layer alone."""
-        return self.head(self.dropout(feats))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits (N, 10) for images (N, 1, 28, 28) in [-1, 1]."""
-        return self.classify(self.features(x))
-
-
-@dataclass
-class TrainSettings:
-    """How the classifier is trained; stored next to the weights."""
-
-    seed: int = 0
-    epochs: int = 3
-    batch_size: int = 128
-    lr: float = 3e-3  # peak of the one-cycle schedule (Smith & Topin 2017)
-    max_shift: int = 2  # augmentation: random translations of up to +-2 pixels
-    train_subset: Optional[int] = None  # None: all 60k training images
-
-
-def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
-    """Translate each image by its own (dy, dx) in [-max_shift, max_shift], filling with -1."""
-    if max_shift == 0:
-        return x
-    n, _, h, w = x.shape
-    s = max_shift
-    padded = F.pad(x, (s, s, s, s), value=-1.0)  # (N, 1, H+2s, W+2s), -1 is background
-    dy = torch.randint(0, 2 * s + 1, (n,), generator=generator).to(x.device)
-    dx = torch.randint(0, 2 * s + 1, (n,), generator=generator).to(x.device)
-    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, :, None]  # (N, H, 1)
-    cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, :]  # (N, 1, W)
-    batch = torch.arange(n, device=x.device)[:, None, None]
-    return padded[batch, 0, rows, cols][:, None]  # (N, 1, H, W)
-
-
-def train_classifier(
-    train: tuple[torch.Tensor, torch.Tensor],
-    settings: TrainSettings,
-    device: Union[str, torch.device] = "cpu",
-) -> MNISTClassifier:
-    """Adam + one-cycle learning rate, batches indexed from one tensor (no DataLoader).
-
-    Deterministic given settings.seed: the weights come from torch.manual_seed, the
-    order and the shifts from a separate fixed generator. The caller's global RNG
-    state is restored afterwards.
-    """
-    images, labels = train
-    if settings.train_subset is not None:
-        images, labels = images[: settings.train_subset], labels[: settings.train_subset]
-    images, labels = images.to(device), labels.to(device)
-    steps_per_epoch = -(-len(images) // settings.batch_size)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(settings.seed)
-        gen = torch.Generator().manual_seed(settings.seed)
-        model = MNISTClassifier().to(device)
-        opt = torch.optim.Adam(model.parameters(), lr=settings.lr)
-        sched = torch.optim.lr_scheduler.OneCycleLR(
-            opt, max_lr=settings.lr, total_steps=settings.epochs * steps_per_epoch
-        )
-        model.train()
-        for epoch in range(settings.epochs):
-            order = torch.randperm(len(images), generator=gen).to(device)
-            bar = tqdm(range(steps_per_epoch), desc=f"classifier epoch {epoch + 1}/{settings.epochs}")
-            for i in bar:
-                idx = order[i * settings.batch_size : (i + 1) * settings.batch_size]
-                x = random_shift(images[idx], settings.max_shift, gen)
-                loss = F.cross_entropy(model(x), labels[idx])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                if i % 20 == 0:
-                    bar.set_postfix(loss=f"{loss.item():.3f}")
-    return model.eval()
-
-
-# --------------------------------------------------------------------------
-# Cache: <data_dir>/classifier/mnist_cnn.pt + mnist_cnn.json
-# --------------------------------------------------------------------------
-
-
-def classifier_paths(data_dir: Optional[Union[str, Path]] = None) -> tuple[Path, Path]:
-    """(weights file, metadata JSON) of the cached classifier."""
-    folder = Path(resolve_data_dir(data_dir)) / "classifier"
-    return folder / "mnist_cnn.pt", folder / "mnist_cnn.json"
-
-
-def sha256_file(path: Path) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Write to a temporary sibling, then rename: readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
-def _cache_problem(weights: Path, meta_path: Path, settings: TrainSettings) -> Optional[str]:
-    """Why the cached classifier cannot be used, or None if it can."""
-    if not weights.exists() or not meta_path.exists():
-        return f"no cached classifier in {weights.parent}"
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        return f"unreadable {meta_path.name} ({err})"
-    if meta.get("format") != CACHE_FORMAT:
-        return f"cache format {meta.get('format')} != {CACHE_FORMAT}"
-    if meta.get("settings") != dataclasses.asdict(settings):
-        return "cached classifier was trained with other settings"
-    if meta.get("sha256") != sha256_file(weights):
-        return f"SHA-256 of {weights.name} does not match {meta_path.name} (file changed or corrupt)"
-    return None
-
-
-def _save_classifier(model: nn.Module, weights: Path, meta_path: Path, meta: dict) -> None:
-    """Save the state dict, then the JSON holding its hash."""
-    weights.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    _atomic_write(weights, lambda p: torch.save(state, p))
-    meta = {"format": CACHE_FORMAT, "weights": weights.name, "sha256": sha256_file(weights), **meta}
-    _atomic_write(meta_path, lambda p: p.write_text(json.dumps(meta, indent=2) + "\n"))
-
-
-def load_classifier(
-    data_dir: Optional[Union[str, Path]] = None,
-    device: Union[str, torch.device] = "cpu",
-    train_if_missing: bool = True,
-    settings: Optional[TrainSettings] = None,
-) -> MNISTClassifier:
-    """The cached MNIST classifier (eval mode), trained first if missing or tampered with.
-
-    On load the weights' SHA-256 is checked against the JSON beside them; a
-    mismatch (or other settings) prints why and retrains, unless
-    train_if_missing=False, which raises FileNotFoundError instead.
-    """
-    settings = settings or TrainSettings()
-    weights, meta_path = classifier_paths(data_dir)
-    problem = _cache_problem(weights, meta_path, settings)
-    if problem is None:
-        model = MNISTClassifier()
-        model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-        return model.to(device).eval()
-    if not train_if_missing:
-        raise FileNotFoundError(f"{problem}; call load_classifier(train_if_missing=True)")
-    print(f"difflab: {problem}; training the MNIST classifier ({settings})")
-    start = time.time()
-    model = train_classifier(load_split("train", data_dir=data_dir), settings, device)
-    train_seconds = time.time() - start
-    acc, _ = conditional_accuracy(model, *load_split("test", data_dir=data_dir))
-    print(f"difflab: classifier test accuracy {acc:.4f} after {train_seconds:.0f} s -> {weights}")
-    meta = {
-        "test_accuracy": acc,
-        "train_seconds": round(train_seconds, 1),
-        "settings": dataclasses.asdict(settings),
-        "torch_version": torch.__version__,
-    }
-    _save_classifier(model, weights, meta_path, meta)
-    return model.to(device).eval()
 
 
 # --------------------------------------------------------------------------

@@ -223,7 +223,8 @@ class VAETrainer:
         recon = reconstruct(self.model, self.x_test)
         result = {"test_images": len(self.x_test), "psnr": psnr(recon, self.x_test).mean().item()}
         try:
-            from .evaluation import conditional_accuracy, load_classifier
+            from .classifier import load_classifier
+            from .evaluation import conditional_accuracy
 
             clf = load_classifier(self.cfg.data.data_dir, self.device, train_if_missing=False)
             result["classifier_accuracy_reconstructions"] = conditional_accuracy(clf, recon, self.y_test)[0]
