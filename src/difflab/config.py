@@ -110,6 +110,7 @@ class SamplingConfig:
     shift: float = 1.0  # SD3/Flux timestep shift (Esser et al. 2024, Eq. 23)
     guidance_interval: list = field(default_factory=lambda: [0.0, 1.0])
     cfg_rescale: float = 0.0  # Lin et al. 2023, Sec. 3.4
+    clip_x0: bool = False  # clamp the predicted x0 to [-1, 1] each step (DDPM's sampler); pixels only
     n_per_class: int = 8
 
 
@@ -285,6 +286,8 @@ def _validate(cfg: Config, source: str) -> None:
     gi = s.guidance_interval
     if not (len(gi) == 2 and all(isinstance(v, (int, float)) for v in gi) and 0 <= gi[0] <= gi[1] <= 1):
         bad("sampling.guidance_interval", "[lo, hi] with 0 <= lo <= hi <= 1")
+    if s.clip_x0 and cfg.data.vae_checkpoint:
+        bad("sampling.clip_x0", "false for latent diffusion (latents are not bounded to [-1, 1])")
 
 
 def parse_override(text: str) -> tuple[str, str, Any]:

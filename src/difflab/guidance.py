@@ -27,7 +27,9 @@ class Denoiser:
     Options from later work:
     - guidance interval (Kynkäänniemi et al. 2024): guide only for t in [lo, hi];
     - CFG rescale (Lin et al. 2023, Sec. 3.4, Eq. 15-16): scale the guided x0 back to
-      the standard deviation of the conditional one, blended by `rescale`.
+      the standard deviation of the conditional one, blended by `rescale`;
+    - clipping x0_hat to the data range [-1, 1], as DDPM's own sampler does (Ho et al.
+      2020, the `clip_denoised` of their code), with eps_hat made consistent with it.
     `calls` counts model evaluations (one batched call per step, with or without CFG).
     """
 
@@ -40,10 +42,12 @@ class Denoiser:
         cfg_scale: float = 1.0,
         interval: Sequence[float] = (0.0, 1.0),
         rescale: float = 0.0,
+        clip_x0: bool = False,
     ):
         self.model, self.objective, self.path = model, objective, path
         self.y = y
         self.cfg_scale, self.interval, self.rescale = cfg_scale, tuple(interval), rescale
+        self.clip_x0 = clip_x0
         self.calls = 0
 
     def _convert(self, out: Tensor, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
@@ -56,6 +60,13 @@ class Denoiser:
         return self.cfg_scale != 1.0 and lo <= t <= hi
 
     def __call__(self, x: Tensor, t: float) -> tuple[Tensor, Tensor]:
+        x0, eps = self._predict(x, t)
+        if self.clip_x0:
+            x0 = x0.clamp(-1, 1)
+            eps = self._consistent_eps(x0, x, t)
+        return x0, eps
+
+    def _predict(self, x: Tensor, t: float) -> tuple[Tensor, Tensor]:
         self.calls += 1
         n = x.shape[0]
         tt = torch.full((n,), float(t), device=x.device)
@@ -79,10 +90,14 @@ class Denoiser:
         dims = list(range(1, x.ndim))
         ratio = x0_c.std(dim=dims, keepdim=True) / x0.std(dim=dims, keepdim=True).clamp(min=1e-8)
         x0 = self.rescale * (x0 * ratio) + (1 - self.rescale) * x0
-        # eps that stays consistent with x_t = a x0 + s eps
+        return x0, self._consistent_eps(x0, x, t)
+
+    def _consistent_eps(self, x0: Tensor, x: Tensor, t) -> Tensor:
+        """The eps that keeps x_t = a x0 + s eps true for a changed x0."""
+        t = torch.as_tensor(t, dtype=x.dtype, device=x.device).expand(x.shape[0])
         a = broadcast(self.path.alpha(t), x)
         s = broadcast(self.path.sigma(t), x).clamp(min=1e-6)
-        return x0, (x - a * x0) / s
+        return (x - a * x0) / s
 
 
 def make_denoiser(model, objective, path, y: Tensor, sampling_cfg=None, cfg_scale: Optional[float] = None) -> Denoiser:
@@ -97,4 +112,5 @@ def make_denoiser(model, objective, path, y: Tensor, sampling_cfg=None, cfg_scal
         cfg_scale=sampling_cfg.cfg_scale if cfg_scale is None else cfg_scale,
         interval=sampling_cfg.guidance_interval,
         rescale=sampling_cfg.cfg_rescale,
+        clip_x0=sampling_cfg.clip_x0,
     )
