@@ -11,7 +11,6 @@ and cached under the data folder with the SHA-256 of its weights.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import time
@@ -24,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from difflab.data import load_split, resolve_data_dir
+from difflab.data import load_split, resolve_data_dir, sha256_file
 from difflab.evaluation import conditional_accuracy
 
 CACHE_FORMAT = 1  # bump when the architecture or the file layout changes
@@ -156,15 +155,6 @@ def classifier_paths(data_dir: Optional[Union[str, Path]] = None) -> tuple[Path,
     """(weights file, metadata JSON) of the cached classifier."""
     folder = Path(resolve_data_dir(data_dir)) / "classifier"
     return folder / "mnist_cnn.pt", folder / "mnist_cnn.json"
-
-
-def sha256_file(path: Path) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:

