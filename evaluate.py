@@ -20,7 +20,7 @@ import contextlib
 import json
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "src"))
 
@@ -77,7 +77,7 @@ def load_samples(path):
 def evaluate_checkpoint(checkpoint, classifier=None, n: int = 5000, *, sampler: Optional[str] = None,
                         steps: Optional[int] = None, cfg_scale: Optional[float] = None, seed: int = 0,
                         batch_size: Optional[int] = None, device: str = "auto", data_dir=None, use_ema: bool = True,
-                        progress: bool = True) -> dict:  # fmt: skip
+                        progress: bool = True, sampling: Sequence[str] = ()) -> dict:  # fmt: skip
     """Sample n images from a checkpoint and score them; the dict that evaluate.py prints.
 
     `classifier` defaults to the cached MNIST classifier (trained on first use); tests
@@ -87,7 +87,7 @@ def evaluate_checkpoint(checkpoint, classifier=None, n: int = 5000, *, sampler: 
     from difflab import evaluation as ev
     from difflab.pipeline import Pipeline
 
-    pipe = Pipeline.from_checkpoint(checkpoint, device, use_ema=use_ema)
+    pipe = Pipeline.from_checkpoint(checkpoint, device, use_ema=use_ema, sampling=sampling)
     if pipe.cfg.data.dataset != "mnist":
         fail(f"{checkpoint}: trained on {pipe.cfg.data.dataset}; the judge is an MNIST classifier")
     data_dir = data_dir or pipe.cfg.data.data_dir
@@ -147,6 +147,8 @@ def main(argv=None):
     p.add_argument("--device", default="auto")
     p.add_argument("--data-dir", default=None, help="MNIST and the classifier (default: the config's, else data/)")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
+    p.add_argument("--set", action="append", default=[], metavar="sampling.KEY=VALUE", dest="sampling",
+                   help="change how the checkpoint samples, e.g. --set sampling.clip_x0=true (repeatable)")
     p.add_argument("--out", default=None, metavar="FILE.json", help="also write the JSON here")
     args = p.parse_args(argv)
 
@@ -168,7 +170,7 @@ def main(argv=None):
         scores = evaluate_checkpoint(
             args.checkpoint, n=args.n, sampler=args.sampler, steps=args.steps, cfg_scale=args.cfg_scale,
             seed=args.seed, batch_size=args.batch_size, device=args.device, data_dir=args.data_dir,
-            use_ema=not args.no_ema,
+            use_ema=not args.no_ema, sampling=args.sampling,
         )  # fmt: skip
     text = json.dumps(scores, indent=2)
     print(text)

@@ -23,6 +23,8 @@ def main(argv=None):
     p.add_argument("--batch-size", type=int, default=None, help="images per batch (default: 64 on a CPU, 500 on a GPU)")
     p.add_argument("--device", default="auto")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
+    p.add_argument("--set", action="append", default=[], metavar="sampling.KEY=VALUE", dest="sampling",
+                   help="change how the checkpoint samples, e.g. --set sampling.clip_x0=true (repeatable)")
     args = p.parse_args(argv)
 
     import numpy as np
@@ -43,7 +45,7 @@ def main(argv=None):
     if not digits or len(digits) != len(args.digits.replace(",", "")):
         fail(f"--digits: expected digits 0-9 such as 0123456789 or 3,7, got {args.digits!r}")
 
-    pipe = Pipeline.from_checkpoint(args.checkpoint, args.device, use_ema=not args.no_ema)
+    pipe = Pipeline.from_checkpoint(args.checkpoint, args.device, use_ema=not args.no_ema, sampling=args.sampling)
     labels = pipe.default_labels(digits, args.n)
     from tqdm import tqdm
 

@@ -121,6 +121,20 @@ def test_overrides_reach_the_sampler(tiny_checkpoint, fake_mnist):
     assert (scores["sampler"], scores["steps"], scores["nfe"], scores["cfg_scale"]) == ("heun", 3, 5, 1.0)
 
 
+def test_set_changes_how_a_checkpoint_samples_and_nothing_else(tiny_checkpoint, fake_mnist, capsys):
+    pipe = Pipeline.from_checkpoint(tiny_checkpoint, "cpu", sampling=["sampling.clip_x0=true", "sampling.steps=3"])
+    assert pipe.cfg.sampling.clip_x0 is True and pipe.cfg.sampling.steps == 3
+    run = lambda *extra: evaluate.evaluate_checkpoint(tiny_checkpoint, fake_mnist, n=10, device="cpu",  # noqa: E731
+                                                      progress=False, sampling=list(extra))  # fmt: skip
+    plain, clipped = run(), run("sampling.clip_x0=true")
+    assert plain["steps"] == 4 and plain["fid"] != clipped["fid"]  # the tiny model's x0_hat leaves [-1, 1]
+    for bad, code in {"training.lr=1": 2, "sampling.cfg_scale=-1": 2, "sampling.nope=1": 2}.items():
+        argv = ["--checkpoint", str(tiny_checkpoint), "--n", "10", "--set", bad]
+        assert run_main(lambda: evaluate.main(argv)) == code, bad
+        out, err = capsys.readouterr()
+        assert out == "" and len(err.strip().splitlines()) == 1 and err.startswith("config error: "), (bad, err)
+
+
 def test_same_seed_same_scores_other_seed_other_scores(tiny_checkpoint, fake_mnist):
     run = lambda seed: evaluate.evaluate_checkpoint(tiny_checkpoint, fake_mnist, n=10, steps=2, seed=seed,  # noqa: E731
                                                     device="cpu", progress=False)  # fmt: skip

@@ -52,3 +52,29 @@ def test_cfg_in_output_space_equals_cfg_on_eps(name, schedule):
     (x0_c, eps_c), (x0_u, eps_u) = obj.to_x0_eps(out_c, x_t, a, s), obj.to_x0_eps(out_u, x_t, a, s)
     assert torch.allclose(eps_a, eps_u + w * (eps_c - eps_u), atol=1e-4)
     assert torch.allclose(x0_a, x0_u + w * (x0_c - x0_u), atol=1e-4)
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+@pytest.mark.parametrize("name", OBJECTIVES)
+def test_x0_error_scale_is_how_an_output_error_moves_x0_hat(name, schedule):
+    obj = build_objective(name)
+    x0, eps, a, s, x_t = setup(schedule)
+    out = obj.target(x0, eps, a, s)
+    err = torch.randn_like(out) * 1e-2
+    moved = obj.to_x0_eps(out + err, x_t, a, s)[0] - obj.to_x0_eps(out, x_t, a, s)[0]
+    assert torch.allclose(moved, obj.x0_error_scale(a, s) * err, atol=1e-5)
+
+
+def test_min_snr_weights_are_the_papers_for_eps_and_v():
+    from difflab.objectives import min_snr_weight
+
+    path = build_path(DiffusionConfig(schedule="linear", beta_start=1e-4, beta_end=0.02))
+    t = torch.tensor([0.005, 0.05, 0.3, 0.9])
+    a, s = path.alpha(t), path.sigma(t)
+    snr, gamma = a**2 / s**2, 5.0
+    assert snr[0] > gamma > snr[-1]  # both sides of the cap are tested
+    eps_w = min_snr_weight(build_objective("eps"), a, s, gamma)
+    v_w = min_snr_weight(build_objective("v"), a, s, gamma)
+    assert torch.allclose(eps_w, snr.clamp(max=gamma) / snr, rtol=1e-4)  # Hang et al. 2023, Eq. 8
+    assert torch.allclose(v_w, snr.clamp(max=gamma) / (snr + 1), rtol=1e-4)
+    assert torch.allclose(min_snr_weight(build_objective("x0"), a, s, gamma), snr.clamp(max=gamma), rtol=1e-4)

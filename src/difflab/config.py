@@ -85,6 +85,7 @@ class TrainingConfig:
     grad_clip: float = 1.0
     ema_decay: float = 0.999
     cfg_dropout_prob: float = 0.1
+    min_snr_gamma: Optional[float] = None  # Min-SNR loss weighting (Hang et al. 2023); None = plain MSE
     seed: int = 0
     max_steps: Optional[int] = None
     max_images: Optional[int] = None  # a budget in training images, whatever the batch size
@@ -283,6 +284,8 @@ def _validate(cfg: Config, source: str) -> None:
         bad("training.max_steps", "a positive integer or null")
     if t.max_images is not None and t.max_images < 1:
         bad("training.max_images", "a positive integer or null")
+    if t.min_snr_gamma is not None and not t.min_snr_gamma > 0:
+        bad("training.min_snr_gamma", "a number > 0 or null")
     gi = s.guidance_interval
     if not (len(gi) == 2 and all(isinstance(v, (int, float)) for v in gi) and 0 <= gi[0] <= gi[1] <= 1):
         bad("sampling.guidance_interval", "[lo, hi] with 0 <= lo <= hi <= 1")

@@ -30,6 +30,10 @@ class Objective:
     def to_x0_eps(self, out: Tensor, x_t: Tensor, a: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
         raise NotImplementedError
 
+    def x0_error_scale(self, a: Tensor, s: Tensor) -> Tensor:
+        """c such that an error e in the output is an error c e in x0_hat (to_x0_eps is affine in out)."""
+        raise NotImplementedError
+
 
 class EpsilonObjective(Objective):
     """Predict the noise (Ho et al. 2020, Eq. 14): loss ||eps - eps_theta(x_t, t)||^2. SD1."""
@@ -43,6 +47,9 @@ class EpsilonObjective(Objective):
         x0 = (x_t - s * out) / a.clamp(min=_FLOOR)  # invert x_t = a x0 + s eps
         return x0, out
 
+    def x0_error_scale(self, a, s):
+        return -s / a.clamp(min=_FLOOR)
+
 
 class X0Objective(Objective):
     """Predict the clean image directly (Ho et al. 2020, Sec. 3.2 discuss and reject it)."""
@@ -55,6 +62,9 @@ class X0Objective(Objective):
     def to_x0_eps(self, out, x_t, a, s):
         eps = (x_t - a * out) / s.clamp(min=_FLOOR)
         return out, eps
+
+    def x0_error_scale(self, a, s):
+        return torch.ones_like(a)
 
 
 class VObjective(Objective):
@@ -74,6 +84,9 @@ class VObjective(Objective):
         norm = a**2 + s**2
         return (a * x_t - s * out) / norm, (s * x_t + a * out) / norm
 
+    def x0_error_scale(self, a, s):
+        return -s / (a**2 + s**2)
+
 
 class FlowObjective(Objective):
     """Predict the velocity u = eps - x0 of the straight path (Liu et al. 2022, Eq. 1; Esser et al. 2024, Eq. 3-4). SD3.
@@ -91,6 +104,9 @@ class FlowObjective(Objective):
         norm = a + s
         return (x_t - s * out) / norm, (x_t + a * out) / norm
 
+    def x0_error_scale(self, a, s):
+        return -s / (a + s)
+
 
 OBJECTIVES = {
     "eps": EpsilonObjective,
@@ -102,6 +118,22 @@ OBJECTIVES = {
 
 def build_objective(name: str) -> Objective:
     return OBJECTIVES[name]()
+
+
+def min_snr_weight(objective: Objective, a: Tensor, s: Tensor, gamma: float) -> Tensor:
+    """Min-SNR-gamma loss weights (Hang et al. 2023, Eq. 7-8), for any objective.
+
+    Written as an error in x0, every objective's loss is ||x0_hat - x0||^2 / c^2 with
+    c = objective.x0_error_scale(a, s): for eps, c^2 = 1 / SNR, so the plain eps loss
+    weights the x0 error by SNR = a^2 / s^2, which is huge for nearly clean x_t. Min-SNR
+    caps that weight at gamma: the loss on x0 is weighted by min(SNR, gamma), i.e. the
+    objective's own loss by min(SNR, gamma) c^2. For eps this is min(SNR, gamma) / SNR,
+    for v min(SNR, gamma) / (SNR + 1) (the paper's two cases). Training then spends less
+    effort on the easy, low-noise steps, whose gradients conflict with the rest.
+    """
+    c2 = objective.x0_error_scale(a, s) ** 2
+    snr = a**2 / (s**2).clamp(min=_FLOOR**2)
+    return (snr.clamp(max=gamma) * c2).clamp(max=1 / _FLOOR)
 
 
 def broadcast(v: Tensor, like: Tensor) -> Tensor:

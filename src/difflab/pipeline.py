@@ -10,7 +10,7 @@ from typing import Callable, Optional, Sequence, Union
 import torch
 
 from .checkpoint import CheckpointError, load_checkpoint, load_weights
-from .config import Config, ConfigError, config_from_dict
+from .config import Config, ConfigError, config_from_dict, parse_override
 from .guidance import make_denoiser
 from .models import NULL_CLASS, build_model, count_parameters
 from .objectives import build_objective
@@ -77,13 +77,24 @@ class Pipeline:
         self.info = info or {}
 
     @classmethod
-    def from_checkpoint(cls, path: Union[str, Path], device: Union[str, torch.device] = "auto", use_ema: bool = True):
+    def from_checkpoint(cls, path: Union[str, Path], device: Union[str, torch.device] = "auto", use_ema: bool = True,
+                        sampling: Sequence[str] = ()):  # fmt: skip
+        """Load a checkpoint's weights and config. `sampling`: "sampling.key=value" overrides
+        of its sampling section (how to sample can change after training; nothing else can)."""
         device = select_device(device) if isinstance(device, str) else device
         state = load_checkpoint(path)
         try:
             cfg = config_from_dict(state["config"], source=f"{path} (stored config)")
         except ConfigError as e:
             raise CheckpointError(str(e)) from None
+        if sampling:
+            raw = {**state["config"], "sampling": dict(state["config"].get("sampling") or {})}
+            for text in sampling:
+                section, key, value = parse_override(text)
+                if section != "sampling":
+                    raise ConfigError(f"override {text!r}: only sampling.* can change after training")
+                raw["sampling"][key] = value
+            cfg = config_from_dict(raw, source=f"{path} with {' '.join(sampling)}")
         vae = None
         if cfg.data.vae_checkpoint:
             from .latent import load_vae  # latent diffusion: decode through the VAE

@@ -24,7 +24,7 @@ from .checkpoint import CheckpointError, load_checkpoint, load_weights, save_che
 from .config import Config, ConfigError, config_from_dict
 from .distributed import DistInfo, barrier, init_distributed, mean_across_ranks
 from .models import NULL_CLASS, build_model, count_parameters
-from .objectives import broadcast, build_objective
+from .objectives import broadcast, build_objective, min_snr_weight
 from .pipeline import Pipeline, select_device
 from .schedules import build_path, sample_training_t
 from .speed import choose_batch_size
@@ -203,6 +203,9 @@ class Trainer:
         with self.autocast():
             out = self.train_model(x_t, t * 1000, y)
         per_sample = (out.float() - target).pow(2).flatten(1).mean(1)  # (B,)
+        if self.cfg.training.min_snr_gamma is not None:
+            w = min_snr_weight(self.objective, a, s, self.cfg.training.min_snr_gamma).flatten()
+            return (w * per_sample).mean(), per_sample.detach(), t  # the log keeps the plain MSE
         return per_sample.mean(), per_sample.detach(), t
 
     def train_step(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
