@@ -75,6 +75,6 @@ def test_min_snr_weights_are_the_papers_for_eps_and_v():
     assert snr[0] > gamma > snr[-1]  # both sides of the cap are tested
     eps_w = min_snr_weight(build_objective("eps"), a, s, gamma)
     v_w = min_snr_weight(build_objective("v"), a, s, gamma)
-    assert torch.allclose(eps_w, snr.clamp(max=gamma) / snr, rtol=1e-4)  # Hang et al. 2023, Eq. 8
+    assert torch.allclose(eps_w, snr.clamp(max=gamma) / snr, rtol=1e-4)  # Hang et al. 2023, the eps case
     assert torch.allclose(v_w, snr.clamp(max=gamma) / (snr + 1), rtol=1e-4)
     assert torch.allclose(min_snr_weight(build_objective("x0"), a, s, gamma), snr.clamp(max=gamma), rtol=1e-4)

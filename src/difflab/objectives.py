@@ -121,14 +121,15 @@ def build_objective(name: str) -> Objective:
 
 
 def min_snr_weight(objective: Objective, a: Tensor, s: Tensor, gamma: float) -> Tensor:
-    """Min-SNR-gamma loss weights (Hang et al. 2023, Eq. 7-8), for any objective.
+    """Min-SNR-gamma loss weights, for any objective (Hang et al. 2023,
+    *Efficient Diffusion Training via Min-SNR Weighting Strategy*).
 
     Written as an error in x0, every objective's loss is ||x0_hat - x0||^2 / c^2 with
     c = objective.x0_error_scale(a, s): for eps, c^2 = 1 / SNR, so the plain eps loss
     weights the x0 error by SNR = a^2 / s^2, which is huge for nearly clean x_t. Min-SNR
     caps that weight at gamma: the loss on x0 is weighted by min(SNR, gamma), i.e. the
     objective's own loss by min(SNR, gamma) c^2. For eps this is min(SNR, gamma) / SNR,
-    for v min(SNR, gamma) / (SNR + 1) (the paper's two cases). Training then spends less
+    for v min(SNR, gamma) / (SNR + 1). Training then spends less
     effort on the easy, low-noise steps, whose gradients conflict with the rest.
     """
     c2 = objective.x0_error_scale(a, s) ** 2
