@@ -10,7 +10,8 @@ import torch
 from conftest import tiny_config, tiny_data
 from difflab.checkpoint import CheckpointError, load_checkpoint
 from difflab.pipeline import Pipeline
-from difflab.training import Trainer, lr_at
+from difflab.optim import lr_at
+from difflab.training import Trainer
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -1,4 +1,4 @@
-"""One training loop for every config: AdamW, warm-up + cosine decay, EMA, checkpoints, resume.
+"""One training loop for every config: AdamW, checkpoints, resume (the LR schedule and EMA are in optim.py).
 
 The loss is the same for every objective (Ho et al. 2020, Algorithm 1, generalised):
 draw t, noise x0 into x_t = alpha(t) x0 + sigma(t) eps, and regress the model's
@@ -7,7 +7,6 @@ output on the objective's target with a mean squared error.
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import os
@@ -25,6 +24,7 @@ from .config import Config, ConfigError, config_from_dict
 from .distributed import DistInfo, barrier, init_distributed, mean_across_ranks
 from .models import NULL_CLASS, build_model, count_parameters
 from .objectives import broadcast, build_objective, min_snr_weight
+from .optim import EMA, lr_at, run_length
 from .pipeline import Pipeline, select_device
 from .schedules import build_path, sample_training_t
 from .speed import choose_batch_size
@@ -63,45 +63,6 @@ def resume_path(trainer) -> Path:
         return epochs[-1]
     newest_step = min(int(epochs[-1].stem.split("_")[-1]) * trainer.steps_per_epoch, trainer.total_steps)
     return epochs[-1] if newest_step > int(load_checkpoint(last)["step"]) else last
-
-
-def lr_at(step: int, base_lr: float, warmup: int, total: int) -> float:
-    """Linear warm-up, then cosine decay to zero at the run's last step (Loshchilov & Hutter 2017)."""
-    if step < warmup:
-        return base_lr * (step + 1) / warmup
-    progress = min((step - warmup) / max(total - warmup, 1), 1.0)
-    return base_lr * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-def run_length(t, steps_per_epoch: int, images_per_step: int) -> int:
-    """Optimiser steps of a run: its epochs, cut by training.max_steps and by training.max_images
-    (a budget in images: the same for every batch size and world size)."""
-    total = t.epochs * steps_per_epoch
-    if t.max_steps:
-        total = min(total, t.max_steps)
-    if t.max_images:
-        total = min(total, max(t.max_images // images_per_step, 1))
-    return total
-
-
-class EMA:
-    """Exponential moving average of the weights, used for sampling (Song & Ermon 2020; Ho et al. 2020).
-
-    The decay warms up as min(decay, (1 + n) / (10 + n)) so that short runs are not
-    dominated by the random initial weights.
-    """
-
-    def __init__(self, model: torch.nn.Module, decay: float):
-        self.decay = decay
-        self.model = copy.deepcopy(model).eval().requires_grad_(False)
-
-    @torch.no_grad()
-    def update(self, model: torch.nn.Module, step: int) -> None:
-        d = min(self.decay, (1 + step) / (10 + step))
-        for p_ema, p in zip(self.model.parameters(), model.parameters()):
-            p_ema.lerp_(p.detach(), 1 - d)
-        for b_ema, b in zip(self.model.buffers(), model.buffers()):
-            b_ema.copy_(b)
 
 
 class Trainer:

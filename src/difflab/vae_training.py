@@ -33,7 +33,8 @@ from .distributed import DistInfo, init_distributed
 from .models import count_parameters
 from .models.vae import VAE, build_vae, kl_divergence
 from .pipeline import select_device
-from .training import NonFiniteLoss, lr_at, run_length
+from .optim import lr_at, run_length
+from .training import NonFiniteLoss
 from .visualize import save_grid
 
 SCALE_IMAGES = 10_000  # training images whose latents set the scale factor

@@ -1,0 +1,49 @@
+"""What the optimiser sees, for every trainer (diffusion models and the VAE alike):
+the learning rate at each step, how many steps a run has, and the EMA of the weights.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+
+
+def lr_at(step: int, base_lr: float, warmup: int, total: int) -> float:
+    """Linear warm-up, then cosine decay to zero at the run's last step (Loshchilov & Hutter 2017)."""
+    if step < warmup:
+        return base_lr * (step + 1) / warmup
+    progress = min((step - warmup) / max(total - warmup, 1), 1.0)
+    return base_lr * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def run_length(t, steps_per_epoch: int, images_per_step: int) -> int:
+    """Optimiser steps of a run: its epochs, cut by training.max_steps and by training.max_images
+    (a budget in images: the same for every batch size and world size)."""
+    total = t.epochs * steps_per_epoch
+    if t.max_steps:
+        total = min(total, t.max_steps)
+    if t.max_images:
+        total = min(total, max(t.max_images // images_per_step, 1))
+    return total
+
+
+class EMA:
+    """Exponential moving average of the weights, used for sampling (Song & Ermon 2020; Ho et al. 2020).
+
+    The decay warms up as min(decay, (1 + n) / (10 + n)) so that short runs are not
+    dominated by the random initial weights.
+    """
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        self.decay = decay
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module, step: int) -> None:
+        d = min(self.decay, (1 + step) / (10 + step))
+        for p_ema, p in zip(self.model.parameters(), model.parameters()):
+            p_ema.lerp_(p.detach(), 1 - d)
+        for b_ema, b in zip(self.model.buffers(), model.buffers()):
+            b_ema.copy_(b)
