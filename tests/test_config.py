@@ -33,6 +33,7 @@ def test_every_shipped_config_loads(path):
         ("training:\n  epochs: ten\n", "training.epochs", "expected int"),
         ("training:\n  lr: -0.001\n", "training.lr", "> 0"),
         ("model:\n  dropout: 1.5\n", "model.dropout", "[0, 1]"),
+        ("training:\n  adam_beta2: 1.0\n", "training.adam_beta2", "[0, 1)"),
         ("model:\n  architecture: resnet\n", "model.architecture", "one of unet, dit, mmdit"),
         ("diffusion:\n  target: score\n", "diffusion.target", "one of eps, x0, v, flow"),
         ("training:\n  batch_size: many\n", "training.batch_size", "auto"),

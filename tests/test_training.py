@@ -161,3 +161,10 @@ def test_min_snr_gamma_weights_the_loss_and_logs_the_plain_mse(tmp_path):
     assert w.min() < 0.99  # some t in the batch is capped, so the two losses must differ
     assert loss_w == pytest.approx(float((w * per_p).mean()), rel=1e-5)
     assert loss_w < loss_p
+
+
+def test_adam_beta2_reaches_the_optimiser(tmp_path):
+    default = Trainer(tiny_config(tmp_path), data=tiny_data(32), quiet=True)
+    changed = Trainer(tiny_config(tmp_path, training={"adam_beta2": 0.95}), data=tiny_data(32), quiet=True)
+    assert default.opt.param_groups[0]["betas"] == (0.9, 0.999)
+    assert changed.opt.param_groups[0]["betas"] == (0.9, 0.95)

@@ -81,6 +81,7 @@ class TrainingConfig:
     max_batch_size: int = 512
     lr: float = 2e-3
     weight_decay: float = 0.0
+    adam_beta2: float = 0.999  # AdamW's second-moment decay (Kingma & Ba 2015, Alg. 1)
     warmup_steps: int = 200
     grad_clip: float = 1.0
     ema_decay: float = 0.999
@@ -268,6 +269,8 @@ def _validate(cfg: Config, source: str) -> None:
     }.items():
         if not 0 <= value <= 1:
             bad(key, "a number in [0, 1]")
+    if not 0 <= t.adam_beta2 < 1:
+        bad("training.adam_beta2", "a number in [0, 1)")
     for key, value in {
         "training.weight_decay": t.weight_decay, "training.warmup_steps": t.warmup_steps,
         "training.grad_clip": t.grad_clip, "training.sample_every": t.sample_every,

@@ -97,7 +97,8 @@ class Trainer:
         self.batch_size = t.batch_size if isinstance(t.batch_size, int) else self.choose_batch_size()
         self.train_model = self._wrap(self.model)
         self.ema = EMA(self.model, t.ema_decay)
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=t.lr, betas=(0.9, t.adam_beta2),
+                                     weight_decay=t.weight_decay)
         # batch_size is per rank; one step consumes world * batch_size images.
         self.global_batch = self.batch_size * self.dist.world
         self.steps_per_epoch = max(len(self.x) // self.global_batch, 1)
