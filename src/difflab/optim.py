@@ -1,5 +1,5 @@
 """What the optimiser sees, for every trainer (diffusion models and the VAE alike):
-the learning rate at each step, how many steps a run has, and the EMA of the weights.
+the optimiser itself, the learning rate at each step, how many steps a run has, and the EMA of the weights.
 """
 
 from __future__ import annotations
@@ -8,6 +8,11 @@ import copy
 import math
 
 import torch
+
+
+def adamw(model: torch.nn.Module, t) -> torch.optim.AdamW:
+    """AdamW (Loshchilov & Hutter 2019) with the `training:` section's lr, beta2 and weight decay."""
+    return torch.optim.AdamW(model.parameters(), lr=t.lr, betas=(0.9, t.adam_beta2), weight_decay=t.weight_decay)
 
 
 def lr_at(step: int, base_lr: float, warmup: int, total: int) -> float:

@@ -1,4 +1,4 @@
-"""One training loop for every config: AdamW, checkpoints, resume (the LR schedule and EMA are in optim.py).
+"""One training loop for every config: checkpoints, resume (AdamW, the LR schedule and EMA are in optim.py).
 
 The loss is the same for every objective (Ho et al. 2020, Algorithm 1, generalised):
 draw t, noise x0 into x_t = alpha(t) x0 + sigma(t) eps, and regress the model's
@@ -24,7 +24,7 @@ from .config import Config, ConfigError, config_from_dict
 from .distributed import DistInfo, barrier, init_distributed, mean_across_ranks
 from .models import NULL_CLASS, build_model, count_parameters
 from .objectives import broadcast, build_objective, min_snr_weight
-from .optim import EMA, lr_at, run_length
+from .optim import EMA, adamw, lr_at, run_length
 from .pipeline import Pipeline, select_device
 from .schedules import build_path, sample_training_t
 from .speed import choose_batch_size
@@ -97,8 +97,7 @@ class Trainer:
         self.batch_size = t.batch_size if isinstance(t.batch_size, int) else self.choose_batch_size()
         self.train_model = self._wrap(self.model)
         self.ema = EMA(self.model, t.ema_decay)
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=t.lr, betas=(0.9, t.adam_beta2),
-                                     weight_decay=t.weight_decay)
+        self.opt = adamw(self.model, t)
         # batch_size is per rank; one step consumes world * batch_size images.
         self.global_batch = self.batch_size * self.dist.world
         self.steps_per_epoch = max(len(self.x) // self.global_batch, 1)

@@ -33,7 +33,7 @@ from .distributed import DistInfo, init_distributed
 from .models import count_parameters
 from .models.vae import VAE, build_vae, kl_divergence
 from .pipeline import select_device
-from .optim import lr_at, run_length
+from .optim import adamw, lr_at, run_length
 from .training import NonFiniteLoss
 from .visualize import save_grid
 
@@ -105,7 +105,7 @@ class VAETrainer:
         self.x_test, self.y_test = test_data if test_data is not None else data  # given data only: judge on it
         torch.manual_seed(t.seed)  # the initial weights
         self.model = build_vae(cfg.model, in_channels=self.x.shape[1], image_size=self.x.shape[2]).to(self.device)
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+        self.opt = adamw(self.model, t)
         self.batch_size = t.batch_size if isinstance(t.batch_size, int) else t.max_batch_size
         self.steps_per_epoch = max(len(self.x) // self.batch_size, 1)
         self.total_steps = run_length(t, self.steps_per_epoch, self.batch_size)
