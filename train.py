@@ -21,7 +21,8 @@ def main(argv=None):
 
     from difflab.config import load_config
     from difflab.distributed import shutdown
-    from difflab.training import Trainer, resume_path
+    from difflab.checkpoint import resume_path
+    from difflab.training import Trainer
 
     cfg = load_config(args.config, args.overrides)
     if args.dry_run:

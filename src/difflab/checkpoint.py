@@ -1,4 +1,5 @@
-"""Checkpoints: written atomically, loaded as weights only, refused with one clear line.
+"""Checkpoints: written atomically, loaded as weights only, refused with one clear line;
+and which one `--resume` continues from.
 
 A checkpoint is a dict of tensors and plain Python values (no pickled classes),
 so `torch.load(..., weights_only=True)` reads it and no code can run from it.
@@ -109,3 +110,17 @@ def load_weights(module: torch.nn.Module, weights: dict, path: Union[str, Path],
         raise CheckpointError(
             f"{path}: the {what} weights do not match the architecture in its config ({first[:160]})"
         ) from None
+
+
+def resume_path(trainer) -> Path:
+    """What `--resume` continues from: last.pt, or model_epoch_<N>.pt when a kill between the two
+    writes at the end of epoch N left last.pt one epoch behind it (any trainer: pixels or VAE)."""
+    folder = trainer.out_dir / "checkpoints"
+    last = folder / "last.pt"
+    epochs = sorted(folder.glob("model_epoch_*.pt"), key=lambda p: int(p.stem.split("_")[-1]))
+    if not epochs or (last.is_file() and last.stat().st_mtime_ns >= epochs[-1].stat().st_mtime_ns):
+        return last  # the usual case: last.pt was written after every other checkpoint
+    if not last.is_file():
+        return epochs[-1]
+    newest_step = min(int(epochs[-1].stem.split("_")[-1]) * trainer.steps_per_epoch, trainer.total_steps)
+    return epochs[-1] if newest_step > int(load_checkpoint(last)["step"]) else last

@@ -51,20 +51,6 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
-def resume_path(trainer) -> Path:
-    """What `--resume` continues from: last.pt, or model_epoch_<N>.pt when a kill between the two
-    writes at the end of epoch N left last.pt one epoch behind it (any trainer: pixels or VAE)."""
-    folder = trainer.out_dir / "checkpoints"
-    last = folder / "last.pt"
-    epochs = sorted(folder.glob("model_epoch_*.pt"), key=lambda p: int(p.stem.split("_")[-1]))
-    if not epochs or (last.is_file() and last.stat().st_mtime_ns >= epochs[-1].stat().st_mtime_ns):
-        return last  # the usual case: last.pt was written after every other checkpoint
-    if not last.is_file():
-        return epochs[-1]
-    newest_step = min(int(epochs[-1].stem.split("_")[-1]) * trainer.steps_per_epoch, trainer.total_steps)
-    return epochs[-1] if newest_step > int(load_checkpoint(last)["step"]) else last
-
-
 class Trainer:
     """Holds the model, optimiser and data of one run; `fit()` trains it."""
 
