@@ -74,7 +74,10 @@ def sample_speed(model, shape, batch: int = 100, steps: int = 5) -> float:
 def diffusers_peer():
     """diffusers' UNet2DModel shaped like our SD1 U-Net: channels (16, 64, 96), one res block
     per level, attention at 7x7, class embeddings; the same parameter count."""
-    from diffusers import UNet2DModel
+    try:
+        from diffusers import UNet2DModel
+    except ImportError:
+        sys.exit("--peer compares against diffusers' UNet2DModel: pip install diffusers (not a difflab dependency)")
 
     return UNet2DModel(sample_size=28, in_channels=1, out_channels=1, block_out_channels=(16, 64, 96),
                        layers_per_block=1, down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
