@@ -53,7 +53,7 @@ demo: install-demo
 COMPARE_IMAGES ?= 60000
 COMPARE_N ?= 1000
 COMPARE_SWEEP_N ?= 100
-COMPARE_SCALES ?= 1,2,3.5,7.5
+COMPARE_SCALES ?= 1,1.5,2,3.5,7.5
 COMPARE_DIR ?= experiments/compare
 COMPARE_CONFIGS ?= $(wildcard configs/*.yaml)
 REFERENCE_CONFIGS = configs/reference/ddpm_original.yaml configs/reference/unet_x0_prediction.yaml \
