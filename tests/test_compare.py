@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 from conftest import tiny_config, tiny_data
@@ -48,6 +49,23 @@ def test_every_file_and_a_row_per_model(tmp_path, monkeypatch):
     again = compare.run_comparison([eps, flow], out, classifier, n=20, steps_list=(), scales=(1.0,), sweep_n=10)
     assert not (out / "fid_vs_steps.png").exists() and "steps" not in again["sweeps"]
     assert (out / "fid_vs_guidance.png").stat().st_size > 0
+
+
+def test_the_table_survives_a_failing_sweep(tmp_path, monkeypatch):
+    """The sweeps come last and take longest: if one fails, the scored table is already on disk."""
+    monkeypatch.setattr(ev, "load_split", synthetic_split)
+    ckpt = make_checkpoint(tmp_path, "tiny_eps")
+
+    def broken_sweep(*args, **kwargs):
+        raise RuntimeError("killed during the sweep")
+
+    monkeypatch.setattr(compare, "sweep", broken_sweep)
+    out = tmp_path / "results"
+    with pytest.raises(RuntimeError, match="killed"):
+        compare.run_comparison([ckpt], out, clf.MNISTClassifier().eval(), n=20, steps_list=(2,), sweep_n=10)
+    assert "| tiny_eps |" in (out / "RESULTS.md").read_text()
+    saved = json.loads((out / "results.json").read_text())
+    assert [r["model"] for r in saved["rows"]] == ["tiny_eps"] and saved["sweeps"] == {}
 
 
 def test_models_start_from_the_same_noise(tmp_path):

@@ -204,13 +204,18 @@ def run_comparison(checkpoints: Sequence[Path], out_dir: Path, classifier, n: in
     loss_curves(paths, out_dir / "loss_curves.png")
     rows = evaluate_models(pipes, classifier, n, seed)
     sweeps = {}
+
+    def save() -> None:  # after the table and after each sweep: a failure later loses nothing scored
+        (out_dir / "RESULTS.md").write_text(results_table(rows, note))
+        (out_dir / "results.json").write_text(json.dumps({"rows": rows, "sweeps": sweeps, "n": n, "seed": seed}, indent=2))
+
+    save()
     for what, values, name, label in [("steps", steps_list, "fid_vs_steps.png", "sampling steps"),
                                       ("cfg_scale", scales, "fid_vs_guidance.png", "guidance scale")]:
         if values:
             sweeps[what] = sweep(pipes, classifier, sweep_n or n, what, values, seed)
             plot_sweep(sweeps[what], what, out_dir / name, label)
+            save()
         else:  # a plot left by an earlier run would pass for this run's: remove it
             (out_dir / name).unlink(missing_ok=True)
-    (out_dir / "RESULTS.md").write_text(results_table(rows, note))
-    (out_dir / "results.json").write_text(json.dumps({"rows": rows, "sweeps": sweeps, "n": n, "seed": seed}, indent=2))
     return {"rows": rows, "sweeps": sweeps}
