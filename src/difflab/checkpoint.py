@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
-import zipfile
+import re
 from pathlib import Path
 from typing import Any, Union
 
@@ -112,15 +112,26 @@ def load_weights(module: torch.nn.Module, weights: dict, path: Union[str, Path],
         ) from None
 
 
+def epoch_of(path: Path) -> int:
+    """N of a `model_epoch_<N>.pt` file; -1 for any other name."""
+    match = re.fullmatch(r"model_epoch_(\d+)\.pt", Path(path).name)
+    return int(match.group(1)) if match else -1
+
+
+def epoch_checkpoints(folder: Union[str, Path]) -> list:
+    """The `model_epoch_<N>.pt` files in a checkpoints folder, by N: the newest epoch last."""
+    return sorted((p for p in Path(folder).glob("model_epoch_*.pt") if epoch_of(p) >= 0), key=epoch_of)
+
+
 def resume_path(trainer) -> Path:
     """What `--resume` continues from: last.pt, or model_epoch_<N>.pt when a kill between the two
     writes at the end of epoch N left last.pt one epoch behind it (any trainer: pixels or VAE)."""
     folder = trainer.out_dir / "checkpoints"
     last = folder / "last.pt"
-    epochs = sorted(folder.glob("model_epoch_*.pt"), key=lambda p: int(p.stem.split("_")[-1]))
+    epochs = epoch_checkpoints(folder)
     if not epochs or (last.is_file() and last.stat().st_mtime_ns >= epochs[-1].stat().st_mtime_ns):
         return last  # the usual case: last.pt was written after every other checkpoint
     if not last.is_file():
         return epochs[-1]
-    newest_step = min(int(epochs[-1].stem.split("_")[-1]) * trainer.steps_per_epoch, trainer.total_steps)
+    newest_step = min(epoch_of(epochs[-1]) * trainer.steps_per_epoch, trainer.total_steps)
     return epochs[-1] if newest_step > int(load_checkpoint(last)["step"]) else last

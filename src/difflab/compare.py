@@ -18,6 +18,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from .checkpoint import epoch_checkpoints  # noqa: E402
 from .evaluation import evaluate_pipeline  # noqa: E402
 from .pipeline import Pipeline, is_unconditional  # noqa: E402
 from .visualize import grid_array  # noqa: E402
@@ -33,7 +34,7 @@ def newest_checkpoints(experiments: Path) -> list[Path]:
         config = folder / "config.json"
         if config.exists() and json.loads(config.read_text()).get("model", {}).get("architecture") == "vae":
             continue
-        epochs = sorted((folder / "checkpoints").glob("model_epoch_*.pt"), key=lambda p: int(p.stem.split("_")[-1]))
+        epochs = epoch_checkpoints(folder / "checkpoints")
         last = folder / "checkpoints" / "last.pt"
         if epochs:
             found.append(epochs[-1])

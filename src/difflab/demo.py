@@ -16,7 +16,6 @@ import base64
 import io
 import math
 import os
-import re
 import threading
 import traceback
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .checkpoint import epoch_checkpoints
 from .cli import UsageError
 from .config import SAMPLERS
 from .models import NULL_CLASS
@@ -79,11 +79,6 @@ class Panel:
 # --- choosing checkpoints -----------------------------------------------------------------
 
 
-def _epoch_of(path: Path) -> int:
-    match = re.fullmatch(r"model_epoch_(\d+)\.pt", path.name)
-    return int(match.group(1)) if match else -1
-
-
 def find_checkpoints(experiments: Path) -> list[Path]:
     """The newest checkpoint of each run in `experiments/<config>/checkpoints/`.
 
@@ -91,8 +86,8 @@ def find_checkpoints(experiments: Path) -> list[Path]:
     """
     found = []
     for folder in sorted(Path(experiments).glob("*/checkpoints")):
-        epochs = sorted(folder.glob("model_epoch_*.pt"), key=_epoch_of)
-        if epochs and _epoch_of(epochs[-1]) >= 0:
+        epochs = epoch_checkpoints(folder)
+        if epochs:
             found.append(epochs[-1])
         elif (folder / "last.pt").is_file():
             found.append(folder / "last.pt")

@@ -19,7 +19,7 @@ from typing import Optional
 import torch
 from tqdm import tqdm
 
-from .checkpoint import CheckpointError, load_checkpoint, load_weights, save_checkpoint
+from .checkpoint import CheckpointError, epoch_checkpoints, load_checkpoint, load_weights, save_checkpoint
 from .config import Config, ConfigError, config_from_dict
 from .distributed import DistInfo, barrier, init_distributed, mean_across_ranks
 from .models import NULL_CLASS, build_model, count_parameters
@@ -366,7 +366,7 @@ class Trainer:
         keep = self.cfg.training.keep_last
         if keep <= 0:
             return
-        ckpts = sorted(self.out_dir.glob("checkpoints/model_epoch_*.pt"), key=lambda p: int(p.stem.split("_")[-1]))
+        ckpts = epoch_checkpoints(self.out_dir / "checkpoints")
         for old in ckpts[:-keep]:
             old.unlink(missing_ok=True)
 
