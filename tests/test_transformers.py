@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from difflab.config import ModelConfig
-from difflab.models.dit import DiTBlock, build_dit, sincos_pos_embed_2d, unpatchify
+from difflab.models.dit import DiTBlock, apply_rope, build_dit, rope_2d, sincos_pos_embed_2d, unpatchify
 from difflab.models.layers import NULL_CLASS, count_parameters
 from difflab.models.mmdit import MMDiTBlock, build_mmdit
 
@@ -85,6 +85,39 @@ def test_position_embedding_is_fixed_and_distinct():
     assert distances.min() > 1e-3  # every position gets its own code
     model = build_dit(ModelConfig(patch_size=4, **TINY), 1, 28)
     assert not any(p is model.pos_embed for p in model.parameters())  # not learned
+
+
+def test_rope_attention_scores_depend_only_on_the_offset():
+    """2D RoPE (Su et al. 2021; Flux): q_i . k_j is a function of position_i - position_j."""
+    grid, head_dim = 5, 16
+    angles = rope_2d(head_dim, grid, grid)  # (25, 8)
+    g = torch.Generator().manual_seed(0)
+    q, k = torch.randn(head_dim, generator=g), torch.randn(head_dim, generator=g)
+    # the same query and key vector at every position, then rotated by each position
+    q_rot = apply_rope(q.expand(1, 1, grid * grid, head_dim), angles)[0, 0]  # (25, 16)
+    k_rot = apply_rope(k.expand(1, 1, grid * grid, head_dim), angles)[0, 0]
+    scores = (q_rot @ k_rot.T).view(grid, grid, grid, grid)  # (row_q, col_q, row_k, col_k)
+    # shift both tokens by one row and one column: the score stays; it is the offset that counts
+    assert torch.allclose(scores[:-1, :-1, :-1, :-1], scores[1:, 1:, 1:, 1:], atol=1e-5)
+    # ... and different offsets give different scores: position does reach attention
+    assert not torch.allclose(scores[0, 0, 0, 0], scores[0, 0, 0, 1], atol=1e-3)
+    assert not torch.allclose(scores[0, 0, 0, 0], scores[0, 0, 1, 0], atol=1e-3)
+    # a rotation keeps each vector's length
+    assert torch.allclose(q_rot.norm(dim=-1), q.norm().expand(grid * grid), atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["dit", "mmdit"])
+def test_rope_replaces_the_position_table_without_new_parameters(name):
+    sincos = BUILDERS[name](ModelConfig(patch_size=4, **TINY), 1, 28)
+    rope = BUILDERS[name](ModelConfig(patch_size=4, pos_embed="rope", **TINY), 1, 28)
+    assert rope.pos_embed is None and rope.rope.shape == (49, TINY["hidden_size"] // TINY["num_heads"] // 2)
+    assert count_parameters(rope) == count_parameters(sincos)
+    perturb(rope)
+    x, t, y = inputs(2, 1, 28)
+    with torch.no_grad():  # the image tokens' rotations depend on where they are, not on x
+        base = rope(x, t, y)
+        rope.rope.zero_()  # no rotation at all: the model no longer knows where a token is
+        assert not torch.allclose(base, rope(x, t, y), atol=1e-5)
 
 
 def test_dit_block_is_identity_at_init():

@@ -22,6 +22,7 @@ SCHEDULES = ("linear", "scaled_linear", "cosine", "flow")
 T_SAMPLINGS = ("uniform_discrete", "uniform", "logit_normal")
 SAMPLERS = ("ddpm", "ddim", "euler", "heun", "dpm++2m")
 SPACINGS = ("leading", "trailing")
+POS_EMBEDS = ("sincos", "rope")
 DATASETS = ("mnist", "fashion_mnist")
 PRECISIONS = ("fp32", "bf16")
 
@@ -56,6 +57,7 @@ class ModelConfig:
     mlp_ratio: float = 4.0
     cond_tokens: int = 4  # MMDiT: learned conditioning tokens per class
     qk_norm: bool = False  # MMDiT: RMS-normalise queries and keys (SD3.5)
+    pos_embed: str = "sincos"  # MMDiT: sincos (SD3: added to the tokens) | rope (Flux: rotates q and k)
     # VAE (latent diffusion's first stage, Rombach et al. 2022): channels, channel_mult, num_res_blocks above
     latent_channels: int = 4
     kl_weight: float = 1e-4  # weight of the per-element KL term against the per-pixel MSE
@@ -142,6 +144,7 @@ _SECTION_CLASSES = {
 _CHOICES = {
     ("data", "dataset"): DATASETS,
     ("model", "architecture"): ARCHITECTURES,
+    ("model", "pos_embed"): POS_EMBEDS,
     ("diffusion", "target"): TARGETS,
     ("diffusion", "schedule"): SCHEDULES,
     ("diffusion", "t_sampling"): T_SAMPLINGS,

@@ -26,12 +26,13 @@ from .dit import (
     Modulation,
     ModulationOut,
     PatchEmbed,
+    apply_rope,
     attention,
     check_shapes,
     init_linears,
     layer_norm,
     mlp,
-    sincos_pos_embed_2d,
+    register_positions,
     unpatchify,
 )
 from .layers import NUM_CLASSES, LabelEmbedder, TimestepEmbedder
@@ -92,9 +93,9 @@ class MMDiTBlock(nn.Module):
         self.cond = Stream(dim, num_heads, mlp_ratio, qk_norm, dropout, pre_only=last)
 
     def forward(
-        self, x: torch.Tensor, ctx: torch.Tensor, c: torch.Tensor
+        self, x: torch.Tensor, ctx: torch.Tensor, c: torch.Tensor, rope: Optional[torch.Tensor] = None
     ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """x: (B, N, D) image tokens, ctx: (B, M, D) conditioning tokens, c: (B, D)."""
+        """x: (B, N, D) image tokens, ctx: (B, M, D) conditioning tokens, c: (B, D); rope: (N, Dh/2) angles."""
         N = x.shape[1]
         # 1. modulate: each stream computes its own (shift, scale, gate) from c = t_emb + pooled
         img_attn, img_mlp = self.img.mod(c)  # fields (B, 1, D)
@@ -102,9 +103,12 @@ class MMDiTBlock(nn.Module):
 
         # 2. prepare image tokens for attention
         img_q, img_k, img_v = self.img.prepare(x, img_attn)  # each (B, H, N, Dh)
+        if rope is not None:  # Flux: rotate image queries and keys by their 2D position
+            img_q, img_k = apply_rope(img_q, rope), apply_rope(img_k, rope)
 
         # 3. prepare conditioning tokens for attention, with the conditioning stream's weights
-        # (in the last block there are no conditioning queries: cond_q is None)
+        # (in the last block there are no conditioning queries: cond_q is None). With RoPE they sit
+        # at position (0, 0), a rotation by zero, as Flux gives its text tokens position ids of 0.
         cond_q, cond_k, cond_v = self.cond.prepare(ctx, cond_mods[0])  # each (B, H, M, Dh)
 
         # 4. joint attention: one sequence [cond; image], every query sees the keys of both streams
@@ -139,14 +143,16 @@ class MMDiT(nn.Module):
         cond_tokens: int = 4,
         qk_norm: bool = False,
         dropout: float = 0.0,
+        pos_embed: str = "sincos",
     ):
         super().__init__()
         self.in_channels, self.patch_size = in_channels, patch_size
         self.hidden_size, self.cond_tokens = hidden_size, cond_tokens
         self.grid = image_size // patch_size  # tokens per side
         self.patch_embed = PatchEmbed(in_channels, hidden_size, patch_size)
-        pos_embed = sincos_pos_embed_2d(hidden_size, self.grid, self.grid)  # (1, N, D), fixed
-        self.register_buffer("pos_embed", pos_embed, persistent=False)
+        # Where a token is: SD3 adds a fixed 2D sin-cos table to the tokens once ("sincos");
+        # Flux instead rotates queries and keys in every attention by the position ("rope").
+        register_positions(self, pos_embed, hidden_size, num_heads)
         self.t_embed = TimestepEmbedder(hidden_size)
         # the pooled route, like SD3's pooled CLIP embedding: one vector per class, added to t_emb
         self.pooled_embed = LabelEmbedder(hidden_size)
@@ -179,11 +185,13 @@ class MMDiT(nn.Module):
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """x: (B, C, H, W), t: (B,) already scaled to [0, 1000], y: (B,) labels in 0..10."""
         B = x.shape[0]
-        img = self.patch_embed(x) + self.pos_embed  # (B, N, D)
+        img = self.patch_embed(x)  # (B, N, D)
+        if self.pos_embed is not None:
+            img = img + self.pos_embed
         ctx = self.cond_embed(y).view(B, self.cond_tokens, self.hidden_size)  # (B, M, D)
         c = self.t_embed(t) + self.pooled_embed(y)  # (B, D)
         for block in self.blocks:
-            img, ctx = block(img, ctx, c)  # (B, N, D), (B, M, D); ctx is None after the last block
+            img, ctx = block(img, ctx, c, self.rope)  # (B, N, D), (B, M, D); ctx is None after the last block
         out = self.final(img, c)  # image stream only: (B, N, p*p*C)
         return unpatchify(out, self.in_channels, self.patch_size, self.grid, self.grid)  # (B, C, H, W)
 
@@ -202,4 +210,5 @@ def build_mmdit(cfg: ModelConfig, in_channels: int, image_size: int) -> MMDiT:
         cond_tokens=cfg.cond_tokens,
         qk_norm=cfg.qk_norm,
         dropout=cfg.dropout,
+        pos_embed=cfg.pos_embed,
     )
