@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from difflab.config import ConfigError, load_config, parse_override
+from difflab.models import build_model, count_parameters
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
@@ -25,6 +26,13 @@ def test_every_shipped_config_loads(path):
     assert cfg.name == path.stem
 
 
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.stem)
+def test_the_milestones_have_the_same_parameter_budget(path):
+    """The fair comparison: each main config's network is within 5% of 1.7M parameters on 1x28x28."""
+    params = count_parameters(build_model(load_config(path).model, in_channels=1, image_size=28))
+    assert abs(params / 1.7e6 - 1) <= 0.05, params
+
+
 @pytest.mark.parametrize(
     "text, key, expected",
     [
@@ -39,6 +47,7 @@ def test_every_shipped_config_loads(path):
         ("training:\n  batch_size: many\n", "training.batch_size", "auto"),
         ("model:\n  use_ema: yes\n", "model.use_ema", "unknown key"),
         ("training:\n  lr: [1, 2]\n", "training.lr", "expected float"),
+        ("model:\n  single_depth: -1\n", "model.single_depth", ">= 0"),
     ],
 )
 def test_bad_configs_name_file_key_and_expectation(tmp_path, text, key, expected):

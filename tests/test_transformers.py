@@ -153,6 +153,28 @@ def test_models_start_as_identity_blocks():
     assert torch.equal(x_out, x) and torch.equal(ctx_out, ctx)
 
 
+def test_single_stream_blocks_start_as_identity_and_read_the_class_tokens():
+    """Flux's single-stream blocks: identity at init; afterwards the image reads the class tokens there."""
+    model = build_mmdit(ModelConfig(patch_size=4, single_depth=2, pos_embed="rope", **TINY), 1, 28)
+    assert not model.blocks[-1].cond.pre_only  # the joint blocks' last cond output is read now
+    h, c = torch.randn(2, 2 + 49, 32), torch.randn(2, 32)
+    assert all(torch.equal(block(h, c), h) for block in model.single_blocks)
+    perturb(model)
+    with torch.no_grad():
+        # every class gets the same pooled vector, and the joint blocks no longer update the image
+        # tokens: the label can reach the image only through the single-stream blocks' attention
+        model.pooled_embed.table.weight.copy_(model.pooled_embed.table.weight[3].expand_as(model.pooled_embed.table.weight))
+        for block in model.blocks:
+            block.img.mod.lin.weight[:, :].zero_()
+            block.img.mod.lin.bias.zero_()
+        out_null, out_3 = mmdit_outputs(model, NULL_CLASS, 3)
+        assert not torch.allclose(out_null, out_3, atol=1e-5)
+        # without single-stream blocks the same weights leave no route at all
+        model.single_blocks = torch.nn.ModuleList()
+        out_null, out_3 = mmdit_outputs(model, NULL_CLASS, 3)
+        assert torch.equal(out_null, out_3)
+
+
 def mmdit_outputs(model, y_a: int, y_b: int):
     x, t, _ = inputs(2, 1, 28)
     with torch.no_grad():

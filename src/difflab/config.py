@@ -58,6 +58,7 @@ class ModelConfig:
     cond_tokens: int = 4  # MMDiT: learned conditioning tokens per class
     qk_norm: bool = False  # MMDiT: RMS-normalise queries and keys (SD3.5)
     pos_embed: str = "sincos"  # MMDiT: sincos (SD3: added to the tokens) | rope (Flux: rotates q and k)
+    single_depth: int = 0  # MMDiT: Flux's single-stream blocks after the `depth` joint blocks
     # VAE (latent diffusion's first stage, Rombach et al. 2022): channels, channel_mult, num_res_blocks above
     latent_channels: int = 4
     kl_weight: float = 1e-4  # weight of the per-element KL term against the per-pixel MSE
@@ -249,6 +250,8 @@ def _validate(cfg: Config, source: str) -> None:
         bad("model.channel_mult", "a non-empty list of positive integers")
     if not all(isinstance(a, int) and 0 <= a < len(m.channel_mult) for a in m.attention_levels):
         bad("model.attention_levels", f"indices in 0..{len(m.channel_mult) - 1}")
+    if not (isinstance(m.single_depth, int) and m.single_depth >= 0):
+        bad("model.single_depth", "an integer >= 0")
     if m.num_res_blocks < 1:
         bad("model.num_res_blocks", "an integer >= 1")
     if m.architecture == "unet":  # U-Net attention splits each attended width (and the middle's) into heads

@@ -10,6 +10,10 @@ So image tokens read the class tokens and the class tokens read the image.
 
 A second, pooled route drives adaLN-Zero modulation in every block:
 c = t_emb + pooled(y), as SD3 adds its pooled CLIP vector to the timestep embedding.
+
+Flux (Black Forest Labs 2024) keeps these joint blocks for its first layers and then joins
+the two streams: `single_depth` more blocks run on the one sequence [cond; image] with ONE
+set of weights (`model.single_depth`; 0 = SD3, no single-stream blocks).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from .dit import (
     Modulation,
     ModulationOut,
     PatchEmbed,
+    DiTBlock,
     apply_rope,
     attention,
     check_shapes,
@@ -144,6 +149,7 @@ class MMDiT(nn.Module):
         qk_norm: bool = False,
         dropout: float = 0.0,
         pos_embed: str = "sincos",
+        single_depth: int = 0,
     ):
         super().__init__()
         self.in_channels, self.patch_size = in_channels, patch_size
@@ -158,9 +164,19 @@ class MMDiT(nn.Module):
         self.pooled_embed = LabelEmbedder(hidden_size)
         # the token route, standing where SD3 has text-encoder tokens: cond_tokens vectors per class
         self.cond_embed = nn.Embedding(NUM_CLASSES + 1, cond_tokens * hidden_size)
+        # the last joint block drops the conditioning stream's output unless single blocks read it
         self.blocks = nn.ModuleList(
-            MMDiTBlock(hidden_size, num_heads, mlp_ratio, qk_norm, dropout, last=(i == depth - 1))
+            MMDiTBlock(
+                hidden_size, num_heads, mlp_ratio, qk_norm, dropout,
+                last=(i == depth - 1 and single_depth == 0),
+            )
             for i in range(depth)
+        )
+        # Flux's single-stream blocks: one DiT block's weights shared by both kinds of token.
+        # (Flux computes attention and MLP in parallel from one modulation; we keep DiT's
+        # sequential block, which the reader already knows.)
+        self.single_blocks = nn.ModuleList(
+            DiTBlock(hidden_size, num_heads, mlp_ratio, qk_norm, dropout) for _ in range(single_depth)
         )
         self.final = FinalLayer(hidden_size, patch_size, in_channels)
         self.initialize_weights()
@@ -169,6 +185,7 @@ class MMDiT(nn.Module):
         """DiT's initialisation applied to both streams."""
         # 1. every Linear: Xavier-uniform weights, zero biases
         init_linears(self.blocks)
+        init_linears(self.single_blocks)
         init_linears(self.t_embed)
         # 2. embeddings: small normal, like ViT
         nn.init.normal_(self.pooled_embed.table.weight, std=0.02)
@@ -180,6 +197,9 @@ class MMDiT(nn.Module):
             for stream in (block.img, block.cond):
                 nn.init.zeros_(stream.mod.lin.weight)
                 nn.init.zeros_(stream.mod.lin.bias)
+        for block in self.single_blocks:
+            nn.init.zeros_(block.mod.lin.weight)
+            nn.init.zeros_(block.mod.lin.bias)
         # 4. the final layer (modulation and output Linear) was zeroed in FinalLayer.__init__
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -192,6 +212,14 @@ class MMDiT(nn.Module):
         c = self.t_embed(t) + self.pooled_embed(y)  # (B, D)
         for block in self.blocks:
             img, ctx = block(img, ctx, c, self.rope)  # (B, N, D), (B, M, D); ctx is None after the last block
+        if self.single_blocks:
+            M = ctx.shape[1]
+            h = torch.cat([ctx, img], dim=1)  # (B, M+N, D): one sequence from here on
+            # the conditioning tokens keep position (0, 0): a rotation by zero
+            rope = None if self.rope is None else torch.cat([self.rope.new_zeros(M, self.rope.shape[1]), self.rope])
+            for block in self.single_blocks:
+                h = block(h, c, rope)  # (B, M+N, D)
+            img = h[:, M:]  # (B, N, D): only the image tokens are decoded
         out = self.final(img, c)  # image stream only: (B, N, p*p*C)
         return unpatchify(out, self.in_channels, self.patch_size, self.grid, self.grid)  # (B, C, H, W)
 
@@ -211,4 +239,5 @@ def build_mmdit(cfg: ModelConfig, in_channels: int, image_size: int) -> MMDiT:
         qk_norm=cfg.qk_norm,
         dropout=cfg.dropout,
         pos_embed=cfg.pos_embed,
+        single_depth=cfg.single_depth,
     )
