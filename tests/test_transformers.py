@@ -165,7 +165,7 @@ def test_single_stream_blocks_start_as_identity_and_read_the_class_tokens():
         # tokens: the label can reach the image only through the single-stream blocks' attention
         model.pooled_embed.table.weight.copy_(model.pooled_embed.table.weight[3].expand_as(model.pooled_embed.table.weight))
         for block in model.blocks:
-            block.img.mod.lin.weight[:, :].zero_()
+            block.img.mod.lin.weight.zero_()
             block.img.mod.lin.bias.zero_()
         out_null, out_3 = mmdit_outputs(model, NULL_CLASS, 3)
         assert not torch.allclose(out_null, out_3, atol=1e-5)

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import ModelConfig
+from ..config import POS_EMBEDS, ModelConfig
 from .layers import LabelEmbedder, TimestepEmbedder
 
 # ----------------------------------------------------------------------------
@@ -88,8 +88,8 @@ def register_positions(model: nn.Module, kind: str, dim: int, num_heads: int) ->
     "rope": rotations of the queries and keys in every attention (Flux): `model.rope` (T, Dh/2).
     The other buffer is None; neither is learned or saved (they are rebuilt from the config).
     """
-    if kind not in ("sincos", "rope"):
-        raise ValueError(f"unknown position embedding {kind!r} (known: sincos, rope)")
+    if kind not in POS_EMBEDS:
+        raise ValueError(f"unknown position embedding {kind!r} (known: {', '.join(POS_EMBEDS)})")
     grid = model.grid
     table = sincos_pos_embed_2d(dim, grid, grid) if kind == "sincos" else None
     angles = rope_2d(dim // num_heads, grid, grid) if kind == "rope" else None
@@ -217,6 +217,14 @@ class FinalLayer(nn.Module):
         return self.linear(mod.apply(self.norm(x)))  # (B, T, p*p*C)
 
 
+def zero_modulations(module: nn.Module) -> None:
+    """adaLN-Zero: zero every `Modulation` inside module, so each gated block starts as the identity."""
+    for m in module.modules():
+        if isinstance(m, Modulation):
+            nn.init.zeros_(m.lin.weight)
+            nn.init.zeros_(m.lin.bias)
+
+
 def init_linears(module: nn.Module) -> None:
     """Xavier-uniform weights and zero biases for every Linear not yet initialised by its owner."""
     for m in module.modules():
@@ -304,9 +312,7 @@ class DiT(nn.Module):
         nn.init.normal_(self.t_embed.mlp[0].weight, std=0.02)
         nn.init.normal_(self.t_embed.mlp[2].weight, std=0.02)
         # 3. adaLN-Zero: zero the modulation of every block -> each block is the identity
-        for block in self.blocks:
-            nn.init.zeros_(block.mod.lin.weight)
-            nn.init.zeros_(block.mod.lin.bias)
+        zero_modulations(self.blocks)
         # 4. the final layer (modulation and output Linear) was zeroed in FinalLayer.__init__
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -26,11 +26,11 @@ from torch import nn
 from ..config import ModelConfig
 from .dit import (
     QKV,
+    DiTBlock,
     FinalLayer,
     Modulation,
     ModulationOut,
     PatchEmbed,
-    DiTBlock,
     apply_rope,
     attention,
     check_shapes,
@@ -39,6 +39,7 @@ from .dit import (
     mlp,
     register_positions,
     unpatchify,
+    zero_modulations,
 )
 from .layers import NUM_CLASSES, LabelEmbedder, TimestepEmbedder
 
@@ -192,14 +193,10 @@ class MMDiT(nn.Module):
         nn.init.normal_(self.cond_embed.weight, std=0.02)
         nn.init.normal_(self.t_embed.mlp[0].weight, std=0.02)
         nn.init.normal_(self.t_embed.mlp[2].weight, std=0.02)
-        # 3. adaLN-Zero: zero both streams' modulation -> each block is the identity on both streams
-        for block in self.blocks:
-            for stream in (block.img, block.cond):
-                nn.init.zeros_(stream.mod.lin.weight)
-                nn.init.zeros_(stream.mod.lin.bias)
-        for block in self.single_blocks:
-            nn.init.zeros_(block.mod.lin.weight)
-            nn.init.zeros_(block.mod.lin.bias)
+        # 3. adaLN-Zero: zero every modulation -> each joint block is the identity on both streams,
+        #    and each single-stream block on the joined sequence
+        zero_modulations(self.blocks)
+        zero_modulations(self.single_blocks)
         # 4. the final layer (modulation and output Linear) was zeroed in FinalLayer.__init__
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
