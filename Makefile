@@ -18,8 +18,10 @@ data:
 
 # Installs, fetches MNIST, trains the SD1 config on $(QUICK_IMAGES) images (1200 steps of 32; under
 # an epoch: minutes on a laptop CPU) and samples a grid with a row per digit.
+# Run twice, it continues (here: finds done) the run it made the first time instead of refusing the folder.
 quickstart: install data
-	$(PYTHON) train.py --config $(CONFIG) training.epochs=1 training.max_images=$(QUICK_IMAGES)
+	$(PYTHON) train.py --config $(CONFIG) training.epochs=1 training.max_images=$(QUICK_IMAGES) \
+		$(if $(wildcard experiments/$(basename $(notdir $(CONFIG)))/checkpoints/last.pt),--resume)
 	$(PYTHON) sample.py --checkpoint experiments/$(basename $(notdir $(CONFIG)))/checkpoints/model_epoch_1.pt \
 		--out experiments/$(basename $(notdir $(CONFIG)))/quickstart_samples.png
 	@echo "Samples: experiments/$(basename $(notdir $(CONFIG)))/quickstart_samples.png"
@@ -48,7 +50,8 @@ demo: install-demo
 
 # The fair comparison (issue 7): every config trained on the same number of images, then
 # evaluated with the same N and seed. `make compare` trains the three milestones in configs/
-# (80 minutes on our 2-core CPU: 40 of training, 40 of scoring); `make compare-all` adds the reference configs (hours on a CPU:
+# (80 minutes on our 2-core CPU: 40 of training, 40 of scoring); a run already in $(COMPARE_DIR) is continued
+# (--resume), so an interrupted `make compare` picks up where it stopped; `make compare-all` adds the reference configs (hours on a CPU:
 # DDPM samples with 1000 steps). COMPARE_IMAGES=600000 for a 10x larger budget.
 COMPARE_IMAGES ?= 60000
 COMPARE_N ?= 1000
@@ -61,8 +64,9 @@ REFERENCE_CONFIGS = configs/reference/ddpm_original.yaml configs/reference/unet_
 compare: install data
 	@epochs=$$(( ($(COMPARE_IMAGES) + 59999) / 60000 )); \
 	for c in $(COMPARE_CONFIGS); do \
+		resume=; [ -f $(COMPARE_DIR)/$$(basename $$c .yaml)/checkpoints/last.pt ] && resume=--resume; \
 		$(PYTHON) train.py --config $$c training.output_dir=$(COMPARE_DIR) \
-			training.epochs=$$epochs training.max_images=$(COMPARE_IMAGES) || exit 1; \
+			training.epochs=$$epochs training.max_images=$(COMPARE_IMAGES) $$resume || exit 1; \
 	done
 	$(PYTHON) compare_models.py --experiments $(COMPARE_DIR) --n $(COMPARE_N) --sweep-n $(COMPARE_SWEEP_N) --scales $(COMPARE_SCALES) --out results
 

@@ -13,14 +13,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "src"))
 
-from difflab.cli import fail, run_main  # noqa: E402
+from difflab.cli import fail, run_main, usage  # noqa: E402
 
 
 def numbers(text, kind):
     try:
         return [kind(v) for v in text.split(",") if v.strip()] if text else []
     except ValueError:
-        fail(f"expected comma-separated numbers, got {text!r}")
+        usage(f"expected comma-separated numbers, got {text!r}")
 
 
 def main(argv=None):
@@ -49,7 +49,7 @@ def main(argv=None):
         if not ckpts:
             fail(f"no checkpoints under {args.experiments}/*/checkpoints/")
     if args.n < 1 or args.sweep_n < 1:
-        fail("--n and --sweep-n must be positive")
+        usage("--n and --sweep-n must be positive")
     print("comparing: " + ", ".join(str(c) for c in ckpts), file=sys.stderr)
     note = args.note or f"Machine: {platform.machine()}, {platform.processor() or 'cpu'}; N = {args.n} samples per model, seed {args.seed}."
     result = run_comparison(ckpts, Path(args.out), load_classifier(), n=args.n, seed=args.seed,

@@ -18,13 +18,15 @@ to stderr, so `python evaluate.py ... > scores.json` keeps stdout clean.
 import argparse
 import contextlib
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "src"))
 
-from difflab.cli import fail, run_main  # noqa: E402
+from difflab.cli import fail, run_main, usage  # noqa: E402
+from difflab.pipeline import MAX_STEPS  # noqa: E402
 
 # The keys of every answer, in the order they are printed; what does not apply is null.
 KEYS = ("fid", "fid_floor", "accuracy", "per_digit_accuracy", "precision", "recall", "n",
@@ -90,6 +92,7 @@ def evaluate_checkpoint(checkpoint, classifier=None, n: int = 5000, *, sampler: 
     pipe = Pipeline.from_checkpoint(checkpoint, device, use_ema=use_ema, sampling=sampling)
     if pipe.cfg.data.dataset != "mnist":
         fail(f"{checkpoint}: trained on {pipe.cfg.data.dataset}; the judge is an MNIST classifier")
+    check_steps(steps or pipe.cfg.sampling.steps, "sampling.steps (the checkpoint's, or --set)")
     data_dir = data_dir or pipe.cfg.data.data_dir
     if classifier is None:
         classifier = quiet_load_classifier(data_dir, pipe.device)
@@ -112,6 +115,13 @@ def evaluate_samples(path, classifier=None, *, batch_size: int = 500, device: st
         classifier = quiet_load_classifier(data_dir, device)
     scores = ev.evaluate_images(images, labels, classifier, data_dir=data_dir, batch_size=batch_size)
     return tidy({**scores, "device": str(device), "samples": str(path)})
+
+
+def check_steps(steps, where: str) -> None:
+    """At most MAX_STEPS: beyond the training's 1000 steps sampling only gets slower (exit code 2)."""
+    if steps is not None and steps > MAX_STEPS:
+        usage(f"{where}: at most {MAX_STEPS} steps (the 1000-step discretisation the model was trained on; "
+              f"more only take longer), got {steps}")
 
 
 def quiet_load_classifier(data_dir, device):
@@ -139,8 +149,10 @@ def main(argv=None):
     what.add_argument("--samples", metavar="FILE.npz", help="score saved samples (x uint8 N x 28 x 28, y labels)")
     p.add_argument("--n", type=int, default=5000, help="images to sample (default 5000)")
     p.add_argument("--sampler", default=None, help="ddpm | ddim | euler | heun | dpm++2m (default: the config's)")
-    p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the config's)")
-    p.add_argument("--cfg-scale", type=float, default=None, help="guidance scale; 1 = no guidance")
+    p.add_argument("--steps", type=int, default=None,
+                   help=f"sampling steps, 1 to {MAX_STEPS} (default: the config's); {MAX_STEPS} is the training's "
+                        "discretisation, DDPM's full chain: more would only take longer")
+    p.add_argument("--cfg-scale", type=float, default=None, help="guidance scale, finite and >= 0; 1 = no guidance")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=None,
                    help="images per batch: bounds memory (default: 64 on a CPU, where it is fastest; 500 on a GPU)")
@@ -153,16 +165,21 @@ def main(argv=None):
     args = p.parse_args(argv)
 
     from difflab.config import SAMPLERS
+    from difflab.outputs import check_output_file, write_bytes_atomic, writing
 
     if args.sampler is not None and args.sampler not in SAMPLERS:
-        fail(f"--sampler: expected one of {', '.join(SAMPLERS)}, got {args.sampler!r}")
+        usage(f"--sampler: expected one of {', '.join(SAMPLERS)}, got {args.sampler!r}")
     for name in ("steps", "batch_size"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
-            fail(f"--{name.replace('_', '-')}: expected a positive integer")
+            usage(f"--{name.replace('_', '-')}: expected a positive integer")
+    check_steps(args.steps, "--steps")
     if args.n < MIN_IMAGES:
-        fail(f"--n: expected at least {MIN_IMAGES} images, got {args.n}")
-    if args.cfg_scale is not None and args.cfg_scale < 0:
-        fail("--cfg-scale: expected a number >= 0")
+        usage(f"--n: expected at least {MIN_IMAGES} images, got {args.n}")
+    # nan < 0 is False, so a range check alone lets NaN through (and black images out): test finiteness first.
+    if args.cfg_scale is not None and not (math.isfinite(args.cfg_scale) and args.cfg_scale >= 0):
+        usage(f"--cfg-scale: expected a finite number >= 0, got {args.cfg_scale}")
+    if args.out:  # tried now: a path that cannot be written fails before minutes of sampling
+        check_output_file(args.out, "--out")
 
     if args.samples:
         scores = evaluate_samples(args.samples, batch_size=args.batch_size or 500, device=args.device, data_dir=args.data_dir)
@@ -175,8 +192,8 @@ def main(argv=None):
     text = json.dumps(scores, indent=2)
     print(text)
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n")
+        with writing(args.out, kept="the scores are on stdout above"):
+            write_bytes_atomic(args.out, (text + "\n").encode())
         print(f"wrote {args.out}", file=sys.stderr)
     return 0
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "src"))
 
-from difflab.cli import fail, run_main  # noqa: E402
+from difflab.cli import fail, run_main, usage  # noqa: E402
 
 
 def main(argv=None):
@@ -27,10 +27,11 @@ def main(argv=None):
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
     args = p.parse_args(argv)
 
-    from difflab.demo import find_checkpoints, launch, load_models
+    from difflab.demo import find_checkpoints, load_models
+    from difflab.demo_page import launch
 
     if args.port is not None and not 1 <= args.port <= 65535:
-        fail(f"--port: expected a number from 1 to 65535, got {args.port}")
+        usage(f"--port: expected a number from 1 to 65535, got {args.port}")
     paths = [Path(c) for c in args.checkpoint]
     if args.experiments is not None:
         if not Path(args.experiments).is_dir():
@@ -40,7 +41,7 @@ def main(argv=None):
             fail(f"--experiments: no run in {args.experiments} has checkpoints/model_epoch_<N>.pt or last.pt")
         paths += found
     if not paths:
-        fail("give a model: --checkpoint CKPT (repeatable) or --experiments DIR")
+        usage("give a model: --checkpoint CKPT (repeatable) or --experiments DIR")
     models = load_models(paths, args.device)  # a bad checkpoint stops here, with one line
     try:
         import gradio  # noqa: F401

@@ -1,20 +1,68 @@
 """Sample a grid of digits from a checkpoint: python sample.py --checkpoint PATH [--sampler heun --steps 20 ...]"""
 
 import argparse
+import io
+import math
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "src"))
 
-from difflab.cli import fail, run_main  # noqa: E402
+from difflab.cli import run_main, usage  # noqa: E402
+from difflab.pipeline import MAX_STEPS  # noqa: E402
+
+
+def check_args(args) -> list:
+    """Refuse wrong command-line values before anything is loaded (exit code 2); return the digits."""
+    from difflab.config import SAMPLERS
+    from difflab.visualize import image_format
+
+    if args.sampler is not None and args.sampler not in SAMPLERS:
+        usage(f"--sampler: expected one of {', '.join(SAMPLERS)}, got {args.sampler!r}")
+    for name in ("steps", "n", "batch_size"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            usage(f"--{name.replace('_', '-')}: expected a positive integer")
+    check_steps(args.steps, "--steps")
+    # nan < 0 is False, so a range check alone lets NaN through (and black images out): test finiteness first.
+    if args.cfg_scale is not None and not (math.isfinite(args.cfg_scale) and args.cfg_scale >= 0):
+        usage(f"--cfg-scale: expected a finite number >= 0, got {args.cfg_scale}")
+    digits = [int(d) for d in args.digits.replace(",", "") if d.isdigit()]
+    if not digits or len(digits) != len(args.digits.replace(",", "")):
+        usage(f"--digits: expected digits 0-9 such as 0123456789 or 3,7, got {args.digits!r}")
+    if args.out and not Path(args.out).is_dir():  # a folder: check_output_file says so, more plainly
+        try:
+            image_format(args.out)
+        except ValueError:
+            usage(f"--out: expected an image file name such as grid.png, got {args.out!r}")
+    return digits
+
+
+def check_steps(steps, where: str) -> None:
+    """At most MAX_STEPS: beyond the training's 1000 steps sampling only gets slower (exit code 2)."""
+    if steps is not None and steps > MAX_STEPS:
+        usage(f"{where}: at most {MAX_STEPS} steps (the 1000-step discretisation the model was trained on; "
+              f"more only take longer), got {steps}")
+
+
+def npz_bytes(result) -> bytes:
+    """x (uint8 N x 28 x 28) and y (the labels asked for) as the bytes of an .npz file."""
+    import numpy as np
+
+    from difflab.data import tensor_to_uint8
+
+    buffer = io.BytesIO()  # np.savez on a path would append ".npz" to a name without it
+    np.savez(buffer, x=tensor_to_uint8(result.images), y=result.labels.numpy().astype(np.int64))
+    return buffer.getvalue()
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--sampler", default=None, help="ddpm | ddim | euler | heun | dpm++2m (default: the config's)")
-    p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the config's)")
-    p.add_argument("--cfg-scale", type=float, default=None, help="guidance scale; 1 = no guidance")
+    p.add_argument("--steps", type=int, default=None,
+                   help=f"sampling steps, 1 to {MAX_STEPS} (default: the config's); {MAX_STEPS} is the training's "
+                        "discretisation, DDPM's full chain: more would only take longer")
+    p.add_argument("--cfg-scale", type=float, default=None, help="guidance scale, finite and >= 0; 1 = no guidance")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--n", type=int, default=8, help="images per digit")
     p.add_argument("--digits", default="0123456789", help="which digits, e.g. 3 or 0,1,7")
@@ -26,43 +74,37 @@ def main(argv=None):
     p.add_argument("--set", action="append", default=[], metavar="sampling.KEY=VALUE", dest="sampling",
                    help="change how the checkpoint samples, e.g. --set sampling.clip_x0=true (repeatable)")
     args = p.parse_args(argv)
+    digits = check_args(args)
 
-    import numpy as np
+    from tqdm import tqdm
 
-    from difflab.config import SAMPLERS
-    from difflab.data import tensor_to_uint8
+    from difflab.outputs import check_output_file, write_bytes_atomic, writing
     from difflab.pipeline import Pipeline, sampling_batch_size
     from difflab.visualize import save_grid
 
-    if args.sampler is not None and args.sampler not in SAMPLERS:
-        fail(f"--sampler: expected one of {', '.join(SAMPLERS)}, got {args.sampler!r}")
-    for name in ("steps", "n", "batch_size"):
-        if getattr(args, name) is not None and getattr(args, name) < 1:
-            fail(f"--{name.replace('_', '-')}: expected a positive integer")
-    if args.cfg_scale is not None and args.cfg_scale < 0:
-        fail("--cfg-scale: expected a number >= 0")
-    digits = [int(d) for d in args.digits.replace(",", "") if d.isdigit()]
-    if not digits or len(digits) != len(args.digits.replace(",", "")):
-        fail(f"--digits: expected digits 0-9 such as 0123456789 or 3,7, got {args.digits!r}")
-
     pipe = Pipeline.from_checkpoint(args.checkpoint, args.device, use_ema=not args.no_ema, sampling=args.sampling)
     labels = pipe.default_labels(digits, args.n)
-    from tqdm import tqdm
-
     sampler = args.sampler or pipe.cfg.sampling.sampler
     steps = args.steps or pipe.cfg.sampling.steps
+    check_steps(steps, "sampling.steps (the checkpoint's, or --set)")
+    ckpt = Path(args.checkpoint)
+    out = Path(args.out) if args.out else ckpt.parent.parent / "samples" / f"sample_{ckpt.stem}_{sampler}_{steps}.png"
+    # Every file this run writes is tried now: a path that cannot be written fails before the sampling.
+    check_output_file(out, "--out")
+    if args.save_npz:
+        check_output_file(args.save_npz, "--save-npz")
+
     batch_size = args.batch_size or sampling_batch_size(pipe.device)
     batches = -(-len(labels) // batch_size)
     with tqdm(total=steps * batches, unit="step", desc=f"{sampler} x{steps}") as bar:
         result = pipe.generate(labels, sampler=sampler, steps=steps, cfg_scale=args.cfg_scale,
                                seed=args.seed, batch_size=batch_size, callback=lambda *a: bar.update(1))
-    ckpt = Path(args.checkpoint)
-    out = Path(args.out) if args.out else ckpt.parent.parent / "samples" / f"sample_{ckpt.stem}_{sampler}_{steps}.png"
-    save_grid(result.images, out, nrow=args.n)
+    with writing(out):  # a disk that filled meanwhile: one line with the free space, no half PNG
+        save_grid(result.images, out, nrow=args.n)
     print(f"wrote {out} ({len(labels)} images, {result.nfe} model evaluations, {result.seconds:.1f} s)")
     if args.save_npz:
-        Path(args.save_npz).parent.mkdir(parents=True, exist_ok=True)
-        np.savez(args.save_npz, x=tensor_to_uint8(result.images), y=result.labels.numpy().astype(np.int64))
+        with writing(args.save_npz, kept=f"{out} was written"):
+            write_bytes_atomic(args.save_npz, npz_bytes(result))
         print(f"wrote {args.save_npz}")
     return 0
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "src"))
 
-from difflab.cli import fail, run_main  # noqa: E402
+from difflab.cli import run_main, usage  # noqa: E402
 
 
 def main(argv=None):
@@ -16,12 +16,16 @@ def main(argv=None):
     parser.add_argument("overrides", nargs="*", help="section.key=value, e.g. training.epochs=2")
     parser.add_argument("--resume", nargs="?", const="last", default=None,
                         help="continue from experiments/<config>/checkpoints/last.pt (or a given checkpoint)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start afresh in a folder that holds an earlier run, deleting its checkpoints, samples and log")
     parser.add_argument("--dry-run", action="store_true", help="build everything, print one JSON line, exit")
     args = parser.parse_args(argv)
+    if args.resume and args.overwrite:
+        usage("--resume continues a run and --overwrite deletes it: give one of them")
 
     from difflab.config import load_config
     from difflab.distributed import shutdown
-    from difflab.checkpoint import resume_path
+    from difflab.checkpoint import resume
     from difflab.training import Trainer
 
     cfg = load_config(args.config, args.overrides)
@@ -37,10 +41,7 @@ def main(argv=None):
     else:
         trainer = Trainer(cfg)
     if args.resume:
-        path = resume_path(trainer) if args.resume == "last" else Path(args.resume)
-        if not path.is_file():
-            fail(f"--resume: no checkpoint at {path} (train first, or name one with --resume PATH)")
-        trainer.load_state(path)
+        path = resume(trainer, args.resume)
         if trainer.dist.is_main:
             print(f"resuming from {path} at step {trainer.step} of {trainer.total_steps}")
     if trainer.dist.is_main:
@@ -50,7 +51,7 @@ def main(argv=None):
               f"{trainer.params:,} parameters, {trainer.total_steps} steps of {trainer.batch_size}{ranks} "
               f"on {trainer.device}; writing to {trainer.out_dir}")
     try:
-        trainer.fit()
+        trainer.fit(overwrite=args.overwrite)
     finally:
         shutdown(trainer.dist)
     if trainer.interrupted:

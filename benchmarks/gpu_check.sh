@@ -13,8 +13,8 @@ python -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; pri
 python setup_mnist.py
 common=(--config "$CONFIG" training.epochs=1 training.batch_size="$BATCH" training.log_every=50
         sampling.n_per_class=1 sampling.steps=10)
-python train.py "${common[@]}" training.compile=false training.precision=fp32 training.output_dir="$OUT/eager"
-python train.py "${common[@]}" training.compile=true training.precision=bf16 training.output_dir="$OUT/compiled"
+python train.py --overwrite "${common[@]}" training.compile=false training.precision=fp32 training.output_dir="$OUT/eager"
+python train.py --overwrite "${common[@]}" training.compile=true training.precision=bf16 training.output_dir="$OUT/compiled"
 python - "$OUT" "$(basename "$CONFIG" .yaml)" <<'PY'
 import json, statistics, sys
 out, name = sys.argv[1], sys.argv[2]

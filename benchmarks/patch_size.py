@@ -42,7 +42,7 @@ def main():
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for patch in [int(v) for v in args.patches.split(",")]:
-            cfg = load_config(args.config, [f"model.patch_size={patch}", f"training.output_dir={tmp}",
+            cfg = load_config(args.config, [f"model.patch_size={patch}", f"training.output_dir={tmp}/patch{patch}",
                                             "training.device=cpu", "training.log_every=20",
                                             f"training.max_images={args.images}", "training.epochs=100",
                                             "sampling.n_per_class=1"])

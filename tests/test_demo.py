@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config, tiny_data
-from difflab.demo import MAX_WORK, DemoInputError, find_checkpoints, generate, load_models
+from difflab.demo import (MAX_WORK, DemoInputError, check_request, few_steps_hint, find_checkpoints, generate,
+                          load_models, max_steps)
 from difflab.training import Trainer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -94,6 +95,24 @@ def test_bad_values_are_refused_with_a_message_before_any_work(models, changes, 
     assert "\n" not in str(e.value)
 
 
+@pytest.mark.parametrize("sampler", ["ddim", "heun"])
+@pytest.mark.parametrize("n_images", [1, 4, 5, 8, 64])
+def test_the_steps_limit_the_page_states_is_the_one_applied(models, sampler, n_images):
+    limit = max_steps(n_images, sampler)
+    check_request(models, **{**FAST, "model": first(models), "steps": limit, "n_images": n_images, "sampler": sampler})
+    with pytest.raises(DemoInputError, match=f"at most {limit} steps" if limit < 1000 else "from 1 to 1000"):
+        check_request(models, **{**FAST, "model": first(models), "steps": limit + 1, "n_images": n_images,
+                                 "sampler": sampler})
+
+
+def test_a_hint_explains_noise_only_where_sampling_starts_below_pure_noise(models, monkeypatch):
+    pipe = models[first(models)]  # leading spacing: 1 step starts at t = 0.001, 2 steps at t = 0.501
+    assert "at least 2 steps" in few_steps_hint(pipe, 1) and few_steps_hint(pipe, 2) == ""
+    assert "at least 2 steps" in run(models, steps=1)[0].summary()
+    monkeypatch.setattr(pipe.cfg.sampling, "spacing", "trailing")  # 1 step starts at t = 1: no hint
+    assert few_steps_hint(pipe, 1) == ""
+
+
 def test_every_problem_is_named_at_once_and_text_numbers_are_read(models):
     with pytest.raises(DemoInputError) as e:
         run(models, digit=-1, steps=2.5, seed="x")
@@ -108,6 +127,10 @@ def test_twenty_requests_at_once_all_complete_with_their_own_images(models):
         results = [f.result(timeout=120) for f in futures]
     for k, (panel,) in enumerate(results):
         assert np.array_equal(panel.grid, expected[k % 2]), k
+
+
+def test_models_are_named_by_run_and_epoch_short_enough_to_read_whole(models):
+    assert list(models) == ["tiny/epoch 1", "tiny/untrained"]
 
 
 def test_the_newest_checkpoint_of_each_run_is_found(tmp_path):

@@ -12,7 +12,9 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 from urllib.parse import urlparse
 
 import pytest
@@ -39,19 +41,40 @@ def missing_tools() -> str:
     return ""
 
 
-@pytest.fixture(scope="module")
-def demo_url(tmp_path_factory):
-    """A demo server on a free localhost port, serving a tiny checkpoint trained here."""
+def skip_without_tools() -> None:
     reason = missing_tools()
     if reason:
         pytest.skip(reason)
+
+
+def train_tiny(folder: Path, name: str = "tiny") -> Path:
+    """A tiny model trained here for one epoch, its config called `name`; returns the checkpoint."""
     from difflab.training import Trainer
 
-    tmp = tmp_path_factory.mktemp("demo")
-    Trainer(tiny_config(tmp), data=tiny_data(64), quiet=True).fit()
-    ckpt = tmp / "experiments" / "tiny" / "checkpoints" / "model_epoch_1.pt"
+    cfg = tiny_config(folder)
+    cfg.name = name  # the model picker shows it
+    Trainer(cfg, data=tiny_data(64), quiet=True).fit()
+    return folder / "experiments" / name / "checkpoints" / "model_epoch_1.pt"
+
+
+class Demo:
+    """A running `interactive_demo.py`: its URL, and what it has printed (the server log)."""
+
+    def __init__(self, url: str, log: list, lines: queue.Queue):
+        self.url, self._log, self._lines = url, log, lines
+
+    def log(self) -> str:
+        while not self._lines.empty():
+            self._log.append(self._lines.get())
+        return "".join(self._log)
+
+
+@contextmanager
+def serve(checkpoints: list, tmp: Path) -> Iterator[Demo]:
+    """`interactive_demo.py --checkpoint ...` on a free localhost port, stopped on leaving."""
+    args = [a for ckpt in checkpoints for a in ("--checkpoint", str(ckpt))]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "GRADIO_TEMP_DIR": str(tmp / "gradio")}
-    proc = subprocess.Popen([sys.executable, str(ROOT / "interactive_demo.py"), "--checkpoint", str(ckpt)],
+    proc = subprocess.Popen([sys.executable, str(ROOT / "interactive_demo.py"), *args],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     lines: queue.Queue = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
@@ -67,14 +90,26 @@ def demo_url(tmp_path_factory):
     if url is None:
         proc.kill()
         pytest.fail("the demo did not print its URL within 60 s:\n" + "".join(log))
-    yield url
-    proc.terminate()
-    proc.wait(timeout=10)
+    try:
+        yield Demo(url, log, lines)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
 
 
 @pytest.fixture(scope="module")
-def browser(demo_url):
-    """Headless Debian Chromium, launched once for the tests below."""
+def demo_url(tmp_path_factory):
+    """A demo server serving a tiny checkpoint trained here."""
+    skip_without_tools()
+    tmp = tmp_path_factory.mktemp("demo")
+    with serve([train_tiny(tmp)], tmp) as demo:
+        yield demo.url
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Debian Chromium, launched once for the tests of a module."""
+    skip_without_tools()
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
@@ -83,28 +118,41 @@ def browser(demo_url):
         browser.close()
 
 
-def _generate(page, *, digit=None, seed=None, steps=None) -> str:
+def open_page(browser, url: str):
+    """A new tab at a laptop's size, on the demo once it has loaded."""
+    page = browser.new_context(viewport={"width": 1280, "height": 860}).new_page()
+    page.goto(url)
+    page.wait_for_selector("#generate", timeout=TIMEOUT_MS)
+    return page
+
+
+def set_images(page, n: int) -> None:
+    page.fill("#n-images input[type=number]", str(n))
+    page.press("#n-images input[type=number]", "Enter")
+
+
+def click_generate(page, *, digit=None, seed=None, steps=None, wait_for="summary-a") -> str:
     """Fill in the values given, press Generate, wait for this run's result; return the status text."""
     for elem_id, value in [("digit", digit), ("seed", seed), ("steps", steps)]:
         if value is not None:
             page.fill(f"#{elem_id} input", str(value))
-    before = _text(page, "summary-a") + _text(page, "status")
+    before = text(page, wait_for) + text(page, "status")
     page.click("#generate")
     # The summary names the seed, so each run below changes it (or the status shows an error).
-    page.wait_for_function(f"before => {_JS_TEXT}('summary-a') + {_JS_TEXT}('status') !== before",
+    page.wait_for_function(f"before => {_JS_TEXT}({wait_for!r}) + {_JS_TEXT}('status') !== before",
                            arg=before, timeout=TIMEOUT_MS)
-    return _text(page, "status")
+    return text(page, "status")
 
 
 # The text of a gr.Markdown, without the progress tracker Gradio may overlay on it.
 _JS_TEXT = "(id => document.querySelector(`#${id} [data-testid=markdown]`).innerText.trim())"
 
 
-def _text(page, elem_id: str) -> str:
+def text(page, elem_id: str) -> str:
     return page.evaluate(f"{_JS_TEXT}({elem_id!r})")
 
 
-def _image_bytes(page, elem_id: str) -> bytes:
+def image_bytes(page, elem_id: str) -> bytes:
     src = page.get_attribute(f"#{elem_id} img", "src", timeout=TIMEOUT_MS)
     return page.request.get(src).body()
 
@@ -126,12 +174,11 @@ def test_the_demo_page_generates_reproducibly_and_refuses_bad_values(demo_url, b
     page = context.new_page()
     page.goto(demo_url)
     page.wait_for_selector("#generate", timeout=TIMEOUT_MS)
-    page.fill("#n-images input[type=number]", "4")
-    page.press("#n-images input[type=number]", "Enter")
+    set_images(page, 4)
 
-    assert _generate(page, digit=7, seed=1, steps=4) == ""
-    assert "digit 7" in _text(page, "summary-a") and "seed 1" in _text(page, "summary-a")
-    first = _image_bytes(page, "grid-a")
+    assert click_generate(page, digit=7, seed=1, steps=4) == ""
+    assert "digit 7" in text(page, "summary-a") and "seed 1" in text(page, "summary-a")
+    first = image_bytes(page, "grid-a")
     assert first.startswith(b"\x89PNG")
     assert page.locator("#strip-a img").count() == 1
     assert page.get_attribute("#gif-a img", "src").startswith("data:image/gif;base64,")
@@ -140,16 +187,17 @@ def test_the_demo_page_generates_reproducibly_and_refuses_bad_values(demo_url, b
     page.screenshot(path=str(screenshot))
     assert screenshot.stat().st_size > 0
 
-    _generate(page, seed=2)
-    assert "seed 2" in _text(page, "summary-a")
-    assert _image_bytes(page, "grid-a") != first, "two seeds gave the same images"
-    _generate(page, seed=1)
-    assert "seed 1" in _text(page, "summary-a")
-    assert _image_bytes(page, "grid-a") == first, "the same seed gave other images"
+    click_generate(page, seed=2)
+    assert "seed 2" in text(page, "summary-a")
+    assert image_bytes(page, "grid-a") != first, "two seeds gave the same images"
+    click_generate(page, seed=1)
+    assert "seed 1" in text(page, "summary-a")
+    assert image_bytes(page, "grid-a") == first, "the same seed gave other images"
 
-    status = _generate(page, steps=100000)
+    status = click_generate(page, steps=100000)
     assert "Not generated" in status and "steps" in status and "1000" in status, status
-    assert page.locator("#grid-a img").count() == 0  # the old images are gone, not passed off as new
+    # The last images stay, with the summary that describes them (the status says they are not new).
+    assert image_bytes(page, "grid-a") == first and "seed 1" in text(page, "summary-a")
     assert "Traceback" not in page.content()
     context.close()
     assert external == [], f"the page asked for things outside localhost: {external}"
@@ -162,13 +210,12 @@ def test_several_tabs_generating_at_once_all_get_images(demo_url, browser):
         page.goto(demo_url, wait_until="commit")  # the three tabs load side by side
     for seed, page in enumerate(pages):
         page.wait_for_selector("#generate", timeout=TIMEOUT_MS)
-        page.fill("#n-images input[type=number]", "2")
-        page.press("#n-images input[type=number]", "Enter")
+        set_images(page, 2)
         page.fill("#steps input", "4")
         page.fill("#seed input", str(seed))
     for page in pages:  # all three clicks before any result is in
         page.click("#generate")
     for seed, page in enumerate(pages):
         page.wait_for_selector("#grid-a img", timeout=TIMEOUT_MS)
-        assert f"seed {seed}" in _text(page, "summary-a")
+        assert f"seed {seed}" in text(page, "summary-a")
     context.close()

@@ -11,11 +11,12 @@ zip's CRCs, so without it a flipped bit in the weights would load silently.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import pickle
 import re
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 import torch
 
@@ -63,9 +64,13 @@ def save_checkpoint(state: dict, path: Union[str, Path]) -> Path:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     payload = {"format": FORMAT, **state}
     payload["sha256"] = contents_sha256(payload)
+    # Serialise in memory first: torch.save reports a full disk as a RuntimeError from its zip
+    # writer ("unexpected pos ..."), while a plain file write raises the honest OSError(ENOSPC).
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
     try:
         with open(tmp, "wb") as f:
-            torch.save(payload, f)
+            f.write(buffer.getbuffer())
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -135,3 +140,63 @@ def resume_path(trainer) -> Path:
         return epochs[-1]
     newest_step = min(epoch_of(epochs[-1]) * trainer.steps_per_epoch, trainer.total_steps)
     return epochs[-1] if newest_step > int(load_checkpoint(last)["step"]) else last
+
+
+# What --resume needs beyond what sampling needs, and of which type (bool is not a step count).
+RESUME_FIELDS = {"model": dict, "optimizer": dict, "step": int, "noise_rng": torch.Tensor}
+WAY_OUT = "sample from it with sample.py, or start afresh with --overwrite"
+
+
+def check_resume_fields(state: dict, path: Union[str, Path], fields: dict) -> None:
+    """Refuse, in one line naming the key, a checkpoint that lacks what resuming needs or holds the wrong type."""
+    for key, kind in fields.items():
+        value = state.get(key)
+        if key not in state:
+            raise CheckpointError(f"{path}: cannot resume: the checkpoint has no '{key}' ({WAY_OUT})")
+        if not isinstance(value, kind) or isinstance(value, bool) or (kind is int and value < 0):
+            raise CheckpointError(f"{path}: cannot resume: '{key}' holds {type(value).__name__} {str(value)[:40]!r}, "
+                                  f"expected {'a step count' if kind is int else kind.__name__} ({WAY_OUT})")
+
+
+def set_rng_state(generator: torch.Generator, state: torch.Tensor, path: Union[str, Path]) -> None:
+    """Restore a generator's saved state; a state of the wrong size or kind is one line, not a traceback."""
+    try:
+        generator.set_state(state.cpu())
+    except (RuntimeError, TypeError) as e:
+        raise CheckpointError(f"{path}: cannot resume: 'noise_rng' is not a random-number state "
+                              f"({str(e).splitlines()[0][:80]}; {WAY_OUT})") from None
+
+
+def intact_alternative(folder: Path, bad: Path) -> Optional[Path]:
+    """The newest model_epoch_<N>.pt in `folder`, other than `bad`, that loads; None if there is none."""
+    for candidate in reversed(epoch_checkpoints(folder)):
+        if candidate.resolve() != Path(bad).resolve():
+            try:
+                load_checkpoint(candidate)
+                return candidate
+            except CheckpointError:
+                continue
+    return None
+
+
+def resume(trainer, which: str) -> Path:
+    """Load `--resume [PATH]` into `trainer` ('last': resume_path's pick) and return the file it came from.
+
+    A damaged file stops with one line; when it was the run's own checkpoint, the line names
+    the newest epoch file that still loads, and the command that continues from it.
+    """
+    path = Path(which) if which != "last" else None
+    try:
+        path = path or resume_path(trainer)
+        if not path.is_file():
+            raise CheckpointError(f"--resume: no checkpoint at {path} (train first, or name one with --resume PATH)")
+        trainer.load_state(path)
+    except CheckpointError as e:
+        folder = trainer.out_dir / "checkpoints"
+        bad = path or folder / "last.pt"
+        other = intact_alternative(folder, bad) if which == "last" and bad.is_file() else None
+        if other is None:
+            raise
+        raise CheckpointError(f"{e}; {other.name} in the same folder loads: continue from it with "
+                              f"--resume {other}") from None
+    return path

@@ -11,12 +11,12 @@ and cached under the data folder with the SHA-256 of its weights.
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Union
+from typing import Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from difflab.data import load_split, resolve_data_dir, sha256_file
 from difflab.evaluation import conditional_accuracy
+from difflab.outputs import write_bytes_atomic, write_error
 
 CACHE_FORMAT = 1  # bump when the architecture or the file layout changes
 FEATURE_DIM = 128
@@ -157,13 +158,6 @@ def classifier_paths(data_dir: Optional[Union[str, Path]] = None) -> tuple[Path,
     return folder / "mnist_cnn.pt", folder / "mnist_cnn.json"
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Write to a temporary sibling, then rename: readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def _cache_problem(weights: Path, meta_path: Path, settings: TrainSettings) -> Optional[str]:
     """Why the cached classifier cannot be used, or None if it can."""
     if not weights.exists() or not meta_path.exists():
@@ -182,12 +176,15 @@ def _cache_problem(weights: Path, meta_path: Path, settings: TrainSettings) -> O
 
 
 def _save_classifier(model: nn.Module, weights: Path, meta_path: Path, meta: dict) -> None:
-    """Save the state dict, then the JSON holding its hash."""
+    """Save the state dict, then the JSON holding its hash; each through a temporary file and a rename,
+    so readers never see half a file. A full disk raises OSError naming the file."""
     weights.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    _atomic_write(weights, lambda p: torch.save(state, p))
+    buffer = io.BytesIO()
+    torch.save(state, buffer)  # into memory: on a full disk torch.save fails with no errno, a plain write with ENOSPC
+    write_bytes_atomic(weights, buffer.getvalue())
     meta = {"format": CACHE_FORMAT, "weights": weights.name, "sha256": sha256_file(weights), **meta}
-    _atomic_write(meta_path, lambda p: p.write_text(json.dumps(meta, indent=2) + "\n"))
+    write_bytes_atomic(meta_path, (json.dumps(meta, indent=2) + "\n").encode())
 
 
 def load_classifier(
@@ -200,7 +197,8 @@ def load_classifier(
 
     On load the weights' SHA-256 is checked against the JSON beside them; a
     mismatch (or other settings) prints why and retrains, unless
-    train_if_missing=False, which raises FileNotFoundError instead.
+    train_if_missing=False, which raises FileNotFoundError instead. A cache that
+    cannot be written (a full disk) costs one printed line, not the trained model.
     """
     settings = settings or TrainSettings()
     weights, meta_path = classifier_paths(data_dir)
@@ -223,5 +221,9 @@ def load_classifier(
         "settings": dataclasses.asdict(settings),
         "torch_version": torch.__version__,
     }
-    _save_classifier(model, weights, meta_path, meta)
+    try:
+        _save_classifier(model, weights, meta_path, meta)
+    except OSError as e:  # a cache is worth a warning, not the scores: this run goes on with the model in memory
+        kept = "the classifier is used but not cached (trained again next time)"
+        print(f"difflab: {write_error(e.filename or weights, e, kept)}")
     return model.to(device).eval()

@@ -7,29 +7,45 @@ import sys
 from .checkpoint import CheckpointError
 from .config import ConfigError
 from .data import DataError
-from .training import NonFiniteLoss, OutputError
+from .outputs import OutputError
+from .training import NonFiniteLoss
 
 
 class UsageError(RuntimeError):
-    """A bad command-line value; the message says which and what is expected."""
+    """A bad command-line value; the message says which and what is expected (exit code 2)."""
+
+
+class InputError(RuntimeError):
+    """A file the command was pointed at cannot be used (missing, unreadable, the wrong kind; exit code 1)."""
+
+
+def usage(message: str):
+    """A value on the command line is wrong: nothing was done (exit code 2, as argparse's own errors)."""
+    raise UsageError(message)
 
 
 def fail(message: str):
-    raise UsageError(message)
+    """Something the command works with is missing or broken: a file, the data, a checkpoint (exit code 1)."""
+    raise InputError(message)
 
 
 def run_main(main) -> int:
     """Run an entry point's main(); map the project's errors to exit codes.
 
-    2: the config is wrong (nothing was done). 1: data, checkpoint or usage problems.
-    130: interrupted by Ctrl-C.
+    One convention for every command (docs/reliability.md):
+    2: what you asked for is wrong, a config or a command-line value (argparse uses 2 too); nothing was done.
+    1: what the command works with failed: the data, a checkpoint, an input or output file, the disk,
+       or a run that stopped being finite. 130: interrupted by Ctrl-C.
     """
     try:
         return main() or 0
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
-    except (DataError, CheckpointError, UsageError, OutputError, NonFiniteLoss) as e:
+    except UsageError as e:
+        print(f"usage error: {e}", file=sys.stderr)
+        return 2
+    except (DataError, CheckpointError, InputError, OutputError, NonFiniteLoss) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -350,8 +350,8 @@ def load_config(path: Union[str, Path], overrides: Optional[list] = None) -> Con
         raise ConfigError(f"{source}: not valid YAML{where}") from None
     except (ValueError, RecursionError) as e:  # `!!int abc`, a 5000-digit number, nesting too deep
         raise ConfigError(f"{source}: not valid YAML ({type(e).__name__}: {str(e).splitlines()[0][:100]})") from None
-    if raw is None:
-        raw = {}
+    if raw is None or raw == {}:  # silently training on every default is never what was meant
+        raise ConfigError(f"{source}: the file is empty; start from one of the configs in configs/")
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping of sections at the top level")
     raw.setdefault("name", path.stem)

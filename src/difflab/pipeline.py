@@ -18,6 +18,12 @@ from .samplers import SAMPLERS
 from .schedules import build_path, time_grid
 
 
+# The most sampling steps a command accepts: the 1000-step discretisation the models are trained on
+# (diffusion.num_timesteps). DDPM's full chain is exactly 1000 steps; "leading" spacing cannot place
+# more than that many distinct times, so beyond it only the run time grows (about linearly).
+MAX_STEPS = 1000
+
+
 def select_device(name: str = "auto", local_rank: int = 0) -> torch.device:
     """CUDA (this process's GPU under torchrun), then Apple's MPS, then the CPU; or exactly what `name` says."""
     if name != "auto":
@@ -44,6 +50,17 @@ def sampling_batch_size(device: Union[str, torch.device]) -> int:
     The batch never changes the images: the starting noise is drawn for all of them first.
     """
     return 64 if torch.device(device).type == "cpu" else 500
+
+
+def check_finite(weights: dict, path: Union[str, Path], what: str) -> None:
+    """Refuse weights holding NaN or inf: every image they sample would be NaN, saved as all black."""
+    if not isinstance(weights, dict):
+        return  # not a state dict at all: load_weights says so
+    bad = [name for name, w in weights.items()
+           if isinstance(w, torch.Tensor) and w.is_floating_point() and not torch.isfinite(w).all()]
+    if bad:
+        raise CheckpointError(f"{path}: the {what} hold NaN or inf ({len(bad)} of {len(weights)} tensors, "
+                              f"first {bad[0]!r}); every sample would be NaN: use an earlier checkpoint")
 
 
 def is_unconditional(cfg: Config) -> bool:
@@ -106,7 +123,9 @@ class Pipeline:
                                       f"{cfg.data.vae_checkpoint} has {vae.scale_factor:.5f}); retrain or restore that VAE")
         c, h, _ = sample_shape(cfg, vae)
         model = build_model(cfg.model, in_channels=c, image_size=h)
-        weights = state.get("ema") if use_ema and state.get("ema") is not None else state["model"]
+        ema = use_ema and state.get("ema") is not None
+        weights = state["ema"] if ema else state["model"]
+        check_finite(weights, path, "EMA weights" if ema else "raw (non-EMA) weights")
         load_weights(model, weights, path)
         info = {k: state.get(k) for k in ("step", "epoch", "images_seen", "train_images_per_s", "device")}
         info["params"] = count_parameters(model)

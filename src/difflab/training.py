@@ -9,46 +9,38 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import signal
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Optional
 
 import torch
 from tqdm import tqdm
 
-from .checkpoint import CheckpointError, epoch_checkpoints, load_checkpoint, load_weights, save_checkpoint
+from .checkpoint import (RESUME_FIELDS, CheckpointError, check_resume_fields, epoch_checkpoints, load_checkpoint,
+                         load_weights, save_checkpoint, set_rng_state)
 from .config import Config, ConfigError, config_from_dict
 from .distributed import DistInfo, barrier, init_distributed, mean_across_ranks
 from .models import NULL_CLASS, build_model, count_parameters
+from . import runs
 from .objectives import broadcast, build_objective, min_snr_weight
 from .optim import EMA, adamw, lr_at, run_length
+from .outputs import write_error, writing
 from .pipeline import Pipeline, select_device
 from .schedules import build_path, sample_training_t
 from .speed import choose_batch_size
 from .visualize import save_grid
 
 T_BINS = 10  # the loss is also logged per tenth of [0, 1] in t (minRF's habit)
+# Every target (eps, x0, v, flow) has about unit variance, so predicting zero scores a loss near 1;
+# a loss a hundred times that means the weights have blown up (lr far too high), finite or not.
+DIVERGED_LOSS = 100.0
+# on_nonfinite=skip skips a bad step; a run that skips more than this share of its steps is broken.
+MAX_SKIPPED_SHARE, MIN_SKIPPED = 0.05, 2
 
 
 class NonFiniteLoss(RuntimeError):
     """The loss or the weights stopped being finite; nothing non-finite is saved."""
-
-
-class OutputError(RuntimeError):
-    """The output folder cannot be written (permissions, a full disk); one line says which."""
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # alive, but another user's
-        return True
-    return True
 
 
 class Trainer:
@@ -155,7 +147,8 @@ class Trainer:
             return (w * per_sample).mean(), per_sample.detach(), t  # the log keeps the plain MSE
         return per_sample.mean(), per_sample.detach(), t
 
-    def train_step(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def train_step(self, step: int) -> Optional[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """One AdamW step; (loss, per-sample loss, t), or None for a non-finite step that was skipped."""
         tc = self.cfg.training
         for group in self.opt.param_groups:
             group["lr"] = lr_at(step, tc.lr, tc.warmup_steps, self.total_steps)
@@ -170,8 +163,8 @@ class Trainer:
                     raise NonFiniteLoss(f"the loss became {loss.item()} at step {step}; stopping "
                                         f"(training.on_nonfinite=skip skips such steps instead)")
                 self.opt.zero_grad(set_to_none=True)
-                self.skipped += 1
-                return torch.zeros_like(loss.detach()), torch.nan_to_num(per_sample), t
+                self.count_skipped(step)
+                return None
         self.opt.zero_grad(set_to_none=True)
         loss.backward()  # under DDP this also averages the gradients across ranks
         if tc.grad_clip > 0:
@@ -180,34 +173,47 @@ class Trainer:
         self.ema.update(self.model, step)
         return loss.detach(), per_sample, t
 
+    def count_skipped(self, step: int) -> None:
+        """training.on_nonfinite=skip: a few bad steps are skipped; more than a small share stops the run."""
+        self.skipped += 1
+        if self.skipped > max(MIN_SKIPPED, MAX_SKIPPED_SHARE * (step + 1)):
+            raise NonFiniteLoss(f"{self.skipped} of the first {step + 1} steps had a non-finite loss and were skipped "
+                                f"(more than {MAX_SKIPPED_SHARE:.0%}); stopping (lower training.lr, or check the data)")
+
     # ------------------------------------------------------------------ the loop
 
-    def fit(self, stop_after: Optional[int] = None) -> dict:
+    def progress(self) -> tqdm:
+        """The progress bar of fit(); as a context manager it ends its line even when the run fails."""
+        return tqdm(total=self.total_steps, initial=self.step, disable=self.quiet, unit="step", dynamic_ncols=True)
+
+    def fit(self, stop_after: Optional[int] = None, overwrite: bool = False) -> dict:
         """Train until total_steps (or `stop_after` steps); return the last log record.
 
-        Ctrl-C (SIGINT) finishes the current step, saves last.pt and returns with
-        `self.interrupted` set, so nothing is lost and --resume continues.
+        A fresh run refuses a folder that holds another run's results unless `overwrite`, and
+        a second live run in the same folder is refused (runs.claim). Ctrl-C (SIGINT) finishes
+        the current step, saves last.pt and returns with `self.interrupted` set, so nothing is
+        lost and --resume continues.
         """
         tc, self.interrupted = self.cfg.training, False
         end = self.total_steps if stop_after is None else min(self.total_steps, stop_after)
-        if self.dist.is_main:
-            self.check_writable()
-            self._remove_stale_temporaries()
-            if self.step == 0:  # a fresh run starts a fresh log
-                (self.out_dir / "metrics.jsonl").unlink(missing_ok=True)
-            (self.out_dir / "config.json").write_text(json.dumps(self.cfg.to_dict(), indent=2))
-        bar = tqdm(total=self.total_steps, initial=self.step, disable=self.quiet, unit="step", dynamic_ncols=True)
+        folder = runs.claim(self.out_dir, fresh=self.step == 0, overwrite=overwrite) if self.dist.is_main else nullcontext()
         sums = torch.zeros(1 + 2 * T_BINS, device=self.device)  # loss, then loss and count per t bin
-        n_since, t_last, last_log = 0, time.perf_counter(), {}
-        with self._sigint_stops_training(), self._output_errors():
+        n_since, n_good, t_last, last_log = 0, 0, time.perf_counter(), {}
+        kept = f"checkpoints already in {self.out_dir / 'checkpoints'} are intact"
+        with folder, runs.sigint_sets_flag(self), writing(self.out_dir, kept), self.progress() as bar:  # the bar starts once the folder is ours
+            if self.dist.is_main:
+                (self.out_dir / "config.json").write_text(json.dumps(self.cfg.to_dict(), indent=2))
             while self.step < end and not self.interrupted:
-                loss, per_sample, t = self.train_step(self.step)
+                out = self.train_step(self.step)  # None: a non-finite step that was skipped
                 self.step += 1
                 self.images_seen += self.global_batch
-                bins = (t * T_BINS).long().clamp(max=T_BINS - 1)
-                sums[0] += loss
-                sums[1:].view(2, T_BINS)[0].scatter_add_(0, bins, per_sample)
-                sums[1:].view(2, T_BINS)[1].scatter_add_(0, bins, torch.ones_like(per_sample))
+                if out is not None:
+                    loss, per_sample, t = out
+                    bins = (t * T_BINS).long().clamp(max=T_BINS - 1)
+                    sums[0] += loss
+                    sums[1:].view(2, T_BINS)[0].scatter_add_(0, bins, per_sample)
+                    sums[1:].view(2, T_BINS)[1].scatter_add_(0, bins, torch.ones_like(per_sample))
+                    n_good += 1
                 n_since += 1
                 bar.update(1)
                 epoch_done = self.step % self.steps_per_epoch == 0
@@ -218,74 +224,32 @@ class Trainer:
                     ips = n_since * self.global_batch / max(now - t_last, 1e-9)
                     self.train_images_per_s = ips
                     totals = mean_across_ranks(sums, self.dist).tolist()
-                    last_log = self._log(totals[0] / n_since, ips, totals[1 : 1 + T_BINS], totals[1 + T_BINS :])
-                    if not math.isfinite(last_log["loss"]):
-                        raise NonFiniteLoss(f"the loss became {last_log['loss']} by step {self.step}; stopping")
-                    bar.set_postfix(loss=f"{last_log['loss']:.4f}", img_s=f"{ips:.0f}",
+                    loss = totals[0] / n_good if n_good else None  # skipped steps are not averaged in as 0
+                    last_log = self._log(loss, ips, totals[1 : 1 + T_BINS], totals[1 + T_BINS :])
+                    self.check_loss(loss)
+                    bar.set_postfix(loss="skipped" if loss is None else f"{loss:.4f}", img_s=f"{ips:.0f}",
                                     epoch=self.step // self.steps_per_epoch)
                     sums.zero_()
-                    n_since, t_last = 0, time.perf_counter()
+                    n_since, n_good, t_last = 0, 0, time.perf_counter()
                 if tc.sample_every and self.step % tc.sample_every == 0:
                     self.save_samples(f"step_{self.step:07d}")
                 if epoch_done or self.step == self.total_steps:
                     self.end_of_epoch()
                     t_last = time.perf_counter()  # sampling and saving are not training time
-        bar.close()
-        if self.step < self.total_steps:  # stopped early: keep everything needed to resume
-            self.save("last.pt")
+            if self.step < self.total_steps:  # stopped early: keep everything needed to resume
+                self.save("last.pt")
         barrier(self.dist)
         return last_log
 
-    def _sigint_stops_training(self):
-        """Within the loop, Ctrl-C sets a flag instead of raising mid-step."""
-        trainer = self
-
-        class _Handler:
-            def __enter__(self):
-                self.previous = None
-                try:
-                    self.previous = signal.signal(signal.SIGINT, self.handle)
-                except ValueError:  # not the main thread: leave signals alone
-                    pass
-
-            def handle(self, signum, frame):
-                if trainer.interrupted:  # a second Ctrl-C: stop at once
-                    raise KeyboardInterrupt
-                trainer.interrupted = True
-
-            def __exit__(self, *exc):
-                if self.previous is not None:
-                    signal.signal(signal.SIGINT, self.previous)
-
-        return _Handler()
-
-    @contextmanager
-    def _output_errors(self):
-        """A full disk while writing metrics or samples: one line, not a traceback (save() has its own)."""
-        try:
-            yield
-        except OSError as e:
-            where = e.filename or self.out_dir
-            raise OutputError(f"could not write {where}: {e.strerror or e}; "
-                              f"checkpoints already in {self.out_dir / 'checkpoints'} are intact") from None
-
-    def _remove_stale_temporaries(self) -> None:
-        """Delete the `.<name>.<pid>.tmp` files a killed run left half-written; they are never loaded."""
-        for tmp in (self.out_dir / "checkpoints").glob(".*.tmp"):
-            pid = tmp.name.split(".")[-2]
-            if pid.isdigit() and int(pid) != os.getpid() and not _process_alive(int(pid)):
-                tmp.unlink(missing_ok=True)
-
-    def check_writable(self) -> None:
-        """Fail before the first step, with one line, if the output folder cannot be written."""
-        probe = self.out_dir / f".write_test.{os.getpid()}"
-        try:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            probe.write_bytes(b"0" * 4096)
-            probe.unlink()
-        except OSError as e:
-            raise OutputError(f"cannot write to {self.out_dir}: {e.strerror or e} "
-                              f"(set training.output_dir=... to a writable folder)") from None
+    def check_loss(self, loss: Optional[float]) -> None:
+        """Stop a run whose logged loss is not finite, or so large that training has diverged."""
+        if loss is None:
+            return
+        if not math.isfinite(loss):
+            raise NonFiniteLoss(f"the loss became {loss} by step {self.step}; stopping")
+        if loss > DIVERGED_LOSS:
+            raise NonFiniteLoss(f"the loss reached {loss:.3g} by step {self.step} (predicting zero scores about 1): "
+                                f"training diverged; stopping (lower training.lr, now {self.cfg.training.lr:g})")
 
     def end_of_epoch(self) -> None:
         epoch = math.ceil(self.step / self.steps_per_epoch)
@@ -297,7 +261,7 @@ class Trainer:
         if not self.cfg.training.sample_every:
             self.save_samples(f"epoch_{epoch:03d}")
 
-    def _log(self, loss: float, ips: float, bin_sum: list, bin_cnt: list) -> dict:
+    def _log(self, loss: Optional[float], ips: float, bin_sum: list, bin_cnt: list) -> dict:
         by_t = [v / c if c > 0 else None for v, c in zip(bin_sum, bin_cnt)]
         record = {
             "step": self.step,
@@ -359,8 +323,7 @@ class Trainer:
         try:
             return save_checkpoint(self.state(), path)
         except OSError as e:
-            raise OutputError(f"could not write {path}: {e.strerror or e}; "
-                              f"earlier checkpoints in {path.parent} are intact") from None
+            raise write_error(path, e, f"earlier checkpoints in {path.parent} are intact") from None
 
     def _prune(self) -> None:
         keep = self.cfg.training.keep_last
@@ -373,6 +336,7 @@ class Trainer:
     def load_state(self, path: Path) -> None:
         """Continue exactly where a checkpoint stopped: weights, optimiser, step and RNG."""
         state = load_checkpoint(path, map_location=self.device)
+        check_resume_fields(state, path, {**RESUME_FIELDS, "ema": dict, "images_seen": int})
         saved = config_from_dict(state["config"], source=str(path))
         for section in ("model", "diffusion"):
             if getattr(saved, section) != getattr(self.cfg, section):
@@ -383,6 +347,6 @@ class Trainer:
             self.opt.load_state_dict(state["optimizer"])
         except (ValueError, KeyError) as e:
             raise CheckpointError(f"{path}: optimizer state does not match ({e})") from None
-        self.step, self.images_seen = int(state["step"]), int(state["images_seen"])
-        self.elapsed = float(state.get("seconds", 0.0))
-        self.noise_gen.set_state(state["noise_rng"].cpu())
+        self.step, self.images_seen = state["step"], state["images_seen"]
+        self.elapsed = float(state.get("seconds") or 0.0)
+        set_rng_state(self.noise_gen, state["noise_rng"], path)

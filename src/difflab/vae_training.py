@@ -17,16 +17,16 @@ from __future__ import annotations
 
 import json
 import math
-import signal
 import time
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
 import torch
 from tqdm import tqdm
 
-from .checkpoint import CheckpointError, load_checkpoint, load_weights, save_checkpoint
+from . import runs
+from .checkpoint import (RESUME_FIELDS, CheckpointError, check_resume_fields, load_checkpoint, load_weights,
+                         save_checkpoint, set_rng_state)
 from .config import Config, ConfigError, config_from_dict
 from .data import load_split
 from .distributed import DistInfo, init_distributed
@@ -34,6 +34,7 @@ from .models import count_parameters
 from .models.vae import VAE, build_vae, kl_divergence
 from .pipeline import select_device
 from .optim import adamw, lr_at, run_length
+from .outputs import write_error, writing
 from .training import NonFiniteLoss
 from .visualize import save_grid
 
@@ -61,26 +62,6 @@ def measure_scale_factor(vae: VAE, x: torch.Tensor, batch_size: int = 500) -> fl
     dev = next(vae.parameters()).device
     means = [vae.encode(x[i : i + batch_size].to(dev))[0].cpu() for i in range(0, len(x), batch_size)]
     return 1.0 / torch.cat(means).double().std().item()
-
-
-@contextmanager
-def sigint_sets_flag(trainer):
-    """Within the loop, a first Ctrl-C sets `trainer.interrupted` (the step finishes); a second raises."""
-
-    def handle(signum, frame):
-        if trainer.interrupted:
-            raise KeyboardInterrupt
-        trainer.interrupted = True
-
-    try:
-        previous = signal.signal(signal.SIGINT, handle)
-    except ValueError:  # not the main thread: leave signals alone
-        previous = None
-    try:
-        yield
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
 
 
 class VAETrainer:
@@ -146,18 +127,24 @@ class VAETrainer:
 
     # ------------------------------------------------------------------ the loop
 
-    def fit(self, stop_after: Optional[int] = None) -> dict:
-        """Train until total_steps (or `stop_after` steps); return the last log record."""
+    def progress(self) -> tqdm:
+        """The progress bar of fit(); as a context manager it ends its line even when the run fails."""
+        return tqdm(total=self.total_steps, initial=self.step, disable=self.quiet, unit="step", dynamic_ncols=True)
+
+    def fit(self, stop_after: Optional[int] = None, overwrite: bool = False) -> dict:
+        """Train until total_steps (or `stop_after` steps); return the last log record.
+
+        The output folder is claimed as in Trainer.fit (runs.claim): locked, and a fresh run
+        refuses another run's results unless `overwrite`.
+        """
         tc = self.cfg.training
         end = self.total_steps if stop_after is None else min(self.total_steps, stop_after)
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        if self.step == 0:
-            (self.out_dir / "metrics.jsonl").unlink(missing_ok=True)
-        (self.out_dir / "config.json").write_text(json.dumps(self.cfg.to_dict(), indent=2))
-        bar = tqdm(total=self.total_steps, initial=self.step, disable=self.quiet, unit="step", dynamic_ncols=True)
         sums, n_since, t_last, last = torch.zeros(3, device=self.device), 0, time.perf_counter(), {}
         self.interrupted = False
-        with sigint_sets_flag(self):
+        kept = f"checkpoints already in {self.out_dir / 'checkpoints'} are intact"
+        with runs.claim(self.out_dir, fresh=self.step == 0, overwrite=overwrite), runs.sigint_sets_flag(self), \
+                writing(self.out_dir, kept), self.progress() as bar:  # the bar starts once the folder is ours
+            (self.out_dir / "config.json").write_text(json.dumps(self.cfg.to_dict(), indent=2))
             while self.step < end and not self.interrupted:
                 self.model.train()
                 sums += torch.stack(self.train_step(self.step))
@@ -175,13 +162,12 @@ class VAETrainer:
                 if epoch_done or self.step == self.total_steps:
                     self.end_of_epoch()
                     t_last = time.perf_counter()  # evaluation and saving are not training time
-        bar.close()
-        if self.step < self.total_steps:
-            self.save("last.pt")
-        elif not self.final:
-            self.final = self.evaluate_test_set()
-            if not self.quiet:
-                print(self.describe_final())
+            if self.step < self.total_steps:
+                self.save("last.pt")
+            elif not self.final:
+                self.final = self.evaluate_test_set()
+                if not self.quiet:
+                    print(self.describe_final())
         return last
 
     def _log(self, means: list, ips: float) -> dict:
@@ -266,11 +252,17 @@ class VAETrainer:
         }
 
     def save(self, name: str) -> Path:
-        return save_checkpoint(self.state(), self.out_dir / "checkpoints" / name)
+        """Write a checkpoint atomically; a failed write leaves the old file intact."""
+        path = self.out_dir / "checkpoints" / name
+        try:
+            return save_checkpoint(self.state(), path)
+        except OSError as e:
+            raise write_error(path, e, f"earlier checkpoints in {path.parent} are intact") from None
 
     def load_state(self, path: Path) -> None:
         """Continue where a checkpoint stopped: weights, optimiser, step and RNG."""
         state = load_checkpoint(path, map_location=self.device)
+        check_resume_fields(state, path, {**RESUME_FIELDS, "scale_factor": float})
         saved = config_from_dict(state["config"], source=str(path))
         if saved.model != self.cfg.model:
             raise ConfigError(f"{path}: the checkpoint's 'model' section differs from the config; cannot resume")
@@ -279,6 +271,6 @@ class VAETrainer:
             self.opt.load_state_dict(state["optimizer"])
         except (ValueError, KeyError) as e:
             raise CheckpointError(f"{path}: optimizer state does not match ({e})") from None
-        self.step, self.elapsed = int(state["step"]), float(state.get("seconds", 0.0))
-        self.model.scale_factor = float(state["scale_factor"])
-        self.noise_gen.set_state(state["noise_rng"].cpu())
+        self.step, self.elapsed = state["step"], float(state.get("seconds") or 0.0)
+        self.model.scale_factor = state["scale_factor"]
+        set_rng_state(self.noise_gen, state["noise_rng"], path)

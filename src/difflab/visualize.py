@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Sequence, Union
 
 import numpy as np
 import torch
 from PIL import Image
+
+from .outputs import write_bytes_atomic
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -30,12 +33,25 @@ def grid_array(images: torch.Tensor, nrow: int, pad: int = 2, scale: int = 1) ->
     return canvas
 
 
+def image_format(path: Union[str, Path]) -> str:
+    """Pillow's format name for a file name's extension ("PNG" for .png); ValueError if it has none."""
+    fmt = Image.registered_extensions().get(Path(path).suffix.lower())
+    if fmt is None:
+        raise ValueError(f"{path}: not an image file name (use .png)")
+    return fmt
+
+
 def save_grid(images: torch.Tensor, path: Union[str, Path], nrow: int = 8, scale: int = 2) -> Path:
-    """Write a PNG grid: one image per cell, `nrow` per row (a row per digit in sample grids)."""
+    """Write a PNG grid: one image per cell, `nrow` per row (a row per digit in sample grids).
+
+    The image is encoded in memory and then written whole (write_bytes_atomic): a full disk
+    raises an OSError naming `path` and leaves no half PNG under that name.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(grid_array(images, nrow, scale=scale)).save(path)
-    return path
+    encoded = io.BytesIO()
+    Image.fromarray(grid_array(images, nrow, scale=scale)).save(encoded, format=image_format(path))
+    return write_bytes_atomic(path, encoded.getvalue())
 
 
 def trajectory_frames(trajectory: Sequence, n: int = 8, scale: int = 2) -> list[np.ndarray]:

@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -129,3 +130,35 @@ def entry_main(name: str, argv: list) -> int:
 
 def train_main(argv: list) -> int:
     return entry_main("train.py", argv)
+
+
+@contextmanager
+def small_tmpfs(tmp_path: Path, size_kib: int):
+    """A real, nearly full disk: a tmpfs of `size_kib` KiB mounted in `tmp_path / "disk"`.
+
+    torch.save reports a full disk as a RuntimeError when it closes the file (not an OSError), and
+    only a real file system shows that; faking ENOSPC in Python does not. Mounting needs root and a
+    kernel that allows it (CI runs as root): elsewhere the test is skipped with the reason.
+    """
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kib}k", "tmpfs", str(disk)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({(mounted.stderr.strip() or 'mount failed')[:120]}); needs root")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+def fill(folder: Path, leave_kib: int = 0) -> None:
+    """Fill the file system under `folder` until about `leave_kib` KiB are free."""
+    stat = os.statvfs(folder)
+    free = stat.f_bavail * stat.f_frsize - leave_kib * 1024
+    if free > 0:
+        with open(folder / ".filler", "ab") as f:  # append: a second call only takes more
+            try:
+                f.write(b"\0" * free)
+            except OSError:
+                pass

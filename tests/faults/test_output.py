@@ -11,7 +11,7 @@ import torch
 
 import difflab.training as training
 from difflab.checkpoint import load_checkpoint
-from difflab.training import OutputError
+from difflab.outputs import OutputError
 
 from ._support import needs_mnist, quick_trainer, record, tiny_yaml, train_main
 
