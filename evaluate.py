@@ -18,15 +18,13 @@ to stderr, so `python evaluate.py ... > scores.json` keeps stdout clean.
 import argparse
 import contextlib
 import json
-import math
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "src"))
 
-from difflab.cli import fail, run_main, usage  # noqa: E402
-from difflab.pipeline import MAX_STEPS  # noqa: E402
+from difflab.cli import STEPS_HELP, check_cfg_scale, check_steps, fail, run_main, usage  # noqa: E402
 
 # The keys of every answer, in the order they are printed; what does not apply is null.
 KEYS = ("fid", "fid_floor", "accuracy", "per_digit_accuracy", "precision", "recall", "n",
@@ -117,13 +115,6 @@ def evaluate_samples(path, classifier=None, *, batch_size: int = 500, device: st
     return tidy({**scores, "device": str(device), "samples": str(path)})
 
 
-def check_steps(steps, where: str) -> None:
-    """At most MAX_STEPS: beyond the training's 1000 steps sampling only gets slower (exit code 2)."""
-    if steps is not None and steps > MAX_STEPS:
-        usage(f"{where}: at most {MAX_STEPS} steps (the 1000-step discretisation the model was trained on; "
-              f"more only take longer), got {steps}")
-
-
 def quiet_load_classifier(data_dir, device):
     """difflab.classifier.load_classifier, with its messages sent to stderr: stdout is for the JSON."""
     from difflab.classifier import load_classifier
@@ -150,8 +141,7 @@ def main(argv=None):
     p.add_argument("--n", type=int, default=5000, help="images to sample (default 5000)")
     p.add_argument("--sampler", default=None, help="ddpm | ddim | euler | heun | dpm++2m (default: the config's)")
     p.add_argument("--steps", type=int, default=None,
-                   help=f"sampling steps, 1 to {MAX_STEPS} (default: the config's); {MAX_STEPS} is the training's "
-                        "discretisation, DDPM's full chain: more would only take longer")
+                   help=STEPS_HELP)
     p.add_argument("--cfg-scale", type=float, default=None, help="guidance scale, finite and >= 0; 1 = no guidance")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=None,
@@ -175,9 +165,7 @@ def main(argv=None):
     check_steps(args.steps, "--steps")
     if args.n < MIN_IMAGES:
         usage(f"--n: expected at least {MIN_IMAGES} images, got {args.n}")
-    # nan < 0 is False, so a range check alone lets NaN through (and black images out): test finiteness first.
-    if args.cfg_scale is not None and not (math.isfinite(args.cfg_scale) and args.cfg_scale >= 0):
-        usage(f"--cfg-scale: expected a finite number >= 0, got {args.cfg_scale}")
+    check_cfg_scale(args.cfg_scale)
     if args.out:  # tried now: a path that cannot be written fails before minutes of sampling
         check_output_file(args.out, "--out")
 

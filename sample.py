@@ -2,14 +2,12 @@
 
 import argparse
 import io
-import math
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "src"))
 
-from difflab.cli import run_main, usage  # noqa: E402
-from difflab.pipeline import MAX_STEPS  # noqa: E402
+from difflab.cli import STEPS_HELP, check_cfg_scale, check_steps, run_main, usage  # noqa: E402
 
 
 def check_args(args) -> list:
@@ -23,9 +21,7 @@ def check_args(args) -> list:
         if getattr(args, name) is not None and getattr(args, name) < 1:
             usage(f"--{name.replace('_', '-')}: expected a positive integer")
     check_steps(args.steps, "--steps")
-    # nan < 0 is False, so a range check alone lets NaN through (and black images out): test finiteness first.
-    if args.cfg_scale is not None and not (math.isfinite(args.cfg_scale) and args.cfg_scale >= 0):
-        usage(f"--cfg-scale: expected a finite number >= 0, got {args.cfg_scale}")
+    check_cfg_scale(args.cfg_scale)
     digits = [int(d) for d in args.digits.replace(",", "") if d.isdigit()]
     if not digits or len(digits) != len(args.digits.replace(",", "")):
         usage(f"--digits: expected digits 0-9 such as 0123456789 or 3,7, got {args.digits!r}")
@@ -35,13 +31,6 @@ def check_args(args) -> list:
         except ValueError:
             usage(f"--out: expected an image file name such as grid.png, got {args.out!r}")
     return digits
-
-
-def check_steps(steps, where: str) -> None:
-    """At most MAX_STEPS: beyond the training's 1000 steps sampling only gets slower (exit code 2)."""
-    if steps is not None and steps > MAX_STEPS:
-        usage(f"{where}: at most {MAX_STEPS} steps (the 1000-step discretisation the model was trained on; "
-              f"more only take longer), got {steps}")
 
 
 def npz_bytes(result) -> bytes:
@@ -60,8 +49,7 @@ def main(argv=None):
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--sampler", default=None, help="ddpm | ddim | euler | heun | dpm++2m (default: the config's)")
     p.add_argument("--steps", type=int, default=None,
-                   help=f"sampling steps, 1 to {MAX_STEPS} (default: the config's); {MAX_STEPS} is the training's "
-                        "discretisation, DDPM's full chain: more would only take longer")
+                   help=STEPS_HELP)
     p.add_argument("--cfg-scale", type=float, default=None, help="guidance scale, finite and >= 0; 1 = no guidance")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--n", type=int, default=8, help="images per digit")

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import pickle
 import re
 from pathlib import Path
 from typing import Any, Optional, Union
 
 import torch
+
+from .outputs import write_bytes_atomic
 
 FORMAT = "difflab-checkpoint-v1"
 
@@ -61,22 +62,13 @@ def save_checkpoint(state: dict, path: Union[str, Path]) -> Path:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     payload = {"format": FORMAT, **state}
     payload["sha256"] = contents_sha256(payload)
     # Serialise in memory first: torch.save reports a full disk as a RuntimeError from its zip
     # writer ("unexpected pos ..."), while a plain file write raises the honest OSError(ENOSPC).
     buffer = io.BytesIO()
     torch.save(payload, buffer)
-    try:
-        with open(tmp, "wb") as f:
-            f.write(buffer.getbuffer())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_bytes_atomic(path, buffer.getbuffer(), fsync=True)
     return path
 
 

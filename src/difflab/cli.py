@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import sys
 
 from .checkpoint import CheckpointError
 from .config import ConfigError
 from .data import DataError
 from .outputs import OutputError
+from .pipeline import MAX_STEPS
 from .training import NonFiniteLoss
 
 
@@ -51,3 +53,21 @@ def run_main(main) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def check_steps(steps, where: str = "--steps") -> None:
+    """At most MAX_STEPS: beyond the training's 1000 steps sampling only gets slower (exit code 2)."""
+    if steps is not None and steps > MAX_STEPS:
+        usage(f"{where}: at most {MAX_STEPS} steps (the 1000-step discretisation the model was trained on; "
+              f"more only take longer), got {steps}")
+
+
+def check_cfg_scale(scale) -> None:
+    """A finite guidance scale >= 0. `nan < 0` is False, so a range check alone lets NaN through
+    (and all-black images out): test finiteness first."""
+    if scale is not None and not (math.isfinite(scale) and scale >= 0):
+        usage(f"--cfg-scale: expected a finite number >= 0, got {scale}")
+
+
+STEPS_HELP = (f"sampling steps, 1 to {MAX_STEPS} (default: the config's); {MAX_STEPS} is the training's "
+              "discretisation, DDPM's full chain: more would only take longer")

@@ -70,7 +70,7 @@ def check_output_file(path: Union[str, Path], option: str = "--out") -> Path:
     return path
 
 
-def write_bytes_atomic(path: Union[str, Path], data: bytes) -> Path:
+def write_bytes_atomic(path: Union[str, Path], data: bytes, fsync: bool = False) -> Path:
     """Write `data` to a temporary sibling, then rename it to `path`.
 
     A full disk then never leaves half a file under the final name (an older file there survives),
@@ -83,6 +83,9 @@ def write_bytes_atomic(path: Union[str, Path], data: bytes) -> Path:
     try:
         with open(tmp, "wb") as f:
             f.write(data)
+            if fsync:  # on disk before the rename: a crash leaves the old file or the new, never half
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as e:
         _discard(tmp)
