@@ -34,6 +34,10 @@ def main(argv=None):
 
         print(json.dumps(describe(cfg)))
         return 0
+    if cfg.data.vae_checkpoint and cfg.data.vae_config and not Path(cfg.data.vae_checkpoint).is_file():
+        from difflab.latent import train_vae_first
+
+        train_vae_first(cfg)  # latent diffusion's stage 1, on a fresh clone
     if cfg.model.architecture == "vae":  # latent diffusion's first stage: src/difflab/vae_training.py
         from difflab.vae_training import VAETrainer
 

@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from conftest import tiny_config, tiny_data
+from faults._support import entry_main, needs_mnist
 from difflab import latent
 from difflab.checkpoint import CheckpointError, load_checkpoint
 from difflab.config import ConfigError, ModelConfig, load_config
@@ -121,7 +123,8 @@ def test_missing_vae_names_the_command_that_trains_it(tmp_path):
         latent.load_training_data(cfg, CPU)
     assert "\n" not in str(e.value) and "python train.py --config" in str(e.value)
     r = subprocess.run([sys.executable, "train.py", "--config", "configs/reference/ldm_latent.yaml",
-                        f"data.vae_checkpoint={missing}"], cwd=ROOT, capture_output=True, text=True)
+                        f"data.vae_checkpoint={missing}", "data.vae_config=null"],  # null: nothing trains it
+                       cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert command in r.stderr and "Traceback" not in r.stderr
 
@@ -174,3 +177,36 @@ def test_vae_resume_equals_an_uninterrupted_run(tmp_path):
     for (name, p), q in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
         assert torch.allclose(p, q, atol=1e-6), name
     assert resumed.model.scale_factor == pytest.approx(straight.model.scale_factor, rel=1e-6)
+
+
+def _latent_yamls(tmp_path: Path) -> tuple[Path, Path]:
+    """A tiny VAE config, and a latent-diffusion config whose VAE (trained by it) does not exist yet."""
+    data = {"data_dir": str(ROOT / "data"), "limit": 64}
+    run = {"epochs": 1, "batch_size": 32, "lr": 3e-3, "warmup_steps": 1, "log_every": 1, "device": "cpu",
+           "threads": 1, "seed": 0}
+    vae_yaml = tmp_path / "vae_tiny.yaml"
+    vae_yaml.write_text(yaml.safe_dump({"data": data, "model": VAE_MODEL, "training": run}))
+    vae = tmp_path / "experiments" / "vae_tiny" / "checkpoints" / "last.pt"
+    ldm_yaml = tmp_path / "ldm_tiny.yaml"
+    ldm_yaml.write_text(yaml.safe_dump({
+        "data": {**data, "vae_checkpoint": str(vae), "vae_config": str(vae_yaml)},
+        "model": LDM_MODEL, "diffusion": {"target": "eps", "schedule": "linear"},
+        "training": {**run, "output_dir": str(tmp_path / "experiments")},
+        "sampling": {"sampler": "ddim", "steps": 2, "n_per_class": 1}}))
+    return ldm_yaml, vae
+
+
+@needs_mnist
+def test_the_latent_config_trains_its_vae_first_and_dry_run_needs_none(tmp_path, capsys):
+    ldm_yaml, vae = _latent_yamls(tmp_path)
+    assert entry_main("train.py", ["--config", ldm_yaml, "--dry-run"]) == 0
+    before = json.loads(capsys.readouterr().out)
+    assert before["vae_trained"] is False and before["latent_shape"] == [4, 7, 7] and not vae.exists()
+    assert entry_main("train.py", ["--config", ldm_yaml]) == 0
+    out = capsys.readouterr().out
+    assert f"no VAE at {vae} yet: training it first" in out and vae.is_file()
+    state = load_checkpoint(tmp_path / "experiments" / "ldm_tiny" / "checkpoints" / "last.pt")
+    assert state["vae_scale_factor"] == load_checkpoint(vae)["scale_factor"]  # trained on that VAE's latents
+    assert entry_main("train.py", ["--config", ldm_yaml, "--dry-run"]) == 0
+    after = json.loads(capsys.readouterr().out)
+    assert after == {**before, "vae_trained": True}  # the untrained VAE's shapes were the trained one's

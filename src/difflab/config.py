@@ -37,6 +37,8 @@ class DataConfig:
     data_dir: Optional[str] = None  # None: $DIFFLAB_DATA, else ./data
     # Latent diffusion: path of a trained VAE checkpoint. None = pixel space.
     vae_checkpoint: Optional[str] = None
+    # The config that trains that VAE: train.py trains it first when vae_checkpoint does not exist yet.
+    vae_config: Optional[str] = None
     limit: Optional[int] = None  # use only the first N training images (quick experiments, tests)
 
 

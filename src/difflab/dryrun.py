@@ -14,10 +14,10 @@ def describe(cfg: Config) -> dict:
                 "params": count_parameters(build_vae(cfg.model))}
     c, size, extra = 1, 28, {}
     if cfg.data.vae_checkpoint:
-        from .latent import latent_shape_of, vae_params_of
+        from .latent import describe_vae
 
-        c, size, _ = latent_shape_of(cfg)
-        extra["vae_params"] = vae_params_of(cfg)  # reported apart from the diffusion model's
+        extra = describe_vae(cfg)  # vae_params: reported apart from the diffusion model's
+        c, size, _ = extra["latent_shape"]
     model = build_model(cfg.model, in_channels=c, image_size=size)
     return {
         "config": cfg.name,

@@ -14,6 +14,7 @@ each training step then costs only the small diffusion model.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from pathlib import Path
 from typing import Union
@@ -64,14 +65,50 @@ def load_vae(path: Union[str, Path], device: Union[str, torch.device]) -> VAE:
     return vae.to(device).eval().requires_grad_(False)
 
 
-def latent_shape_of(cfg: Config) -> tuple[int, int, int]:
-    """(C, H, W) of the latents the config's VAE produces (for --dry-run: no data needed)."""
-    return load_vae(cfg.data.vae_checkpoint, "cpu").latent_shape
+def describe_vae(cfg: Config) -> dict:
+    """For --dry-run (no data needed): the latent shape (C, H, W), the VAE's size, and whether it is trained yet.
+
+    A VAE not trained yet is built untrained from data.vae_config: its shapes are those of the trained one.
+    """
+    path = Path(cfg.data.vae_checkpoint)
+    if path.is_file() or not cfg.data.vae_config:
+        vae, trained = load_vae(path, "cpu"), True
+    else:
+        vae, trained = build_vae(vae_training_config(cfg).model), False
+    return {"latent_shape": tuple(vae.latent_shape), "vae_params": count_parameters(vae), "vae_trained": trained}
 
 
-def vae_params_of(cfg: Config) -> int:
-    """Parameter count of the config's VAE, reported beside the diffusion model's."""
-    return count_parameters(load_vae(cfg.data.vae_checkpoint, "cpu"))
+def vae_training_config(cfg: Config) -> Config:
+    """data.vae_config, set to write exactly data.vae_checkpoint (<output_dir>/<name>/checkpoints/last.pt)."""
+    from .config import load_config
+
+    path = Path(cfg.data.vae_checkpoint)
+    if path.name != "last.pt" or path.parent.name != "checkpoints":
+        raise ConfigError(f"data.vae_checkpoint: to train the VAE first it must end in <name>/checkpoints/last.pt "
+                          f"(where train.py writes it), got {path}")
+    overrides = [f"training.output_dir={path.parents[2]}"]
+    if cfg.data.data_dir:
+        overrides.append(f"data.data_dir={cfg.data.data_dir}")
+    vae_cfg = dataclasses.replace(load_config(cfg.data.vae_config, overrides), name=path.parents[1].name)
+    if vae_cfg.model.architecture != "vae":
+        raise ConfigError(f"data.vae_config: {cfg.data.vae_config} trains a {vae_cfg.model.architecture}, not a VAE")
+    return vae_cfg
+
+
+def train_vae_first(cfg: Config) -> Path:
+    """Latent diffusion's first stage, when its VAE does not exist yet: train it, saying so."""
+    from .vae_training import VAETrainer
+
+    vae_cfg = vae_training_config(cfg)
+    command = f"python train.py --config {cfg.data.vae_config} training.output_dir={vae_cfg.training.output_dir}"
+    print(f"no VAE at {cfg.data.vae_checkpoint} yet: training it first (stage 1 of latent diffusion; "
+          f"the same as `{command}`)")
+    trainer = VAETrainer(vae_cfg)
+    trainer.fit()
+    if trainer.interrupted:
+        raise KeyboardInterrupt
+    print(f"VAE trained: {cfg.data.vae_checkpoint}; now the diffusion model on its latents (stage 2)")
+    return Path(cfg.data.vae_checkpoint)
 
 
 def train_command(path: Path) -> str:

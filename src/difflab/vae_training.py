@@ -81,6 +81,7 @@ class VAETrainer:
         self.out_dir = Path(t.output_dir) / cfg.name
         if data is None:  # MNIST; PSNR and the classifier are judged on the test split
             data = load_split("train", cfg.data.dataset, cfg.data.data_dir, "cpu")
+            data = data[0][: cfg.data.limit], data[1][: cfg.data.limit]  # data.limit: the first N images only
             test_data = test_data or load_split("test", cfg.data.dataset, cfg.data.data_dir, "cpu")
         self.x, self.y = data[0].to(self.device), data[1]
         self.x_test, self.y_test = test_data if test_data is not None else data  # given data only: judge on it
