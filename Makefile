@@ -53,6 +53,8 @@ demo: install-demo
 # (80 minutes on our 2-core CPU: 40 of training, 40 of scoring); a run already in $(COMPARE_DIR) is continued
 # (--resume), so an interrupted `make compare` picks up where it stopped; `make compare-all` adds the reference configs (hours on a CPU:
 # DDPM samples with 1000 steps). COMPARE_IMAGES=600000 for a 10x larger budget.
+# SEEDS: training seeds per config; seed 0 trains in $(COMPARE_DIR), seed k in $(COMPARE_DIR)/seed<k>
+SEEDS ?= 1
 COMPARE_IMAGES ?= 60000
 COMPARE_N ?= 1000
 COMPARE_SWEEP_N ?= 100
@@ -63,10 +65,13 @@ REFERENCE_CONFIGS = configs/reference/ddpm_original.yaml configs/reference/unet_
 	configs/reference/unet_flow.yaml configs/reference/dit_transformer.yaml
 compare: install data
 	@epochs=$$(( ($(COMPARE_IMAGES) + 59999) / 60000 )); \
-	for c in $(COMPARE_CONFIGS); do \
-		resume=; [ -f $(COMPARE_DIR)/$$(basename $$c .yaml)/checkpoints/last.pt ] && resume=--resume; \
-		$(PYTHON) train.py --config $$c training.output_dir=$(COMPARE_DIR) \
-			training.epochs=$$epochs training.max_images=$(COMPARE_IMAGES) $$resume || exit 1; \
+	for seed in $$(seq 0 $$(( $(SEEDS) - 1 ))); do \
+		dir=$(COMPARE_DIR); [ $$seed -gt 0 ] && dir=$(COMPARE_DIR)/seed$$seed; \
+		for c in $(COMPARE_CONFIGS); do \
+			resume=; [ -f $$dir/$$(basename $$c .yaml)/checkpoints/last.pt ] && resume=--resume; \
+			$(PYTHON) train.py --config $$c training.output_dir=$$dir training.seed=$$seed \
+				training.epochs=$$epochs training.max_images=$(COMPARE_IMAGES) $$resume || exit 1; \
+		done; \
 	done
 	$(PYTHON) compare_models.py --experiments $(COMPARE_DIR) --n $(COMPARE_N) --sweep-n $(COMPARE_SWEEP_N) --scales $(COMPARE_SCALES) --out results
 

@@ -1,6 +1,8 @@
 """Compare trained models side by side: python compare_models.py [--checkpoints A B ...]
 
-Without --checkpoints, takes the newest checkpoint of each config under experiments/.
+Without --checkpoints, takes the newest checkpoint of each config under experiments/; runs of other
+training seeds in experiments/seed<k>/ (make compare SEEDS=N) are scored too, and the table reports
+each config's mean and spread over its seeds.
 Writes into results/: grid.png (a column per model, same noise, same digits),
 trajectories.png/.gif, fid_vs_steps.png, fid_vs_guidance.png, loss_curves.png,
 RESULTS.md and results.json.
@@ -37,15 +39,17 @@ def main(argv=None):
     p.add_argument("--note", default=None, help="a line for RESULTS.md (default: the machine)")
     args = p.parse_args(argv)
 
-    from difflab.compare import newest_checkpoints, run_comparison
+    from difflab.compare import run_comparison, seed_runs
     from difflab.classifier import load_classifier
 
+    other_seeds = []
     if args.checkpoints:
         ckpts = [Path(c) for c in args.checkpoints]
     else:
         if not Path(args.experiments).is_dir():
             fail(f"no {args.experiments}/ folder: train something first, or pass --checkpoints")
-        ckpts = newest_checkpoints(Path(args.experiments))
+        runs = seed_runs(Path(args.experiments))  # seed 0 in DIR, seed k in DIR/seed<k> (make compare SEEDS=N)
+        ckpts, other_seeds = runs[0], [runs[k] for k in sorted(runs) if k > 0]
         if not ckpts:
             fail(f"no checkpoints under {args.experiments}/*/checkpoints/")
     if args.n < 1 or args.sweep_n < 1:
@@ -54,7 +58,7 @@ def main(argv=None):
     note = args.note or f"Machine: {platform.machine()}, {platform.processor() or 'cpu'}; N = {args.n} samples per model, seed {args.seed}."
     result = run_comparison(ckpts, Path(args.out), load_classifier(), n=args.n, seed=args.seed,
                             steps_list=numbers(args.steps_list, int), scales=numbers(args.scales, float),
-                            sweep_n=args.sweep_n, device=args.device, note=note)
+                            sweep_n=args.sweep_n, device=args.device, note=note, other_seeds=other_seeds)
     print((Path(args.out) / "RESULTS.md").read_text())
     print(f"wrote {args.out}/: grid.png, trajectories.png/.gif, fid_vs_steps.png, fid_vs_guidance.png, "
           f"loss_curves.png, RESULTS.md, results.json ({len(result['rows'])} models)")

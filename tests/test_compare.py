@@ -78,3 +78,23 @@ def test_models_start_from_the_same_noise(tmp_path):
     assert torch.equal(seen["a"], seen["b"])
     pipe = pipes["a"]
     assert not torch.equal(pipe.initial_noise(3, 5), pipe.initial_noise(3, 6))
+
+
+def test_seeds_are_found_scored_and_summarised(tmp_path, monkeypatch):
+    """make compare SEEDS=2: seed 0 in DIR, seed 1 in DIR/seed1; the table has each config's mean and spread."""
+    monkeypatch.setattr(ev, "load_split", synthetic_split)
+    torch.manual_seed(0)
+    classifier = clf.MNISTClassifier().eval()
+    first = make_checkpoint(tmp_path, "tiny_eps")
+    second = make_checkpoint(tmp_path / "x", "tiny_eps", training={"seed": 1,
+                                                                   "output_dir": str(tmp_path / "experiments" / "seed1")})
+    runs = compare.seed_runs(tmp_path / "experiments")
+    assert runs == {0: [first], 1: [second]}
+    result = compare.run_comparison(runs[0], tmp_path / "results", classifier, n=20, steps_list=(), scales=(),
+                                    other_seeds=[runs[1]])
+    row = result["rows"][0]
+    alone = compare.evaluate_models(compare.load_pipelines([second], "cpu")[0], classifier, 20)[0]
+    assert row["fid_seeds"] == [row["fid"], alone["fid"]] and row["fid"] != alone["fid"]  # two networks, two scores
+    assert row["fid_mean"] == pytest.approx((row["fid"] + alone["fid"]) / 2)
+    assert row["fid_spread"] == pytest.approx(abs(row["fid"] - alone["fid"]) / 2 ** 0.5)  # sample std of two
+    assert f"{row['fid_mean']:.2f} +- {row['fid_spread']:.2f} (2 seeds)" in (tmp_path / "results" / "RESULTS.md").read_text()

@@ -43,6 +43,33 @@ def newest_checkpoints(experiments: Path) -> list[Path]:
     return found
 
 
+def seed_runs(experiments: Path) -> dict[int, list[Path]]:
+    """Training seed -> the newest checkpoint of each config: seed 0's runs sit in `experiments/`,
+    seed k's in `experiments/seed<k>/` (where `make compare SEEDS=N` trains them)."""
+    runs = {0: newest_checkpoints(experiments)}
+    for folder in sorted(Path(experiments).glob("seed*")):
+        k = folder.name.removeprefix("seed")
+        if k.isdigit() and int(k) > 0 and folder.is_dir():
+            runs[int(k)] = newest_checkpoints(folder)
+    return runs
+
+
+def add_seeds(rows: list[dict], seed_rows: Sequence[list[dict]]) -> None:
+    """Each row gets the FID and accuracy of every training seed of its config, with their mean and spread.
+
+    Spread is the sample standard deviation over seeds (0 for one seed): two models whose
+    mean +- spread intervals overlap are not ordered by this budget.
+    """
+    for row in rows:
+        same = [r for rows_k in seed_rows for r in rows_k if r["model"] == row["model"]]
+        for key in ("fid", "accuracy"):
+            values = [row[key]] + [r[key] for r in same]
+            row[f"{key}_seeds"] = values
+            if None not in values:
+                row[f"{key}_mean"] = float(np.mean(values))
+                row[f"{key}_spread"] = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
 def same_noise_grid(pipes: dict, out: Path, per_digit: int = 4, seed: int = 0) -> Path:
     """One column per model: a row per digit, every model starting from the same noise."""
     fig, axes = plt.subplots(1, len(pipes), figsize=(1.2 + 1.1 * per_digit * len(pipes) / 2, 6), squeeze=False)
@@ -157,8 +184,13 @@ def results_table(rows: list[dict], note: str = "") -> str:
     lines = []
     for r in rows:
         acc = "n/a (unconditional)" if r["accuracy"] is None else f"{100 * r['accuracy']:.1f}%"
+        fid_text = f"{r['fid']:.2f}"
+        if len(r.get("fid_seeds", [])) > 1:  # make compare SEEDS=N: mean +- spread over the training seeds
+            fid_text = f"{r['fid_mean']:.2f} +- {r['fid_spread']:.2f} ({len(r['fid_seeds'])} seeds)"
+            if "accuracy_mean" in r:
+                acc = f"{100 * r['accuracy_mean']:.1f}% +- {100 * r['accuracy_spread']:.1f}"
         ips = f"{r['train_images_per_s']:.0f} ({r['train_device']})" if r["train_images_per_s"] else "?"
-        lines.append(f"| {r['model']} | {r['params']:,} | {r['images_seen']:,} | {ips} | {r['fid']:.2f} "
+        lines.append(f"| {r['model']} | {r['params']:,} | {r['images_seen']:,} | {ips} | {fid_text} "
                      f"({r['fid_floor']:.2f}) | {acc} | {r['sampler']} | {r['steps']} | {r['cfg_scale']} "
                      f"| {r['seconds_per_1000']:.1f} |")
     return "# Results\n\n" + note + "\n\n" + head + "\n".join(lines) + "\n"
@@ -195,8 +227,14 @@ def load_pipelines(checkpoints: Sequence[Path], device: str = "auto") -> tuple[d
 
 def run_comparison(checkpoints: Sequence[Path], out_dir: Path, classifier, n: int = 1000, seed: int = 0,
                    steps_list: Optional[Sequence[int]] = (10, 25, 50), scales: Optional[Sequence[float]] = (1.0, 3.0, 7.5),
-                   sweep_n: Optional[int] = None, device: str = "auto", note: str = "") -> dict:
-    """Write every figure and RESULTS.md into out_dir; return the rows and the sweeps."""
+                   sweep_n: Optional[int] = None, device: str = "auto", note: str = "",
+                   other_seeds: Sequence[Sequence[Path]] = ()) -> dict:
+    """Write every figure and RESULTS.md into out_dir; return the rows and the sweeps.
+
+    `other_seeds`: the same configs trained with other seeds; each is scored like the first
+    (same n, same sampling noise) and the table reports mean and spread (add_seeds). The figures
+    and sweeps use the first seed's models.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     pipes, paths = load_pipelines(checkpoints, device)
@@ -204,6 +242,7 @@ def run_comparison(checkpoints: Sequence[Path], out_dir: Path, classifier, n: in
     trajectories(pipes, out_dir / "trajectories.png", out_dir / "trajectories.gif", seed=seed)
     loss_curves(paths, out_dir / "loss_curves.png")
     rows = evaluate_models(pipes, classifier, n, seed)
+    add_seeds(rows, [evaluate_models(load_pipelines(ckpts, device)[0], classifier, n, seed) for ckpts in other_seeds])
     sweeps = {}
 
     def save() -> None:  # after the table and after each sweep: a failure later loses nothing scored
