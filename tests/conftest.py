@@ -46,3 +46,21 @@ def tiny_data(n: int = 256, seed: int = 0):
 @pytest.fixture
 def tiny(tmp_path):
     return tiny_config(tmp_path)
+
+
+def synthetic_split(split: str, data_dir=None, dataset: str = "mnist", device: str = "cpu"):
+    """Stand-in for data.load_split: 120 synthetic training digits, 80 test digits."""
+    return tiny_data(120 if split == "train" else 80, seed=0 if split == "train" else 1)
+
+
+@pytest.fixture
+def fake_mnist(monkeypatch):
+    """No real data or trained judge: synthetic splits and a small untrained classifier."""
+    from difflab import classifier as clf
+    from difflab import evaluation as ev
+
+    torch.manual_seed(0)
+    judge = clf.MNISTClassifier().eval()
+    monkeypatch.setattr(ev, "load_split", synthetic_split)
+    monkeypatch.setattr(clf, "load_classifier", lambda *a, **k: judge)
+    return judge

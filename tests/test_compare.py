@@ -6,15 +6,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import tiny_config, tiny_data
+from conftest import synthetic_split, tiny_config, tiny_data
 from difflab import classifier as clf
 from difflab import compare
 from difflab import evaluation as ev
 from difflab.training import Trainer
-
-
-def synthetic_split(split, data_dir=None, dataset="mnist", device="cpu"):
-    return tiny_data(120 if split == "train" else 80, seed=0 if split == "train" else 1)
 
 
 def make_checkpoint(tmp_path, name, **sections):

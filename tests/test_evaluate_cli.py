@@ -37,11 +37,6 @@ def _load_script(name: str, path: Path):
 evaluate = _load_script("evaluate", ROOT / "evaluate.py")
 
 
-def _synthetic_split(split: str, data_dir=None, dataset: str = "mnist", device: str = "cpu"):
-    """Stand-in for data.load_split: small sets of the test suite's synthetic digits."""
-    return tiny_data(120 if split == "train" else 80, seed=0 if split == "train" else 1)
-
-
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory):
     """A one-epoch tiny U-Net checkpoint, trained once for the module."""
@@ -50,14 +45,7 @@ def tiny_checkpoint(tmp_path_factory):
     return Path(cfg.training.output_dir) / "tiny" / "checkpoints" / "model_epoch_1.pt"
 
 
-@pytest.fixture
-def fake_mnist(monkeypatch):
-    """No real data or classifier: synthetic splits and a small untrained classifier."""
-    torch.manual_seed(0)
-    classifier = clf.MNISTClassifier().eval()
-    monkeypatch.setattr(ev, "load_split", _synthetic_split)
-    monkeypatch.setattr(clf, "load_classifier", lambda *a, **k: classifier)
-    return classifier
+
 
 
 # --------------------------------------------------------------------------

@@ -37,7 +37,7 @@ def _root_conftest():
 
 
 _conftest = _root_conftest()
-tiny_config, tiny_data = _conftest.tiny_config, _conftest.tiny_data
+tiny_config, tiny_data, synthetic_split = _conftest.tiny_config, _conftest.tiny_data, _conftest.synthetic_split
 
 needs_mnist = pytest.mark.skipif(not MNIST.is_file(), reason=f"{MNIST} is missing; run `python setup_mnist.py`")
 

@@ -7,14 +7,13 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 
 from difflab import classifier as clf
 from difflab import evaluation as ev
 from difflab.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from difflab.pipeline import MAX_STEPS, Pipeline
 
-from ._support import entry_main, fill, quick_trainer, record, small_tmpfs, tiny_data
+from ._support import entry_main, fill, quick_trainer, record, small_tmpfs, synthetic_split
 
 TOOLS = ("sample.py", "evaluate.py")
 
@@ -25,21 +24,6 @@ def checkpoint(tmp_path_factory):
     trainer = quick_trainer(tmp_path_factory.mktemp("sampling_faults"))
     trainer.fit(stop_after=1)
     return trainer.out_dir / "checkpoints" / "last.pt"
-
-
-def synthetic_split(split, data_dir=None, **kwargs):
-    """Stand-in for data.load_split: 40 of the test suite's synthetic digits."""
-    return tiny_data(40, seed=int(split == "test"))
-
-
-@pytest.fixture
-def fake_mnist(monkeypatch):
-    """No real data or trained judge: synthetic splits and a small untrained classifier."""
-    torch.manual_seed(0)
-    judge = clf.MNISTClassifier().eval()
-    monkeypatch.setattr(ev, "load_split", synthetic_split)
-    monkeypatch.setattr(clf, "load_classifier", lambda *a, **k: judge)
-    return judge
 
 
 @pytest.fixture
