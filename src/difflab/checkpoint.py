@@ -84,7 +84,7 @@ def load_checkpoint(path: Union[str, Path], map_location: Any = "cpu") -> dict:
             raise CheckpointError(f"{path}: refused, the file holds Python objects beyond weights (code could run)") from None
         raise CheckpointError(f"{path}: corrupted or not a PyTorch checkpoint") from None
     except Exception as e:  # damaged bytes fail in many ways: RuntimeError, EOFError, BadZipFile, KeyError, TypeError
-        first = str(e).splitlines()[0] if str(e) else ""
+        first = str(e).splitlines()[0].split(". ")[0] if str(e) else ""  # PyTorch's first sentence says it
         reason = first if isinstance(e, (RuntimeError, OSError)) and first else f"{type(e).__name__}: {first}"
         raise CheckpointError(f"{path}: truncated or corrupted checkpoint ({reason[:120]})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
