@@ -82,7 +82,7 @@ def main(argv=None):
     if args.save_npz:
         check_output_file(args.save_npz, "--save-npz")
 
-    batch_size = args.batch_size or sampling_batch_size(pipe.device)
+    batch_size = args.batch_size or sampling_batch_size(pipe.device, pipe.cfg.model.architecture)
     batches = -(-len(labels) // batch_size)
     with tqdm(total=steps * batches, unit="step", desc=f"{sampler} x{steps}") as bar:
         result = pipe.generate(labels, sampler=sampler, steps=steps, cfg_scale=args.cfg_scale,

@@ -63,7 +63,7 @@ def main():
     for b in sizes:
         ratio = f"{best[b] / base:6.2f}x" if base else "   -"
         print(f"{b:>6} {best[b]:>14.1f} {ratio:>7}")
-    print(f"default here (pipeline.sampling_batch_size): {sampling_batch_size(args.device)}; "
+    print(f"default here (pipeline.sampling_batch_size): {sampling_batch_size(args.device, cfg.model.architecture)}; "
           f"same images for every batch size: {'yes' if same else 'NO'}")
 
 

@@ -75,6 +75,12 @@ def test_checkpoint_round_trip_and_sampling_determinism(tmp_path):
     # The batch is a speed setting only (pipeline.sampling_batch_size): every image keeps its noise.
     for batch_size in (3, 7):
         assert torch.allclose(pipe.generate(labels, seed=3, batch_size=batch_size).images, a, atol=1e-5)
+    # Stochastic samplers too: each image draws its fresh noise from its own stream (image_generators).
+    for sampler, options in (("ddpm", {}), ("ddim", {"eta": 1.0})):
+        whole = pipe.generate(labels, sampler=sampler, seed=5, batch_size=10, **options).images
+        for batch_size in (3, 7):
+            split = pipe.generate(labels, sampler=sampler, seed=5, batch_size=batch_size, **options).images
+            assert torch.allclose(split, whole, atol=1e-5), (sampler, batch_size)
 
 
 def test_the_epoch_checkpoint_is_written_before_the_sample_grid(tmp_path, monkeypatch):

@@ -7,6 +7,7 @@ starting noise (where their sample shapes agree), so differences are the models'
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -237,17 +238,29 @@ def run_comparison(checkpoints: Sequence[Path], out_dir: Path, classifier, n: in
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    clock = time.perf_counter()
+    seconds = {}  # wall-clock time of each phase, in results.json: where the time of `make compare` goes
+
+    def lap(phase: str) -> None:
+        nonlocal clock
+        seconds[phase] = round(time.perf_counter() - clock, 1)
+        clock = time.perf_counter()
+
     pipes, paths = load_pipelines(checkpoints, device)
     same_noise_grid(pipes, out_dir / "grid.png", seed=seed)
     trajectories(pipes, out_dir / "trajectories.png", out_dir / "trajectories.gif", seed=seed)
     loss_curves(paths, out_dir / "loss_curves.png")
+    lap("figures")
     rows = evaluate_models(pipes, classifier, n, seed)
+    lap("table, first seed")
     add_seeds(rows, [evaluate_models(load_pipelines(ckpts, device)[0], classifier, n, seed) for ckpts in other_seeds])
+    lap("table, other seeds")
     sweeps = {}
 
     def save() -> None:  # after the table and after each sweep: a failure later loses nothing scored
         (out_dir / "RESULTS.md").write_text(results_table(rows, note))
-        (out_dir / "results.json").write_text(json.dumps({"rows": rows, "sweeps": sweeps, "n": n, "seed": seed}, indent=2))
+        (out_dir / "results.json").write_text(json.dumps(
+            {"rows": rows, "sweeps": sweeps, "n": n, "seed": seed, "seconds": seconds}, indent=2))
 
     save()
     for what, values, name, label in [("steps", steps_list, "fid_vs_steps.png", "sampling steps"),
@@ -255,6 +268,7 @@ def run_comparison(checkpoints: Sequence[Path], out_dir: Path, classifier, n: in
         if values:
             sweeps[what] = sweep(pipes, classifier, sweep_n or n, what, values, seed)
             plot_sweep(sweeps[what], what, out_dir / name, label)
+            lap(f"sweep of {what}")
             save()
         else:  # a plot left by an earlier run would pass for this run's: remove it
             (out_dir / name).unlink(missing_ok=True)

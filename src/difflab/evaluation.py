@@ -230,7 +230,7 @@ def evaluate_pipeline(
     labels = balanced_labels(n)
     if unconditional:
         labels = torch.full_like(labels, NULL_CLASS)
-    batch_size = batch_size or sampling_batch_size(pipe.device)
+    batch_size = batch_size or sampling_batch_size(pipe.device, pipe.cfg.model.architecture)
     batches = -(-n // batch_size)
     # One bar over every batch's steps; the callback fires once per sampler step.
     with tqdm(total=steps * batches, unit="step", desc=f"{sampler} x{steps}", disable=not progress) as bar:
@@ -241,7 +241,7 @@ def evaluate_pipeline(
     if not torch.isfinite(result.images).all():  # clamp keeps NaN: say so instead of a silent FID
         raise FloatingPointError(f"{sampler} x{steps} produced non-finite pixels")
     scores = evaluate_images(
-        result.images, None if unconditional else labels, classifier, data_dir=data_dir, batch_size=batch_size
+        result.images, None if unconditional else labels, classifier, data_dir=data_dir
     )
     return {
         **scores,

@@ -4,6 +4,8 @@ Every sampler has one signature:
 
     sampler(denoiser, x, times, path, *, generator=None, callback=None, **options) -> x0
 
+(`generator`: one torch.Generator, or a list with one per image of x.)
+
 - `denoiser(x_t, t) -> (x0_hat, eps_hat)` with t a float in [0, 1]; it hides the model,
   the objective and guidance (see guidance.py);
 - `x` is the starting noise at times[0], `times` decreases to 0 (schedules.time_grid);
@@ -159,8 +161,17 @@ def sample_dpmpp_2m(denoiser, x, times, path, *, generator=None, callback=None):
     return x
 
 
-def _noise_like(x: Tensor, generator: Optional[torch.Generator]) -> Tensor:
-    # Drawn on the generator's device (a CPU generator gives the same images everywhere).
+def _noise_like(x: Tensor, generator) -> Tensor:
+    """Fresh noise shaped like x, from one torch.Generator or from a list of them, one per image.
+
+    With one generator per image (Pipeline.generate), what image i draws at each step depends on
+    its own stream only, so the batch size cannot change a stochastic sampler's images.
+    Drawn on the generator's device: a CPU generator gives the same images on every device.
+    """
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != len(x):
+            raise ValueError(f"{len(generator)} noise generators for a batch of {len(x)}")
+        return torch.cat([_noise_like(x[i : i + 1], g) for i, g in enumerate(generator)])
     device = generator.device if generator is not None else x.device
     return torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype).to(x.device)
 
