@@ -62,7 +62,7 @@ COMPARE_SCALES ?= 1,1.5,2,3.5,7.5
 COMPARE_DIR ?= experiments/compare
 COMPARE_CONFIGS ?= $(wildcard configs/*.yaml)
 REFERENCE_CONFIGS = configs/reference/ddpm_original.yaml configs/reference/unet_x0_prediction.yaml \
-	configs/reference/unet_flow.yaml configs/reference/dit_transformer.yaml
+	configs/reference/unet_flow.yaml configs/reference/dit_transformer.yaml configs/reference/ldm_latent.yaml
 compare: install data
 	@epochs=$$(( ($(COMPARE_IMAGES) + 59999) / 60000 )); \
 	for seed in $$(seq 0 $$(( $(SEEDS) - 1 ))); do \

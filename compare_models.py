@@ -6,6 +6,11 @@ each config's mean and spread over its seeds.
 Writes into results/: grid.png (a column per model, same noise, same digits),
 trajectories.png/.gif, fid_vs_steps.png, fid_vs_guidance.png, loss_curves.png,
 RESULTS.md and results.json.
+
+    python compare_models.py --publish results/results.json --as milestones
+
+copies that results.json to docs/results/milestones.json and regenerates the README's and docs'
+blocks marked as generated from it (src/difflab/report.py).
 """
 
 import argparse
@@ -37,7 +42,13 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--note", default=None, help="a line for RESULTS.md (default: the machine)")
+    p.add_argument("--publish", metavar="RESULTS_JSON", default=None,
+                   help="score nothing: copy RESULTS_JSON to docs/results/<--as>.json and rewrite the README's and "
+                        "docs' blocks generated from it (src/difflab/report.py)")
+    p.add_argument("--as", dest="publish_as", default="milestones", help="the name it is published under")
     args = p.parse_args(argv)
+    if args.publish:
+        return publish(Path(args.publish), args.publish_as)
 
     from difflab.compare import run_comparison, seed_runs
     from difflab.classifier import load_classifier
@@ -62,6 +73,18 @@ def main(argv=None):
     print((Path(args.out) / "RESULTS.md").read_text())
     print(f"wrote {args.out}/: grid.png, trajectories.png/.gif, fid_vs_steps.png, fid_vs_guidance.png, "
           f"loss_curves.png, RESULTS.md, results.json ({len(result['rows'])} models)")
+    return 0
+
+
+def publish(results_json: Path, name: str) -> int:
+    from difflab.report import publish as write_docs
+
+    if not results_json.is_file():
+        fail(f"{results_json}: no such file; `make compare` writes results/results.json")
+    root = Path(__file__).resolve().parent
+    changed = write_docs(results_json, name, root)
+    print(f"wrote docs/results/{name}.json; regenerated blocks in: "
+          + (", ".join(str(p.relative_to(root)) for p in changed) or "no page (none names it yet)"))
     return 0
 
 

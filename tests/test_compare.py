@@ -93,4 +93,5 @@ def test_seeds_are_found_scored_and_summarised(tmp_path, monkeypatch):
     assert row["fid_seeds"] == [row["fid"], alone["fid"]] and row["fid"] != alone["fid"]  # two networks, two scores
     assert row["fid_mean"] == pytest.approx((row["fid"] + alone["fid"]) / 2)
     assert row["fid_spread"] == pytest.approx(abs(row["fid"] - alone["fid"]) / 2 ** 0.5)  # sample std of two
-    assert f"{row['fid_mean']:.2f} +- {row['fid_spread']:.2f} (2 seeds)" in (tmp_path / "results" / "RESULTS.md").read_text()
+    table = (tmp_path / "results" / "RESULTS.md").read_text()
+    assert f"| {row['fid_mean']:.2f} +- {row['fid_spread']:.2f} |" in table and "over 2 training seeds" in table

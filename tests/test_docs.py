@@ -1,6 +1,7 @@
 """The docs cannot quote a config that no longer exists: every config diff quoted in docs/ and the README
 matches the config files it names, line for line."""
 
+import json
 import re
 from pathlib import Path
 
@@ -46,3 +47,37 @@ def test_a_quoted_config_diff_matches_the_configs(page, line, old, new, quoted):
         if not any(is_quote_of(text[1:].rstrip(), line) for line in have):
             stale.append(f"{text!r} is not a line of {source.relative_to(ROOT)}")
     assert not stale, f"{page}:{line}: " + "; ".join(stale)
+
+
+# The study's numbers (issue 25, item 5): blocks generated from docs/results/*.json by
+# `python compare_models.py --publish ...` (src/difflab/report.py).
+from difflab import report  # noqa: E402
+from difflab.config import load_config  # noqa: E402
+from difflab.models import build_model, count_parameters  # noqa: E402
+
+BLOCKS = [(page, source, kind, body) for page in report.pages(ROOT)
+          for source, kind, body in report.blocks(page.read_text())]
+PUBLISHED = sorted((ROOT / "docs" / "results").glob("*.json"))
+
+
+@pytest.mark.parametrize("page, source, kind, body", BLOCKS, ids=[f"{b[0].name}:{b[2]}" for b in BLOCKS])
+def test_a_generated_block_is_what_its_results_json_renders(page, source, kind, body):
+    results = json.loads((ROOT / source).read_text())
+    assert body == report.render(kind, results), (
+        f"{page.name}: the block '{kind}' no longer matches {source}; rerun "
+        f"`python compare_models.py --publish <results.json> --as {Path(source).stem}` instead of editing it")
+
+
+@pytest.mark.parametrize("published", PUBLISHED, ids=[p.name for p in PUBLISHED])
+def test_published_results_describe_the_configs_as_they_are(published):
+    """A config changed after its study was measured makes its published numbers stale: measure again."""
+    for r in json.loads(published.read_text())["rows"]:
+        found = [c for c in (ROOT / "configs" / f"{r['model']}.yaml", ROOT / "configs" / "reference" / f"{r['model']}.yaml")
+                 if c.is_file()]
+        assert found, f"{published.name}: no config named {r['model']}"
+        cfg = load_config(found[0])
+        s = cfg.sampling
+        assert (r["sampler"], r["steps"]) == (s.sampler, s.steps), f"{r['model']}: sampled otherwise than its config"
+        if r["accuracy"] is not None:  # unconditional rows sample at scale 1 whatever the config says
+            assert r["cfg_scale"] == s.cfg_scale, f"{r['model']}: guidance {r['cfg_scale']}, config {s.cfg_scale}"
+        assert r["params"] == count_parameters(build_model(cfg.model)), f"{r['model']}: the network has changed"

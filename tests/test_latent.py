@@ -91,6 +91,8 @@ def test_latent_diffusion_end_to_end(tiny_vae, tmp_path, monkeypatch):
 
     pipe = Pipeline.from_checkpoint(trainer.out_dir / "checkpoints" / "last.pt", "cpu")
     assert pipe.vae.scale_factor == trainer.vae.scale_factor
+    # the compare table shows the VAE's training images beside the latent model's: 3 epochs of 256 squares
+    assert pipe.vae.images_seen == tiny_vae.step * tiny_vae.batch_size == 3 * 256
     result = pipe.generate(torch.arange(10), steps=3, seed=0)
     assert result.images.shape == (10, 1, 28, 28)
     assert result.images.min() >= -1 and result.images.max() <= 1

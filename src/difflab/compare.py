@@ -19,6 +19,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from . import report  # noqa: E402
 from .checkpoint import epoch_checkpoints  # noqa: E402
 from .evaluation import evaluate_pipeline  # noqa: E402
 from .pipeline import Pipeline, is_unconditional  # noqa: E402
@@ -179,22 +180,8 @@ def loss_curves(checkpoints: dict, out: Path) -> Path:
 
 
 def results_table(rows: list[dict], note: str = "") -> str:
-    """RESULTS.md: one row per model."""
-    head = ("| model | params | training images | train img/s (device) | FID (floor) | accuracy "
-            "| sampler | steps | CFG | s / 1000 samples |\n|---|---|---|---|---|---|---|---|---|---|\n")
-    lines = []
-    for r in rows:
-        acc = "n/a (unconditional)" if r["accuracy"] is None else f"{100 * r['accuracy']:.1f}%"
-        fid_text = f"{r['fid']:.2f}"
-        if len(r.get("fid_seeds", [])) > 1:  # make compare SEEDS=N: mean +- spread over the training seeds
-            fid_text = f"{r['fid_mean']:.2f} +- {r['fid_spread']:.2f} ({len(r['fid_seeds'])} seeds)"
-            if "accuracy_mean" in r:
-                acc = f"{100 * r['accuracy_mean']:.1f}% +- {100 * r['accuracy_spread']:.1f}"
-        ips = f"{r['train_images_per_s']:.0f} ({r['train_device']})" if r["train_images_per_s"] else "?"
-        lines.append(f"| {r['model']} | {r['params']:,} | {r['images_seen']:,} | {ips} | {fid_text} "
-                     f"({r['fid_floor']:.2f}) | {acc} | {r['sampler']} | {r['steps']} | {r['cfg_scale']} "
-                     f"| {r['seconds_per_1000']:.1f} |")
-    return "# Results\n\n" + note + "\n\n" + head + "\n".join(lines) + "\n"
+    """RESULTS.md: one row per model (report.table, the same table the README shows)."""
+    return "# Results\n\n" + note + "\n\n" + report.table(rows)
 
 
 def evaluate_models(pipes: dict, classifier, n: int, seed: int = 0) -> list[dict]:
@@ -210,6 +197,7 @@ def evaluate_models(pipes: dict, classifier, n: int, seed: int = 0) -> list[dict
             "recall": r["recall"], "sampler": r["sampler"], "steps": r["steps"], "cfg_scale": r["cfg_scale"],
             "nfe": r["nfe"], "seconds_per_1000": 1000 * r["seconds"] / n, "checkpoint": info.get("checkpoint"),
             "sample_device": r["device"],
+            "vae_images_seen": getattr(pipe.vae, "images_seen", None),  # latent diffusion's first stage
         })
     return rows
 

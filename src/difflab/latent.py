@@ -62,6 +62,8 @@ def load_vae(path: Union[str, Path], device: Union[str, torch.device]) -> VAE:
     vae = build_vae(cfg.model)
     load_weights(vae, state["model"], path, what="VAE")
     vae.scale_factor = float(state["scale_factor"])
+    # what the compare table shows beside the latent model's own training images
+    vae.images_seen = state.get("images_seen", state["step"] * cfg.training.batch_size)
     return vae.to(device).eval().requires_grad_(False)
 
 

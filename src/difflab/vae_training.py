@@ -245,6 +245,7 @@ class VAETrainer:
             "latent_shape": list(self.model.latent_shape),
             "optimizer": self.opt.state_dict(),
             "step": self.step,
+            "images_seen": self.step * self.batch_size,  # full batches only (steps_per_epoch)
             "epoch": self.step / self.steps_per_epoch,
             "seconds": self.elapsed,
             "noise_rng": self.noise_gen.get_state(),

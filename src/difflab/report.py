@@ -1,0 +1,218 @@
+"""The study's numbers in the docs, generated: tables and sentences rendered from a results.json.
+
+`make compare` writes results/results.json. Publishing it,
+
+    python compare_models.py --publish results/results.json --as milestones
+
+copies it to docs/results/milestones.json and rewrites every block of README.md and docs/*.md
+that is marked as generated from it:
+
+    <!-- generated from docs/results/milestones.json: table -->
+    ...(rendered here; never edited by hand)...
+    <!-- end of generated block -->
+
+Kinds of block: `table` (one row per model), `orderings` (one sentence per step of the history
+present, saying whether the two models' seed spreads overlap), `effect <config name>` (a
+milestone page's measured effect against the step before it) and `timing` (where the study's
+time went). tests/test_docs.py renders every block again from the committed json and checks
+it against the page, and checks each row's sampler, steps, guidance and parameter count
+against the config of the same name: a page cannot quote a number the json does not hold,
+and the json cannot describe a config that has changed since it was measured.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Optional
+
+# The story's order, and the name each config goes by in a table.
+HISTORY = {
+    "ddpm_original": "DDPM (2020) U-Net eps, 1000 steps, unconditional",
+    "unet_x0_prediction": "U-Net x0",
+    "unified_sd1_unet_eps": "SD1 U-Net eps",
+    "unified_sd2_unet_v": "SD2 U-Net v",
+    "unet_flow": "U-Net rectified flow",
+    "dit_transformer": "DiT rectified flow",
+    "unified_sd3_mmdit_flow": "SD3 MMDiT rectified flow",
+    "ldm_latent": "latent U-Net eps (VAE latents)",
+}
+# For `orderings`: the steps of the history that change one idea each (from, to, what changed).
+STEPS = [
+    ("ddpm_original", "unified_sd1_unet_eps", "labels and guidance, DDIM's 50 steps"),
+    ("unet_x0_prediction", "unified_sd1_unet_eps", "predicting x0 -> predicting eps"),
+    ("unified_sd1_unet_eps", "unified_sd2_unet_v", "eps -> v"),
+    ("unified_sd2_unet_v", "unet_flow", "v on a cosine path -> rectified flow"),
+    ("unet_flow", "dit_transformer", "U-Net -> DiT"),
+    ("dit_transformer", "unified_sd3_mmdit_flow", "DiT -> MMDiT"),
+    ("unified_sd2_unet_v", "unified_sd3_mmdit_flow", "SD2 -> SD3: backbone and objective"),
+    ("unified_sd1_unet_eps", "ldm_latent", "pixels -> a VAE's latents"),
+]
+GOAL = 2.0  # issue 25: FID at most 2x the floor, mean over seeds
+TARGET = 3.0  # the study's bar: FID at most 3x the floor, accuracy at least 95%
+
+BLOCK = re.compile(
+    r"(<!-- generated from (?P<source>\S+\.json): (?P<kind>[^>]*?) -->\n)(?P<body>.*?)(<!-- end of generated block -->)",
+    re.S,
+)
+
+
+def title(row: dict) -> str:
+    return HISTORY.get(row["model"], row["model"])
+
+
+def mean_spread(row: dict, key: str) -> tuple[Optional[float], float, int]:
+    """(mean, spread, seeds) of `fid` or `accuracy` over the row's training seeds (spread 0 for one)."""
+    seeds = row.get(f"{key}_seeds") or [row[key]]
+    if None in seeds:
+        return None, 0.0, len(seeds)
+    return row.get(f"{key}_mean", seeds[0]), row.get(f"{key}_spread", 0.0), len(seeds)
+
+
+def fid_text(row: dict) -> str:
+    mean, spread, k = mean_spread(row, "fid")
+    return f"{mean:.2f} +- {spread:.2f}" if k > 1 else f"{mean:.2f}"
+
+
+def accuracy_text(row: dict) -> str:
+    mean, spread, k = mean_spread(row, "accuracy")
+    if mean is None:
+        return "n/a (unconditional)"
+    return f"{100 * mean:.1f}% +- {100 * spread:.1f}" if k > 1 else f"{100 * mean:.1f}%"
+
+
+def overlap(a: dict, b: dict) -> bool:
+    """Do the intervals mean +- spread of the two rows' FIDs overlap? With one seed each: never."""
+    (ma, sa, _), (mb, sb, _) = mean_spread(a, "fid"), mean_spread(b, "fid")
+    return abs(ma - mb) <= sa + sb
+
+
+def training_images(row: dict) -> str:
+    text = f"{row['images_seen']:,}"
+    if row.get("vae_images_seen"):  # latent diffusion: the VAE trained first, on images of its own
+        text += f" (+ {row['vae_images_seen']:,} for the VAE)"
+    return text
+
+
+def table(rows: list[dict]) -> str:
+    """The study's table: mean +- spread over seeds where there are several."""
+    seeds = max(mean_spread(r, "fid")[2] for r in rows)
+    head = (f"| model | params | training images | train img/s | FID{' (mean +- spread)' if seeds > 1 else ''} "
+            f"| floor | x floor | accuracy | precision / recall | sampler | steps | CFG | s / 1000 samples |\n"
+            + "|---" * 13 + "|\n")
+    lines = []
+    for r in sorted(rows, key=order):
+        ips = f"{r['train_images_per_s']:.0f}" if r.get("train_images_per_s") else "?"
+        pr = "n/a" if r.get("precision") is None else f"{r['precision']:.3f} / {r['recall']:.3f}"
+        lines.append(f"| {title(r)} | {r['params']:,} | {training_images(r)} | {ips} | {fid_text(r)} "
+                     f"| {r['fid_floor']:.2f} | {mean_spread(r, 'fid')[0] / r['fid_floor']:.1f} | {accuracy_text(r)} "
+                     f"| {pr} | {r['sampler']} | {r['steps']} | {r['cfg_scale']} | {r['seconds_per_1000']:.0f} |")
+    note = f"\nFID and accuracy: mean +- sample standard deviation over {seeds} training seeds.\n" if seeds > 1 else ""
+    return head + "\n".join(lines) + "\n" + note
+
+
+def order(row: dict) -> int:
+    names = list(HISTORY)
+    return names.index(row["model"]) if row["model"] in names else len(names)
+
+
+def compare_sentence(a: dict, b: dict, change: str) -> str:
+    """One step of the history: which FID is lower, and whether that ordering is more than seed noise."""
+    (ma, _, k), (mb, _, _) = mean_spread(a, "fid"), mean_spread(b, "fid")
+    verb = "lowered" if mb < ma else "raised" if mb > ma else "left"
+    if k > 1:
+        verdict = ("the spreads overlap, so this budget does not order the two" if overlap(a, b)
+                   else "the spreads do not overlap")
+    else:
+        verdict = "one seed each, so seed noise is not measured"
+    return f"- {change} ({title(a)} -> {title(b)}) {verb} the FID from {fid_text(a)} to {fid_text(b)}: {verdict}."
+
+
+def orderings(rows: list[dict]) -> str:
+    by_name = {r["model"]: r for r in rows}
+    lines = [compare_sentence(by_name[a], by_name[b], change) for a, b, change in STEPS if a in by_name and b in by_name]
+    for r in sorted(rows, key=order):
+        mean, _, _ = mean_spread(r, "fid")
+        ratio = mean / r["fid_floor"]
+        goal = "meets" if ratio <= GOAL else f"misses by {mean - GOAL * r['fid_floor']:.2f} FID"
+        lines.append(f"- {title(r)}: {ratio:.1f}x the floor; the goal of {GOAL:g}x ({GOAL * r['fid_floor']:.2f}): {goal}.")
+    return "\n".join(lines) + "\n"
+
+
+def effect(rows: list[dict], name: str) -> str:
+    """A milestone page's last lines: its row, and the step of the history that led to it."""
+    by_name = {r["model"]: r for r in rows}
+    if name not in by_name:
+        raise KeyError(f"no row for {name!r} in this results.json (rows: {', '.join(by_name)})")
+    r = by_name[name]
+    lines = [f"{title(r)}: FID {fid_text(r)} (floor {r['fid_floor']:.2f}), accuracy {accuracy_text(r)}, "
+             f"{r['sampler']} x{r['steps']} at CFG {r['cfg_scale']}, {training_images(r)} training images."]
+    lines += [compare_sentence(by_name[a], r, change) for a, b, change in STEPS if b == name and a in by_name]
+    return "\n".join(lines) + "\n"
+
+
+def timing(results: dict) -> str:
+    """Where the scoring's time went (results.json's `seconds`, written by compare.run_comparison)."""
+    seconds = results.get("seconds") or {}
+    train = sum(r["images_seen"] / r["train_images_per_s"] for r in results["rows"] if r.get("train_images_per_s"))
+    lines = [f"- training, first seed, all rows: {train / 60:.0f} min (images / measured img/s)"]
+    lines += [f"- {phase}: {s / 60:.0f} min" for phase, s in seconds.items()]
+    return "\n".join(lines) + "\n"
+
+
+def render(kind: str, results: dict) -> str:
+    rows = results["rows"]
+    if kind == "table":
+        return table(rows)
+    if kind == "orderings":
+        return orderings(rows)
+    if kind == "timing":
+        return timing(results)
+    if kind.startswith("effect "):
+        return effect(rows, kind.removeprefix("effect ").strip())
+    raise ValueError(f"unknown kind of generated block {kind!r} (table, orderings, timing, effect <config>)")
+
+
+def blocks(text: str):
+    """(source json, kind, body as on the page) of every generated block in a page."""
+    for m in BLOCK.finditer(text):
+        yield m.group("source"), m.group("kind"), m.group("body")
+
+
+def regenerate(text: str, root: Path, only: Optional[str] = None) -> str:
+    """The page with every generated block (or those from the json `only`) rendered anew."""
+    cache: dict[str, dict] = {}
+
+    def fill(m: re.Match) -> str:
+        source = m.group("source")
+        if only is not None and source != only:
+            return m.group(0)
+        if source not in cache:
+            cache[source] = json.loads((root / source).read_text())
+        return m.group(1) + render(m.group("kind"), cache[source]) + m.group(5)
+
+    return BLOCK.sub(fill, text)
+
+
+def pages(root: Path) -> list[Path]:
+    return [root / "README.md", *sorted((root / "docs").glob("*.md"))]
+
+
+def publish(results_json: Path, name: str, root: Path) -> list[Path]:
+    """Copy results.json to docs/results/<name>.json and rewrite the blocks generated from it."""
+    results = json.loads(Path(results_json).read_text())
+    if not results.get("rows"):
+        raise ValueError(f"{results_json}: no rows to publish")
+    target = root / "docs" / "results" / f"{name}.json"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(results, indent=2) + "\n")
+    changed = []
+    source = str(target.relative_to(root))
+    for page in pages(root):
+        old = page.read_text()
+        new = regenerate(old, root, only=source)
+        if new != old:
+            page.write_text(new)
+            changed.append(page)
+    return changed

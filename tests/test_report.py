@@ -1,0 +1,70 @@
+"""report.py: the study's tables and sentences rendered from results.json, and the blocks they fill."""
+
+import json
+
+import pytest
+
+from difflab import report
+
+
+def row(model, fids, accs=None, floor=2.0, **extra):
+    """A results.json row with seeds, as compare.add_seeds leaves it."""
+    accs = accs or [0.97] * len(fids)
+    mean = sum(fids) / len(fids)
+    spread = (sum((f - mean) ** 2 for f in fids) / (len(fids) - 1)) ** 0.5 if len(fids) > 1 else 0.0
+    return {"model": model, "params": 1_600_000, "images_seen": 60_000, "train_images_per_s": 150.0,
+            "fid": fids[0], "fid_floor": floor, "accuracy": accs[0], "precision": 0.8, "recall": 0.8,
+            "sampler": "ddim", "steps": 50, "cfg_scale": 1.5, "seconds_per_1000": 200.0,
+            "fid_seeds": fids, "fid_mean": mean, "fid_spread": spread,
+            "accuracy_seeds": accs, "accuracy_mean": sum(accs) / len(accs), "accuracy_spread": 0.0, **extra}
+
+
+def test_an_ordering_says_whether_the_seed_spreads_overlap():
+    sd1 = row("unified_sd1_unet_eps", [6.0, 6.4, 6.2])
+    apart = row("unified_sd2_unet_v", [4.0, 4.2, 4.4])  # 6.2 +- 0.2 against 4.2 +- 0.2: apart
+    close = row("unified_sd2_unet_v", [5.9, 6.5, 6.2])  # 6.2 +- 0.3: the same
+    assert "lowered the FID from 6.20 +- 0.20 to 4.20 +- 0.20: the spreads do not overlap" in report.orderings([sd1, apart])
+    assert "the spreads overlap, so this budget does not order the two" in report.orderings([sd1, close])
+    one_seed = report.orderings([row("unified_sd1_unet_eps", [6.0]), row("unified_sd2_unet_v", [7.0])])
+    assert "raised the FID from 6.00 to 7.00: one seed each, so seed noise is not measured" in one_seed
+
+
+def test_the_goal_line_says_how_far_each_row_is():
+    text = report.orderings([row("unified_sd1_unet_eps", [5.0, 5.0]), row("unified_sd2_unet_v", [3.5, 4.1])])
+    assert "SD1 U-Net eps: 2.5x the floor; the goal of 2x (4.00): misses by 1.00 FID." in text
+    assert "SD2 U-Net v: 1.9x the floor; the goal of 2x (4.00): meets." in text
+
+
+def test_the_table_is_in_the_history_order_with_the_vae_images():
+    rows = [row("ldm_latent", [9.0], vae_images_seen=120_000), row("unified_sd1_unet_eps", [6.0])]
+    lines = report.table(rows).splitlines()
+    assert lines[2].startswith("| SD1 U-Net eps |") and lines[3].startswith("| latent U-Net eps")
+    assert "60,000 (+ 120,000 for the VAE)" in lines[3] and "| 4.5 |" in lines[3]  # 9.0 / 2.0 floor
+    assert "mean +- spread" not in lines[0]  # one seed: plain values
+
+
+def test_publish_fills_the_blocks_from_its_json_and_leaves_others(tmp_path):
+    (tmp_path / "docs").mkdir()
+    results = {"rows": [row("unified_sd1_unet_eps", [6.0, 6.4]), row("unified_sd2_unet_v", [4.0, 4.4])], "seconds": {}}
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    block = "<!-- generated from docs/results/milestones.json: {} -->\nstale text\n<!-- end of generated block -->"
+    other = "<!-- generated from docs/results/other.json: table -->\nkept\n<!-- end of generated block -->"
+    (tmp_path / "README.md").write_text("# x\n" + block.format("table") + "\n\n" + other + "\n")
+    (tmp_path / "docs" / "03.md").write_text("text\n" + block.format("effect unified_sd2_unet_v") + "\n")
+    (tmp_path / "docs" / "plain.md").write_text("no blocks\n")
+    changed = report.publish(tmp_path / "results.json", "milestones", tmp_path)
+    assert sorted(p.name for p in changed) == ["03.md", "README.md"]
+    readme = (tmp_path / "README.md").read_text()
+    assert "stale text" not in readme and "| SD2 U-Net v |" in readme and "\nkept\n" in readme
+    page = (tmp_path / "docs" / "03.md").read_text()
+    assert "eps -> v (SD1 U-Net eps -> SD2 U-Net v) lowered the FID from 6.20 +- 0.28 to 4.20 +- 0.28" in page
+    assert json.loads((tmp_path / "docs" / "results" / "milestones.json").read_text()) == results
+    assert report.publish(tmp_path / "results.json", "milestones", tmp_path) == []  # a second time: nothing to change
+
+
+def test_an_unknown_block_kind_or_row_is_an_error():
+    results = {"rows": [row("unified_sd1_unet_eps", [6.0])]}
+    with pytest.raises(ValueError, match="unknown kind"):
+        report.render("pie chart", results)
+    with pytest.raises(KeyError, match="no row for 'dit_transformer'"):
+        report.render("effect dit_transformer", results)
