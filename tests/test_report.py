@@ -68,3 +68,15 @@ def test_an_unknown_block_kind_or_row_is_an_error():
         report.render("pie chart", results)
     with pytest.raises(KeyError, match="no row for 'dit_transformer'"):
         report.render("effect dit_transformer", results)
+
+
+def test_the_sweeps_table_has_a_column_per_value_and_a_row_per_model():
+    point = lambda what, v, fid: {what: v, "fid": fid, "accuracy": 0.9, "fid_floor": 20.0}  # noqa: E731
+    results = {"rows": [], "sweeps": {
+        "cfg_scale": {"unified_sd2_unet_v": [point("cfg_scale", 1, 30.0), point("cfg_scale", 7.5, 50.0)],
+                      "unified_sd1_unet_eps": [point("cfg_scale", 1, 31.0)]},
+        "steps": {"unified_sd1_unet_eps": [point("steps", 10, 40.0), point("steps", 50, 35.0)]}}}
+    lines = report.render("sweeps", results).splitlines()
+    assert lines[0] == "| guidance scale | 1 | 7.5 |"
+    assert lines[2] == "| SD1 U-Net eps | 31.0 (90%) |  |" and lines[3] == "| SD2 U-Net v | 30.0 (90%) | 50.0 (90%) |"
+    assert "| sampling steps | 10 | 50 |" in lines and "floor 20.00 at this n" in lines[5]

@@ -13,8 +13,8 @@ that is marked as generated from it:
 
 Kinds of block: `table` (one row per model), `orderings` (one sentence per step of the history
 present, saying whether the two models' seed spreads overlap), `effect <config name>` (a
-milestone page's measured effect against the step before it) and `timing` (where the study's
-time went). tests/test_docs.py renders every block again from the committed json and checks
+milestone page's measured effect against the step before it), `sweeps` (FID and accuracy against
+the guidance scale and the number of steps, first seed) and `timing` (where the study's time went). tests/test_docs.py renders every block again from the committed json and checks
 it against the page, and checks each row's sampler, steps, guidance and parameter count
 against the config of the same name: a page cannot quote a number the json does not hold,
 and the json cannot describe a config that has changed since it was measured.
@@ -161,6 +161,27 @@ def timing(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def sweeps(results: dict) -> str:
+    """The sweeps of the first seed's models (n = results' sweep n): FID (accuracy) at each value."""
+    out = []
+    for what, label in (("cfg_scale", "guidance scale"), ("steps", "sampling steps")):
+        per_model = results.get("sweeps", {}).get(what) or {}
+        values = sorted({r[what] for rows in per_model.values() for r in rows})
+        if not values:
+            continue
+        out.append(f"| {label} | " + " | ".join(f"{v:g}" for v in values) + " |")
+        out.append("|---" * (len(values) + 1) + "|")
+        for name in sorted(per_model, key=lambda n: order({"model": n})):
+            by_value = {r[what]: r for r in per_model[name]}
+            cells = [f"{by_value[v]['fid']:.1f} ({100 * by_value[v]['accuracy']:.0f}%)"
+                     if v in by_value and by_value[v]["accuracy"] is not None
+                     else (f"{by_value[v]['fid']:.1f}" if v in by_value else "") for v in values]
+            out.append(f"| {title({'model': name})} | " + " | ".join(cells) + " |")
+        floor = next(r["fid_floor"] for rows in per_model.values() for r in rows)
+        out.append(f"\nFID (accuracy) per {label}; floor {floor:.2f} at this n.\n")
+    return "\n".join(out) + ("\n" if out else "")
+
+
 def render(kind: str, results: dict) -> str:
     rows = results["rows"]
     if kind == "table":
@@ -169,9 +190,11 @@ def render(kind: str, results: dict) -> str:
         return orderings(rows)
     if kind == "timing":
         return timing(results)
+    if kind == "sweeps":
+        return sweeps(results)
     if kind.startswith("effect "):
         return effect(rows, kind.removeprefix("effect ").strip())
-    raise ValueError(f"unknown kind of generated block {kind!r} (table, orderings, timing, effect <config>)")
+    raise ValueError(f"unknown kind of generated block {kind!r} (table, orderings, sweeps, timing, effect <config>)")
 
 
 def blocks(text: str):
