@@ -5,7 +5,8 @@ training seeds in experiments/seed<k>/ (make compare SEEDS=N) are scored too, an
 each config's mean and spread over its seeds.
 Writes into results/: grid.png (a column per model, same noise, same digits),
 trajectories.png/.gif, fid_vs_steps.png, fid_vs_guidance.png, loss_curves.png,
-RESULTS.md and results.json.
+RESULTS.md and results.json. Every score is also kept in results/scores.json (src/difflab/score_cache.py):
+run again after a failure, and only what was not scored yet is sampled.
 
     python compare_models.py --publish results/results.json --as milestones
 

@@ -95,3 +95,34 @@ def test_seeds_are_found_scored_and_summarised(tmp_path, monkeypatch):
     assert row["fid_spread"] == pytest.approx(abs(row["fid"] - alone["fid"]) / 2 ** 0.5)  # sample std of two
     table = (tmp_path / "results" / "RESULTS.md").read_text()
     assert f"| {row['fid_mean']:.2f} +- {row['fid_spread']:.2f} |" in table and "over 2 training seeds" in table
+
+
+def test_a_second_run_reads_the_scores_it_already_has(tmp_path, monkeypatch):
+    """make compare after a failure (or compare-all after compare) samples only what is new."""
+    monkeypatch.setattr(ev, "load_split", synthetic_split)
+    torch.manual_seed(0)
+    classifier = clf.MNISTClassifier().eval()
+    ckpt = make_checkpoint(tmp_path, "tiny_eps")
+    out = tmp_path / "results"
+    calls = []
+    real = compare.evaluate_pipeline
+
+    def counted(*args, **kwargs):
+        calls.append(kwargs.get("cfg_scale"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(compare, "evaluate_pipeline", counted)
+    first = compare.run_comparison([ckpt], out, classifier, n=20, steps_list=(), scales=(1.0, 3.0), sweep_n=10)
+    assert len(calls) == 3  # the table, and two guidance scales
+    again = compare.run_comparison([ckpt], out, classifier, n=20, steps_list=(), scales=(1.0, 3.0, 5.0), sweep_n=10)
+    assert calls[3:] == [5.0]  # only the new scale was sampled
+    assert again["rows"][0]["fid"] == first["rows"][0]["fid"]
+    assert again["sweeps"]["cfg_scale"]["tiny_eps"][:2] == first["sweeps"]["cfg_scale"]["tiny_eps"]
+    compare.run_comparison([ckpt], out, classifier, n=40, steps_list=(), scales=(), sweep_n=10)
+    assert len(calls) == 5  # another n is another score
+    (out / "scores.json").write_text("{damaged")
+    compare.run_comparison([ckpt], out, classifier, n=20, steps_list=(), scales=(), sweep_n=10)
+    assert len(calls) == 6  # a damaged store is scored again, not trusted
+    other = clf.MNISTClassifier().eval()  # another judge: its own scores
+    compare.run_comparison([ckpt], out, other, n=20, steps_list=(), scales=(), sweep_n=10)
+    assert len(calls) == 7

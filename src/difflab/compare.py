@@ -23,6 +23,7 @@ from . import report  # noqa: E402
 from .checkpoint import epoch_checkpoints  # noqa: E402
 from .evaluation import evaluate_pipeline  # noqa: E402
 from .pipeline import Pipeline, is_unconditional  # noqa: E402
+from .score_cache import ScoreCache  # noqa: E402
 from .visualize import grid_array  # noqa: E402
 
 
@@ -122,15 +123,17 @@ def trajectories(pipes: dict, png: Path, gif: Path, digits: Sequence[int] = (3, 
     return png, gif
 
 
-def sweep(pipes: dict, classifier, n: int, what: str, values: Sequence, seed: int = 0) -> dict:
+def sweep(pipes: dict, classifier, n: int, what: str, values: Sequence, seed: int = 0,
+          cache: Optional[ScoreCache] = None) -> dict:
     """FID and accuracy of each model as `what` ('steps' or 'cfg_scale') varies."""
-    out = {}
+    out, cache = {}, cache or ScoreCache(None)
     for name, pipe in pipes.items():
         rows = []
         for v in values:
             if what == "cfg_scale" and is_unconditional(pipe.cfg):
                 continue
-            r = evaluate_pipeline(pipe, classifier, n, seed=seed, progress=False, **{what: v})
+            r = cache.get(pipe, classifier, lambda: evaluate_pipeline(pipe, classifier, n, seed=seed, progress=False,
+                                                                      **{what: v}), n=n, seed=seed, **{what: v})
             rows.append({what: v, "fid": r["fid"], "accuracy": r["accuracy"], "fid_floor": r["fid_floor"]})
         out[name] = rows
     return out
@@ -184,11 +187,12 @@ def results_table(rows: list[dict], note: str = "") -> str:
     return "# Results\n\n" + note + "\n\n" + report.table(rows)
 
 
-def evaluate_models(pipes: dict, classifier, n: int, seed: int = 0) -> list[dict]:
+def evaluate_models(pipes: dict, classifier, n: int, seed: int = 0, cache: Optional[ScoreCache] = None) -> list[dict]:
     """Each model with its own config's sampler, steps and guidance, on n images."""
-    rows = []
+    rows, cache = [], cache or ScoreCache(None)
     for name, pipe in pipes.items():
-        r = evaluate_pipeline(pipe, classifier, n, seed=seed, progress=True)
+        r = cache.get(pipe, classifier, lambda: evaluate_pipeline(pipe, classifier, n, seed=seed, progress=True),
+                      n=n, seed=seed)
         info = pipe.info
         rows.append({
             "model": name, "params": info.get("params"), "images_seen": info.get("images_seen") or 0,
@@ -239,9 +243,11 @@ def run_comparison(checkpoints: Sequence[Path], out_dir: Path, classifier, n: in
     trajectories(pipes, out_dir / "trajectories.png", out_dir / "trajectories.gif", seed=seed)
     loss_curves(paths, out_dir / "loss_curves.png")
     lap("figures")
-    rows = evaluate_models(pipes, classifier, n, seed)
+    cache = ScoreCache(out_dir / "scores.json")  # a rerun after a failure samples only what was not scored
+    rows = evaluate_models(pipes, classifier, n, seed, cache)
     lap("table, first seed")
-    add_seeds(rows, [evaluate_models(load_pipelines(ckpts, device)[0], classifier, n, seed) for ckpts in other_seeds])
+    add_seeds(rows, [evaluate_models(load_pipelines(ckpts, device)[0], classifier, n, seed, cache)
+                     for ckpts in other_seeds])
     lap("table, other seeds")
     sweeps = {}
 
@@ -254,7 +260,7 @@ def run_comparison(checkpoints: Sequence[Path], out_dir: Path, classifier, n: in
     for what, values, name, label in [("steps", steps_list, "fid_vs_steps.png", "sampling steps"),
                                       ("cfg_scale", scales, "fid_vs_guidance.png", "guidance scale")]:
         if values:
-            sweeps[what] = sweep(pipes, classifier, sweep_n or n, what, values, seed)
+            sweeps[what] = sweep(pipes, classifier, sweep_n or n, what, values, seed, cache)
             plot_sweep(sweeps[what], what, out_dir / name, label)
             lap(f"sweep of {what}")
             save()

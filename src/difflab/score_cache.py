@@ -1,0 +1,102 @@
+"""Scores already computed, kept on disk, so a comparison that stopped half-way resumes where it was.
+
+Scoring the study samples for an hour or more on a CPU (DDPM's 1000 steps alone take most of one).
+compare.run_comparison keeps every score it computes in `<out>/scores.json`, keyed by
+
+- the SHA-256 of the checkpoint file (its weights, config and sampling settings),
+- what was asked: n, the sampling seed and any option swept (steps, guidance scale),
+- the judge: a digest of the classifier's weights,
+- the code that samples and scores: a digest of difflab's sources (compare.py, report.py and the
+  demo excepted), so a change to a sampler or to FID makes every stored score stale.
+
+A second run with the same key reads the score instead of sampling again: `make compare` after a
+failure, or `make compare-all` after `make compare`, scores only what is new. A damaged file is
+ignored (and rewritten).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+
+# Files that do not change a score: the comparison's own report and the demo.
+NOT_SCORING = {"compare.py", "report.py", "score_cache.py", "demo.py", "demo_page.py", "runs.py", "download.py"}
+
+
+def file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def code_digest() -> str:
+    """SHA-256 over difflab's source files that sampling and scoring run through."""
+    root = Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        if path.name not in NOT_SCORING:
+            h.update(str(path.relative_to(root)).encode())
+            h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def model_digest(model: torch.nn.Module) -> str:
+    """SHA-256 of a network's weights (the judge's)."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+class ScoreCache:
+    """`get(pipe, classifier, score, **what)`: the stored score for this key, else score() stored."""
+
+    def __init__(self, path: Optional[Path]):
+        self.path = None if path is None else Path(path)
+        self.scores: dict = {}
+        self._digests: dict = {}
+        self._code = code_digest()
+        if self.path is not None and self.path.is_file():
+            try:
+                loaded = json.loads(self.path.read_text())
+                self.scores = loaded if isinstance(loaded, dict) else {}
+            except (OSError, ValueError):
+                self.scores = {}  # damaged: scored again, then rewritten
+        self.reused = 0
+
+    def key(self, pipe, classifier, **what) -> Optional[str]:
+        checkpoint = pipe.info.get("checkpoint")
+        if checkpoint is None or not Path(checkpoint).is_file():
+            return None  # a pipeline built in memory: nothing to recognise it by
+        if checkpoint not in self._digests:
+            self._digests[checkpoint] = file_digest(Path(checkpoint))
+        if id(classifier) not in self._digests:
+            self._digests[id(classifier)] = model_digest(classifier)
+        return json.dumps([self._digests[checkpoint], self._digests[id(classifier)], self._code,
+                           sorted(what.items())])
+
+    def get(self, pipe, classifier, score: Callable[[], dict], **what) -> dict:
+        key = self.key(pipe, classifier, **what)
+        if key is not None and key in self.scores:
+            self.reused += 1
+            return self.scores[key]
+        result = json.loads(json.dumps(score(), default=str))  # as it will read back from disk
+        if key is not None:
+            self.scores[key] = result
+            self.save()
+        return result
+
+    def save(self) -> None:
+        if self.path is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.scores))
+        tmp.replace(self.path)  # atomic: a kill mid-write leaves the previous file
