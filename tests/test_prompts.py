@@ -152,3 +152,59 @@ def test_prompt_configs_are_checked(tmp_path):
         tiny_config(tmp_path, model={"conditioning": "prompt", "cross_attention_levels": [5]})
     with pytest.raises(ConfigError, match="model.text_dim"):
         tiny_config(tmp_path, model={"conditioning": "prompt", "text_dim": 15, "text_heads": 2})
+
+
+def test_adherence_compares_what_was_asked_with_what_was_drawn(tmp_path, monkeypatch, fake_mnist):
+    """Held-out prompts cover every bin and a rare combination per digit; the scores are shares and chances."""
+    from conftest import synthetic_split
+
+    from difflab import adherence
+
+    monkeypatch.setattr(adherence, "load_split", synthetic_split)
+    monkeypatch.setattr("difflab.data.resolve_data_dir", lambda d=None: tmp_path / "no-such-folder")
+    data = adherence.training_prompt_set()
+    asks = adherence.held_out_prompts(data)
+    assert len(asks) == 10 * adherence.PER_DIGIT
+    for name in prompts.BINS:  # every bin of every attribute is asked for
+        assert {a["asked"][name] for a in asks if a["kind"] == "single" and name in a["asked"]} == {0, 1, 2}
+    counts = adherence.combination_counts(data)
+    for a in asks:
+        if a["kind"] == "rare":
+            assert a["training_images"] == counts[a["digit"]].min()
+
+    model_cfg = {"conditioning": "prompt", "text_dim": 16, "text_heads": 2, "cross_attention_levels": [1]}
+    cfg = tiny_config(tmp_path, model=model_cfg, training={"max_steps": 2})
+    x, y = tiny_data(32)
+    trainer = Trainer(cfg, data=(x, prompts.encode([prompts.write(int(d), {}) for d in y])), quiet=True)
+    trainer.fit()
+    result = adherence.prompt_adherence(trainer.pipeline(), fake_mnist, per_prompt=2)
+    assert result["prompts"] == 50 and 0 <= result["accuracy"] <= 1
+    for r in result["attributes"].values():
+        assert 0 <= r["hit_rate"] <= 1 and 0 < r["chance"] < 1 and -1 <= r["correlation"] <= 1
+    assert "| thickness |" in adherence.adherence_table(result)
+
+
+def test_sample_py_draws_a_row_per_prompt_and_refuses_what_it_cannot_read(tmp_path, capsys):
+    from faults._support import entry_main
+
+    model_cfg = {"conditioning": "prompt", "text_dim": 16, "text_heads": 2, "cross_attention_levels": [1]}
+    trainer = Trainer(tiny_config(tmp_path, model=model_cfg, training={"max_steps": 1}),
+                      data=(tiny_data(16)[0], prompts.encode(["a 3"] * 16)), quiet=True)
+    trainer.fit()
+    ckpt = trainer.out_dir / "checkpoints" / "last.pt"
+    out, npz = tmp_path / "grid.png", tmp_path / "s.npz"
+    argv = ["--checkpoint", ckpt, "--device", "cpu", "--n", 2, "--steps", 1, "--out", out, "--save-npz", npz]
+    assert entry_main("sample.py", argv + ["--prompt", "a thin 3", "--prompt", "a wide eight"]) == 0
+    saved = np.load(npz)
+    assert saved["y"].tolist() == [3, 3, 8, 8] and saved["prompts"].tolist()[2] == "a wide eight"
+    assert out.stat().st_size > 0
+    capsys.readouterr()
+    assert entry_main("sample.py", argv + ["--prompt", "a bold 3"]) == 2  # unknown word: before loading
+    assert "unknown word 'bold'" in capsys.readouterr().err
+
+    labels_cfg = tiny_config(tmp_path / "labels", training={"max_steps": 1})
+    labels = Trainer(labels_cfg, data=tiny_data(16), quiet=True)
+    labels.fit()
+    argv[1] = labels.out_dir / "checkpoints" / "last.pt"
+    assert entry_main("sample.py", argv + ["--prompt", "a thin 3"]) == 1
+    assert "trained on class labels" in capsys.readouterr().err
