@@ -208,3 +208,21 @@ def test_sample_py_draws_a_row_per_prompt_and_refuses_what_it_cannot_read(tmp_pa
     argv[1] = labels.out_dir / "checkpoints" / "last.pt"
     assert entry_main("sample.py", argv + ["--prompt", "a thin 3"]) == 1
     assert "trained on class labels" in capsys.readouterr().err
+
+
+def test_a_prompt_config_loads_its_prompts_from_the_cache_beside_the_data(tmp_path, monkeypatch):
+    from conftest import synthetic_split
+
+    from difflab import latent
+
+    monkeypatch.setattr(latent, "load_split", synthetic_split)
+    cfg = tiny_config(tmp_path, data={"data_dir": str(tmp_path)},
+                      model={"conditioning": "prompt", "text_dim": 16, "text_heads": 2, "cross_attention_levels": [1]})
+    trainer = Trainer(cfg, quiet=True)
+    assert trainer.y.shape == (120, prompts.MAX_TOKENS) and trainer.y.dtype == torch.long
+    cache = tmp_path / "mnist_prompts.npz"
+    stamp = cache.stat().st_mtime_ns
+    digits = synthetic_split("train")[1]
+    assert [prompts.parse(prompts.decode(t))[0] for t in trainer.y] == digits.tolist()  # each names its digit
+    again = Trainer(cfg, quiet=True)
+    assert torch.equal(again.y, trainer.y) and cache.stat().st_mtime_ns == stamp  # read back, not rebuilt
