@@ -156,7 +156,7 @@ def main(argv=None):
     p.add_argument("--cfg-scale", type=float, default=None, help="guidance scale, finite and >= 0; 1 = no guidance")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=None,
-                   help="images per batch: bounds memory (default: 64 on a CPU, where it is fastest; 500 on a GPU)")
+                   help="images per batch: bounds memory (default on a CPU, where small is fastest: 32, 8 for a transformer; 500 on a GPU)")
     p.add_argument("--device", default="auto")
     p.add_argument("--data-dir", default=None, help="MNIST and the classifier (default: the config's, else data/)")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")

@@ -76,7 +76,7 @@ def main(argv=None):
                    help='a model trained on prompts: a row of --n images per prompt, e.g. "a thin 3" (repeatable)')
     p.add_argument("--out", default=None, help="PNG path (default: beside the experiment's samples)")
     p.add_argument("--save-npz", default=None, metavar="PATH", help="also write x (uint8 N x 28 x 28) and y")
-    p.add_argument("--batch-size", type=int, default=None, help="images per batch (default: 64 on a CPU, 500 on a GPU)")
+    p.add_argument("--batch-size", type=int, default=None, help="images per batch (default: 32 on a CPU, 8 for a transformer; 500 on a GPU)")
     p.add_argument("--device", default="auto")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument("--set", action="append", default=[], metavar="sampling.KEY=VALUE", dest="sampling",
