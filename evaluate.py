@@ -9,7 +9,9 @@ Samples N images (evenly over the digits 0-9) and prints one JSON object on stdo
 - accuracy / per_digit_accuracy: how often the classifier sees the digit asked for
   (null for an unconditional model, which is asked for no digit);
 - precision / recall (Kynkaanniemi et al. 2019): quality and coverage;
-- n, sampler, steps, nfe, cfg_scale, seconds (sampling only), device, checkpoint, config.
+- n, sampler, steps, nfe, cfg_scale, seconds (sampling only), device, checkpoint, config;
+- adherence (models of prompts only, else null): digit accuracy and attribute hit rates on
+  held-out prompts against their chance rates (src/difflab/adherence.py).
 
 `--samples FILE.npz` scores images saved by `sample.py --save-npz` instead. Progress goes
 to stderr, so `python evaluate.py ... > scores.json` keeps stdout clean.
@@ -28,7 +30,8 @@ from difflab.cli import STEPS_HELP, check_cfg_scale, check_steps, fail, run_main
 
 # The keys of every answer, in the order they are printed; what does not apply is null.
 KEYS = ("fid", "fid_floor", "accuracy", "per_digit_accuracy", "precision", "recall", "n",
-        "sampler", "steps", "nfe", "cfg_scale", "seconds", "device", "checkpoint", "samples", "config")  # fmt: skip
+        "sampler", "steps", "nfe", "cfg_scale", "seconds", "device", "checkpoint", "samples", "config",
+        "adherence")  # fmt: skip
 MIN_IMAGES = 4  # FID needs a covariance, precision/recall the 3 nearest neighbours of each point
 
 
@@ -77,8 +80,11 @@ def load_samples(path):
 def evaluate_checkpoint(checkpoint, classifier=None, n: int = 5000, *, sampler: Optional[str] = None,
                         steps: Optional[int] = None, cfg_scale: Optional[float] = None, seed: int = 0,
                         batch_size: Optional[int] = None, device: str = "auto", data_dir=None, use_ema: bool = True,
-                        progress: bool = True, sampling: Sequence[str] = ()) -> dict:  # fmt: skip
+                        progress: bool = True, sampling: Sequence[str] = (), adherence_per_prompt: int = 20) -> dict:  # fmt: skip
     """Sample n images from a checkpoint and score them; the dict that evaluate.py prints.
+
+    A model of prompts is also scored for prompt adherence (difflab.adherence):
+    adherence_per_prompt images for each held-out prompt, 0 to skip.
 
     `classifier` defaults to the cached MNIST classifier (trained on first use); tests
     pass a small untrained one. The data folder is data_dir, else the checkpoint's
@@ -97,6 +103,11 @@ def evaluate_checkpoint(checkpoint, classifier=None, n: int = 5000, *, sampler: 
     try:
         scores = ev.evaluate_pipeline(pipe, classifier, n, sampler=sampler, steps=steps, cfg_scale=cfg_scale,
                                       seed=seed, batch_size=batch_size, data_dir=data_dir, progress=progress)
+        if pipe.reads_prompts and adherence_per_prompt:  # prompts: does it draw the attributes asked for?
+            from difflab.adherence import adherence_table, prompt_adherence
+
+            scores["adherence"] = prompt_adherence(pipe, classifier, adherence_per_prompt, seed, data_dir, batch_size)
+            print(adherence_table(scores["adherence"]), file=sys.stderr)
     except FloatingPointError as e:
         fail(f"{checkpoint}: {e}")
     return tidy({**scores, "checkpoint": str(checkpoint), "config": pipe.cfg.name})
@@ -145,12 +156,14 @@ def main(argv=None):
     p.add_argument("--cfg-scale", type=float, default=None, help="guidance scale, finite and >= 0; 1 = no guidance")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=None,
-                   help="images per batch: bounds memory (default: 64 on a CPU, where it is fastest; 500 on a GPU)")
+                   help="images per batch: bounds memory (default on a CPU, where small is fastest: 32, 8 for a transformer; 500 on a GPU)")
     p.add_argument("--device", default="auto")
     p.add_argument("--data-dir", default=None, help="MNIST and the classifier (default: the config's, else data/)")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument("--set", action="append", default=[], metavar="sampling.KEY=VALUE", dest="sampling",
                    help="change how the checkpoint samples, e.g. --set sampling.clip_x0=true (repeatable)")
+    p.add_argument("--adherence-per-prompt", type=int, default=20,
+                   help="a model of prompts: images per held-out prompt for the adherence scores (0: skip)")
     p.add_argument("--out", default=None, metavar="FILE.json", help="also write the JSON here")
     args = p.parse_args(argv)
 
@@ -163,6 +176,8 @@ def main(argv=None):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             usage(f"--{name.replace('_', '-')}: expected a positive integer")
     check_steps(args.steps, "--steps")
+    if args.adherence_per_prompt < 0:
+        usage("--adherence-per-prompt: expected an integer >= 0")
     if args.n < MIN_IMAGES:
         usage(f"--n: expected at least {MIN_IMAGES} images, got {args.n}")
     check_cfg_scale(args.cfg_scale)
@@ -175,7 +190,7 @@ def main(argv=None):
         scores = evaluate_checkpoint(
             args.checkpoint, n=args.n, sampler=args.sampler, steps=args.steps, cfg_scale=args.cfg_scale,
             seed=args.seed, batch_size=args.batch_size, device=args.device, data_dir=args.data_dir,
-            use_ema=not args.no_ema, sampling=args.sampling,
+            use_ema=not args.no_ema, sampling=args.sampling, adherence_per_prompt=args.adherence_per_prompt,
         )  # fmt: skip
     text = json.dumps(scores, indent=2)
     print(text)

@@ -1,4 +1,8 @@
-"""Sample a grid of digits from a checkpoint: python sample.py --checkpoint PATH [--sampler heun --steps 20 ...]"""
+"""Sample a grid of digits from a checkpoint: python sample.py --checkpoint PATH [--sampler heun --steps 20 ...]
+
+A model trained on prompts (configs/prompt/) takes them too, a row per prompt:
+    python sample.py --checkpoint PATH --prompt "a thin 3" --prompt "a thick, right-slanted 3"
+"""
 
 import argparse
 import io
@@ -7,7 +11,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "src"))
 
-from difflab.cli import STEPS_HELP, check_cfg_scale, check_steps, run_main, usage  # noqa: E402
+from difflab.cli import STEPS_HELP, check_cfg_scale, check_steps, fail, run_main, usage  # noqa: E402
 
 
 def check_args(args) -> list:
@@ -22,6 +26,13 @@ def check_args(args) -> list:
             usage(f"--{name.replace('_', '-')}: expected a positive integer")
     check_steps(args.steps, "--steps")
     check_cfg_scale(args.cfg_scale)
+    for text in args.prompt:  # unknown words fail here, before the checkpoint is loaded
+        from difflab.prompts import PromptError, tokenize
+
+        try:
+            tokenize(text)
+        except PromptError as e:
+            usage(f"--prompt: {e}")
     digits = [int(d) for d in args.digits.replace(",", "") if d.isdigit()]
     if not digits or len(digits) != len(args.digits.replace(",", "")):
         usage(f"--digits: expected digits 0-9 such as 0123456789 or 3,7, got {args.digits!r}")
@@ -33,14 +44,21 @@ def check_args(args) -> list:
     return digits
 
 
-def npz_bytes(result) -> bytes:
-    """x (uint8 N x 28 x 28) and y (the labels asked for) as the bytes of an .npz file."""
+def npz_bytes(result, texts=None) -> bytes:
+    """x (uint8 N x 28 x 28) and y (the digits asked for) as the bytes of an .npz file; with prompts,
+    y is the digit each prompt names (10 if none) and `prompts` holds the texts."""
     import numpy as np
 
     from difflab.data import tensor_to_uint8
+    from difflab.models import NULL_CLASS
+    from difflab.prompts import parse
 
     buffer = io.BytesIO()  # np.savez on a path would append ".npz" to a name without it
-    np.savez(buffer, x=tensor_to_uint8(result.images), y=result.labels.numpy().astype(np.int64))
+    if texts is None:
+        np.savez(buffer, x=tensor_to_uint8(result.images), y=result.labels.numpy().astype(np.int64))
+    else:
+        digits = [NULL_CLASS if parse(t)[0] is None else parse(t)[0] for t in texts]
+        np.savez(buffer, x=tensor_to_uint8(result.images), y=np.array(digits, np.int64), prompts=np.array(texts))
     return buffer.getvalue()
 
 
@@ -54,9 +72,11 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--n", type=int, default=8, help="images per digit")
     p.add_argument("--digits", default="0123456789", help="which digits, e.g. 3 or 0,1,7")
+    p.add_argument("--prompt", action="append", default=[], metavar="TEXT",
+                   help='a model trained on prompts: a row of --n images per prompt, e.g. "a thin 3" (repeatable)')
     p.add_argument("--out", default=None, help="PNG path (default: beside the experiment's samples)")
     p.add_argument("--save-npz", default=None, metavar="PATH", help="also write x (uint8 N x 28 x 28) and y")
-    p.add_argument("--batch-size", type=int, default=None, help="images per batch (default: 64 on a CPU, 500 on a GPU)")
+    p.add_argument("--batch-size", type=int, default=None, help="images per batch (default: 32 on a CPU, 8 for a transformer; 500 on a GPU)")
     p.add_argument("--device", default="auto")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument("--set", action="append", default=[], metavar="sampling.KEY=VALUE", dest="sampling",
@@ -71,7 +91,15 @@ def main(argv=None):
     from difflab.visualize import save_grid
 
     pipe = Pipeline.from_checkpoint(args.checkpoint, args.device, use_ema=not args.no_ema, sampling=args.sampling)
-    labels = pipe.default_labels(digits, args.n)
+    texts = None
+    if args.prompt:
+        if not pipe.reads_prompts:
+            fail(f"--prompt: {args.checkpoint} was trained on class labels ({pipe.cfg.name}); use --digits, "
+                 "or a checkpoint of a config in configs/prompt/")
+        texts = [text for text in args.prompt for _ in range(args.n)]
+        labels = pipe.prompts(texts)
+    else:
+        labels = pipe.default_labels(digits, args.n)
     sampler = args.sampler or pipe.cfg.sampling.sampler
     steps = args.steps or pipe.cfg.sampling.steps
     check_steps(steps, "sampling.steps (the checkpoint's, or --set)")
@@ -92,7 +120,7 @@ def main(argv=None):
     print(f"wrote {out} ({len(labels)} images, {result.nfe} model evaluations, {result.seconds:.1f} s)")
     if args.save_npz:
         with writing(args.save_npz, kept=f"{out} was written"):
-            write_bytes_atomic(args.save_npz, npz_bytes(result))
+            write_bytes_atomic(args.save_npz, npz_bytes(result, texts))
         print(f"wrote {args.save_npz}")
     return 0
 

@@ -151,3 +151,24 @@ def test_the_command_refuses_bad_input_with_one_line(tmp_path, args, message):
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 1 and message in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+
+
+def test_a_prompt_model_draws_the_prompt_and_a_label_model_its_digit(models, tmp_path):
+    from difflab import prompts
+
+    cfg = tiny_config(tmp_path, model={"conditioning": "prompt", "text_dim": 16, "text_heads": 2,
+                                       "cross_attention_levels": [1]},
+                      training={"max_steps": 10, "ema_decay": 0.0, "warmup_steps": 1})  # the raw weights: the
+    x, y = tiny_data(32)                                                                # prompt has a say already
+    trainer = Trainer(cfg, data=(x, prompts.encode([prompts.write(int(d), {"thickness": 0}) for d in y])), quiet=True)
+    trainer.fit()
+    both = {**load_models([trainer.out_dir / "checkpoints" / "last.pt"], "cpu"), **models}
+    prompt_model, label_model = list(both)[:2]
+    a, b = generate(both, model=prompt_model, compare_with=label_model, **{**FAST, "digit": 1},
+                    prompt="a thin, wide 7")
+    assert 'prompt "a thin, wide 7"' in a.summary()
+    assert "digit 7 (this model reads class labels, not prompts)" in b.summary()  # the prompt's digit, not the box's
+    other = generate(both, model=prompt_model, **FAST, prompt="a thick 7")[0]
+    assert not np.array_equal(other.grid, a.grid)  # one word changed the images
+    with pytest.raises(DemoInputError, match="prompt: unknown word 'bold'"):
+        generate(both, model=prompt_model, **FAST, prompt="a bold 7")

@@ -219,3 +219,37 @@ def test_several_tabs_generating_at_once_all_get_images(demo_url, browser):
         page.wait_for_selector("#grid-a img", timeout=TIMEOUT_MS)
         assert f"seed {seed}" in text(page, "summary-a")
     context.close()
+
+
+def test_the_prompt_box_reaches_a_model_of_prompts(browser, tmp_path):
+    """Issue 26: a model trained on prompts gets a prompt box; its words reach the model, unknown words are refused."""
+    skip_without_tools()
+    from difflab import prompts
+    from difflab.training import Trainer
+
+    cfg = tiny_config(tmp_path, model={"conditioning": "prompt", "text_dim": 16, "text_heads": 2,
+                                       "cross_attention_levels": [1]},
+                      training={"max_steps": 10, "ema_decay": 0.0, "warmup_steps": 1})
+    cfg.name = "tiny_prompts"
+    x, y = tiny_data(32)
+    trainer = Trainer(cfg, data=(x, prompts.encode([prompts.write(int(d), {"thickness": int(d) % 3}) for d in y])),
+                      quiet=True)
+    trainer.fit()
+    with serve([trainer.out_dir / "checkpoints" / "last.pt"], tmp_path) as demo:
+        page = open_page(browser, demo.url)
+        set_images(page, 2)
+        box = "#prompt textarea, #prompt input"
+        page.fill(box, "a thin 7")
+        assert click_generate(page, seed=1, steps=3) == ""
+        assert 'prompt "a thin 7"' in text(page, "summary-a")
+        thin = image_bytes(page, "grid-a")
+        page.fill(box, "a thick 7")
+        click_generate(page, seed=3, steps=3)
+        page.fill(box, "a thick 7")
+        click_generate(page, seed=1, steps=3)  # back to seed 1: only the word differs from the first request
+        assert 'prompt "a thick 7"' in text(page, "summary-a")
+        assert image_bytes(page, "grid-a") != thin, "thin and thick gave the same images"
+        page.fill(box, "a bold 7")
+        status = click_generate(page, seed=4, steps=3)
+        assert "Not generated" in status and "unknown word 'bold'" in status, status
+        page.context.close()

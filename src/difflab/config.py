@@ -25,6 +25,7 @@ SPACINGS = ("leading", "trailing")
 POS_EMBEDS = ("sincos", "rope")
 DATASETS = ("mnist", "fashion_mnist")
 PRECISIONS = ("fp32", "bf16")
+CONDITIONINGS = ("class", "prompt")
 
 
 class ConfigError(ValueError):
@@ -61,6 +62,13 @@ class ModelConfig:
     qk_norm: bool = False  # MMDiT: RMS-normalise queries and keys (SD3.5)
     pos_embed: str = "sincos"  # MMDiT: sincos (SD3: added to the tokens) | rope (Flux: rotates q and k)
     single_depth: int = 0  # MMDiT: Flux's single-stream blocks after the `depth` joint blocks
+    # What the model is conditioned on: "class" (one label per image) or "prompt" (a sentence about
+    # the image, difflab.prompts, read by a tiny text encoder trained with the model; issue 26)
+    conditioning: str = "class"
+    text_dim: int = 64  # the text encoder's width, depth and heads (models/text.py)
+    text_depth: int = 2
+    text_heads: int = 4
+    cross_attention_levels: list = field(default_factory=lambda: [2])  # U-Net levels that read the prompt
     # VAE (latent diffusion's first stage, Rombach et al. 2022): channels, channel_mult, num_res_blocks above
     latent_channels: int = 4
     kl_weight: float = 1e-4  # weight of the per-element KL term against the per-pixel MSE
@@ -148,6 +156,7 @@ _CHOICES = {
     ("data", "dataset"): DATASETS,
     ("model", "architecture"): ARCHITECTURES,
     ("model", "pos_embed"): POS_EMBEDS,
+    ("model", "conditioning"): CONDITIONINGS,
     ("diffusion", "target"): TARGETS,
     ("diffusion", "schedule"): SCHEDULES,
     ("diffusion", "t_sampling"): T_SAMPLINGS,
@@ -302,6 +311,28 @@ def _validate(cfg: Config, source: str) -> None:
         bad("sampling.guidance_interval", "[lo, hi] with 0 <= lo <= hi <= 1")
     if s.clip_x0 and cfg.data.vae_checkpoint:
         bad("sampling.clip_x0", "false for latent diffusion (latents are not bounded to [-1, 1])")
+    _validate_prompt_model(m, bad)
+
+
+def _validate_prompt_model(m: ModelConfig, bad) -> None:
+    """The text encoder's sizes and where the U-Net reads the prompt (model.conditioning: prompt)."""
+    if m.conditioning != "prompt":
+        return
+    for key, value in {"model.text_dim": m.text_dim, "model.text_depth": m.text_depth,
+                       "model.text_heads": m.text_heads}.items():
+        if not (isinstance(value, int) and value > 0):
+            bad(key, "a positive integer")
+    if m.text_dim % m.text_heads:
+        bad("model.text_dim", f"a multiple of model.text_heads ({m.text_heads})")
+    if m.architecture == "unet":
+        levels = m.cross_attention_levels
+        if not levels or not all(isinstance(a, int) and 0 <= a < len(m.channel_mult) for a in levels):
+            bad("model.cross_attention_levels", f"a non-empty list of indices in 0..{len(m.channel_mult) - 1}")
+        for width in {m.channels * m.channel_mult[a] for a in levels}:
+            if width % m.num_heads:
+                bad("model.num_heads", f"a divisor of every U-Net width that reads the prompt (here {width})")
+    elif m.architecture == "dit":
+        bad("model.conditioning", "class for the DiT (prompts: the U-Net's cross-attention or the MMDiT's joint attention)")
 
 
 def parse_override(text: str) -> tuple[str, str, Any]:

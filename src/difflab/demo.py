@@ -23,6 +23,7 @@ from PIL import Image
 from .checkpoint import epoch_checkpoints
 from .config import SAMPLERS
 from .models import NULL_CLASS
+from .prompts import PromptError, parse, tokenize
 from .pipeline import Pipeline, sample_shape
 from .schedules import time_grid
 from .visualize import grid_array, trajectory_frames
@@ -158,6 +159,7 @@ class Request:
     seed: int
     n_images: int
     compare_with: Optional[str] = None
+    prompt: str = ""  # for models trained on prompts; models of class labels draw its digit
 
 
 def evaluations_per_step(sampler: str) -> int:
@@ -171,9 +173,10 @@ def max_steps(n_images: int, sampler: str) -> int:
 
 
 def check_request(models: dict, *, model, digit, cfg_scale, steps, sampler, seed, n_images,
-                  compare_with=None) -> Request:
+                  compare_with=None, prompt=None) -> Request:
     """Every problem at once, in one message, so the student can fix them all in one go."""
     problems: list[str] = []
+    prompt = _prompt(prompt, problems)
     names = list(models)
     model = _choice(model, "model", names, problems)
     if compare_with not in (None, ""):
@@ -193,7 +196,23 @@ def check_request(models: dict, *, model, digit, cfg_scale, steps, sampler, seed
                         f"{max_steps(n_images, sampler)} steps, or for fewer images")
     if problems:
         raise DemoInputError("; ".join(problems))
-    return Request(model, digit, cfg_scale, steps, sampler, seed, n_images, compare_with or None)
+    if prompt and parse(prompt)[0] is not None:  # the prompt names the digit: class-label models draw that one
+        digit = parse(prompt)[0]
+    return Request(model, digit, cfg_scale, steps, sampler, seed, n_images, compare_with or None, prompt)
+
+
+def _prompt(raw, problems: list) -> str:
+    """The prompt box: empty, or words the tokenizer knows (difflab.prompts)."""
+    if raw in (None, ""):
+        return ""
+    if not isinstance(raw, str):
+        problems.append(f"prompt: expected text, got {_show(raw)}")
+        return ""
+    try:
+        tokenize(raw)
+    except PromptError as e:
+        problems.append(f"prompt: {e}")
+    return raw.strip()
 
 
 # --- sampling and pictures --------------------------------------------------------------------
@@ -250,7 +269,10 @@ def _sample(name: str, pipe: Pipeline, req: Request, noise: torch.Tensor, on_ste
     Pipeline.generate(trajectory=True) would keep every step of every image: for 1000 steps
     x 64 images that is hundreds of megabytes, so the callback keeps just what is shown.
     """
-    labels = pipe.default_labels([req.digit], req.n_images)
+    if req.prompt and pipe.reads_prompts:
+        labels = pipe.prompts([req.prompt] * req.n_images)
+    else:
+        labels = pipe.default_labels([req.digit], req.n_images)
     keep, trajectory = _frames_to_keep(req.steps), []
 
     def callback(i, t, x_t, x0_hat):
@@ -262,8 +284,11 @@ def _sample(name: str, pipe: Pipeline, req: Request, noise: torch.Tensor, on_ste
     result = pipe.generate(labels, sampler=req.sampler, steps=req.steps, cfg_scale=req.cfg_scale,
                            seed=req.seed, noise=noise, callback=callback)
     trajectory.append((0.0, result.images[:GIF_IMAGES], result.images[:GIF_IMAGES]))
-    unconditional = bool((labels == NULL_CLASS).all())
-    settings = (f"{'any digit (unconditional model)' if unconditional else f'digit {req.digit}'}, "
+    unconditional = labels.ndim == 1 and bool((labels == NULL_CLASS).all())
+    asked = f'prompt "{req.prompt}"' if req.prompt and pipe.reads_prompts else f"digit {req.digit}"
+    if req.prompt and not pipe.reads_prompts and not unconditional:
+        asked += " (this model reads class labels, not prompts)"
+    settings = (f"{'any digit (unconditional model)' if unconditional else asked}, "
                 f"{req.sampler}, {plural(req.steps, 'step')}, guidance {1.0 if unconditional else req.cfg_scale:g}, "
                 f"seed {req.seed}, {plural(req.n_images, 'image')}")
     return Panel(name, grid_array(result.images, nrow=min(8, req.n_images), scale=3), _strip(trajectory),
@@ -295,14 +320,14 @@ def sample_panel(models: dict[str, Pipeline], req: Request, k: int,
 
 
 def generate(models: dict[str, Pipeline], *, model, digit, cfg_scale, steps, sampler, seed, n_images,
-             compare_with=None, progress: Optional[Callable[[float, str], None]] = None) -> list[Panel]:
+             compare_with=None, prompt=None, progress: Optional[Callable[[float, str], None]] = None) -> list[Panel]:
     """Check the values, then sample: one Panel, or two when `compare_with` names a second model.
 
     Raises DemoInputError (a message for the page) for any value it cannot use. Two models
     compared start from the same noise, so the difference you see is the models'.
     """
     req = check_request(models, model=model, digit=digit, cfg_scale=cfg_scale, steps=steps,
-                        sampler=sampler, seed=seed, n_images=n_images, compare_with=compare_with)
+                        sampler=sampler, seed=seed, n_images=n_images, compare_with=compare_with, prompt=prompt)
     n, panels = (2 if req.compare_with else 1), []
     for k in range(n):
         # Progress over the whole request: panel k covers the fraction from k / n to (k + 1) / n.

@@ -73,6 +73,7 @@ def build_app(models: dict[str, Pipeline]):
 
     names = list(models)
     first = models[names[0]].cfg.sampling
+    any_prompts = any(pipe.reads_prompts for pipe in models.values())  # the prompt box only where it can be used
     default_steps = min(first.steps, MAX_STEPS)
     # 8 images, or fewer when the config's steps need it (DDPM's 1000 steps: 4), so the defaults are accepted.
     default_images = max(1, min(8, MAX_WORK // (default_steps * evaluations_per_step(first.sampler))))
@@ -93,13 +94,13 @@ def build_app(models: dict[str, Pipeline]):
         gr.Markdown("**Trajectory** of the first image, noise on the left: x_t above, predicted x0 below")
         return [grid, summary, picture("Trajectory", f"strip-{key}"), gr.HTML(elem_id=f"gif-{key}")]
 
-    def on_generate(model, digit, cfg_scale, steps, sampler, seed, n_images, compare, model_b,
+    def on_generate(model, digit, cfg_scale, steps, sampler, seed, n_images, compare, model_b, prompt=None,
                     progress=gr.Progress()):
         """Check the request and sample the first panel; the second panel's event gets the checked request."""
         try:
             req = check_request(models, model=model, digit=digit, cfg_scale=cfg_scale, steps=steps,
                                 sampler=sampler, seed=seed, n_images=n_images,
-                                compare_with=model_b if compare else None)
+                                compare_with=model_b if compare else None, prompt=prompt)
             panel = sample_panel(models, req, 0, lambda f, desc: progress(f, desc=desc))
         except DemoInputError as e:
             return [f"**Not generated.** {e}. The images below, if any, are from an earlier request.", None] + keep
@@ -129,6 +130,9 @@ def build_app(models: dict[str, Pipeline]):
         with gr.Row():
             with gr.Column(scale=1, min_width=260):
                 digit = gr.Number(value=3, label="Digit (0-9)", elem_id="digit")
+                prompt = gr.Textbox("", label="Prompt", elem_id="prompt", visible=any_prompts, max_lines=1,
+                                    placeholder="a thick, right-slanted 7",
+                                    info="for models trained on prompts (configs/prompt/); it names the digit")
                 cfg_scale = gr.Slider(0, MAX_CFG, value=min(first.cfg_scale, MAX_CFG), step=0.5, label="Guidance scale",
                                       info="1 = no guidance; higher = more like the digit, less varied",
                                       elem_id="cfg")
@@ -154,7 +158,7 @@ def build_app(models: dict[str, Pipeline]):
             control.change(lambda n, s: gr.update(label=steps_label(n, s)), [n_images, sampler], steps, **private)
         # One sampling event at a time (as `sample_panel` would anyway, its lock); both events share the limit.
         sampling = dict(concurrency_id="sampling", concurrency_limit=1)
-        button.click(on_generate, [model, digit, cfg_scale, steps, sampler, seed, n_images, compare, model_b],
+        button.click(on_generate, [model, digit, cfg_scale, steps, sampler, seed, n_images, compare, model_b, prompt],
                      [status, request] + outputs_a, show_progress_on=[outputs_a[0]], preprocess=False,
                      api_name="generate", **sampling
                      ).then(on_second, request, [status] + outputs_b, show_progress_on=[outputs_b[0]],

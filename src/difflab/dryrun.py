@@ -19,6 +19,8 @@ def describe(cfg: Config) -> dict:
         extra = describe_vae(cfg)  # vae_params: reported apart from the diffusion model's
         c, size, _ = extra["latent_shape"]
     model = build_model(cfg.model, in_channels=c, image_size=size)
+    if getattr(model, "text", None) is not None:  # a model of prompts: its text encoder is counted in params
+        extra["text_encoder_params"] = count_parameters(model.text)
     return {
         "config": cfg.name,
         "architecture": cfg.model.architecture,

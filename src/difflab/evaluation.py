@@ -230,12 +230,17 @@ def evaluate_pipeline(
     labels = balanced_labels(n)
     if unconditional:
         labels = torch.full_like(labels, NULL_CLASS)
+    condition = labels
+    if pipe.reads_prompts:  # a model of prompts is asked for the digit alone: "a 7" (difflab.adherence for the rest)
+        from difflab.prompts import write
+
+        condition = pipe.prompts([write(int(d), {}) for d in labels])
     batch_size = batch_size or sampling_batch_size(pipe.device, pipe.cfg.model.architecture)
     batches = -(-n // batch_size)
     # One bar over every batch's steps; the callback fires once per sampler step.
     with tqdm(total=steps * batches, unit="step", desc=f"{sampler} x{steps}", disable=not progress) as bar:
         result = pipe.generate(
-            labels, sampler=sampler, steps=steps, cfg_scale=cfg_scale, seed=seed,
+            condition, sampler=sampler, steps=steps, cfg_scale=cfg_scale, seed=seed,
             batch_size=batch_size, callback=lambda *_: bar.update(1), **options,
         )  # fmt: skip
     if not torch.isfinite(result.images).all():  # clamp keeps NaN: say so instead of a silent FID

@@ -11,7 +11,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from .models.layers import NULL_CLASS
+from .models.text import null_condition
 from .objectives import Objective, broadcast
 from .schedules import NoisePath
 
@@ -74,7 +74,7 @@ class Denoiser:
             out = self.model(x, tt * 1000, self.y)
             return self._convert(out.float(), x, tt)
         # One batched forward pass for both halves: conditional, then unconditional.
-        null = torch.full_like(self.y, NULL_CLASS)
+        null = null_condition(self.y)  # the null class, or the empty prompt
         out = self.model(torch.cat([x, x]), torch.cat([tt, tt]) * 1000, torch.cat([self.y, null]))
         out_c, out_u = out.float().chunk(2)
         x0_c, eps_c = self._convert(out_c, x, tt)

@@ -35,6 +35,10 @@ def load_training_data(cfg: Config, device: torch.device):
     if not cfg.data.vae_checkpoint:
         x, y = load_split("train", dataset=cfg.data.dataset, data_dir=cfg.data.data_dir, device=device)
         x, y = x[: cfg.data.limit], y[: cfg.data.limit]  # data.limit: the first N images only
+        if cfg.model.conditioning == "prompt":  # a prompt per image instead of its label (difflab.prompts)
+            from .prompts import training_prompts
+
+            y = training_prompts(x, y, cfg.data).to(device)
         return (x, y), None
     vae = load_vae(cfg.data.vae_checkpoint, device)  # first: a missing VAE fails before any data work
     x, y = load_split("train", dataset=cfg.data.dataset, data_dir=cfg.data.data_dir, device="cpu")

@@ -13,6 +13,7 @@ from .checkpoint import CheckpointError, load_checkpoint, load_weights
 from .config import Config, ConfigError, config_from_dict, parse_override
 from .guidance import make_denoiser
 from .models import NULL_CLASS, build_model, count_parameters
+from .prompts import encode, write
 from .objectives import build_objective
 from .samplers import SAMPLERS
 from .schedules import build_path, time_grid
@@ -146,9 +147,25 @@ class Pipeline:
         return cls(model.to(device), cfg, device, vae=vae, info=info)
 
     def default_labels(self, digits: Sequence[int], n_per_digit: int) -> torch.Tensor:
-        """A row of `n_per_digit` for each digit; only the null class if the model is unconditional."""
+        """A row of `n_per_digit` for each digit; only the null class if the model is unconditional.
+
+        A model that reads prompts gets the prompt naming the digit alone ("a 7"), as tokens (N, L).
+        """
+        if self.reads_prompts:
+            return self.prompts([write(d, {}) for d in digits for _ in range(n_per_digit)])
         labels = torch.tensor([d for d in digits for _ in range(n_per_digit)], dtype=torch.long)
         return torch.full_like(labels, NULL_CLASS) if is_unconditional(self.cfg) else labels
+
+    @property
+    def reads_prompts(self) -> bool:
+        """Trained on prompts (model.conditioning: prompt) rather than class labels."""
+        return self.cfg.model.conditioning == "prompt"
+
+    def prompts(self, texts: Sequence[str]) -> torch.Tensor:
+        """Prompts -> tokens (N, L) for generate(); a class-label model refuses them, naming what it reads."""
+        if not self.reads_prompts:
+            raise ValueError(f"{self.cfg.name} was trained on class labels, not prompts: ask for digits instead")
+        return encode(texts)
 
     def initial_noise(self, n: int, seed: int) -> torch.Tensor:
         """Starting noise from a CPU generator, so a seed means the same images on every device."""

@@ -21,7 +21,8 @@ from .checkpoint import (RESUME_FIELDS, CheckpointError, check_resume_fields, ep
                          load_weights, save_checkpoint, set_rng_state)
 from .config import Config, ConfigError, config_from_dict
 from .distributed import DistInfo, barrier, init_distributed, mean_across_ranks
-from .models import NULL_CLASS, build_model, count_parameters
+from .models import build_model, count_parameters
+from .models.text import drop_condition
 from . import runs
 from .objectives import broadcast, build_objective, min_snr_weight
 from .optim import EMA, adamw, lr_at, run_length
@@ -135,7 +136,7 @@ class Trainer:
         eps = torch.randn((n, *x0.shape[1:]), generator=g, device=self.device)[mine]
         # Label dropout for classifier-free guidance (Ho & Salimans 2022, Algorithm 1).
         drop = (torch.rand(n, generator=g, device=self.device) < self.cfg.training.cfg_dropout_prob)[mine]
-        y = torch.where(drop, torch.full_like(y, NULL_CLASS), y)
+        y = drop_condition(y, drop)  # the null class, or the empty prompt
         a, s = broadcast(self.path.alpha(t), x0), broadcast(self.path.sigma(t), x0)
         x_t = a * x0 + s * eps  # the forward process, Ho et al. 2020, Eq. 4
         target = self.objective.target(x0, eps, a, s)

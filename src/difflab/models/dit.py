@@ -153,9 +153,13 @@ class QKV(nn.Module):
         return None, self.k_norm(k), v
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """softmax(q k^T / sqrt(Dh)) v (Vaswani et al. 2017, Eq. 1), heads merged back: (B, T, D)."""
-    out = F.scaled_dot_product_attention(q, k, v)  # (B, H, T, Dh)
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, keys: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """softmax(q k^T / sqrt(Dh)) v (Vaswani et al. 2017, Eq. 1), heads merged back: (B, T, D).
+
+    keys: optional (B, T_k) boolean, False for keys no query may attend to (a prompt's padding).
+    """
+    mask = None if keys is None else keys[:, None, None, :]  # (B, 1, 1, T_k), broadcast over heads and queries
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H, T, Dh)
     B, H, T, Dh = out.shape
     return out.transpose(1, 2).reshape(B, T, H * Dh)  # (B, T, D)
 
@@ -263,12 +267,14 @@ class DiTBlock(nn.Module):
         self.norm2 = layer_norm(dim)
         self.mlp = mlp(dim, mlp_ratio, dropout)
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor, rope: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, c: torch.Tensor, rope: Optional[torch.Tensor] = None,
+                keys: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """keys: (B, T) False for tokens never attended to (a prompt's padding, in the MMDiT's single blocks)."""
         attn_mod, mlp_mod = self.mod(c)  # each field (B, 1, D)
         q, k, v = self.qkv(attn_mod.apply(self.norm1(x)))  # each (B, H, T, Dh)
         if rope is not None:  # (T, Dh/2) angles: rotate queries and keys by their 2D position
             q, k = apply_rope(q, rope), apply_rope(k, rope)
-        x = x + attn_mod.gate * self.proj(attention(q, k, v))  # (B, T, D)
+        x = x + attn_mod.gate * self.proj(attention(q, k, v, keys))  # (B, T, D)
         x = x + mlp_mod.gate * self.mlp(mlp_mod.apply(self.norm2(x)))  # (B, T, D)
         return x
 

@@ -3,7 +3,8 @@
 Two sequences of tokens travel side by side, each with its own weights:
 the image patch tokens and the conditioning tokens. In SD3 the conditioning
 tokens are text-encoder outputs; on MNIST they are `cond_tokens` learned
-vectors per class (the null class, label 10, has its own). In every block
+vectors per class (the null class, label 10, has its own), or, with
+`model.conditioning: prompt`, the tokens of a prompt from a tiny text encoder (models/text.py). In every block
 both streams project to queries, keys and values, are concatenated along the
 token axis into ONE attention, and are split back ("joint attention", Fig. 2b).
 So image tokens read the class tokens and the class tokens read the image.
@@ -42,6 +43,7 @@ from .dit import (
     zero_modulations,
 )
 from .layers import NUM_CLASSES, LabelEmbedder, TimestepEmbedder
+from .text import TextEncoder, build_text_encoder
 
 
 class Stream(nn.Module):
@@ -99,9 +101,11 @@ class MMDiTBlock(nn.Module):
         self.cond = Stream(dim, num_heads, mlp_ratio, qk_norm, dropout, pre_only=last)
 
     def forward(
-        self, x: torch.Tensor, ctx: torch.Tensor, c: torch.Tensor, rope: Optional[torch.Tensor] = None
+        self, x: torch.Tensor, ctx: torch.Tensor, c: torch.Tensor, rope: Optional[torch.Tensor] = None,
+        keys: Optional[torch.Tensor] = None,
     ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """x: (B, N, D) image tokens, ctx: (B, M, D) conditioning tokens, c: (B, D); rope: (N, Dh/2) angles."""
+        """x: (B, N, D) image tokens, ctx: (B, M, D) conditioning tokens, c: (B, D); rope: (N, Dh/2) angles;
+        keys: (B, M + N) False for a prompt's padding tokens, which no query attends to."""
         N = x.shape[1]
         # 1. modulate: each stream computes its own (shift, scale, gate) from c = t_emb + pooled
         img_attn, img_mlp = self.img.mod(c)  # fields (B, 1, D)
@@ -121,7 +125,7 @@ class MMDiTBlock(nn.Module):
         k = torch.cat([cond_k, img_k], dim=2)  # (B, H, M+N, Dh)
         v = torch.cat([cond_v, img_v], dim=2)  # (B, H, M+N, Dh)
         q = img_q if cond_q is None else torch.cat([cond_q, img_q], dim=2)  # (B, H, M+N, Dh)
-        out = attention(q, k, v)  # (B, M+N, D) or (B, N, D)
+        out = attention(q, k, v, keys)  # (B, M+N, D) or (B, N, D)
 
         # 5. split back into the two streams (cond_out is empty in the last block)
         cond_out, img_out = out[:, :-N], out[:, -N:]  # (B, M, D), (B, N, D)
@@ -151,6 +155,7 @@ class MMDiT(nn.Module):
         dropout: float = 0.0,
         pos_embed: str = "sincos",
         single_depth: int = 0,
+        text: Optional[TextEncoder] = None,
     ):
         super().__init__()
         self.in_channels, self.patch_size = in_channels, patch_size
@@ -161,10 +166,17 @@ class MMDiT(nn.Module):
         # Flux instead rotates queries and keys in every attention by the position ("rope").
         register_positions(self, pos_embed, hidden_size, num_heads)
         self.t_embed = TimestepEmbedder(hidden_size)
-        # the pooled route, like SD3's pooled CLIP embedding: one vector per class, added to t_emb
-        self.pooled_embed = LabelEmbedder(hidden_size)
-        # the token route, standing where SD3 has text-encoder tokens: cond_tokens vectors per class
-        self.cond_embed = nn.Embedding(NUM_CLASSES + 1, cond_tokens * hidden_size)
+        self.text = text
+        if text is None:
+            # the pooled route, like SD3's pooled CLIP embedding: one vector per class, added to t_emb
+            self.pooled_embed = LabelEmbedder(hidden_size)
+            # the token route, standing where SD3 has text-encoder tokens: cond_tokens vectors per class
+            self.cond_embed = nn.Embedding(NUM_CLASSES + 1, cond_tokens * hidden_size)
+        else:
+            # a prompt, as in SD3 (Esser et al. 2024, Sec. 5.1): the text encoder's pooled vector
+            # through an MLP into c, and its tokens, projected to the width, as the conditioning stream
+            self.pooled_embed = nn.Sequential(nn.Linear(text.dim, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size))
+            self.cond_embed = nn.Linear(text.dim, hidden_size)
         # the last joint block drops the conditioning stream's output unless single blocks read it
         self.blocks = nn.ModuleList(
             MMDiTBlock(
@@ -188,9 +200,13 @@ class MMDiT(nn.Module):
         init_linears(self.blocks)
         init_linears(self.single_blocks)
         init_linears(self.t_embed)
-        # 2. embeddings: small normal, like ViT
-        nn.init.normal_(self.pooled_embed.table.weight, std=0.02)
-        nn.init.normal_(self.cond_embed.weight, std=0.02)
+        # 2. embeddings: small normal, like ViT (for a prompt: Xavier, like every Linear)
+        if self.text is None:
+            nn.init.normal_(self.pooled_embed.table.weight, std=0.02)
+            nn.init.normal_(self.cond_embed.weight, std=0.02)
+        else:
+            init_linears(self.pooled_embed)
+            init_linears(self.cond_embed)
         nn.init.normal_(self.t_embed.mlp[0].weight, std=0.02)
         nn.init.normal_(self.t_embed.mlp[2].weight, std=0.02)
         # 3. adaLN-Zero: zero every modulation -> each joint block is the identity on both streams,
@@ -200,22 +216,29 @@ class MMDiT(nn.Module):
         # 4. the final layer (modulation and output Linear) was zeroed in FinalLayer.__init__
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """x: (B, C, H, W), t: (B,) already scaled to [0, 1000], y: (B,) labels in 0..10."""
+        """x: (B, C, H, W), t: (B,) already scaled to [0, 1000], y: (B,) labels in 0..10 or (B, L) prompt tokens."""
         B = x.shape[0]
         img = self.patch_embed(x)  # (B, N, D)
         if self.pos_embed is not None:
             img = img + self.pos_embed
-        ctx = self.cond_embed(y).view(B, self.cond_tokens, self.hidden_size)  # (B, M, D)
-        c = self.t_embed(t) + self.pooled_embed(y)  # (B, D)
+        keys = None  # every token may be attended to, except a prompt's padding
+        if self.text is None:
+            ctx = self.cond_embed(y).view(B, self.cond_tokens, self.hidden_size)  # (B, M, D)
+            c = self.t_embed(t) + self.pooled_embed(y)  # (B, D)
+        else:
+            words, mask, pooled = self.text(y)  # (B, M, text_dim), (B, M), (B, text_dim)
+            ctx = self.cond_embed(words)  # (B, M, D)
+            c = self.t_embed(t) + self.pooled_embed(pooled)  # (B, D)
+            keys = torch.cat([mask, mask.new_ones(B, img.shape[1])], dim=1)  # (B, M+N): [prompt; image]
         for block in self.blocks:
-            img, ctx = block(img, ctx, c, self.rope)  # (B, N, D), (B, M, D); ctx is None after the last block
+            img, ctx = block(img, ctx, c, self.rope, keys)  # (B, N, D), (B, M, D); ctx is None after the last block
         if self.single_blocks:
             M = ctx.shape[1]
             h = torch.cat([ctx, img], dim=1)  # (B, M+N, D): one sequence from here on
             # the conditioning tokens keep position (0, 0): a rotation by zero
             rope = None if self.rope is None else torch.cat([self.rope.new_zeros(M, self.rope.shape[1]), self.rope])
             for block in self.single_blocks:
-                h = block(h, c, rope)  # (B, M+N, D)
+                h = block(h, c, rope, keys)  # (B, M+N, D)
             img = h[:, M:]  # (B, N, D): only the image tokens are decoded
         out = self.final(img, c)  # image stream only: (B, N, p*p*C)
         return unpatchify(out, self.in_channels, self.patch_size, self.grid, self.grid)  # (B, C, H, W)
@@ -237,4 +260,5 @@ def build_mmdit(cfg: ModelConfig, in_channels: int, image_size: int) -> MMDiT:
         dropout=cfg.dropout,
         pos_embed=cfg.pos_embed,
         single_depth=cfg.single_depth,
+        text=build_text_encoder(cfg),
     )

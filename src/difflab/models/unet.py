@@ -3,8 +3,9 @@
 Ronneberger et al. 2015 for the shape; Ho et al. 2020 (App. B) for the diffusion
 version: residual blocks that receive the time embedding, self-attention at the
 lowest resolution, skip connections from every down block to the up path.
-SD1/SD2 add text cross-attention; here the class label is added to the time
-embedding instead (Dhariwal & Nichol 2021, Sec. 4), with a null class for guidance.
+A class label is added to the time embedding (Dhariwal & Nichol 2021, Sec. 4), with a null
+class for guidance; with `model.conditioning: prompt` the U-Net reads a prompt through
+cross-attention at `model.cross_attention_levels`, as SD1 and SD2 read CLIP's tokens.
 
 Shapes for the default config (channels 16, channel_mult [1, 4, 6]):
 28x28x16 -> 14x14x64 -> 7x7x96 (+ attention) -> back up to 28x28x16 -> 28x28x1.
@@ -12,12 +13,15 @@ Shapes for the default config (channels 16, channel_mult [1, 4, 6]):
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig
 from .layers import LabelEmbedder, TimestepEmbedder
+from .text import TextEncoder, build_text_encoder
 
 
 def norm(channels: int) -> nn.GroupNorm:
@@ -69,6 +73,31 @@ class SelfAttention(nn.Module):
         return x + self.proj(out)
 
 
+class CrossAttention(nn.Module):
+    """Image positions attend to the prompt's tokens: SD1's cross-attention (Rombach et al. 2022, Eq. 3).
+
+    Q = W_Q norm(h) from the image, K = W_K c and V = W_V c from the text encoder's tokens c;
+    padded tokens are masked out. Zero-initialised output: the block starts as the identity.
+    """
+
+    def __init__(self, channels: int, context_dim: int, num_heads: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.norm = norm(channels)
+        self.q = nn.Conv2d(channels, channels, 1)
+        self.kv = nn.Linear(context_dim, 2 * channels)
+        self.proj = zero_init(nn.Conv2d(channels, channels, 1))
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        heads, L = self.num_heads, context.shape[1]
+        q = self.q(self.norm(x)).reshape(b, heads, c // heads, h * w).transpose(-1, -2)  # (B, heads, HW, c/heads)
+        k, v = self.kv(context).reshape(b, L, 2, heads, c // heads).permute(2, 0, 3, 1, 4)  # each (B, heads, L, c/heads)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None, :])  # words only, no padding
+        out = out.transpose(-1, -2).reshape(b, c, h, w)
+        return x + self.proj(out)
+
+
 class Downsample(nn.Module):
     """Halve H and W with a strided convolution (28 -> 14 -> 7)."""
 
@@ -103,11 +132,20 @@ class UNet(nn.Module):
         attention_levels: tuple = (2,),
         dropout: float = 0.0,
         num_heads: int = 4,
+        text: Optional[TextEncoder] = None,
+        cross_attention_levels: tuple = (),
     ):
         super().__init__()
         emb_dim = 4 * channels
         self.time_embed = TimestepEmbedder(emb_dim, freq_dim=channels)
-        self.label_embed = LabelEmbedder(emb_dim)
+        # A class label is added to the time embedding (Dhariwal & Nichol 2021); a prompt is read
+        # through cross-attention instead, as SD1 and SD2 do, by the text encoder trained with the model.
+        self.text = text
+        self.label_embed = LabelEmbedder(emb_dim) if text is None else None
+
+        def reads_prompt(level, ch):  # a cross-attention layer where this level reads the prompt
+            return [CrossAttention(ch, text.dim, num_heads)] if text is not None and level in cross_attention_levels else []
+
         self.conv_in = nn.Conv2d(in_channels, channels, 3, padding=1)
 
         # Down path: remember every block's output channels for the skips.
@@ -119,6 +157,7 @@ class UNet(nn.Module):
                 ch = channels * mult
                 if level in attention_levels:
                     block.append(SelfAttention(ch, num_heads))
+                block.extend(reads_prompt(level, ch))
                 self.down.append(block)
                 skip_chs.append(ch)
             if level != len(channel_mult) - 1:
@@ -126,7 +165,8 @@ class UNet(nn.Module):
                 skip_chs.append(ch)
 
         self.mid = nn.ModuleList(
-            [ResBlock(ch, ch, emb_dim, dropout), SelfAttention(ch, num_heads), ResBlock(ch, ch, emb_dim, dropout)]
+            [ResBlock(ch, ch, emb_dim, dropout), SelfAttention(ch, num_heads),
+             *reads_prompt(len(channel_mult) - 1, ch), ResBlock(ch, ch, emb_dim, dropout)]
         )
 
         # Up path: one more block per level than on the way down, each eating a skip.
@@ -137,6 +177,7 @@ class UNet(nn.Module):
                 ch = channels * mult
                 if level in attention_levels:
                     block.append(SelfAttention(ch, num_heads))
+                block.extend(reads_prompt(level, ch))
                 if level != 0 and i == num_res_blocks:
                     block.append(Upsample(ch))
                 self.up.append(block)
@@ -144,21 +185,33 @@ class UNet(nn.Module):
         self.out = nn.Sequential(norm(ch), nn.SiLU(), zero_init(nn.Conv2d(ch, in_channels, 3, padding=1)))
 
     @staticmethod
-    def _run(block: nn.ModuleList, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+    def _run(block: nn.ModuleList, h: torch.Tensor, emb: torch.Tensor, prompt: tuple) -> torch.Tensor:
         for layer in block:
-            h = layer(h, emb) if isinstance(layer, ResBlock) else layer(h)
+            if isinstance(layer, ResBlock):
+                h = layer(h, emb)
+            elif isinstance(layer, CrossAttention):
+                h = layer(h, *prompt)  # (context, mask)
+            else:
+                h = layer(h)
         return h
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        emb = self.time_embed(t) + self.label_embed(y)  # (B, 4 * channels)
+        """y: class labels (B,), or prompt tokens (B, L) for a model with a text encoder."""
+        emb = self.time_embed(t)  # (B, 4 * channels)
+        prompt = ()
+        if self.text is None:
+            emb = emb + self.label_embed(y)
+        else:
+            context, mask, _ = self.text(y)  # (B, L, text_dim), (B, L)
+            prompt = (context, mask)
         h = self.conv_in(x)  # (B, channels, 28, 28)
         skips = [h]
         for block in self.down:
-            h = self._run(block, h, emb)
+            h = self._run(block, h, emb, prompt)
             skips.append(h)
-        h = self._run(self.mid, h, emb)  # (B, C_max, 7, 7)
+        h = self._run(self.mid, h, emb, prompt)  # (B, C_max, 7, 7)
         for block in self.up:
-            h = self._run(block, torch.cat([h, skips.pop()], dim=1), emb)
+            h = self._run(block, torch.cat([h, skips.pop()], dim=1), emb, prompt)
         return self.out(h)  # (B, in_channels, 28, 28)
 
 
@@ -174,4 +227,6 @@ def build_unet(cfg: ModelConfig, in_channels: int, image_size: int) -> UNet:
         attention_levels=tuple(cfg.attention_levels),
         dropout=cfg.dropout,
         num_heads=cfg.num_heads,
+        text=build_text_encoder(cfg),
+        cross_attention_levels=tuple(cfg.cross_attention_levels),
     )

@@ -1,0 +1,75 @@
+"""A tiny text encoder trained from scratch with the denoiser: what CLIP and T5 are to SD1 and SD3.
+
+SD1 reads a prompt as CLIP's 77 token vectors (Rombach et al. 2022, Sec. 3.3), SD3 as CLIP's and
+T5's token vectors plus a pooled CLIP vector (Esser et al. 2024, Sec. 5.1); both encoders are
+trained elsewhere and frozen. Here the vocabulary is a few dozen words (difflab.prompts), so
+a two-layer Transformer encoder learns it alongside the denoiser, counted in its parameters.
+
+    tokens (B, L) -> embeddings + learned positions -> Transformer encoder (padding masked)
+                  -> context (B, L, D), mask (B, L), pooled (B, D): the mean over real tokens
+
+The start token is always present, so the empty prompt (the null condition for guidance)
+still has one real token to attend to.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..prompts import MAX_TOKENS, TOKEN, VOCAB
+from .layers import NULL_CLASS
+
+PAD_ID, START_ID = TOKEN["<pad>"], TOKEN["<start>"]
+
+
+class TextEncoder(nn.Module):
+    """Prompt tokens -> per-token context, its mask, and a pooled vector."""
+
+    def __init__(self, dim: int = 64, depth: int = 2, num_heads: int = 4, mlp_ratio: float = 2.0):
+        super().__init__()
+        self.dim = dim
+        self.embed = nn.Embedding(len(VOCAB), dim, padding_idx=PAD_ID)
+        self.pos = nn.Parameter(torch.randn(1, MAX_TOKENS, dim) * 0.02)  # learned, as in CLIP's text tower
+        layer = nn.TransformerEncoderLayer(dim, num_heads, int(dim * mlp_ratio), dropout=0.0, activation="gelu",
+                                           batch_first=True, norm_first=True)  # pre-LN, as in GPT-2 and CLIP
+        self.blocks = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        mask = tokens != PAD_ID  # (B, L) True where a word is
+        h = self.embed(tokens) + self.pos[:, : tokens.shape[1]]  # (B, L, D)
+        h = self.norm(self.blocks(h, src_key_padding_mask=~mask))  # padding is never attended to
+        h = h * mask[..., None]  # padded positions carry nothing
+        pooled = h.sum(1) / mask.sum(1, keepdim=True).clamp(min=1)  # (B, D): mean over the real tokens
+        return h, mask, pooled
+
+
+def null_condition(y: torch.Tensor) -> torch.Tensor:
+    """The 'no condition' of classifier-free guidance, shaped like y.
+
+    Class labels (B,): the null class. Prompts (B, L): the empty prompt, the start token alone.
+    """
+    if y.ndim == 1:
+        return torch.full_like(y, NULL_CLASS)
+    null = torch.full_like(y, PAD_ID)
+    null[:, 0] = START_ID
+    return null
+
+
+def drop_condition(y: torch.Tensor, drop: torch.Tensor) -> torch.Tensor:
+    """Rows of y where `drop` (B,) is True replaced by the null condition (label dropout for CFG)."""
+    keep = ~drop.view(-1, *([1] * (y.ndim - 1)))
+    return torch.where(keep, y, null_condition(y))
+
+
+def is_prompt(y: torch.Tensor) -> bool:
+    """A condition of prompt tokens (B, L), rather than class labels (B,)."""
+    return y.ndim == 2
+
+
+def build_text_encoder(cfg) -> "TextEncoder | None":
+    """The text encoder a ModelConfig asks for: None for class labels (model.conditioning: class)."""
+    if cfg.conditioning != "prompt":
+        return None
+    return TextEncoder(cfg.text_dim, cfg.text_depth, cfg.text_heads)
