@@ -108,7 +108,8 @@ def table(rows: list[dict]) -> str:
         lines.append(f"| {title(r)} | {r['params']:,} | {training_images(r)} | {ips} | {fid_text(r)} "
                      f"| {r['fid_floor']:.2f} | {mean_spread(r, 'fid')[0] / r['fid_floor']:.1f} | {accuracy_text(r)} "
                      f"| {pr} | {r['sampler']} | {r['steps']} | {r['cfg_scale']} | {r['seconds_per_1000']:.0f} |")
-    note = f"\nFID and accuracy: mean +- sample standard deviation over {seeds} training seeds.\n" if seeds > 1 else ""
+    note = (f"\nFID and accuracy: mean +- sample standard deviation over {seeds} training seeds; precision, "
+            f"recall and the speeds: the first seed's.\n") if seeds > 1 else ""
     return head + "\n".join(lines) + "\n" + note
 
 
