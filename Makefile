@@ -50,9 +50,10 @@ demo: install-demo
 
 # The fair comparison (issue 7): every config trained on the same number of images, then
 # evaluated with the same N and seed. `make compare` trains the three milestones in configs/
-# (80 minutes on our 2-core CPU: 40 of training, 40 of scoring); a run already in $(COMPARE_DIR) is continued
-# (--resume), so an interrupted `make compare` picks up where it stopped; `make compare-all` adds the reference configs (hours on a CPU:
-# DDPM samples with 1000 steps). COMPARE_IMAGES=600000 for a 10x larger budget.
+# (SEEDS=3: 111 minutes on our 2-core CPU, 71 of training; one seed about 42 by that run's phases);
+# a run already in $(COMPARE_DIR) is continued (--resume) and scores already in results/scores.json are
+# reused, so an interrupted `make compare` picks up where it stopped; `make compare-all` adds the
+# reference configs (hours on a CPU: DDPM samples with 1000 steps). COMPARE_IMAGES=600000 for a 10x larger budget.
 # SEEDS: training seeds per config; seed 0 trains in $(COMPARE_DIR), seed k in $(COMPARE_DIR)/seed<k>
 SEEDS ?= 1
 COMPARE_IMAGES ?= 60000
