@@ -24,18 +24,15 @@ import torch
 from . import attributes
 from .data import load_split, tensor_to_uint8
 from .evaluation import conditional_accuracy
-from .prompts import BINS, PromptData, prompt_data, write
+from .prompts import BINS, PromptData, cache_path, prompt_data, write
 
 PER_DIGIT = 5
 
 
 def training_prompt_set(data_dir=None) -> PromptData:
     """The training images' measured bins and thresholds (cached beside the data by difflab.prompts)."""
-    from .data import resolve_data_dir
-
     x, y = load_split("train", data_dir=data_dir)
-    folder = resolve_data_dir(data_dir)
-    return prompt_data(tensor_to_uint8(x), y.numpy(), cache=folder / "mnist_prompts.npz" if folder.is_dir() else None)
+    return prompt_data(tensor_to_uint8(x), y.numpy(), cache=cache_path("mnist", data_dir))
 
 
 def combination_counts(data: PromptData) -> np.ndarray:

@@ -19,7 +19,6 @@ The empty prompt "" is the null condition for classifier-free guidance: just the
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from . import attributes
+from .data import array_sha256
 
 BINS = {
     "thickness": ("thin", "regular", "thick"),
@@ -197,18 +197,23 @@ def build(images: np.ndarray, digits: np.ndarray, seed: int = 0) -> PromptData:
     return PromptData(texts, encode(texts).numpy().astype(np.int16), digits, bins, thresholds)
 
 
-def images_digest(images: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(images).tobytes()).hexdigest()
+def cache_path(dataset: str, data_dir=None, limit: Optional[int] = None) -> Optional[Path]:
+    """<data dir>/<dataset>_prompts.npz (_<N> with data.limit); None where there is no data folder."""
+    from .data import resolve_data_dir
+
+    folder = resolve_data_dir(data_dir)
+    name = f"{dataset}_prompts" + (f"_{limit}" if limit else "")
+    return folder / f"{name}.npz" if folder.is_dir() else None
 
 
 def prompt_data(images: np.ndarray, digits: np.ndarray, cache: Optional[Path] = None, seed: int = 0) -> PromptData:
     """build(), cached in `cache` (an .npz): reused only if written for these very images, seed and VERSION."""
-    key = {"images_sha256": images_digest(images), "seed": seed, "version": VERSION}
+    key = {"images_sha256": array_sha256(images), "seed": seed, "version": VERSION}
     if cache is not None and Path(cache).is_file():
         try:
             with np.load(cache, allow_pickle=False) as z:
                 meta = json.loads(str(z["meta"]))
-                if meta["key"] == key and hashlib.sha256(z["tokens"].tobytes()).hexdigest() == meta["tokens_sha256"]:
+                if meta["key"] == key and array_sha256(z["tokens"]) == meta["tokens_sha256"]:
                     tokens = z["tokens"]
                     return PromptData(meta["texts"], tokens, digits, {n: z[f"bin_{n}"] for n in BINS},
                                       Thresholds.from_dict(meta["thresholds"]))
@@ -217,7 +222,7 @@ def prompt_data(images: np.ndarray, digits: np.ndarray, cache: Optional[Path] = 
     data = build(images, digits, seed)
     if cache is not None:
         meta = {"key": key, "texts": data.texts, "thresholds": data.thresholds.to_dict(),
-                "tokens_sha256": hashlib.sha256(data.tokens.tobytes()).hexdigest()}
+                "tokens_sha256": array_sha256(data.tokens)}
         tmp = Path(cache).with_suffix(".tmp.npz")
         np.savez(tmp, meta=json.dumps(meta), tokens=data.tokens, **{f"bin_{n}": b for n, b in data.bins.items()})
         tmp.replace(cache)
@@ -231,12 +236,9 @@ def training_prompts(x, y, data_cfg):
     """
     import torch
 
-    from .data import resolve_data_dir, tensor_to_uint8
+    from .data import tensor_to_uint8
 
     images = tensor_to_uint8(x.cpu())
-    digits = y.cpu().numpy()
-    name = data_cfg.dataset + "_prompts" + (f"_{len(images)}" if data_cfg.limit else "")
-    folder = resolve_data_dir(data_cfg.data_dir)
-    cache = folder / f"{name}.npz" if folder.is_dir() else None
-    data = prompt_data(images, digits, cache=cache)
+    cache = cache_path(data_cfg.dataset, data_cfg.data_dir, len(images) if data_cfg.limit else None)
+    data = prompt_data(images, y.cpu().numpy(), cache=cache)
     return torch.from_numpy(data.tokens.astype(np.int64))

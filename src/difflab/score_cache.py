@@ -23,16 +23,10 @@ from typing import Callable, Optional
 
 import torch
 
+from .data import sha256_file
+
 # Files that do not change a score: the comparison's own report and the demo.
 NOT_SCORING = {"compare.py", "report.py", "score_cache.py", "demo.py", "demo_page.py", "runs.py", "download.py"}
-
-
-def file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def code_digest() -> str:
@@ -76,7 +70,7 @@ class ScoreCache:
         if checkpoint is None or not Path(checkpoint).is_file():
             return None  # a pipeline built in memory: nothing to recognise it by
         if checkpoint not in self._digests:
-            self._digests[checkpoint] = file_digest(Path(checkpoint))
+            self._digests[checkpoint] = sha256_file(Path(checkpoint))
         if id(classifier) not in self._digests:
             self._digests[id(classifier)] = model_digest(classifier)
         return json.dumps([self._digests[checkpoint], self._digests[id(classifier)], self._code,
