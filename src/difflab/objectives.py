@@ -140,3 +140,24 @@ def min_snr_weight(objective: Objective, a: Tensor, s: Tensor, gamma: float) -> 
 def broadcast(v: Tensor, like: Tensor) -> Tensor:
     """(B,) -> (B, 1, 1, 1) so per-sample coefficients multiply images."""
     return v.reshape(-1, *([1] * (like.ndim - 1))).to(like.dtype)
+
+
+def diffusion_loss(model, path, objective: Objective, x0: Tensor, y: Tensor, t: Tensor, eps: Tensor,
+                   min_snr_gamma: float | None = None) -> tuple[Tensor, Tensor]:
+    """The training loss of every objective: Ho et al. 2020, Algorithm 1, generalised.
+
+    Algorithm 1 draws x0 ~ q(x0), t ~ Uniform({1..T}), eps ~ N(0, I) and takes a gradient step on
+    ||eps - eps_theta(sqrt(abar_t) x0 + sqrt(1 - abar_t) eps, t)||^2. Here the caller draws (x0, y),
+    t from the config's distribution (schedules.sample_training_t) and eps; the path gives alpha and
+    sigma, and the objective says what the network learns to output in place of eps.
+    Returns (the loss to minimise, the plain per-sample squared error (B,) for the log).
+    """
+    a, s = broadcast(path.alpha(t), x0), broadcast(path.sigma(t), x0)
+    x_t = a * x0 + s * eps  # the forward process, Ho et al. 2020, Eq. 4
+    target = objective.target(x0, eps, a, s)  # eps, x0, v or eps - x0
+    out = model(x_t, t * 1000, y)  # every network sees t scaled to [0, 1000] (DESIGN.md)
+    per_sample = (out.float() - target).pow(2).flatten(1).mean(1)  # (B,)
+    if min_snr_gamma is None:
+        return per_sample.mean(), per_sample.detach()
+    w = min_snr_weight(objective, a, s, min_snr_gamma).flatten()  # Hang et al. 2023
+    return (w * per_sample).mean(), per_sample.detach()  # the log keeps the plain squared error

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import difflab.loop as loop
 import difflab.training as training
 from difflab.checkpoint import load_checkpoint
 from difflab.outputs import OutputError
@@ -61,7 +62,7 @@ FULL_DISK = {  # where the disk fills, during epoch 2 of a run whose epoch 1 is 
     "writing model_epoch_2.pt": lambda mp, real: mp.setattr(torch, "save", _half_written_then_enospc(real, 1)),
     "writing last.pt": lambda mp, real: mp.setattr(torch, "save", _half_written_then_enospc(real, 2)),
     "flushing a checkpoint to disk (fsync)": lambda mp, real: mp.setattr(os, "fsync", lambda fd: _full()),
-    "appending to metrics.jsonl": lambda mp, real: mp.setattr(training, "open", lambda path, *a, **k: _full(path),
+    "appending to metrics.jsonl": lambda mp, real: mp.setattr(loop, "open", lambda path, *a, **k: _full(path),
                                                               raising=False),
     "writing the sample grid": lambda mp, real: mp.setattr(training, "save_grid", lambda images, path, **k: _full(path)),
 }
