@@ -161,9 +161,13 @@ class TrainingLoop:
         if tc.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
         self.opt.step()
+        self.after_step(step)
+        return logged
+
+    def after_step(self, step: int) -> None:
+        """After each optimiser step: the EMA of the weights, if this trainer keeps one."""
         if self.ema is not None:
             self.ema.update(self.model, step)
-        return logged
 
     def count_skipped(self, step: int) -> None:
         """training.on_nonfinite=skip: a few bad steps are skipped; more than a small share stops the run."""

@@ -161,6 +161,23 @@ def sample_dpmpp_2m(denoiser, x, times, path, *, generator=None, callback=None):
     return x
 
 
+@torch.no_grad()
+def sample_consistency(denoiser, x, times, path, *, generator=None, callback=None):
+    """Multistep consistency sampling (Song et al. 2023, Algorithm 1).
+
+    A consistency model maps any x_t straight to an estimate of x0; between steps that
+    estimate is noised afresh to the next, smaller time: x_s = a_s x0_hat + s_s z with new z.
+    One step is a single network evaluation; more steps trade time for quality.
+    """
+    for i, t, s in _steps(times):
+        x0, _ = denoiser(x, t)
+        if callback:
+            callback(i, t, x, x0)
+        a_s, s_s = _coeffs(path, s)
+        x = a_s * x0 + s_s * _noise_like(x, generator) if s_s > 0 else x0
+    return x
+
+
 def _noise_like(x: Tensor, generator) -> Tensor:
     """Fresh noise shaped like x, from one torch.Generator or from a list of them, one per image.
 
@@ -182,6 +199,7 @@ SAMPLERS = {
     "euler": sample_euler,
     "heun": sample_heun,
     "dpm++2m": sample_dpmpp_2m,
+    "consistency": sample_consistency,
 }
 
 

@@ -89,10 +89,14 @@ class Trainer(TrainingLoop):
 
     def compute_loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict]:
         loss, per_sample, t = self.loss(x, y)
+        return loss, self.logged(loss, per_sample, t)
+
+    def logged(self, loss: torch.Tensor, per_sample: torch.Tensor, t: torch.Tensor) -> dict:
+        """What a step adds to the log: the loss, and the per-sample loss summed per tenth of t."""
         bins = (t * T_BINS).long().clamp(max=T_BINS - 1)
         zeros = torch.zeros(T_BINS, device=self.device)
-        return loss, {"loss": loss.detach(), "t_sum": zeros.scatter_add(0, bins, per_sample),
-                      "t_count": zeros.scatter_add(0, bins, torch.ones_like(per_sample))}
+        return {"loss": loss.detach(), "t_sum": zeros.scatter_add(0, bins, per_sample),
+                "t_count": zeros.scatter_add(0, bins, torch.ones_like(per_sample))}
 
     def summarise(self, sums: dict, n: int) -> dict:
         by_t = [v / c if c > 0 else None for v, c in zip(sums["t_sum"].tolist(), sums["t_count"].tolist())] \

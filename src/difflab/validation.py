@@ -1,0 +1,131 @@
+"""Range checks on a loaded config: the impossible values a typo produces (config.py builds, this checks)."""
+
+from __future__ import annotations
+
+
+class ConfigError(ValueError):
+    """A config problem, reported as one line: `file: key: what was expected`."""
+
+
+def validate(cfg, source: str, choices: dict) -> None:
+    """Range checks: the impossible values a typo produces."""
+
+    def bad(key: str, expected: str):
+        section, name = key.split(".")
+        got = getattr(getattr(cfg, section), name)
+        raise ConfigError(f"{source}: {key}: expected {expected}, got {got!r}")
+
+    for (section, key), allowed in choices.items():
+        if getattr(getattr(cfg, section), key) not in allowed:
+            bad(f"{section}.{key}", "one of " + ", ".join(allowed))
+    m, d, t, s = cfg.model, cfg.diffusion, cfg.training, cfg.sampling
+    positive = {
+        "model.channels": m.channels, "model.hidden_size": m.hidden_size, "model.depth": m.depth,
+        "model.num_heads": m.num_heads, "model.patch_size": m.patch_size,
+        "model.mlp_ratio": m.mlp_ratio, "model.cond_tokens": m.cond_tokens,
+        "model.latent_channels": m.latent_channels,
+        "diffusion.num_timesteps": d.num_timesteps, "diffusion.beta_start": d.beta_start,
+        "diffusion.logit_std": d.logit_std, "training.epochs": t.epochs,
+        "training.max_batch_size": t.max_batch_size, "training.lr": t.lr,
+        "training.log_every": t.log_every, "training.checkpoint_every": t.checkpoint_every,
+        "sampling.steps": s.steps, "sampling.shift": s.shift, "sampling.n_per_class": s.n_per_class,
+    }
+    for key, value in positive.items():
+        if not value > 0:
+            bad(key, "a number > 0")
+    if not m.channel_mult or not all(isinstance(c, int) and c > 0 for c in m.channel_mult):
+        bad("model.channel_mult", "a non-empty list of positive integers")
+    if not all(isinstance(a, int) and 0 <= a < len(m.channel_mult) for a in m.attention_levels):
+        bad("model.attention_levels", f"indices in 0..{len(m.channel_mult) - 1}")
+    if not (isinstance(m.single_depth, int) and m.single_depth >= 0):
+        bad("model.single_depth", "an integer >= 0")
+    if m.num_res_blocks < 1:
+        bad("model.num_res_blocks", "an integer >= 1")
+    if m.architecture == "unet":  # U-Net attention splits each attended width (and the middle's) into heads
+        for width in {m.channels * m.channel_mult[a] for a in [*m.attention_levels, -1]}:
+            if width % m.num_heads:
+                bad("model.num_heads", f"a divisor of every attended U-Net width (here {width})")
+    if m.hidden_size % m.num_heads:
+        bad("model.hidden_size", f"a multiple of model.num_heads ({m.num_heads})")
+    if not d.beta_start < d.beta_end < 1:
+        bad("diffusion.beta_end", f"a number in (beta_start={d.beta_start}, 1)")
+    if isinstance(t.batch_size, str) and t.batch_size != "auto":
+        bad("training.batch_size", 'a positive integer or "auto"')
+    if isinstance(t.batch_size, int) and t.batch_size < 1:
+        bad("training.batch_size", 'a positive integer or "auto"')
+    for key, value in {
+        "model.dropout": m.dropout,
+        "training.cfg_dropout_prob": t.cfg_dropout_prob,
+        "training.ema_decay": t.ema_decay,
+        "sampling.eta": s.eta,
+        "sampling.cfg_rescale": s.cfg_rescale,
+    }.items():
+        if not 0 <= value <= 1:
+            bad(key, "a number in [0, 1]")
+    if not 0 <= t.adam_beta2 < 1:
+        bad("training.adam_beta2", "a number in [0, 1)")
+    for key, value in {
+        "training.weight_decay": t.weight_decay, "training.warmup_steps": t.warmup_steps,
+        "training.grad_clip": t.grad_clip, "training.sample_every": t.sample_every,
+        "training.keep_last": t.keep_last, "sampling.cfg_scale": s.cfg_scale,
+        "model.kl_weight": m.kl_weight,
+    }.items():
+        if value < 0:
+            bad(key, "a number >= 0")
+    if cfg.data.limit is not None and cfg.data.limit < 1:
+        bad("data.limit", "a positive integer or null")
+    if t.threads is not None and t.threads < 1:
+        bad("training.threads", "a positive integer or null")
+    if t.max_steps is not None and t.max_steps < 1:
+        bad("training.max_steps", "a positive integer or null")
+    if t.max_images is not None and t.max_images < 1:
+        bad("training.max_images", "a positive integer or null")
+    if t.min_snr_gamma is not None and not t.min_snr_gamma > 0:
+        bad("training.min_snr_gamma", "a number > 0 or null")
+    gi = s.guidance_interval
+    if not (len(gi) == 2 and all(isinstance(v, (int, float)) for v in gi) and 0 <= gi[0] <= gi[1] <= 1):
+        bad("sampling.guidance_interval", "[lo, hi] with 0 <= lo <= hi <= 1")
+    if s.clip_x0 and cfg.data.vae_checkpoint:
+        bad("sampling.clip_x0", "false for latent diffusion (latents are not bounded to [-1, 1])")
+    _validate_prompt_model(m, bad)
+    _validate_distill(cfg, bad)
+
+
+def _validate_prompt_model(m, bad) -> None:
+    """The text encoder's sizes and where the U-Net reads the prompt (model.conditioning: prompt)."""
+    if m.conditioning != "prompt":
+        return
+    for key, value in {"model.text_dim": m.text_dim, "model.text_depth": m.text_depth,
+                       "model.text_heads": m.text_heads}.items():
+        if not (isinstance(value, int) and value > 0):
+            bad(key, "a positive integer")
+    if m.text_dim % m.text_heads:
+        bad("model.text_dim", f"a multiple of model.text_heads ({m.text_heads})")
+    if m.architecture == "unet":
+        levels = m.cross_attention_levels
+        if not levels or not all(isinstance(a, int) and 0 <= a < len(m.channel_mult) for a in levels):
+            bad("model.cross_attention_levels", f"a non-empty list of indices in 0..{len(m.channel_mult) - 1}")
+        for width in {m.channels * m.channel_mult[a] for a in levels}:
+            if width % m.num_heads:
+                bad("model.num_heads", f"a divisor of every U-Net width that reads the prompt (here {width})")
+    elif m.architecture == "dit":
+        bad("model.conditioning", "class for the DiT (prompts: the U-Net's cross-attention or the MMDiT's joint attention)")
+
+
+def _validate_distill(cfg, bad) -> None:
+    """distill.*: a teacher for distillation, a grid of at least one step, a target EMA in [0, 1)."""
+    dc = cfg.distill
+    if dc.method == "none":
+        return
+    if dc.method == "consistency_distillation" and not dc.teacher:
+        bad("distill.teacher", "the path of a trained checkpoint to distil")
+    if dc.steps < 1:
+        bad("distill.steps", "an integer >= 1")
+    if not 0 <= dc.target_ema < 1:
+        bad("distill.target_ema", "a number in [0, 1)")
+    if dc.huber_c is not None and not dc.huber_c > 0:
+        bad("distill.huber_c", "a number > 0 or null")
+    if dc.teacher_cfg_scale < 0:
+        bad("distill.teacher_cfg_scale", "a number >= 0")
+    if cfg.diffusion.target == "x0":  # f = c_skip x + c_out F needs c_skip(0) = 1; x0-prediction has c_skip = 0
+        bad("diffusion.target", "eps, v or flow for a consistency model (x0-prediction misses f(x, 0) = x)")

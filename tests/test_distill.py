@@ -1,0 +1,132 @@
+"""Consistency models (distill.py): the boundary condition, the teacher's step, the sampler, the checks, resume."""
+
+import pytest
+import torch
+
+from conftest import tiny_config, tiny_data
+from difflab.config import ConfigError, DiffusionConfig
+from difflab.distill import ConsistencyTrainer, pseudo_huber
+from difflab.guidance import make_denoiser
+from difflab.pipeline import Pipeline
+from difflab.samplers import sample_consistency, sample_ddim
+from difflab.schedules import build_path
+from difflab.training import Trainer
+
+CD = {"method": "consistency_distillation", "steps": 4, "teacher_cfg_scale": 2.0}
+
+
+def teacher_checkpoint(tmp_path, target="v", schedule="scaled_linear"):
+    """A tiny trained diffusion model: the teacher of the tests below."""
+    cfg = tiny_config(tmp_path, diffusion={"target": target, "schedule": schedule}, training={"max_steps": 8})
+    teacher = Trainer(cfg, data=tiny_data(128), quiet=True)
+    teacher.fit()
+    return teacher, teacher.out_dir / "checkpoints" / "last.pt"
+
+
+def student_config(tmp_path, teacher_path, target="v", schedule="scaled_linear", **distill):
+    cfg = tiny_config(tmp_path, diffusion={"target": target, "schedule": schedule},
+                      distill={**CD, "teacher": str(teacher_path), **distill},
+                      training={"max_steps": 6, "cfg_dropout_prob": 0.0},
+                      sampling={"sampler": "consistency", "steps": 2, "spacing": "trailing", "cfg_scale": 1.0})
+    cfg.name = "student"  # its own folder beside the teacher's
+    return cfg
+
+
+@pytest.mark.parametrize("target,schedule", [("eps", "linear"), ("v", "scaled_linear"), ("flow", "flow")])
+def test_the_consistency_function_is_the_identity_at_t_0_whatever_the_network_says(tmp_path, target, schedule):
+    """Song et al. 2023, Eq. 5: c_skip(0) = 1 and c_out(0) = 0, so f(x, 0) = x by construction."""
+    _, ckpt = teacher_checkpoint(tmp_path, target, schedule)
+    trainer = ConsistencyTrainer(student_config(tmp_path, ckpt, target, schedule), data=tiny_data(64), quiet=True)
+    x, y = torch.randn(4, 1, 28, 28), torch.arange(4)
+    with torch.no_grad():
+        torch.nn.init.normal_(next(trainer.model.parameters()))  # any network, trained or not
+        at_zero = trainer.consistency(trainer.model, x, torch.zeros(4), y)
+        later = trainer.consistency(trainer.model, x, torch.full((4,), 0.5), y)
+    torch.testing.assert_close(at_zero, x)
+    assert not torch.allclose(later, x)
+
+
+def test_the_student_starts_as_its_teacher_and_the_teacher_step_is_a_guided_ddim_step(tmp_path):
+    teacher, ckpt = teacher_checkpoint(tmp_path)
+    student = ConsistencyTrainer(student_config(tmp_path, ckpt), data=tiny_data(64), quiet=True)
+    for a, b in zip(student.model.state_dict().values(), teacher.ema.model.state_dict().values()):
+        torch.testing.assert_close(a, b)
+    # One step of the sampling pipeline's guided DDIM from t = 0.75 to 0.5 is the teacher's step.
+    pipe = Pipeline(teacher.ema.model, teacher.cfg, torch.device("cpu"))
+    x, y = torch.randn(3, 1, 28, 28), torch.tensor([1, 4, 7])
+    denoiser = make_denoiser(pipe.model, pipe.objective, pipe.path, y, teacher.cfg.sampling, 2.0)
+    expected = sample_ddim(denoiser, x, [0.75, 0.5], pipe.path)
+    got = student.teacher_step(x, torch.full((3,), 0.75), torch.full((3,), 0.5), y)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
+
+
+def test_consistency_training_targets_x0_itself_at_the_first_grid_step(tmp_path):
+    """With no teacher, x_{t_0} = x0 exactly, and f(x0, 0) = x0: the chain is anchored to the data."""
+    cfg = tiny_config(tmp_path, diffusion={"target": "v", "schedule": "scaled_linear"},
+                      distill={"method": "consistency_training", "steps": 1, "target_ema": 0.0},
+                      training={"cfg_dropout_prob": 0.0})
+    trainer = ConsistencyTrainer(cfg, data=tiny_data(64), quiet=True)
+    x0, y = tiny_data(16)  # one batch
+    with torch.no_grad():  # with N = 1 every pair is (t, s) = (1, 0): the loss is ||f(x_1, 1) - x0||
+        _, per_sample, t = trainer.loss(x0, y)
+    assert (t == 1).all()
+    trainer.noise_gen.manual_seed(cfg.training.seed + 1)  # the same draws again, to rebuild x_1
+    torch.randint(0, 1, (16,), generator=trainer.noise_gen)
+    eps = torch.randn((16, 1, 28, 28), generator=trainer.noise_gen)
+    path = build_path(cfg.diffusion)
+    x1 = path.alpha(torch.ones(1)) * x0 + path.sigma(torch.ones(1)) * eps
+    with torch.no_grad():
+        f = trainer.consistency(trainer.model, x1, torch.ones(16), y)
+    torch.testing.assert_close(per_sample, pseudo_huber(f - x0, trainer.huber_c))
+
+
+def test_multistep_consistency_sampling_returns_the_last_jump_and_noises_in_between():
+    path = build_path(DiffusionConfig(target="flow", schedule="flow"))
+    seen = []
+
+    def denoiser(x, t):
+        seen.append((t, x.clone()))
+        return torch.full_like(x, t), torch.zeros_like(x)  # "x0" = t, to tell the calls apart
+
+    x = torch.randn(2, 1, 4, 4)
+    out = sample_consistency(denoiser, x, [1.0, 0.5, 0.0], path, generator=torch.Generator().manual_seed(0))
+    assert [t for t, _ in seen] == [1.0, 0.5]
+    torch.testing.assert_close(out, torch.full_like(x, 0.5))  # the last jump, not noised again
+    between = seen[1][1]  # x at t = 0.5: 0.5 * x0_hat(=1) + 0.5 * fresh noise
+    assert not torch.allclose(between, torch.full_like(x, 0.5)) and abs((between - 0.5).std() - 0.5) < 0.3
+
+
+def test_a_missing_teacher_names_the_command_that_makes_it(tmp_path):
+    cfg = student_config(tmp_path, tmp_path / "nope.pt", teacher_config="configs/unified_sd2_unet_v.yaml")
+    with pytest.raises(ConfigError, match="python train.py --config configs/unified_sd2_unet_v.yaml"):
+        ConsistencyTrainer(cfg, data=tiny_data(32), quiet=True)
+
+
+def test_a_teacher_of_another_architecture_is_refused(tmp_path):
+    _, ckpt = teacher_checkpoint(tmp_path)
+    cfg = student_config(tmp_path, ckpt)
+    cfg.model.channels = 16
+    with pytest.raises(ConfigError, match="'model' section differs from the teacher's"):
+        ConsistencyTrainer(cfg, data=tiny_data(32), quiet=True)
+
+
+def test_x0_prediction_cannot_be_a_consistency_model(tmp_path):
+    with pytest.raises(ConfigError, match="diffusion.target"):
+        tiny_config(tmp_path, diffusion={"target": "x0"}, distill={"method": "consistency_training"})
+
+
+def test_resume_restores_the_target_network(tmp_path):
+    _, ckpt = teacher_checkpoint(tmp_path)
+    data = tiny_data(64)
+    first = ConsistencyTrainer(student_config(tmp_path, ckpt), data=data, quiet=True)
+    first.fit(stop_after=3)
+    again = ConsistencyTrainer(student_config(tmp_path, ckpt), data=data, quiet=True)
+    again.load_state(first.out_dir / "checkpoints" / "last.pt")
+    for a, b in zip(again.target.state_dict().values(), first.target.state_dict().values()):
+        torch.testing.assert_close(a, b)
+    assert not all(torch.equal(a, b) for a, b in zip(first.target.state_dict().values(),
+                                                      first.model.state_dict().values()))  # mu = 0.95 lags
+    first.fit()
+    again.fit()
+    for a, b in zip(again.model.state_dict().values(), first.model.state_dict().values()):
+        torch.testing.assert_close(a, b)
