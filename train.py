@@ -42,10 +42,10 @@ def main(argv=None):
         from difflab.vae_training import VAETrainer
 
         trainer = VAETrainer(cfg)
-    elif cfg.distill.method != "none":  # few-step models: src/difflab/distill.py
-        from difflab.distill import ConsistencyTrainer
+    elif cfg.fewstep.method != "none":  # few-step models: src/difflab/fewstep.py
+        from difflab.fewstep import ConsistencyTrainer, ShortcutTrainer
 
-        trainer = ConsistencyTrainer(cfg)
+        trainer = (ShortcutTrainer if cfg.fewstep.method == "shortcut" else ConsistencyTrainer)(cfg)
     else:
         trainer = Trainer(cfg)
     if args.resume:
@@ -55,8 +55,8 @@ def main(argv=None):
     if trainer.dist.is_main:
         ranks = f" x {trainer.dist.world} ranks" if trainer.dist.enabled else ""
         what = "an autoencoder" if cfg.model.architecture == "vae" else f"target {cfg.diffusion.target}"
-        if cfg.distill.method != "none":
-            what += f", {cfg.distill.method.replace('_', ' ')}" + (f" of {cfg.distill.teacher}" if cfg.distill.teacher else "")
+        if cfg.fewstep.method != "none":
+            what += f", {cfg.fewstep.method.replace('_', ' ')}" + (f" of {cfg.fewstep.teacher}" if cfg.fewstep.teacher else "")
         print(f"training {cfg.name}: {cfg.model.architecture}, {what}, "
               f"{trainer.params:,} parameters, {trainer.total_steps} steps of {trainer.batch_size}{ranks} "
               f"on {trainer.device}; writing to {trainer.out_dir}")

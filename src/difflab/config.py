@@ -28,7 +28,7 @@ POS_EMBEDS = ("sincos", "rope")
 DATASETS = ("mnist", "fashion_mnist")
 PRECISIONS = ("fp32", "bf16")
 CONDITIONINGS = ("class", "prompt")
-FEW_STEP_METHODS = ("none", "consistency_distillation", "consistency_training")
+FEW_STEP_METHODS = ("none", "consistency_distillation", "consistency_training", "shortcut")
 
 
 @dataclass
@@ -61,6 +61,7 @@ class ModelConfig:
     qk_norm: bool = False  # MMDiT: RMS-normalise queries and keys (SD3.5)
     pos_embed: str = "sincos"  # MMDiT: sincos (SD3: added to the tokens) | rope (Flux: rotates q and k)
     single_depth: int = 0  # MMDiT: Flux's single-stream blocks after the `depth` joint blocks
+    step_conditioning: bool = False  # MMDiT: also read the jump size d (shortcut models, Frans et al. 2024)
     # What the model is conditioned on: "class" (one label per image) or "prompt" (a sentence about
     # the image, difflab.prompts, read by a tiny text encoder trained with the model; issue 26)
     conditioning: str = "class"
@@ -129,13 +130,14 @@ class SamplingConfig:
 
 
 @dataclass
-class DistillConfig:
-    """Few-step training (issue 27, src/difflab/distill.py); method none is ordinary diffusion training."""
+class FewStepConfig:
+    """Few-step training (issue 27, src/difflab/fewstep.py); method none is ordinary diffusion training."""
 
-    method: str = "none"  # consistency_distillation (Song et al. 2023, Alg. 2) | consistency_training (Alg. 3)
+    # consistency_distillation (Song et al. 2023, Alg. 2) | consistency_training (Alg. 3) | shortcut (Frans et al. 2024)
+    method: str = "none"
     teacher: Optional[str] = None  # the trained checkpoint to distil (its model section must be this config's)
     teacher_config: Optional[str] = None  # the config that trains it, named when the checkpoint is missing
-    steps: int = 20  # N: consistency is enforced between neighbours t = (n + 1) / N and n / N
+    steps: int = 20  # consistency: neighbours t = (n + 1) / N and n / N; shortcut: the smallest jump is 1 / N
     teacher_cfg_scale: float = 1.0  # guidance baked into the student (Luo et al. 2023, LCM)
     target_ema: float = 0.95  # mu: the target network's EMA of the student (0: the student itself, iCT)
     huber_c: Optional[float] = None  # pseudo-Huber constant (Song & Dhariwal 2023); None: 0.00054 sqrt(dims)
@@ -149,7 +151,7 @@ class Config:
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    distill: DistillConfig = field(default_factory=DistillConfig)
+    fewstep: FewStepConfig = field(default_factory=FewStepConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -161,7 +163,7 @@ _SECTION_CLASSES = {
     "diffusion": DiffusionConfig,
     "training": TrainingConfig,
     "sampling": SamplingConfig,
-    "distill": DistillConfig,
+    "fewstep": FewStepConfig,
 }
 
 # Values that must come from a fixed set.
@@ -177,7 +179,7 @@ _CHOICES = {
     ("sampling", "spacing"): SPACINGS,
     ("training", "precision"): PRECISIONS,
     ("training", "on_nonfinite"): ("stop", "skip"),
-    ("distill", "method"): FEW_STEP_METHODS,
+    ("fewstep", "method"): FEW_STEP_METHODS,
 }
 
 

@@ -68,9 +68,10 @@ class Trainer(TrainingLoop):
 
     # ------------------------------------------------------------------ the loss
 
-    def forward(self, x_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor, **kwargs) -> torch.Tensor:
+        """The network under training (DDP, compile, autocast as configured); kwargs: a shortcut model's d."""
         with self.autocast():
-            return self.train_model(x_t, t, y)
+            return self.train_model(x_t, t, y, **kwargs)
 
     def loss(self, x0: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(loss, per-sample squared error, t) of one batch."""

@@ -88,7 +88,11 @@ def validate(cfg, source: str, choices: dict) -> None:
     if s.clip_x0 and cfg.data.vae_checkpoint:
         bad("sampling.clip_x0", "false for latent diffusion (latents are not bounded to [-1, 1])")
     _validate_prompt_model(m, bad)
-    _validate_distill(cfg, bad)
+    if m.step_conditioning and m.architecture != "mmdit":
+        bad("model.step_conditioning", "false except for the MMDiT (shortcut models)")
+    if m.step_conditioning and (s.spacing, s.shift) != ("trailing", 1.0):
+        bad("sampling.spacing", "trailing with sampling.shift 1 for a model that reads its jump size (equal jumps 1/steps)")
+    _validate_fewstep(cfg, bad)
 
 
 def _validate_prompt_model(m, bad) -> None:
@@ -112,20 +116,28 @@ def _validate_prompt_model(m, bad) -> None:
         bad("model.conditioning", "class for the DiT (prompts: the U-Net's cross-attention or the MMDiT's joint attention)")
 
 
-def _validate_distill(cfg, bad) -> None:
-    """distill.*: a teacher for distillation, a grid of at least one step, a target EMA in [0, 1)."""
-    dc = cfg.distill
+def _validate_fewstep(cfg, bad) -> None:
+    """fewstep.*: a teacher for distillation, a grid of at least one step, a target EMA in [0, 1)."""
+    dc = cfg.fewstep
     if dc.method == "none":
         return
     if dc.method == "consistency_distillation" and not dc.teacher:
-        bad("distill.teacher", "the path of a trained checkpoint to distil")
+        bad("fewstep.teacher", "the path of a trained checkpoint to distil")
     if dc.steps < 1:
-        bad("distill.steps", "an integer >= 1")
+        bad("fewstep.steps", "an integer >= 1")
     if not 0 <= dc.target_ema < 1:
-        bad("distill.target_ema", "a number in [0, 1)")
+        bad("fewstep.target_ema", "a number in [0, 1)")
     if dc.huber_c is not None and not dc.huber_c > 0:
-        bad("distill.huber_c", "a number > 0 or null")
+        bad("fewstep.huber_c", "a number > 0 or null")
     if dc.teacher_cfg_scale < 0:
-        bad("distill.teacher_cfg_scale", "a number >= 0")
+        bad("fewstep.teacher_cfg_scale", "a number >= 0")
+    if dc.method == "shortcut":
+        if (cfg.diffusion.target, cfg.diffusion.schedule) != ("flow", "flow"):
+            bad("diffusion.target", "flow, with schedule flow, for a shortcut model (it learns jumps along the flow)")
+        if not cfg.model.step_conditioning:
+            bad("model.step_conditioning", "true for a shortcut model (the network reads the jump size)")
+        if dc.steps < 2 or dc.steps & (dc.steps - 1):
+            bad("fewstep.steps", "a power of two >= 2 for a shortcut model (jumps of 1/N, 2/N, 4/N ... 1)")
+        return
     if cfg.diffusion.target == "x0":  # f = c_skip x + c_out F needs c_skip(0) = 1; x0-prediction has c_skip = 0
         bad("diffusion.target", "eps, v or flow for a consistency model (x0-prediction misses f(x, 0) = x)")

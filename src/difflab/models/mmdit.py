@@ -156,6 +156,7 @@ class MMDiT(nn.Module):
         pos_embed: str = "sincos",
         single_depth: int = 0,
         text: Optional[TextEncoder] = None,
+        step_conditioning: bool = False,
     ):
         super().__init__()
         self.in_channels, self.patch_size = in_channels, patch_size
@@ -166,6 +167,8 @@ class MMDiT(nn.Module):
         # Flux instead rotates queries and keys in every attention by the position ("rope").
         register_positions(self, pos_embed, hidden_size, num_heads)
         self.t_embed = TimestepEmbedder(hidden_size)
+        # Shortcut models (Frans et al. 2024, Sec. 3): the jump size d, embedded like t and added to c
+        self.d_embed = TimestepEmbedder(hidden_size) if step_conditioning else None
         self.text = text
         if text is None:
             # the pooled route, like SD3's pooled CLIP embedding: one vector per class, added to t_emb
@@ -209,14 +212,20 @@ class MMDiT(nn.Module):
             init_linears(self.cond_embed)
         nn.init.normal_(self.t_embed.mlp[0].weight, std=0.02)
         nn.init.normal_(self.t_embed.mlp[2].weight, std=0.02)
+        if self.d_embed is not None:  # zero output: at first the jump size changes nothing
+            init_linears(self.d_embed)
+            nn.init.zeros_(self.d_embed.mlp[2].weight)
         # 3. adaLN-Zero: zero every modulation -> each joint block is the identity on both streams,
         #    and each single-stream block on the joined sequence
         zero_modulations(self.blocks)
         zero_modulations(self.single_blocks)
         # 4. the final layer (modulation and output Linear) was zeroed in FinalLayer.__init__
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """x: (B, C, H, W), t: (B,) already scaled to [0, 1000], y: (B,) labels in 0..10 or (B, L) prompt tokens."""
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, d=None) -> torch.Tensor:
+        """x: (B, C, H, W), t: (B,) already scaled to [0, 1000], y: (B,) labels in 0..10 or (B, L) prompt tokens.
+
+        d: a shortcut model's jump size, scaled like t ((B,) or one number; None = 0, the flow itself).
+        """
         B = x.shape[0]
         img = self.patch_embed(x)  # (B, N, D)
         if self.pos_embed is not None:
@@ -230,6 +239,8 @@ class MMDiT(nn.Module):
             ctx = self.cond_embed(words)  # (B, M, D)
             c = self.t_embed(t) + self.pooled_embed(pooled)  # (B, D)
             keys = torch.cat([mask, mask.new_ones(B, img.shape[1])], dim=1)  # (B, M+N): [prompt; image]
+        if self.d_embed is not None:
+            c = c + self.d_embed(torch.zeros_like(t) + (0.0 if d is None else d))  # (B, D)
         for block in self.blocks:
             img, ctx = block(img, ctx, c, self.rope, keys)  # (B, N, D), (B, M, D); ctx is None after the last block
         if self.single_blocks:
@@ -261,4 +272,5 @@ def build_mmdit(cfg: ModelConfig, in_channels: int, image_size: int) -> MMDiT:
         pos_embed=cfg.pos_embed,
         single_depth=cfg.single_depth,
         text=build_text_encoder(cfg),
+        step_conditioning=cfg.step_conditioning,
     )

@@ -1,11 +1,11 @@
-"""Consistency models (distill.py): the boundary condition, the teacher's step, the sampler, the checks, resume."""
+"""Consistency models (fewstep.py): the boundary condition, the teacher's step, the sampler, the checks, resume."""
 
 import pytest
 import torch
 
 from conftest import tiny_config, tiny_data
-from difflab.config import ConfigError, DiffusionConfig
-from difflab.distill import ConsistencyTrainer, pseudo_huber
+from difflab.config import ConfigError, DiffusionConfig, config_from_dict
+from difflab.fewstep import ConsistencyTrainer, ShortcutTrainer, pseudo_huber
 from difflab.guidance import make_denoiser
 from difflab.pipeline import Pipeline
 from difflab.samplers import sample_consistency, sample_ddim
@@ -25,7 +25,7 @@ def teacher_checkpoint(tmp_path, target="v", schedule="scaled_linear"):
 
 def student_config(tmp_path, teacher_path, target="v", schedule="scaled_linear", **distill):
     cfg = tiny_config(tmp_path, diffusion={"target": target, "schedule": schedule},
-                      distill={**CD, "teacher": str(teacher_path), **distill},
+                      fewstep={**CD, "teacher": str(teacher_path), **distill},
                       training={"max_steps": 6, "cfg_dropout_prob": 0.0},
                       sampling={"sampler": "consistency", "steps": 2, "spacing": "trailing", "cfg_scale": 1.0})
     cfg.name = "student"  # its own folder beside the teacher's
@@ -63,7 +63,7 @@ def test_the_student_starts_as_its_teacher_and_the_teacher_step_is_a_guided_ddim
 def test_consistency_training_targets_x0_itself_at_the_first_grid_step(tmp_path):
     """With no teacher, x_{t_0} = x0 exactly, and f(x0, 0) = x0: the chain is anchored to the data."""
     cfg = tiny_config(tmp_path, diffusion={"target": "v", "schedule": "scaled_linear"},
-                      distill={"method": "consistency_training", "steps": 1, "target_ema": 0.0},
+                      fewstep={"method": "consistency_training", "steps": 1, "target_ema": 0.0},
                       training={"cfg_dropout_prob": 0.0})
     trainer = ConsistencyTrainer(cfg, data=tiny_data(64), quiet=True)
     x0, y = tiny_data(16)  # one batch
@@ -112,7 +112,7 @@ def test_a_teacher_of_another_architecture_is_refused(tmp_path):
 
 def test_x0_prediction_cannot_be_a_consistency_model(tmp_path):
     with pytest.raises(ConfigError, match="diffusion.target"):
-        tiny_config(tmp_path, diffusion={"target": "x0"}, distill={"method": "consistency_training"})
+        tiny_config(tmp_path, diffusion={"target": "x0"}, fewstep={"method": "consistency_training"})
 
 
 def test_resume_restores_the_target_network(tmp_path):
@@ -130,3 +130,81 @@ def test_resume_restores_the_target_network(tmp_path):
     again.fit()
     for a, b in zip(again.model.state_dict().values(), first.model.state_dict().values()):
         torch.testing.assert_close(a, b)
+
+
+# ---------------------------------------------------------------- shortcut models (Frans et al. 2024)
+
+def shortcut_config(tmp_path, **fewstep):
+    return tiny_config(tmp_path, model={"architecture": "mmdit", "hidden_size": 32, "depth": 1, "num_heads": 2,
+                                        "patch_size": 4, "step_conditioning": True},
+                       diffusion={"target": "flow", "schedule": "flow", "t_sampling": "logit_normal"},
+                       fewstep={"method": "shortcut", "steps": 8, **fewstep},
+                       sampling={"sampler": "euler", "steps": 2, "spacing": "trailing", "cfg_scale": 1.0})
+
+
+def test_two_jumps_of_d_follow_a_straight_path_exactly(tmp_path):
+    """Towards a single data point every path is straight, its velocity (x_t - x0) / t constant along it:
+    the mean of two jumps must be that velocity again (a sign or time error in the middle point breaks it)."""
+    trainer = ShortcutTrainer(shortcut_config(tmp_path), data=tiny_data(32), quiet=True)
+    x0 = torch.randn(1, 1, 28, 28)
+    asked = []
+
+    def exact(x_t, t, y, d):  # t and d arrive scaled to [0, 1000]
+        asked.append(d.clone())
+        return (x_t - x0) / (t / 1000).view(-1, 1, 1, 1)
+
+    trainer.forward = exact
+    t, d = torch.tensor([1.0, 0.5, 0.25]), torch.tensor([0.5, 0.125, 0.125])
+    x_t = x0 + t.view(-1, 1, 1, 1) * torch.randn(3, 1, 28, 28)  # (1 - t) x0 + t eps, rearranged
+    target = trainer.two_jumps(x_t, t, torch.arange(3), d)
+    torch.testing.assert_close(target, (x_t - x0) / t.view(-1, 1, 1, 1))
+    assert asked[0].tolist() == [500.0, 0.0, 0.0]  # the smallest jump (1/8) asks the flow itself, d = 0
+
+
+def test_the_shortcut_quarter_of_a_batch_jumps_2d_from_a_time_on_that_grid(tmp_path):
+    trainer = ShortcutTrainer(shortcut_config(tmp_path), data=tiny_data(32), quiet=True)
+    seen = {}
+
+    def record(x_t, t, y, d):
+        seen.update(t=t / 1000, d=d / 1000, y=y)
+        return torch.zeros_like(x_t)
+
+    trainer.forward = record
+    trainer.two_jumps = lambda x_t, t, y, d: torch.zeros_like(x_t)
+    x0, y = tiny_data(16)
+    trainer.loss(x0, y)
+    jump, t = seen["d"], seen["t"]
+    m = int(16 * trainer.SELF_CONSISTENT_SHARE)
+    assert (jump[m:] == 0).all() and (jump[:m] > 0).all()  # flow matching, then shortcuts
+    assert set(jump[:m].tolist()) <= {2 ** k / 8 for k in range(1, 4)}  # 2d for d = 1/8 ... 1/2
+    assert (t[:m] >= jump[:m] - 1e-6).all()  # the jump stays inside [0, 1]
+    torch.testing.assert_close(t[:m] / jump[:m], (t[:m] / jump[:m]).round())  # on the grid of 2d
+
+
+def test_a_shortcut_model_is_told_the_jump_it_samples_with(tmp_path):
+    trainer = ShortcutTrainer(shortcut_config(tmp_path), data=tiny_data(32), quiet=True)
+    pipe = trainer.pipeline()
+    seen = []
+    real = pipe.model.forward
+    pipe.model.forward = lambda x, t, y, d=None: seen.append(d) or real(x, t, y, d)
+    pipe.generate(torch.arange(2), steps=4)
+    assert seen == [250.0] * 4  # 1000 / steps, scaled like t
+    # The jump's embedding starts at zero (the plain flow model), and once trained it matters.
+    x, t, y = torch.randn(2, 1, 28, 28), torch.full((2,), 500.0), torch.arange(2)
+    with torch.no_grad():
+        torch.testing.assert_close(real(x, t, y, d=0.0), real(x, t, y, d=500.0))
+        for p in pipe.model.parameters():  # stands in for training: every zero-initialised layer moves
+            torch.nn.init.normal_(p, std=0.2)
+        assert not torch.allclose(real(x, t, y, d=0.0), real(x, t, y, d=500.0))
+
+
+@pytest.mark.parametrize("change,key", [({"diffusion": {"target": "eps", "schedule": "linear"}}, "diffusion.target"),
+                                        ({"fewstep": {"steps": 6}}, "fewstep.steps"),
+                                        ({"model": {"step_conditioning": False}}, "model.step_conditioning"),
+                                        ({"sampling": {"spacing": "leading"}}, "sampling.spacing")])
+def test_impossible_shortcut_configs_are_refused(tmp_path, change, key):
+    cfg = shortcut_config(tmp_path).to_dict()
+    for section, values in change.items():
+        cfg[section].update(values)
+    with pytest.raises(ConfigError, match=key):
+        config_from_dict(cfg)

@@ -2,7 +2,7 @@
 
 A consistency model f(x_t, t) maps every point of a probability-flow ODE trajectory to the
 trajectory's start, x0, so one network evaluation draws an image (Song et al. 2023, Sec. 3).
-Two ways to train it, both here (`distill.method`):
+Two ways to train it, both here (`fewstep.method`):
 
 - consistency distillation (Algorithm 2): a trained teacher takes one ODE step from t_{n+1} to
   t_n; the student at t_{n+1} must agree with its target network at the teacher's x_{t_n};
@@ -17,10 +17,13 @@ own conversion to x0_hat already has that form: for v-prediction x0_hat = alpha 
 ordinary diffusion model of the teacher's architecture and objective, sampled with
 samplers.sample_consistency, and it starts from the teacher's weights.
 
+On SD3's path, shortcut models (Frans et al. 2024, `fewstep.method: shortcut`, ShortcutTrainer below)
+teach one flow model to take jumps of any size, from scratch and with no teacher; see that class.
+
 From Song & Dhariwal 2023 (improved consistency training) we take the pseudo-Huber distance in
 place of LPIPS (no downloaded network), d(a, b) = sqrt(||a - b||^2 + c^2) - c, c = 0.00054 sqrt(dims).
 Guidance is distilled into the student as in latent consistency models (Luo et al. 2023): the
-teacher's step is guided with distill.teacher_cfg_scale; the student then samples unguided.
+teacher's step is guided with fewstep.teacher_cfg_scale; the student then samples unguided.
 """
 
 from __future__ import annotations
@@ -36,8 +39,9 @@ from .checkpoint import load_checkpoint
 from .config import Config, ConfigError, config_from_dict
 from .distributed import DistInfo
 from .models import build_model
-from .models.text import null_condition
+from .models.text import drop_condition, null_condition
 from .objectives import broadcast
+from .schedules import sample_training_t
 from .training import Trainer
 
 Tensor = torch.Tensor
@@ -49,12 +53,12 @@ def pseudo_huber(diff: Tensor, c: float) -> Tensor:
 
 
 def load_teacher(cfg: Config, device: torch.device) -> tuple[torch.nn.Module, Config]:
-    """The teacher named by distill.teacher: its EMA weights, frozen; a missing file names the command to make it."""
-    path = Path(cfg.distill.teacher)
+    """The teacher named by fewstep.teacher: its EMA weights, frozen; a missing file names the command to make it."""
+    path = Path(cfg.fewstep.teacher)
     if not path.is_file():
-        how = (f"train the teacher first: python train.py --config {cfg.distill.teacher_config}"
-               if cfg.distill.teacher_config else "train the teacher first with train.py")
-        raise ConfigError(f"{cfg.name}: distill.teacher: {path} does not exist; {how}")
+        how = (f"train the teacher first: python train.py --config {cfg.fewstep.teacher_config}"
+               if cfg.fewstep.teacher_config else "train the teacher first with train.py")
+        raise ConfigError(f"{cfg.name}: fewstep.teacher: {path} does not exist; {how}")
     state = load_checkpoint(path, map_location=device)
     teacher_cfg = config_from_dict(state["config"], source=str(path))
     for section in ("model", "diffusion"):  # the student starts from the teacher's weights
@@ -72,9 +76,9 @@ class ConsistencyTrainer(Trainer):
     def __init__(self, cfg: Config, data: Optional[tuple] = None, device: Optional[torch.device] = None,
                  quiet: bool = False, dist: Optional[DistInfo] = None):
         if cfg.data.vae_checkpoint:
-            raise ConfigError(f"{cfg.name}: distill: pixel-space models only (data.vae_checkpoint must be null)")
+            raise ConfigError(f"{cfg.name}: fewstep: pixel-space models only (data.vae_checkpoint must be null)")
         super().__init__(cfg, data, device, quiet, dist)
-        dc = self.cfg.distill
+        dc = self.cfg.fewstep
         self.teacher = None
         if dc.method == "consistency_distillation":
             self.teacher, _ = load_teacher(cfg, self.device)
@@ -88,7 +92,7 @@ class ConsistencyTrainer(Trainer):
         super().after_step(step)
         with torch.no_grad():
             for target, p in zip(self.target.parameters(), self.model.parameters()):
-                target.lerp_(p, 1 - self.cfg.distill.target_ema)
+                target.lerp_(p, 1 - self.cfg.fewstep.target_ema)
 
     def consistency(self, model, x_t: Tensor, t: Tensor, y: Tensor) -> Tensor:
         """f(x_t, t) = the objective's x0_hat: c_skip(t) x_t + c_out(t) F(x_t, t), equal to x_t at t = 0."""
@@ -99,7 +103,7 @@ class ConsistencyTrainer(Trainer):
     def teacher_step(self, x_t: Tensor, t: Tensor, s: Tensor, y: Tensor) -> Tensor:
         """One guided DDIM (Euler) step of the teacher's ODE from t to s (Song et al. 2023, Eq. 7)."""
         a_t, s_t = broadcast(self.path.alpha(t), x_t), broadcast(self.path.sigma(t), x_t)
-        w = self.cfg.distill.teacher_cfg_scale
+        w = self.cfg.fewstep.teacher_cfg_scale
         out = self.teacher(torch.cat([x_t, x_t]), torch.cat([t, t]) * 1000, torch.cat([y, null_condition(y)]))
         cond, uncond = out.float().chunk(2)
         x0, eps = self.objective.to_x0_eps(uncond + w * (cond - uncond), x_t, a_t, s_t)  # guidance, Ho & Salimans 2022
@@ -107,7 +111,7 @@ class ConsistencyTrainer(Trainer):
 
     def loss(self, x0: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(loss, per-sample distance, t) of one batch: Algorithm 2 (a teacher) or 3 (none)."""
-        g, n, N = self.noise_gen, self.global_batch, self.cfg.distill.steps
+        g, n, N = self.noise_gen, self.global_batch, self.cfg.fewstep.steps
         mine = slice(self.dist.rank * self.batch_size, (self.dist.rank + 1) * self.batch_size)
         k = torch.randint(0, N, (n,), generator=g, device=self.device)[mine]  # n ~ U{0, ..., N - 1}
         eps = torch.randn((n, *x0.shape[1:]), generator=g, device=self.device)[mine]
@@ -130,3 +134,54 @@ class ConsistencyTrainer(Trainer):
             raise ConfigError(f"{path}: not a consistency model's checkpoint (no target network); cannot resume")
         self.target.load_state_dict(state["target"])
 
+
+
+class ShortcutTrainer(Trainer):
+    """Shortcut models (Frans et al. 2024): one flow network that also knows how far it will jump.
+
+    The network reads the jump size d beside t (model.step_conditioning) and predicts the average
+    velocity s(x_t, t, d) of a jump from t to t - d, so one Euler step x_{t-d} = x_t - d s lands on
+    the path. Training mixes two losses in one batch (Sec. 3, Eq. 5):
+
+    - flow matching at d = 0 (three quarters of the batch): s(x_t, t, 0) regresses eps - x0, as
+      SD3 does, with label dropout so guidance still works;
+    - self-consistency (one quarter): one jump of 2d must equal two jumps of d,
+      s(x_t, t, 2d) = stopgrad(s(x_t, t, d) + s(x_{t-d}, t - d, d)) / 2 with x_{t-d} = x_t - d s(x_t, t, d),
+      for d in 1/N, 2/N, ..., 1/2 (the smallest jump asks the flow itself, d = 0, as in the paper).
+    """
+
+    SELF_CONSISTENT_SHARE = 0.25  # Frans et al. 2024, Sec. 4: k = 1/4 of each batch
+
+    def loss(self, x0: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        g, n, N = self.noise_gen, self.global_batch, self.cfg.fewstep.steps
+        mine = slice(self.dist.rank * self.batch_size, (self.dist.rank + 1) * self.batch_size)
+        m = int(n * self.SELF_CONSISTENT_SHARE)  # the first m of the global batch learn shortcuts
+        t = sample_training_t(self.cfg.diffusion, n, g, self.device)  # (n,) for the flow-matching part
+        # self-consistency: a jump 2d = 2^(k+1) / N from a t on the grid of 2d (so t - 2d >= 0)
+        k = torch.randint(0, int(math.log2(N)), (n,), generator=g, device=self.device)
+        d = (2.0 ** k) / N  # (n,) the half jump
+        t_sc = 2 * d * torch.ceil(torch.rand(n, generator=g, device=self.device) * (0.5 / d)).clamp(min=1)
+        eps = torch.randn((n, *x0.shape[1:]), generator=g, device=self.device)
+        drop = torch.rand(n, generator=g, device=self.device) < self.cfg.training.cfg_dropout_prob
+        shortcut = torch.arange(n, device=self.device) < m
+        t = torch.where(shortcut, t_sc, t)[mine]
+        d, shortcut, eps = d[mine], shortcut[mine], eps[mine]
+        y = drop_condition(y, drop[mine] & ~shortcut)  # dropout on the flow-matching part only
+        x_t = broadcast(1 - t, x0) * x0 + broadcast(t, x0) * eps  # the flow path, Esser et al. 2024, Eq. 2
+        target = eps - x0  # d = 0: the flow's velocity
+        if shortcut.any():
+            target = target.clone()
+            target[shortcut] = self.two_jumps(x_t[shortcut], t[shortcut], y[shortcut], d[shortcut])
+        jump = torch.where(shortcut, 2 * d, torch.zeros_like(d))
+        out = self.forward(x_t, t * 1000, y, d=jump * 1000)
+        per_sample = (out.float() - target).pow(2).flatten(1).mean(1)  # (B,)
+        return per_sample.mean(), per_sample.detach(), t
+
+    @torch.no_grad()
+    def two_jumps(self, x_t: Tensor, t: Tensor, y: Tensor, d: Tensor) -> Tensor:
+        """The self-consistency target: the mean velocity of two jumps of d (the smallest: the flow, d = 0)."""
+        asked = torch.where(d <= 1.0 / self.cfg.fewstep.steps, torch.zeros_like(d), d) * 1000
+        s1 = self.forward(x_t, t * 1000, y, d=asked).float()
+        x_mid = x_t - broadcast(d, x_t) * s1  # one Euler jump of d (t decreases towards the data)
+        s2 = self.forward(x_mid, (t - d) * 1000, y, d=asked).float()
+        return (s1 + s2) / 2
