@@ -4,7 +4,7 @@ TORCH_VERSION ?= 2.13.0
 CONFIG ?= configs/unified_sd1_unet_eps.yaml
 QUICK_IMAGES ?= 38400
 
-.PHONY: install install-test install-demo install-browser data classifier quickstart test compare compare-all demo
+.PHONY: install install-test install-demo install-browser data classifier quickstart test compare compare-all fewstep demo
 
 install:
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install "torch==$(TORCH_VERSION)"
@@ -78,3 +78,23 @@ compare: install data
 
 compare-all:
 	$(MAKE) compare COMPARE_CONFIGS="$(wildcard configs/*.yaml) $(REFERENCE_CONFIGS)"
+
+# The few-step study (issue 27), after `make compare`: the SD2 U-Net it trained is the teacher of
+# consistency distillation; consistency training and the shortcut MMDiT train from scratch. Each
+# trains on COMPARE_IMAGES; then every model is scored at 1, 2, 4 and 8 steps (N = COMPARE_N) beside
+# the two milestones, into results/fewstep/ (publish: compare_models.py --publish results/fewstep/results.json --as fewstep).
+FEWSTEP_DIR = $(COMPARE_DIR)/fewstep
+FEWSTEP_TEACHER = $(COMPARE_DIR)/unified_sd2_unet_v/checkpoints/last.pt
+fewstep: install data
+	@test -f $(FEWSTEP_TEACHER) || { echo "no teacher at $(FEWSTEP_TEACHER): run make compare first"; exit 1; }
+	@epochs=$$(( ($(COMPARE_IMAGES) + 59999) / 60000 )); \
+	for c in configs/fewstep/*.yaml; do \
+		teacher=; grep -q "method: consistency_distillation" $$c && teacher=fewstep.teacher=$(FEWSTEP_TEACHER); \
+		resume=; [ -f $(FEWSTEP_DIR)/$$(basename $$c .yaml)/checkpoints/last.pt ] && resume=--resume; \
+		$(PYTHON) train.py --config $$c training.output_dir=$(FEWSTEP_DIR) training.epochs=$$epochs \
+			training.max_images=$(COMPARE_IMAGES) $$teacher $$resume || exit 1; \
+	done
+	$(PYTHON) compare_models.py --n $(COMPARE_N) --sweep-n $(COMPARE_N) --steps-list 1,2,4,8 --scales '' --out results/fewstep \
+		--checkpoints $$(ls -v $(COMPARE_DIR)/unified_sd2_unet_v/checkpoints/model_epoch_*.pt | tail -1) \
+		$$(ls -v $(COMPARE_DIR)/unified_sd3_mmdit_flow/checkpoints/model_epoch_*.pt | tail -1) \
+		$$(for d in $(FEWSTEP_DIR)/*/checkpoints; do ls -v $$d/model_epoch_*.pt | tail -1; done)

@@ -253,3 +253,28 @@ def test_the_prompt_box_reaches_a_model_of_prompts(browser, tmp_path):
         status = click_generate(page, seed=4, steps=3)
         assert "Not generated" in status and "unknown word 'bold'" in status, status
         page.context.close()
+
+
+def test_picking_a_few_step_model_sets_its_own_sampler_and_steps(browser, tmp_path):
+    """Issue 27: the demo offers the few-step models; picked, one samples as its config does (2 consistency steps)."""
+    skip_without_tools()
+    from difflab.fewstep import ConsistencyTrainer
+
+    cfg = tiny_config(tmp_path, diffusion={"target": "v", "schedule": "scaled_linear"},
+                      fewstep={"method": "consistency_training", "steps": 4, "target_ema": 0.0},
+                      training={"max_steps": 6, "cfg_dropout_prob": 0.0},
+                      sampling={"sampler": "consistency", "steps": 2, "spacing": "trailing", "cfg_scale": 1.0})
+    cfg.name = "tiny_consistency"
+    trainer = ConsistencyTrainer(cfg, data=tiny_data(32), quiet=True)
+    trainer.fit()
+    with serve([train_tiny(tmp_path), trainer.out_dir / "checkpoints" / "last.pt"], tmp_path) as demo:
+        page = open_page(browser, demo.url)
+        page.click("#model input")
+        page.get_by_role("option", name="tiny_consistency/last").click()
+        page.wait_for_function("() => document.querySelector('#sampler input').value === 'consistency'",
+                               timeout=TIMEOUT_MS)
+        assert page.input_value("#steps input") == "2"
+        set_images(page, 2)
+        assert click_generate(page, seed=5) == ""
+        assert "consistency, 2 steps, guidance 1" in text(page, "summary-a"), text(page, "summary-a")
+        page.context.close()

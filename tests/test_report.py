@@ -80,3 +80,23 @@ def test_the_sweeps_table_has_a_column_per_value_and_a_row_per_model():
     assert lines[0] == "| guidance scale | 1 | 7.5 |"
     assert lines[2] == "| SD1 U-Net eps | 31.0 (90%) |  |" and lines[3] == "| SD2 U-Net v | 30.0 (90%) | 50.0 (90%) |"
     assert "| sampling steps | 10 | 50 |" in lines and "floor 20.00 at this n" in lines[5]
+
+
+def test_the_fewstep_table_counts_the_teachers_images_and_the_speed_up_against_its_default():
+    def point(nfe, fid, acc, s):
+        return {"steps": nfe, "nfe": nfe, "fid": fid, "accuracy": acc, "fid_floor": 2.0, "seconds_per_1000": s}
+
+    teacher = row("unified_sd2_unet_v", [4.0], [0.95], nfe=100, seconds_per_1000=200.0, checkpoint="t/last.pt")
+    student = row("sd2_consistency_distill", [6.0], nfe=2, seconds_per_1000=5.0, images_seen=30000,
+                  teacher="t/last.pt", fewstep="consistency_distillation")
+    scratch = row("sd3_shortcut", [9.0], nfe=2, seconds_per_1000=8.0, fewstep="shortcut")
+    results = {"n": 1000, "rows": [student, teacher, scratch],
+               "sweeps": {"steps": {"sd2_consistency_distill": [point(1, 12.0, 0.9, 3.0), point(2, 6.0, 0.97, 5.0)],
+                                    "unified_sd2_unet_v": [point(2, 80.0, 0.5, 4.0)]}}}
+    text = report.render("fewstep", results)
+    lines = text.splitlines()
+    assert lines[0].startswith("| model | training images | NFE 1 | NFE 2 |")
+    assert lines[2].startswith("| SD2 U-Net v | 60,000 |  | 80.00 (50%) | 4.00 (95%), 100 | 200 |")  # the teacher first
+    assert "| 30,000 + 60,000 (teacher) | 12.00 (90%) | 6.00 (97%) |" in lines[3]
+    assert lines[3].endswith("| 5 (40x faster than SD2 U-Net v) |")
+    assert "SD3 MMDiT shortcut model | 60,000 |" in lines[4] and "faster" not in lines[4]  # its baseline is absent

@@ -134,7 +134,8 @@ def sweep(pipes: dict, classifier, n: int, what: str, values: Sequence, seed: in
                 continue
             r = cache.get(pipe, classifier, lambda: evaluate_pipeline(pipe, classifier, n, seed=seed, progress=False,
                                                                       **{what: v}), n=n, seed=seed, **{what: v})
-            rows.append({what: v, "fid": r["fid"], "accuracy": r["accuracy"], "fid_floor": r["fid_floor"]})
+            rows.append({what: v, "fid": r["fid"], "accuracy": r["accuracy"], "fid_floor": r["fid_floor"],
+                         "nfe": r["nfe"], "seconds_per_1000": 1000 * r["seconds"] / n})
         out[name] = rows
     return out
 
@@ -202,6 +203,7 @@ def evaluate_models(pipes: dict, classifier, n: int, seed: int = 0, cache: Optio
             "nfe": r["nfe"], "seconds_per_1000": 1000 * r["seconds"] / n, "checkpoint": info.get("checkpoint"),
             "sample_device": r["device"],
             "vae_images_seen": getattr(pipe.vae, "images_seen", None),  # latent diffusion's first stage
+            "fewstep": pipe.cfg.fewstep.method, "teacher": pipe.cfg.fewstep.teacher,  # few-step models (issue 27)
         })
     return rows
 

@@ -115,6 +115,13 @@ def load_models(paths: Sequence[Path], device: str = "auto") -> dict[str, Pipeli
     return models
 
 
+def model_defaults(pipe: Pipeline) -> dict:
+    """How the model's own config samples: what the controls show when it is picked (a few-step
+    model's 2 consistency steps without guidance, SD3's 50 Euler steps at guidance 1.5, ...)."""
+    s = pipe.cfg.sampling
+    return {"sampler": s.sampler, "steps": min(s.steps, MAX_STEPS), "cfg_scale": min(s.cfg_scale, MAX_CFG)}
+
+
 # --- checking what a request asks for -------------------------------------------------------
 
 

@@ -22,7 +22,7 @@ from typing import Optional
 from .cli import UsageError
 from .config import SAMPLERS
 from .demo import (GIF_IMAGES, MAX_CFG, MAX_IMAGES, MAX_STEPS, MAX_WORK, DemoInputError, Panel, check_request,
-                   evaluations_per_step, max_steps, plural, sample_panel)
+                   evaluations_per_step, max_steps, model_defaults, plural, sample_panel)
 from .pipeline import Pipeline
 
 # Set before Gradio is imported anywhere: no usage reports, no check for a newer version.
@@ -123,7 +123,7 @@ def build_app(models: dict[str, Pipeline]):
         gr.Markdown(INTRO)
         # The model pickers get the page's width: names like 'unified_sd3_mmdit_flow/epoch 12' are long.
         with gr.Row(visible=len(names) > 1, equal_height=True):
-            model = gr.Dropdown(names, value=names[0], label="Model", scale=3)
+            model = gr.Dropdown(names, value=names[0], label="Model", scale=3, elem_id="model")
             compare = gr.Checkbox(False, label="Side by side: a second model from the same noise",
                                   elem_id="compare", scale=1, min_width=200)
             model_b = gr.Dropdown(names, value=names[-1], label="Second model", visible=False, scale=3)
@@ -154,6 +154,8 @@ def build_app(models: dict[str, Pipeline]):
         private = dict(api_visibility="private", queue=False, show_progress="hidden")
         compare.change(lambda on: [gr.update(visible=on), gr.update(visible=on)], compare, [model_b, column_b],
                        **private)
+        model.change(lambda name: [gr.update(value=v) for v in model_defaults(models[name]).values()], model,
+                     [sampler, steps, cfg_scale], **private)  # a model's own sampling when it is picked
         for control in (n_images, sampler):  # the label follows the limit
             control.change(lambda n, s: gr.update(label=steps_label(n, s)), [n_images, sampler], steps, **private)
         # One sampling event at a time (as `sample_panel` would anyway, its lock); both events share the limit.

@@ -37,6 +37,9 @@ HISTORY = {
     "dit_transformer": "DiT rectified flow",
     "unified_sd3_mmdit_flow": "SD3 MMDiT rectified flow",
     "ldm_latent": "latent U-Net eps (VAE latents)",
+    "sd2_consistency_distill": "SD2 consistency distillation",
+    "sd2_consistency_training": "SD2 consistency training",
+    "sd3_shortcut": "SD3 MMDiT shortcut model",
 }
 # For `orderings`: the steps of the history that change one idea each (from, to, what changed).
 STEPS = [
@@ -49,6 +52,12 @@ STEPS = [
     ("unified_sd2_unet_v", "unified_sd3_mmdit_flow", "SD2 -> SD3: backbone and objective"),
     ("unified_sd1_unet_eps", "ldm_latent", "pixels -> a VAE's latents"),
 ]
+# For `fewstep`: the many-step model each few-step model is measured against (its teacher, or its family's milestone).
+FEW_STEP_BASELINE = {
+    "sd2_consistency_distill": "unified_sd2_unet_v",
+    "sd2_consistency_training": "unified_sd2_unet_v",
+    "sd3_shortcut": "unified_sd3_mmdit_flow",
+}
 GOAL = 2.0  # issue 25: FID at most 2x the floor, mean over seeds
 TARGET = 3.0  # the study's bar: FID at most 3x the floor, accuracy at least 95%
 
@@ -183,6 +192,35 @@ def sweeps(results: dict) -> str:
     return "\n".join(out) + ("\n" if out else "")
 
 
+def fewstep(results: dict) -> str:
+    """The few-step study (issue 27): FID (accuracy) against network evaluations, and what each model cost.
+
+    A distilled model's cost includes its teacher's training images. Its speed is compared with its
+    baseline's default sampling (the `rows` entry: the config's sampler, steps and guidance): the
+    teacher it was distilled from, or the milestone of its family for a model trained from scratch.
+    """
+    rows = {r["model"]: r for r in results["rows"]}
+    curves = results.get("sweeps", {}).get("steps") or {}
+    nfes = sorted({p["nfe"] for name in curves for p in curves[name]})
+    head = ("| model | training images | " + " | ".join(f"NFE {n}" for n in nfes)
+            + " | its default: FID (accuracy), NFE | s / 1000 samples |\n" + "|---" * (len(nfes) + 4) + "|\n")
+    lines = []
+    for name in sorted(rows, key=lambda n: (n in FEW_STEP_BASELINE, order({"model": n}), n)):
+        r, points = rows[name], {p["nfe"]: p for p in curves.get(name, [])}
+        base = rows.get(FEW_STEP_BASELINE.get(name, ""))
+        images = f"{r['images_seen']:,}"
+        if base is not None and r.get("teacher"):
+            images += f" + {base['images_seen']:,} (teacher)"
+        cells = [f"{points[n]['fid']:.2f} ({100 * points[n]['accuracy']:.0f}%)" if n in points else "" for n in nfes]
+        speed = f"{r['seconds_per_1000']:.0f}"
+        if base is not None:
+            speed += f" ({base['seconds_per_1000'] / r['seconds_per_1000']:.0f}x faster than {title(base)})"
+        lines.append(f"| {title(r)} | {images} | " + " | ".join(cells)
+                     + f" | {r['fid']:.2f} ({100 * r['accuracy']:.0f}%), {r['nfe']} | {speed} |")
+    floor = results["rows"][0]["fid_floor"]
+    return head + "\n".join(lines) + f"\n\nFID (accuracy) at N = {results['n']} samples per point; floor {floor:.2f}.\n"
+
+
 def render(kind: str, results: dict) -> str:
     rows = results["rows"]
     if kind == "table":
@@ -193,9 +231,11 @@ def render(kind: str, results: dict) -> str:
         return timing(results)
     if kind == "sweeps":
         return sweeps(results)
+    if kind == "fewstep":
+        return fewstep(results)
     if kind.startswith("effect "):
         return effect(rows, kind.removeprefix("effect ").strip())
-    raise ValueError(f"unknown kind of generated block {kind!r} (table, orderings, sweeps, timing, effect <config>)")
+    raise ValueError(f"unknown kind of generated block {kind!r} (table, orderings, sweeps, fewstep, timing, effect <config>)")
 
 
 def blocks(text: str):
