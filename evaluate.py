@@ -150,7 +150,7 @@ def main(argv=None):
     what.add_argument("--checkpoint", help="sample from this checkpoint and score the images")
     what.add_argument("--samples", metavar="FILE.npz", help="score saved samples (x uint8 N x 28 x 28, y labels)")
     p.add_argument("--n", type=int, default=5000, help="images to sample (default 5000)")
-    p.add_argument("--sampler", default=None, help="ddpm | ddim | euler | heun | dpm++2m (default: the config's)")
+    p.add_argument("--sampler", default=None, help="ddpm | ddim | euler | heun | dpm++2m | consistency (default: the config's)")
     p.add_argument("--steps", type=int, default=None,
                    help=STEPS_HELP)
     p.add_argument("--cfg-scale", type=float, default=None, help="guidance scale, finite and >= 0; 1 = no guidance")

@@ -65,7 +65,7 @@ def npz_bytes(result, texts=None) -> bytes:
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--checkpoint", required=True)
-    p.add_argument("--sampler", default=None, help="ddpm | ddim | euler | heun | dpm++2m (default: the config's)")
+    p.add_argument("--sampler", default=None, help="ddpm | ddim | euler | heun | dpm++2m | consistency (default: the config's)")
     p.add_argument("--steps", type=int, default=None,
                    help=STEPS_HELP)
     p.add_argument("--cfg-scale", type=float, default=None, help="guidance scale, finite and >= 0; 1 = no guidance")
