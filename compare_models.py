@@ -1,93 +1,16 @@
 """Compare trained models side by side: python compare_models.py [--checkpoints A B ...]
 
-Without --checkpoints, takes the newest checkpoint of each config under experiments/; runs of other
-training seeds in experiments/seed<k>/ (make compare SEEDS=N) are scored too, and the table reports
-each config's mean and spread over its seeds.
-Writes into results/: grid.png (a column per model, same noise, same digits),
-trajectories.png/.gif, fid_vs_steps.png, fid_vs_guidance.png, loss_curves.png,
-RESULTS.md and results.json. Every score is also kept in results/scores.json (src/difflab/score_cache.py):
-run again after a failure, and only what was not scored yet is sampled.
-
-    python compare_models.py --publish results/results.json --as milestones
-
-copies that results.json to docs/results/milestones.json and regenerates the README's and docs'
-blocks marked as generated from it (src/difflab/report.py).
+The command lives in src/difflab/commands/compare.py (also `difflab compare` once installed
+with `pip install -e .`); this file runs it from a plain checkout, nothing installed.
 """
 
-import argparse
-import platform
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "src"))
 
-from difflab.cli import fail, run_main, usage  # noqa: E402
-
-
-def numbers(text, kind):
-    try:
-        return [kind(v) for v in text.split(",") if v.strip()] if text else []
-    except ValueError:
-        usage(f"expected comma-separated numbers, got {text!r}")
-
-
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoints", nargs="+", default=None)
-    p.add_argument("--experiments", default="experiments")
-    p.add_argument("--out", default="results")
-    p.add_argument("--n", type=int, default=2000, help="samples per model for the table")
-    p.add_argument("--sweep-n", type=int, default=500, help="samples per point of the sweeps")
-    p.add_argument("--steps-list", default="10,25,50", help="sampling steps to sweep ('' to skip)")
-    p.add_argument("--scales", default="1,3,5,7.5", help="guidance scales to sweep ('' to skip)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--note", default=None, help="a line for RESULTS.md (default: the machine)")
-    p.add_argument("--publish", metavar="RESULTS_JSON", default=None,
-                   help="score nothing: copy RESULTS_JSON to docs/results/<--as>.json and rewrite the README's and "
-                        "docs' blocks generated from it (src/difflab/report.py)")
-    p.add_argument("--as", dest="publish_as", default="milestones", help="the name it is published under")
-    args = p.parse_args(argv)
-    if args.publish:
-        return publish(Path(args.publish), args.publish_as)
-
-    from difflab.compare import run_comparison, seed_runs
-    from difflab.classifier import load_classifier
-
-    other_seeds = []
-    if args.checkpoints:
-        ckpts = [Path(c) for c in args.checkpoints]
-    else:
-        if not Path(args.experiments).is_dir():
-            fail(f"no {args.experiments}/ folder: train something first, or pass --checkpoints")
-        runs = seed_runs(Path(args.experiments))  # seed 0 in DIR, seed k in DIR/seed<k> (make compare SEEDS=N)
-        ckpts, other_seeds = runs[0], [runs[k] for k in sorted(runs) if k > 0]
-        if not ckpts:
-            fail(f"no checkpoints under {args.experiments}/*/checkpoints/")
-    if args.n < 1 or args.sweep_n < 1:
-        usage("--n and --sweep-n must be positive")
-    print("comparing: " + ", ".join(str(c) for c in ckpts), file=sys.stderr)
-    note = args.note or f"Machine: {platform.machine()}, {platform.processor() or 'cpu'}; N = {args.n} samples per model, seed {args.seed}."
-    result = run_comparison(ckpts, Path(args.out), load_classifier(), n=args.n, seed=args.seed,
-                            steps_list=numbers(args.steps_list, int), scales=numbers(args.scales, float),
-                            sweep_n=args.sweep_n, device=args.device, note=note, other_seeds=other_seeds)
-    print((Path(args.out) / "RESULTS.md").read_text())
-    print(f"wrote {args.out}/: grid.png, trajectories.png/.gif, fid_vs_steps.png, fid_vs_guidance.png, "
-          f"loss_curves.png, RESULTS.md, results.json ({len(result['rows'])} models)")
-    return 0
-
-
-def publish(results_json: Path, name: str) -> int:
-    from difflab.report import publish as write_docs
-
-    if not results_json.is_file():
-        fail(f"{results_json}: no such file; `make compare` writes results/results.json")
-    root = Path(__file__).resolve().parent
-    changed = write_docs(results_json, name, root)
-    print(f"wrote docs/results/{name}.json; regenerated blocks in: "
-          + (", ".join(str(p.relative_to(root)) for p in changed) or "no page (none names it yet)"))
-    return 0
-
+from difflab.cli import run_main  # noqa: E402
+from difflab.commands.compare import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(run_main(main))

@@ -1,55 +1,16 @@
 """A local web page to play with trained models: python interactive_demo.py --checkpoint CKPT
 
-Pick a digit, a sampler, the steps and the guidance, and watch the noise turn into a digit.
-Several models: repeat --checkpoint, or --experiments DIR for the newest checkpoint of every run
-there; the page then offers a model picker and a side-by-side mode (two models, the same noise).
-Needs Gradio: pip install -r requirements-demo.txt
+The command lives in src/difflab/commands/demo.py (also `difflab demo` once installed
+with `pip install -e .`); this file runs it from a plain checkout, nothing installed.
 """
 
-import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "src"))
 
-from difflab.cli import fail, run_main, usage  # noqa: E402
-
-
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", action="append", default=[], metavar="CKPT",
-                   help="a model_epoch_<N>.pt or last.pt; repeat it to compare models")
-    p.add_argument("--experiments", default=None, metavar="DIR",
-                   help="offer the newest checkpoint of each run in DIR (e.g. experiments/)")
-    p.add_argument("--host", default="127.0.0.1",
-                   help="address to serve on (default: this machine only; 0.0.0.0 opens it to your network)")
-    p.add_argument("--port", type=int, default=None, help="port (default: a free one)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
-    args = p.parse_args(argv)
-
-    from difflab.demo import find_checkpoints, load_models
-    from difflab.demo_page import launch
-
-    if args.port is not None and not 1 <= args.port <= 65535:
-        usage(f"--port: expected a number from 1 to 65535, got {args.port}")
-    paths = [Path(c) for c in args.checkpoint]
-    if args.experiments is not None:
-        if not Path(args.experiments).is_dir():
-            fail(f"--experiments: {args.experiments} is not a folder")
-        found = find_checkpoints(Path(args.experiments))
-        if not found:
-            fail(f"--experiments: no run in {args.experiments} has checkpoints/model_epoch_<N>.pt or last.pt")
-        paths += found
-    if not paths:
-        usage("give a model: --checkpoint CKPT (repeatable) or --experiments DIR")
-    models = load_models(paths, args.device)  # a bad checkpoint stops here, with one line
-    try:
-        import gradio  # noqa: F401
-    except ImportError:
-        fail("the demo needs Gradio: pip install -r requirements-demo.txt")
-    launch(models, host=args.host, port=args.port)
-    return 0
-
+from difflab.cli import run_main  # noqa: E402
+from difflab.commands.demo import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(run_main(main))

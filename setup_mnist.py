@@ -1,42 +1,15 @@
 """Download MNIST (or Fashion-MNIST) into the data folder, checked: `python setup_mnist.py`.
 
-The data folder is --data-dir, else $DIFFLAB_DATA, else ./data. All the work is in
-`difflab.download.fetch`; this file only reads the command line and reports errors.
+The command lives in src/difflab/commands/setup_data.py (also `difflab setup` once installed
+with `pip install -e .`); this file runs it from a plain checkout, nothing installed.
 """
 
-from __future__ import annotations
-
-import argparse
 import sys
 from pathlib import Path
 
-# Run from a plain checkout, without `pip install -e .`.
-sys.path.insert(0, str(Path(__file__).parent / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent / "src"))
 
-from difflab.data import DATASETS, DataError  # noqa: E402
-from difflab.download import fetch  # noqa: E402
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Read the command line."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", default=None, help="folder for <dataset>.npz "
-                        "(default: $DIFFLAB_DATA, else ./data)")
-    parser.add_argument("--dataset", default="mnist", choices=DATASETS)
-    parser.add_argument("--force", action="store_true", help="fetch again even if the file is fine")
-    return parser.parse_args(argv)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Fetch the dataset; on an expected failure print why (no traceback) and return 1."""
-    args = parse_args(argv)
-    try:
-        fetch(args.dataset, args.data_dir, force=args.force)
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
-
+from difflab.commands.setup_data import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

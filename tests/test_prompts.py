@@ -9,7 +9,6 @@ from conftest import tiny_config, tiny_data
 
 from difflab import attributes, prompts
 from difflab.config import ConfigError
-from difflab.guidance import make_denoiser
 from difflab.models import build_model
 from difflab.models.text import START_ID, drop_condition, null_condition
 from difflab.training import Trainer

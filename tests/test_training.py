@@ -174,3 +174,30 @@ def test_adam_beta2_reaches_the_optimiser(tmp_path):
     changed = Trainer(tiny_config(tmp_path, training={"adam_beta2": 0.95}), data=tiny_data(32), quiet=True)
     assert default.opt.param_groups[0]["betas"] == (0.9, 0.999)
     assert changed.opt.param_groups[0]["betas"] == (0.9, 0.95)
+
+
+def test_tensorboard_shows_the_numbers_of_metrics_jsonl_and_the_sample_grids(tmp_path):
+    """Issue 28: training.tensorboard writes the same scalars as metrics.jsonl, and each epoch's grid."""
+    import json
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = tiny_config(tmp_path, training={"epochs": 2, "log_every": 4, "tensorboard": True})
+    trainer = Trainer(cfg, data=tiny_data(64), quiet=True)
+    trainer.fit()
+    events = EventAccumulator(str(trainer.out_dir / "tensorboard"))
+    events.Reload()
+    records = [json.loads(line) for line in (trainer.out_dir / "metrics.jsonl").read_text().splitlines()]
+    loss = [(e.step, e.value) for e in events.Scalars("train/loss")]
+    assert loss == [(r["step"], pytest.approx(r["loss"], rel=1e-6)) for r in records]
+    assert [e.step for e in events.Scalars("loss_by_t/0.0-0.1")] == [r["step"] for r in records if r["loss_by_t"][0] is not None]
+    assert [e.step for e in events.Images("samples/samples")] == [4, 8]  # the grid of each of the 2 epochs
+
+
+def test_tensorboard_without_its_package_is_one_clear_line(tmp_path, monkeypatch):
+    from difflab.config import ConfigError
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails as if not installed
+    cfg = tiny_config(tmp_path, training={"max_steps": 2, "tensorboard": True})
+    with pytest.raises(ConfigError, match="pip install tensorboard"):
+        Trainer(cfg, data=tiny_data(32), quiet=True).fit()

@@ -73,10 +73,14 @@ def save_checkpoint(state: dict, path: Union[str, Path]) -> Path:
 
 
 def load_checkpoint(path: Union[str, Path], map_location: Any = "cpu") -> dict:
-    """Load a difflab checkpoint or raise CheckpointError with a one-line reason."""
+    """Load a difflab checkpoint (.pt, or a .safetensors export) or raise CheckpointError with a one-line reason."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
+    if path.suffix == ".safetensors":  # weights for sharing (weights.py): no optimiser, so no resume
+        from .weights import load_safetensors
+
+        return load_safetensors(path)
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:

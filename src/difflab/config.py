@@ -113,6 +113,7 @@ class TrainingConfig:
     precision: str = "fp32"  # fp32 | bf16 (autocast; fast on recent GPUs)
     threads: Optional[int] = None  # CPU threads; None = PyTorch's default (one per core)
     on_nonfinite: str = "stop"  # stop | skip
+    tensorboard: bool = False  # also write metrics.jsonl's numbers and the sample grids to <run>/tensorboard/
 
 
 @dataclass

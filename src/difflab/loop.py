@@ -49,6 +49,63 @@ class NonFiniteLoss(RuntimeError):
     """The loss or the weights stopped being finite; nothing non-finite is saved."""
 
 
+class Board:
+    """TensorBoard (training.tensorboard: true): metrics.jsonl's numbers and the sample grids, nothing else.
+
+        tensorboard --logdir experiments
+    """
+
+    def __init__(self, folder: Optional[Path]):
+        self.folder, self._writer = folder, None
+        if folder is not None:
+            try:
+                import torch.utils.tensorboard  # noqa: F401
+            except ImportError:
+                raise ConfigError("training.tensorboard: true needs the tensorboard package: "
+                                  "pip install tensorboard (or pip install -e .[tensorboard])") from None
+
+    @property
+    def writer(self):
+        """The SummaryWriter, made on first use: only once the run's folder is claimed (runs.claim)."""
+        if self._writer is None and self.folder is not None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(str(self.folder))
+        return self._writer
+
+    def scalars(self, record: dict) -> None:
+        """Each number of a log record at its step; loss_by_t as one curve per tenth of t."""
+        if self.folder is None:
+            return
+        for key, value in record.items():
+            if key in ("step", "epoch"):
+                continue
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                self.writer.add_scalar(f"train/{key}", value, record["step"])
+            elif key == "loss_by_t":
+                for i, v in enumerate(value):
+                    if v is not None:
+                        self.writer.add_scalar(f"loss_by_t/{i / len(value):.1f}-{(i + 1) / len(value):.1f}", v, record["step"])
+
+    def image(self, png: Optional[Path], step: int) -> None:
+        """A picture draw() saved, as TensorBoard's image at this step."""
+        if self.folder is None or png is None:
+            return
+        import numpy as np
+        from PIL import Image
+
+        self.writer.add_image(f"samples/{png.parent.name}", np.asarray(Image.open(png).convert("L")), step,
+                              dataformats="HW")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+
 class TrainingLoop:
     """Steps, logging, checkpoints and resume around a loss that a subclass supplies."""
 
@@ -69,6 +126,7 @@ class TrainingLoop:
         self.interrupted, self.train_images_per_s = False, None
         self.noise_gen = torch.Generator(device=self.device).manual_seed(t.seed + 1)
         self._perm = None  # (epoch, that epoch's permutation of the dataset)
+        self.board = Board(None)  # TensorBoard, while fit() runs with training.tensorboard: true
 
     def prepare(self, model: torch.nn.Module, data: tuple, batch_size: int, ema: bool = False) -> None:
         """Once the subclass has built its model: the data, the optimiser and the run's length."""
@@ -112,8 +170,8 @@ class TrainingLoop:
         loss = record.get("loss")
         return {"loss": "skipped" if loss is None else f"{loss:.4f}"}
 
-    def draw(self, tag: str) -> None:
-        """A picture of the model now, once an epoch (or every training.sample_every steps)."""
+    def draw(self, tag: str) -> Optional[Path]:
+        """A picture of the model now, once an epoch (or every training.sample_every steps); its PNG."""
 
     def finish(self) -> None:
         """Called once when the run reaches its last step (a final evaluation, say)."""
@@ -196,7 +254,8 @@ class TrainingLoop:
         sums: dict = {}  # the logged tensors, summed on the device between log lines
         n_since, n_good, t_last, last_log = 0, 0, time.perf_counter(), {}
         kept = f"checkpoints already in {self.out_dir / 'checkpoints'} are intact"
-        with folder, runs.sigint_sets_flag(self), writing(self.out_dir, kept), self.progress() as bar:  # the bar starts once the folder is ours
+        self.board = Board(self.out_dir / "tensorboard" if tc.tensorboard and self.dist.is_main else None)
+        with folder, runs.sigint_sets_flag(self), writing(self.out_dir, kept), self.progress() as bar, self.board:  # the bar starts once the folder is ours
             if self.dist.is_main:
                 (self.out_dir / "config.json").write_text(json.dumps(self.cfg.to_dict(), indent=2))
             while self.step < end and not self.interrupted:
@@ -222,7 +281,7 @@ class TrainingLoop:
                     sums = {}
                     n_since, n_good, t_last = 0, 0, time.perf_counter()
                 if tc.sample_every and self.step % tc.sample_every == 0 and self.dist.is_main:
-                    self.draw(f"step_{self.step:07d}")
+                    self.board.image(self.draw(f"step_{self.step:07d}"), self.step)
                 if epoch_done or self.step == self.total_steps:
                     self.end_of_epoch()
                     t_last = time.perf_counter()  # drawing and saving are not training time
@@ -250,6 +309,7 @@ class TrainingLoop:
         if self.dist.is_main:
             with open(self.out_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
+            self.board.scalars(record)
         return record
 
     def check_loss(self, loss: Optional[float]) -> None:
@@ -270,7 +330,7 @@ class TrainingLoop:
             self._prune()
         self.save("last.pt")
         if not self.cfg.training.sample_every and self.dist.is_main:
-            self.draw(f"epoch_{epoch:03d}")
+            self.board.image(self.draw(f"epoch_{epoch:03d}"), self.step)
 
     # ------------------------------------------------------------------ checkpoints
 

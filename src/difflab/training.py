@@ -119,8 +119,8 @@ class Trainer(TrainingLoop):
         result = pipe.generate(labels, seed=self.cfg.training.seed)
         return save_grid(result.images, self.out_dir / "samples" / f"{tag}.png", nrow=self.cfg.sampling.n_per_class)
 
-    def draw(self, tag: str) -> None:
-        self.save_samples(tag)
+    def draw(self, tag: str) -> Optional[Path]:
+        return self.save_samples(tag)
 
     def extra_state(self) -> dict:
         # which VAE the latents came from: its measured scale factor is its fingerprint

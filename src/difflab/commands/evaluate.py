@@ -1,0 +1,201 @@
+"""Score a model with numbers: python evaluate.py --checkpoint PATH [--n 5000 --sampler heun --steps 20 ...]
+
+Samples N images (evenly over the digits 0-9) and prints one JSON object on stdout:
+
+- fid: Frechet distance (Heusel et al. 2017) between the classifier's penultimate
+  features of the samples and of the MNIST test set; fid_floor is the same for N real
+  training images, what a perfect model would score at this N (FID is biased upwards
+  for small N, so compare runs at the same N);
+- accuracy / per_digit_accuracy: how often the classifier sees the digit asked for
+  (null for an unconditional model, which is asked for no digit);
+- precision / recall (Kynkaanniemi et al. 2019): quality and coverage;
+- n, sampler, steps, nfe, cfg_scale, seconds (sampling only), device, checkpoint, config;
+- adherence (models of prompts only, else null): digit accuracy and attribute hit rates on
+  held-out prompts against their chance rates (src/difflab/adherence.py).
+
+`--samples FILE.npz` scores images saved by `sample.py --save-npz` instead. Progress goes
+to stderr, so `python evaluate.py ... > scores.json` keeps stdout clean.
+"""
+
+import argparse
+import contextlib
+import json
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+
+from difflab.cli import STEPS_HELP, check_cfg_scale, check_steps, fail, usage
+
+# The keys of every answer, in the order they are printed; what does not apply is null.
+KEYS = ("fid", "fid_floor", "accuracy", "per_digit_accuracy", "precision", "recall", "n",
+        "sampler", "steps", "nfe", "cfg_scale", "seconds", "device", "checkpoint", "samples", "config",
+        "adherence")  # fmt: skip
+MIN_IMAGES = 4  # FID needs a covariance, precision/recall the 3 nearest neighbours of each point
+
+
+def load_samples(path):
+    """(images (N, 1, 28, 28) in [-1, 1], labels (N,) or None) from a `sample.py --save-npz` file.
+
+    The file holds x: uint8 (N, 28, 28) and y: integer (N,), the digits asked for; y all
+    equal to the null class 10 means unconditional samples (no accuracy to measure).
+    """
+    import zipfile
+
+    import numpy as np
+    import torch
+
+    from difflab.data import images_to_tensor
+    from difflab.models import NULL_CLASS
+
+    path = Path(path)
+    if not path.is_file():
+        fail(f"--samples: {path}: no such file")
+    if not zipfile.is_zipfile(path):  # else np.load may try it as a pickle or a bare .npy
+        fail(f"--samples: {path}: not an .npz file (write one with `sample.py --save-npz`)")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            missing = [k for k in ("x", "y") if k not in npz.files]
+            if missing:
+                fail(f"--samples: {path} has no array {' or '.join(missing)} (expected x: uint8 N x 28 x 28, y: N labels)")
+            x, y = npz["x"], npz["y"]
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        fail(f"--samples: {path}: not a readable .npz file ({type(e).__name__})")
+    if x.dtype != np.uint8 or x.ndim != 3 or x.shape[1:] != (28, 28):
+        fail(f"--samples: x is {x.dtype} {x.shape}, expected uint8 (N, 28, 28)")
+    if y.ndim != 1 or len(y) != len(x) or not np.issubdtype(y.dtype, np.integer):
+        fail(f"--samples: y is {y.dtype} {y.shape}, expected {len(x)} integer labels")
+    if len(x) < MIN_IMAGES:
+        fail(f"--samples: {path} holds {len(x)} images, need at least {MIN_IMAGES}")
+    if (y == NULL_CLASS).all():
+        labels = None
+    elif y.min() < 0 or y.max() > 9:
+        fail(f"--samples: y must be digits 0..9, or all {NULL_CLASS} for unconditional samples")
+    else:
+        labels = torch.from_numpy(y.astype(np.int64))
+    return images_to_tensor(x), labels
+
+
+def evaluate_checkpoint(checkpoint, classifier=None, n: int = 5000, *, sampler: Optional[str] = None,
+                        steps: Optional[int] = None, cfg_scale: Optional[float] = None, seed: int = 0,
+                        batch_size: Optional[int] = None, device: str = "auto", data_dir=None, use_ema: bool = True,
+                        progress: bool = True, sampling: Sequence[str] = (), adherence_per_prompt: int = 20) -> dict:  # fmt: skip
+    """Sample n images from a checkpoint and score them; the dict that evaluate.py prints.
+
+    A model of prompts is also scored for prompt adherence (difflab.adherence):
+    adherence_per_prompt images for each held-out prompt, 0 to skip.
+
+    `classifier` defaults to the cached MNIST classifier (trained on first use); tests
+    pass a small untrained one. The data folder is data_dir, else the checkpoint's
+    cfg.data.data_dir, else the default (resolve_data_dir).
+    """
+    from difflab import evaluation as ev
+    from difflab.pipeline import Pipeline
+
+    pipe = Pipeline.from_checkpoint(checkpoint, device, use_ema=use_ema, sampling=sampling)
+    if pipe.cfg.data.dataset != "mnist":
+        fail(f"{checkpoint}: trained on {pipe.cfg.data.dataset}; the judge is an MNIST classifier")
+    check_steps(steps or pipe.cfg.sampling.steps, "sampling.steps (the checkpoint's, or --set)")
+    data_dir = data_dir or pipe.cfg.data.data_dir
+    if classifier is None:
+        classifier = quiet_load_classifier(data_dir, pipe.device)
+    try:
+        scores = ev.evaluate_pipeline(pipe, classifier, n, sampler=sampler, steps=steps, cfg_scale=cfg_scale,
+                                      seed=seed, batch_size=batch_size, data_dir=data_dir, progress=progress)
+        if pipe.reads_prompts and adherence_per_prompt:  # prompts: does it draw the attributes asked for?
+            from difflab.adherence import adherence_table, prompt_adherence
+
+            scores["adherence"] = prompt_adherence(pipe, classifier, adherence_per_prompt, seed, data_dir, batch_size)
+            print(adherence_table(scores["adherence"]), file=sys.stderr)
+    except FloatingPointError as e:
+        fail(f"{checkpoint}: {e}")
+    return tidy({**scores, "checkpoint": str(checkpoint), "config": pipe.cfg.name})
+
+
+def evaluate_samples(path, classifier=None, *, batch_size: int = 500, device: str = "auto", data_dir=None) -> dict:
+    """Score the images of a `sample.py --save-npz` file; sampling keys are null."""
+    from difflab import evaluation as ev
+    from difflab.pipeline import select_device
+
+    images, labels = load_samples(path)
+    device = select_device(device)
+    if classifier is None:
+        classifier = quiet_load_classifier(data_dir, device)
+    scores = ev.evaluate_images(images, labels, classifier, data_dir=data_dir, batch_size=batch_size)
+    return tidy({**scores, "device": str(device), "samples": str(path)})
+
+
+def quiet_load_classifier(data_dir, device):
+    """difflab.classifier.load_classifier, with its messages sent to stderr: stdout is for the JSON."""
+    from difflab.classifier import load_classifier
+
+    with contextlib.redirect_stdout(sys.stderr):
+        return load_classifier(data_dir, device=device)
+
+
+def tidy(scores: dict) -> dict:
+    """Every key of KEYS in order (null where it does not apply); no per-digit dict without labels."""
+    out = {k: scores.get(k) for k in KEYS}
+    if out["accuracy"] is None:
+        del out["per_digit_accuracy"]
+    else:  # JSON object keys are strings; "0".."9" in order
+        out["per_digit_accuracy"] = {str(d): a for d, a in sorted(out["per_digit_accuracy"].items())}
+    return out
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--checkpoint", help="sample from this checkpoint and score the images")
+    what.add_argument("--samples", metavar="FILE.npz", help="score saved samples (x uint8 N x 28 x 28, y labels)")
+    p.add_argument("--n", type=int, default=5000, help="images to sample (default 5000)")
+    p.add_argument("--sampler", default=None, help="ddpm | ddim | euler | heun | dpm++2m | consistency (default: the config's)")
+    p.add_argument("--steps", type=int, default=None,
+                   help=STEPS_HELP)
+    p.add_argument("--cfg-scale", type=float, default=None, help="guidance scale, finite and >= 0; 1 = no guidance")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="images per batch: bounds memory (default on a CPU, where small is fastest: 32, 8 for a transformer; 500 on a GPU)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--data-dir", default=None, help="MNIST and the classifier (default: the config's, else data/)")
+    p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
+    p.add_argument("--set", action="append", default=[], metavar="sampling.KEY=VALUE", dest="sampling",
+                   help="change how the checkpoint samples, e.g. --set sampling.clip_x0=true (repeatable)")
+    p.add_argument("--adherence-per-prompt", type=int, default=20,
+                   help="a model of prompts: images per held-out prompt for the adherence scores (0: skip)")
+    p.add_argument("--out", default=None, metavar="FILE.json", help="also write the JSON here")
+    args = p.parse_args(argv)
+
+    from difflab.config import SAMPLERS
+    from difflab.outputs import check_output_file, write_bytes_atomic, writing
+
+    if args.sampler is not None and args.sampler not in SAMPLERS:
+        usage(f"--sampler: expected one of {', '.join(SAMPLERS)}, got {args.sampler!r}")
+    for name in ("steps", "batch_size"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            usage(f"--{name.replace('_', '-')}: expected a positive integer")
+    check_steps(args.steps, "--steps")
+    if args.adherence_per_prompt < 0:
+        usage("--adherence-per-prompt: expected an integer >= 0")
+    if args.n < MIN_IMAGES:
+        usage(f"--n: expected at least {MIN_IMAGES} images, got {args.n}")
+    check_cfg_scale(args.cfg_scale)
+    if args.out:  # tried now: a path that cannot be written fails before minutes of sampling
+        check_output_file(args.out, "--out")
+
+    if args.samples:
+        scores = evaluate_samples(args.samples, batch_size=args.batch_size or 500, device=args.device, data_dir=args.data_dir)
+    else:
+        scores = evaluate_checkpoint(
+            args.checkpoint, n=args.n, sampler=args.sampler, steps=args.steps, cfg_scale=args.cfg_scale,
+            seed=args.seed, batch_size=args.batch_size, device=args.device, data_dir=args.data_dir,
+            use_ema=not args.no_ema, sampling=args.sampling, adherence_per_prompt=args.adherence_per_prompt,
+        )  # fmt: skip
+    text = json.dumps(scores, indent=2)
+    print(text)
+    if args.out:
+        with writing(args.out, kept="the scores are on stdout above"):
+            write_bytes_atomic(args.out, (text + "\n").encode())
+        print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+

@@ -1,0 +1,124 @@
+"""Sample a grid of digits from a checkpoint: python sample.py --checkpoint PATH [--sampler heun --steps 20 ...]
+
+A model trained on prompts (configs/prompt/) takes them too, a row per prompt:
+    python sample.py --checkpoint PATH --prompt "a thin 3" --prompt "a thick, right-slanted 3"
+"""
+
+import argparse
+import io
+from pathlib import Path
+
+
+from difflab.cli import STEPS_HELP, check_cfg_scale, check_steps, fail, usage
+
+
+def check_args(args) -> list:
+    """Refuse wrong command-line values before anything is loaded (exit code 2); return the digits."""
+    from difflab.config import SAMPLERS
+    from difflab.visualize import image_format
+
+    if args.sampler is not None and args.sampler not in SAMPLERS:
+        usage(f"--sampler: expected one of {', '.join(SAMPLERS)}, got {args.sampler!r}")
+    for name in ("steps", "n", "batch_size"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            usage(f"--{name.replace('_', '-')}: expected a positive integer")
+    check_steps(args.steps, "--steps")
+    check_cfg_scale(args.cfg_scale)
+    for text in args.prompt:  # unknown words fail here, before the checkpoint is loaded
+        from difflab.prompts import PromptError, tokenize
+
+        try:
+            tokenize(text)
+        except PromptError as e:
+            usage(f"--prompt: {e}")
+    digits = [int(d) for d in args.digits.replace(",", "") if d.isdigit()]
+    if not digits or len(digits) != len(args.digits.replace(",", "")):
+        usage(f"--digits: expected digits 0-9 such as 0123456789 or 3,7, got {args.digits!r}")
+    if args.out and not Path(args.out).is_dir():  # a folder: check_output_file says so, more plainly
+        try:
+            image_format(args.out)
+        except ValueError:
+            usage(f"--out: expected an image file name such as grid.png, got {args.out!r}")
+    return digits
+
+
+def npz_bytes(result, texts=None) -> bytes:
+    """x (uint8 N x 28 x 28) and y (the digits asked for) as the bytes of an .npz file; with prompts,
+    y is the digit each prompt names (10 if none) and `prompts` holds the texts."""
+    import numpy as np
+
+    from difflab.data import tensor_to_uint8
+    from difflab.models import NULL_CLASS
+    from difflab.prompts import parse
+
+    buffer = io.BytesIO()  # np.savez on a path would append ".npz" to a name without it
+    if texts is None:
+        np.savez(buffer, x=tensor_to_uint8(result.images), y=result.labels.numpy().astype(np.int64))
+    else:
+        digits = [NULL_CLASS if parse(t)[0] is None else parse(t)[0] for t in texts]
+        np.savez(buffer, x=tensor_to_uint8(result.images), y=np.array(digits, np.int64), prompts=np.array(texts))
+    return buffer.getvalue()
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--sampler", default=None, help="ddpm | ddim | euler | heun | dpm++2m | consistency (default: the config's)")
+    p.add_argument("--steps", type=int, default=None,
+                   help=STEPS_HELP)
+    p.add_argument("--cfg-scale", type=float, default=None, help="guidance scale, finite and >= 0; 1 = no guidance")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n", type=int, default=8, help="images per digit")
+    p.add_argument("--digits", default="0123456789", help="which digits, e.g. 3 or 0,1,7")
+    p.add_argument("--prompt", action="append", default=[], metavar="TEXT",
+                   help='a model trained on prompts: a row of --n images per prompt, e.g. "a thin 3" (repeatable)')
+    p.add_argument("--out", default=None, help="PNG path (default: beside the experiment's samples)")
+    p.add_argument("--save-npz", default=None, metavar="PATH", help="also write x (uint8 N x 28 x 28) and y")
+    p.add_argument("--batch-size", type=int, default=None, help="images per batch (default: 32 on a CPU, 8 for a transformer; 500 on a GPU)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
+    p.add_argument("--set", action="append", default=[], metavar="sampling.KEY=VALUE", dest="sampling",
+                   help="change how the checkpoint samples, e.g. --set sampling.clip_x0=true (repeatable)")
+    args = p.parse_args(argv)
+    digits = check_args(args)
+
+    from tqdm import tqdm
+
+    from difflab.outputs import check_output_file, write_bytes_atomic, writing
+    from difflab.pipeline import Pipeline, sampling_batch_size
+    from difflab.visualize import save_grid
+
+    pipe = Pipeline.from_checkpoint(args.checkpoint, args.device, use_ema=not args.no_ema, sampling=args.sampling)
+    texts = None
+    if args.prompt:
+        if not pipe.reads_prompts:
+            fail(f"--prompt: {args.checkpoint} was trained on class labels ({pipe.cfg.name}); use --digits, "
+                 "or a checkpoint of a config in configs/prompt/")
+        texts = [text for text in args.prompt for _ in range(args.n)]
+        labels = pipe.prompts(texts)
+    else:
+        labels = pipe.default_labels(digits, args.n)
+    sampler = args.sampler or pipe.cfg.sampling.sampler
+    steps = args.steps or pipe.cfg.sampling.steps
+    check_steps(steps, "sampling.steps (the checkpoint's, or --set)")
+    ckpt = Path(args.checkpoint)
+    out = Path(args.out) if args.out else ckpt.parent.parent / "samples" / f"sample_{ckpt.stem}_{sampler}_{steps}.png"
+    # Every file this run writes is tried now: a path that cannot be written fails before the sampling.
+    check_output_file(out, "--out")
+    if args.save_npz:
+        check_output_file(args.save_npz, "--save-npz")
+
+    batch_size = args.batch_size or sampling_batch_size(pipe.device, pipe.cfg.model.architecture)
+    batches = -(-len(labels) // batch_size)
+    with tqdm(total=steps * batches, unit="step", desc=f"{sampler} x{steps}") as bar:
+        result = pipe.generate(labels, sampler=sampler, steps=steps, cfg_scale=args.cfg_scale,
+                               seed=args.seed, batch_size=batch_size, callback=lambda *a: bar.update(1))
+    with writing(out):  # a disk that filled meanwhile: one line with the free space, no half PNG
+        save_grid(result.images, out, nrow=args.n)
+    print(f"wrote {out} ({len(labels)} images, {result.nfe} model evaluations, {result.seconds:.1f} s)")
+    if args.save_npz:
+        with writing(args.save_npz, kept=f"{out} was written"):
+            write_bytes_atomic(args.save_npz, npz_bytes(result, texts))
+        print(f"wrote {args.save_npz}")
+    return 0
+

@@ -1,0 +1,36 @@
+"""Download MNIST (or Fashion-MNIST) into the data folder, checked: `python setup_mnist.py`.
+
+The data folder is --data-dir, else $DIFFLAB_DATA, else ./data. All the work is in
+`difflab.download.fetch`; this file only reads the command line and reports errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+from difflab.data import DATASETS, DataError
+from difflab.download import fetch
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Read the command line."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", default=None, help="folder for <dataset>.npz "
+                        "(default: $DIFFLAB_DATA, else ./data)")
+    parser.add_argument("--dataset", default="mnist", choices=DATASETS)
+    parser.add_argument("--force", action="store_true", help="fetch again even if the file is fine")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Fetch the dataset; on an expected failure print why (no traceback) and return 1."""
+    args = parse_args(argv)
+    try:
+        fetch(args.dataset, args.data_dir, force=args.force)
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+

@@ -1,0 +1,75 @@
+"""Train any config: python train.py --config configs/unified_sd1_unet_eps.yaml [section.key=value ...]"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+from difflab.cli import usage
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--config", required=True, help="a YAML file under configs/")
+    parser.add_argument("overrides", nargs="*", help="section.key=value, e.g. training.epochs=2")
+    parser.add_argument("--resume", nargs="?", const="last", default=None,
+                        help="continue from experiments/<config>/checkpoints/last.pt (or a given checkpoint)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start afresh in a folder that holds an earlier run, deleting its checkpoints, samples and log")
+    parser.add_argument("--dry-run", action="store_true", help="build everything, print one JSON line, exit")
+    args = parser.parse_args(argv)
+    if args.resume and args.overwrite:
+        usage("--resume continues a run and --overwrite deletes it: give one of them")
+
+    from difflab.config import load_config
+    from difflab.distributed import shutdown
+    from difflab.checkpoint import resume
+    from difflab.training import Trainer
+
+    cfg = load_config(args.config, args.overrides)
+    if args.dry_run:
+        from difflab.dryrun import describe
+
+        print(json.dumps(describe(cfg)))
+        return 0
+    if cfg.data.vae_checkpoint and cfg.data.vae_config and not Path(cfg.data.vae_checkpoint).is_file():
+        from difflab.latent import train_vae_first
+
+        train_vae_first(cfg)  # latent diffusion's stage 1, on a fresh clone
+    if cfg.model.architecture == "vae":  # latent diffusion's first stage: src/difflab/vae_training.py
+        from difflab.vae_training import VAETrainer
+
+        trainer = VAETrainer(cfg)
+    elif cfg.fewstep.method != "none":  # few-step models: src/difflab/fewstep.py
+        from difflab.fewstep import ConsistencyTrainer, ShortcutTrainer
+
+        trainer = (ShortcutTrainer if cfg.fewstep.method == "shortcut" else ConsistencyTrainer)(cfg)
+    else:
+        trainer = Trainer(cfg)
+    if args.resume:
+        path = resume(trainer, args.resume)
+        if trainer.dist.is_main:
+            print(f"resuming from {path} at step {trainer.step} of {trainer.total_steps}")
+    if trainer.dist.is_main:
+        ranks = f" x {trainer.dist.world} ranks" if trainer.dist.enabled else ""
+        what = "an autoencoder" if cfg.model.architecture == "vae" else f"target {cfg.diffusion.target}"
+        if cfg.fewstep.method != "none":
+            what += f", {cfg.fewstep.method.replace('_', ' ')}" + (f" of {cfg.fewstep.teacher}" if cfg.fewstep.teacher else "")
+        print(f"training {cfg.name}: {cfg.model.architecture}, {what}, "
+              f"{trainer.params:,} parameters, {trainer.total_steps} steps of {trainer.batch_size}{ranks} "
+              f"on {trainer.device}; writing to {trainer.out_dir}")
+    try:
+        trainer.fit(overwrite=args.overwrite)
+    finally:
+        shutdown(trainer.dist)
+    if trainer.interrupted:
+        resume = f"python train.py --config {args.config} {' '.join(args.overrides)} --resume".replace("  ", " ")
+        print(f"interrupted at step {trainer.step}: saved {trainer.out_dir / 'checkpoints' / 'last.pt'}\n"
+              f"resume with: {resume}", file=sys.stderr)
+        return 130
+    if trainer.dist.is_main:
+        pictures = "reconstructions" if cfg.model.architecture == "vae" else "samples"
+        print(f"done: checkpoints in {trainer.out_dir / 'checkpoints'}, {pictures} in {trainer.out_dir / pictures}")
+    return 0
+
