@@ -3,6 +3,7 @@ PYTHON ?= python3
 TORCH_VERSION ?= 2.13.0
 CONFIG ?= configs/unified_sd1_unet_eps.yaml
 QUICK_IMAGES ?= 38400
+DATASET ?= mnist   # or fashion_mnist: `make quickstart DATASET=fashion_mnist` (Debian's dataset-fashion-mnist)
 
 .PHONY: install install-test install-demo install-browser data classifier quickstart test compare compare-all fewstep demo
 
@@ -14,17 +15,19 @@ install-test: install
 	$(PYTHON) -m pip install -q -r requirements-test.txt
 
 data:
-	$(PYTHON) setup_mnist.py
+	$(PYTHON) setup_mnist.py --dataset $(strip $(DATASET))
 
 # Installs, fetches MNIST, trains the SD1 config on $(QUICK_IMAGES) images (1200 steps of 32; under
 # an epoch: minutes on a laptop CPU) and samples a grid with a row per digit.
 # Run twice, it continues (here: finds done) the run it made the first time instead of refusing the folder.
+QUICK_DIR = experiments$(if $(filter-out mnist,$(strip $(DATASET))),/$(strip $(DATASET)))
 quickstart: install data
 	$(PYTHON) train.py --config $(CONFIG) training.epochs=1 training.max_images=$(QUICK_IMAGES) \
-		$(if $(wildcard experiments/$(basename $(notdir $(CONFIG)))/checkpoints/last.pt),--resume)
-	$(PYTHON) sample.py --checkpoint experiments/$(basename $(notdir $(CONFIG)))/checkpoints/model_epoch_1.pt \
-		--out experiments/$(basename $(notdir $(CONFIG)))/quickstart_samples.png
-	@echo "Samples: experiments/$(basename $(notdir $(CONFIG)))/quickstart_samples.png"
+		data.dataset=$(strip $(DATASET)) training.output_dir=$(QUICK_DIR) \
+		$(if $(wildcard $(QUICK_DIR)/$(basename $(notdir $(CONFIG)))/checkpoints/last.pt),--resume)
+	$(PYTHON) sample.py --checkpoint $(QUICK_DIR)/$(basename $(notdir $(CONFIG)))/checkpoints/model_epoch_1.pt \
+		--out $(QUICK_DIR)/$(basename $(notdir $(CONFIG)))/quickstart_samples.png
+	@echo "Samples: $(QUICK_DIR)/$(basename $(notdir $(CONFIG)))/quickstart_samples.png"
 
 install-demo: install
 	$(PYTHON) -m pip install -q -r requirements-demo.txt
@@ -40,7 +43,7 @@ install-browser:
 
 # The MNIST classifier that evaluate.py judges with: trained once (a minute or two), then cached.
 classifier: data
-	$(PYTHON) -c "import sys; sys.path.insert(0, 'src'); from difflab.classifier import load_classifier; load_classifier()"
+	$(PYTHON) -c "import sys; sys.path.insert(0, 'src'); from difflab.classifier import load_classifier; load_classifier(dataset='$(strip $(DATASET))')"
 
 test: install-test install-demo install-browser data classifier
 	$(PYTHON) -m pytest -q -rs tests

@@ -263,3 +263,34 @@ def test_real_fid_grows_with_noise(real):
     noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(0))
     fids = [ev.fid_from_features(ref, ev.features(model, (x + s * noise).clamp(-1, 1))) for s in (0.0, 0.2, 0.5, 1.0)]
     assert all(a < b for a, b in zip(fids, fids[1:])), fids
+
+
+def test_each_dataset_has_its_own_judge_and_a_model_is_judged_by_its_own(tmp_path, monkeypatch):
+    """Issue 28: Fashion-MNIST gets its classifier, cached apart; a Fashion model is not scored by MNIST's judge."""
+    from conftest import tiny_config, tiny_data
+    from difflab.pipeline import Pipeline
+    from difflab.training import Trainer
+
+    seen = []
+
+    def split(split, data_dir=None, dataset="mnist", device="cpu"):
+        seen.append(dataset)
+        return _synthetic_split(split, data_dir, dataset, device)
+
+    monkeypatch.setattr(clf, "load_split", split)
+    monkeypatch.setattr(ev, "load_split", split)
+    fashion = clf.load_classifier(tmp_path, settings=TINY, dataset="fashion_mnist")
+    assert set(seen) == {"fashion_mnist"} and fashion.dataset == "fashion_mnist"
+    assert clf.classifier_paths(tmp_path, "fashion_mnist")[0].is_file()
+    assert not clf.classifier_paths(tmp_path, "mnist")[0].exists()  # MNIST's judge is another file
+
+    cfg = tiny_config(tmp_path, data={"dataset": "fashion_mnist"}, training={"max_steps": 2})
+    trainer = Trainer(cfg, data=tiny_data(32), quiet=True)
+    trainer.fit()
+    pipe = Pipeline.from_checkpoint(trainer.out_dir / "checkpoints" / "last.pt", "cpu")
+    seen.clear()
+    scores = ev.evaluate_pipeline(pipe, fashion, 20, steps=2, data_dir=tmp_path, progress=False)
+    assert set(seen) == {"fashion_mnist"} and scores["fid"] > 0  # real images: Fashion-MNIST's
+    mnist_judge = clf.MNISTClassifier().eval()
+    with pytest.raises(ValueError, match="trained on fashion_mnist, the judge on mnist"):
+        ev.evaluate_pipeline(pipe, mnist_judge, 20, steps=2, data_dir=tmp_path, progress=False)

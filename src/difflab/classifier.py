@@ -152,10 +152,10 @@ def train_classifier(
 # --------------------------------------------------------------------------
 
 
-def classifier_paths(data_dir: Optional[Union[str, Path]] = None) -> tuple[Path, Path]:
-    """(weights file, metadata JSON) of the cached classifier."""
+def classifier_paths(data_dir: Optional[Union[str, Path]] = None, dataset: str = "mnist") -> tuple[Path, Path]:
+    """(weights file, metadata JSON) of the cached classifier of a dataset (each has its own judge)."""
     folder = Path(resolve_data_dir(data_dir)) / "classifier"
-    return folder / "mnist_cnn.pt", folder / "mnist_cnn.json"
+    return folder / f"{dataset}_cnn.pt", folder / f"{dataset}_cnn.json"
 
 
 def _cache_problem(weights: Path, meta_path: Path, settings: TrainSettings) -> Optional[str]:
@@ -192,8 +192,12 @@ def load_classifier(
     device: Union[str, torch.device] = "cpu",
     train_if_missing: bool = True,
     settings: Optional[TrainSettings] = None,
+    dataset: str = "mnist",
 ) -> MNISTClassifier:
-    """The cached MNIST classifier (eval mode), trained first if missing or tampered with.
+    """The cached classifier of `dataset` (eval mode), trained first if missing or tampered with.
+
+    Its `dataset` attribute names the data it judges: evaluation compares samples with that
+    dataset's real images and refuses a model trained on another (evaluation.evaluate_pipeline).
 
     On load the weights' SHA-256 is checked against the JSON beside them; a
     mismatch (or other settings) prints why and retrains, unless
@@ -201,19 +205,21 @@ def load_classifier(
     cannot be written (a full disk) costs one printed line, not the trained model.
     """
     settings = settings or TrainSettings()
-    weights, meta_path = classifier_paths(data_dir)
+    weights, meta_path = classifier_paths(data_dir, dataset)
     problem = _cache_problem(weights, meta_path, settings)
     if problem is None:
         model = MNISTClassifier()
         model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+        model.dataset = dataset
         return model.to(device).eval()
     if not train_if_missing:
         raise FileNotFoundError(f"{problem}; call load_classifier(train_if_missing=True)")
-    print(f"difflab: {problem}; training the MNIST classifier ({settings})")
+    print(f"difflab: {problem}; training the {dataset} classifier ({settings})")
     start = time.time()
-    model = train_classifier(load_split("train", data_dir=data_dir), settings, device)
+    model = train_classifier(load_split("train", dataset=dataset, data_dir=data_dir), settings, device)
+    model.dataset = dataset
     train_seconds = time.time() - start
-    acc, _ = conditional_accuracy(model, *load_split("test", data_dir=data_dir))
+    acc, _ = conditional_accuracy(model, *load_split("test", dataset=dataset, data_dir=data_dir))
     print(f"difflab: classifier test accuracy {acc:.4f} after {train_seconds:.0f} s -> {weights}")
     meta = {
         "test_accuracy": acc,

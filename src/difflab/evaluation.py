@@ -113,10 +113,16 @@ def _cached(classifier: nn.Module, key: tuple, compute):
     return store[key]
 
 
+def judged_dataset(classifier: nn.Module) -> str:
+    """The dataset a judge was trained on (classifier.load_classifier sets it; MNIST otherwise)."""
+    return getattr(classifier, "dataset", "mnist")
+
+
 def _split_features(classifier: nn.Module, split: str, data_dir, batch_size: int) -> torch.Tensor:
-    """Features of a whole MNIST split, computed once per classifier and data folder."""
+    """Features of a whole split of the judge's dataset, computed once per classifier and data folder."""
     key = ("features", split, str(resolve_data_dir(data_dir)))
-    return _cached(classifier, key, lambda: features(classifier, load_split(split, data_dir=data_dir)[0], batch_size))
+    return _cached(classifier, key, lambda: features(
+        classifier, load_split(split, dataset=judged_dataset(classifier), data_dir=data_dir)[0], batch_size))
 
 
 def _split_statistics(classifier: nn.Module, split: str, data_dir, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -223,6 +229,9 @@ def evaluate_pipeline(
     from difflab.models import NULL_CLASS
     from difflab.pipeline import is_unconditional, sampling_batch_size  # here: the pipeline imports every model
 
+    if pipe.cfg.data.dataset != judged_dataset(classifier):
+        raise ValueError(f"{pipe.cfg.name} was trained on {pipe.cfg.data.dataset}, the judge on "
+                         f"{judged_dataset(classifier)}: load_classifier(dataset={pipe.cfg.data.dataset!r})")
     s = pipe.cfg.sampling
     sampler, steps = sampler or s.sampler, steps or s.steps
     unconditional = is_unconditional(pipe.cfg)

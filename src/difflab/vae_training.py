@@ -127,7 +127,8 @@ class VAETrainer(TrainingLoop):
             from .classifier import load_classifier
             from .evaluation import conditional_accuracy
 
-            clf = load_classifier(self.cfg.data.data_dir, self.device, train_if_missing=False)
+            clf = load_classifier(self.cfg.data.data_dir, self.device, train_if_missing=False,
+                                  dataset=self.cfg.data.dataset)
             result["classifier_accuracy_reconstructions"] = conditional_accuracy(clf, recon, self.y_test)[0]
             result["classifier_accuracy_originals"] = conditional_accuracy(clf, self.x_test, self.y_test)[0]
         except FileNotFoundError:

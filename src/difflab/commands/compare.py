@@ -67,7 +67,12 @@ def main(argv=None):
         usage("--n and --sweep-n must be positive")
     print("comparing: " + ", ".join(str(c) for c in ckpts), file=sys.stderr)
     note = args.note or f"Machine: {platform.machine()}, {platform.processor() or 'cpu'}; N = {args.n} samples per model, seed {args.seed}."
-    result = run_comparison(ckpts, Path(args.out), load_classifier(), n=args.n, seed=args.seed,
+    from difflab.checkpoint import load_checkpoint
+
+    datasets = {load_checkpoint(c)["config"].get("data", {}).get("dataset", "mnist") for c in ckpts}
+    if len(datasets) > 1:
+        usage(f"these checkpoints were trained on different datasets ({', '.join(sorted(datasets))}): compare each apart")
+    result = run_comparison(ckpts, Path(args.out), load_classifier(dataset=datasets.pop()), n=args.n, seed=args.seed,
                             steps_list=numbers(args.steps_list, int), scales=numbers(args.scales, float),
                             sweep_n=args.sweep_n, device=args.device, note=note, other_seeds=other_seeds)
     print((Path(args.out) / "RESULTS.md").read_text())

@@ -93,12 +93,10 @@ def evaluate_checkpoint(checkpoint, classifier=None, n: int = 5000, *, sampler: 
     from difflab.pipeline import Pipeline
 
     pipe = Pipeline.from_checkpoint(checkpoint, device, use_ema=use_ema, sampling=sampling)
-    if pipe.cfg.data.dataset != "mnist":
-        fail(f"{checkpoint}: trained on {pipe.cfg.data.dataset}; the judge is an MNIST classifier")
     check_steps(steps or pipe.cfg.sampling.steps, "sampling.steps (the checkpoint's, or --set)")
     data_dir = data_dir or pipe.cfg.data.data_dir
-    if classifier is None:
-        classifier = quiet_load_classifier(data_dir, pipe.device)
+    if classifier is None:  # each dataset has its own judge, trained and cached on first use
+        classifier = quiet_load_classifier(data_dir, pipe.device, pipe.cfg.data.dataset)
     try:
         scores = ev.evaluate_pipeline(pipe, classifier, n, sampler=sampler, steps=steps, cfg_scale=cfg_scale,
                                       seed=seed, batch_size=batch_size, data_dir=data_dir, progress=progress)
@@ -112,7 +110,8 @@ def evaluate_checkpoint(checkpoint, classifier=None, n: int = 5000, *, sampler: 
     return tidy({**scores, "checkpoint": str(checkpoint), "config": pipe.cfg.name})
 
 
-def evaluate_samples(path, classifier=None, *, batch_size: int = 500, device: str = "auto", data_dir=None) -> dict:
+def evaluate_samples(path, classifier=None, *, batch_size: int = 500, device: str = "auto", data_dir=None,
+                     dataset: str = "mnist") -> dict:
     """Score the images of a `sample.py --save-npz` file; sampling keys are null."""
     from difflab import evaluation as ev
     from difflab.pipeline import select_device
@@ -120,17 +119,17 @@ def evaluate_samples(path, classifier=None, *, batch_size: int = 500, device: st
     images, labels = load_samples(path)
     device = select_device(device)
     if classifier is None:
-        classifier = quiet_load_classifier(data_dir, device)
+        classifier = quiet_load_classifier(data_dir, device, dataset)
     scores = ev.evaluate_images(images, labels, classifier, data_dir=data_dir, batch_size=batch_size)
     return tidy({**scores, "device": str(device), "samples": str(path)})
 
 
-def quiet_load_classifier(data_dir, device):
+def quiet_load_classifier(data_dir, device, dataset: str = "mnist"):
     """difflab.classifier.load_classifier, with its messages sent to stderr: stdout is for the JSON."""
     from difflab.classifier import load_classifier
 
     with contextlib.redirect_stdout(sys.stderr):
-        return load_classifier(data_dir, device=device)
+        return load_classifier(data_dir, device=device, dataset=dataset)
 
 
 def tidy(scores: dict) -> dict:
@@ -158,6 +157,8 @@ def main(argv=None):
                    help="images per batch: bounds memory (default on a CPU, where small is fastest: 32, 8 for a transformer; 500 on a GPU)")
     p.add_argument("--device", default="auto")
     p.add_argument("--data-dir", default=None, help="MNIST and the classifier (default: the config's, else data/)")
+    p.add_argument("--dataset", default="mnist", choices=("mnist", "fashion_mnist"),
+                   help="--samples only: whose images they imitate (a checkpoint names its own)")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument("--set", action="append", default=[], metavar="sampling.KEY=VALUE", dest="sampling",
                    help="change how the checkpoint samples, e.g. --set sampling.clip_x0=true (repeatable)")
@@ -184,7 +185,8 @@ def main(argv=None):
         check_output_file(args.out, "--out")
 
     if args.samples:
-        scores = evaluate_samples(args.samples, batch_size=args.batch_size or 500, device=args.device, data_dir=args.data_dir)
+        scores = evaluate_samples(args.samples, batch_size=args.batch_size or 500, device=args.device, data_dir=args.data_dir,
+                                  dataset=args.dataset)
     else:
         scores = evaluate_checkpoint(
             args.checkpoint, n=args.n, sampler=args.sampler, steps=args.steps, cfg_scale=args.cfg_scale,
