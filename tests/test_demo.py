@@ -83,7 +83,7 @@ def test_side_by_side_runs_two_models_from_the_same_noise(models):
     ({"cfg_scale": float("nan")}, "guidance scale: .* got nan"),
     ({"seed": -3}, "seed: expected a whole number from 0 to 2147483647, got -3"),
     ({"n_images": 65}, "images: expected a whole number from 1 to 64"),
-    ({"sampler": "plms"}, "sampler: expected one of ddpm, ddim, euler, heun, dpm\\+\\+2m, got 'plms'"),
+    ({"sampler": "plms"}, "sampler: expected one of ddpm, ddim, euler, heun, dpm\\+\\+2m, consistency, got 'plms'"),
     ({"model": "nope"}, "model: expected one of"),
     ({"compare_with": "nope"}, "compare with: expected one of"),
     ({"steps": 1000, "n_images": 64}, f"too much work .* 64 images x 1000 steps = 64000 image evaluations, more than the {MAX_WORK}"),

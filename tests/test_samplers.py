@@ -41,8 +41,11 @@ def start(path, n, seed=0, t0=1.0):
     return a * MU + (a**2 * VAR + s**2).sqrt() * torch.randn(n, 4, generator=g, dtype=torch.float64)
 
 
+DIFFUSION_SAMPLERS = [s for s in SAMPLERS if s != "consistency"]  # consistency: for consistency models (below)
+
+
 @pytest.mark.parametrize("path_name", PATHS)
-@pytest.mark.parametrize("sampler", SAMPLERS)
+@pytest.mark.parametrize("sampler", DIFFUSION_SAMPLERS)
 def test_every_sampler_lands_on_the_data_distribution(sampler, path_name):
     path = build_path(PATHS[path_name])
     steps = 1000 if sampler == "ddpm" else 500
@@ -51,6 +54,31 @@ def test_every_sampler_lands_on_the_data_distribution(sampler, path_name):
     out = SAMPLERS[sampler](gaussian_denoiser(path), x, times, path, generator=torch.Generator().manual_seed(1))
     assert torch.allclose(out.mean(0), MU, atol=0.02), out.mean(0)
     assert torch.allclose(out.var(0), VAR, rtol=0.05), out.var(0)
+
+
+def consistency_function(path):
+    """The exact consistency function of Gaussian data: the probability-flow ODE's map from x_t to x0,
+    which keeps each point's standardised position, x0 = mu + sqrt(v / (a^2 v + s^2)) (x_t - a mu)."""
+    def f(x, t):
+        tt = torch.tensor([t], dtype=torch.float64)
+        a, s = float(path.alpha(tt)), float(path.sigma(tt))
+        return MU + (VAR / (a**2 * VAR + s**2)).sqrt() * (x - a * MU), None
+    return f
+
+
+@pytest.mark.parametrize("steps", [1, 2, 4])
+@pytest.mark.parametrize("path_name", ["linear", "flow"])
+def test_consistency_sampling_with_the_exact_consistency_function_lands_on_the_data(steps, path_name):
+    """Song et al. 2023, Algorithm 1: one jump, or jumps with fresh noise in between, give data samples;
+    the posterior mean instead (a diffusion denoiser) would shrink the variance."""
+    path = build_path(PATHS[path_name])
+    times = time_grid(steps, "trailing").double().tolist()
+    x = start(path, 20000)
+    out = SAMPLERS["consistency"](consistency_function(path), x, times, path, generator=torch.Generator().manual_seed(1))
+    assert torch.allclose(out.mean(0), MU, atol=0.02), out.mean(0)
+    assert torch.allclose(out.var(0), VAR, rtol=0.05), out.var(0)
+    shrunk = SAMPLERS["consistency"](gaussian_denoiser(path), x, times, path, generator=torch.Generator().manual_seed(1))
+    assert (shrunk.var(0) < 0.9 * VAR).all()
 
 
 def test_ddim_eta_1_is_ddpm_ancestral():

@@ -18,11 +18,10 @@ import yaml
 
 from .validation import ConfigError, validate
 
-ARCHITECTURES = ("unet", "dit", "mmdit", "vae")
-TARGETS = ("eps", "x0", "v", "flow")
-SCHEDULES = ("linear", "scaled_linear", "cosine", "flow")
+# Names with code behind them come from the dicts that map them to it (models.MODELS,
+# objectives.OBJECTIVES, schedules.PATHS, samplers.SAMPLERS; see choices()): adding a sampler is
+# one function and one entry there. The names below select a branch inside one function.
 T_SAMPLINGS = ("uniform_discrete", "uniform", "logit_normal")
-SAMPLERS = ("ddpm", "ddim", "euler", "heun", "dpm++2m", "consistency")
 SPACINGS = ("leading", "trailing")
 POS_EMBEDS = ("sincos", "rope")
 DATASETS = ("mnist", "fashion_mnist")
@@ -170,18 +169,29 @@ _SECTION_CLASSES = {
 # Values that must come from a fixed set.
 _CHOICES = {
     ("data", "dataset"): DATASETS,
-    ("model", "architecture"): ARCHITECTURES,
     ("model", "pos_embed"): POS_EMBEDS,
     ("model", "conditioning"): CONDITIONINGS,
-    ("diffusion", "target"): TARGETS,
-    ("diffusion", "schedule"): SCHEDULES,
     ("diffusion", "t_sampling"): T_SAMPLINGS,
-    ("sampling", "sampler"): SAMPLERS,
     ("sampling", "spacing"): SPACINGS,
     ("training", "precision"): PRECISIONS,
     ("training", "on_nonfinite"): ("stop", "skip"),
     ("fewstep", "method"): FEW_STEP_METHODS,
 }
+
+
+def choices() -> dict:
+    """Every key whose value must come from a fixed set, with that set; the registries' names read
+    when a config is checked (importing them here, at the top, would import this module in a circle)."""
+    from .models import MODELS
+    from .objectives import OBJECTIVES
+    from .samplers import SAMPLERS
+    from .schedules import PATHS
+
+    return {**_CHOICES,
+            ("model", "architecture"): (*MODELS, "vae"),  # vae: latent diffusion's autoencoder (vae_training.py)
+            ("diffusion", "target"): tuple(OBJECTIVES),
+            ("diffusion", "schedule"): tuple(PATHS),
+            ("sampling", "sampler"): tuple(SAMPLERS)}
 
 
 def _check_type(value: Any, hint: Any) -> bool:
@@ -278,7 +288,7 @@ def config_from_dict(raw: Any, source: str = "<dict>", name: Optional[str] = Non
             raise ConfigError(f"{source}: {_shown(key)}: unknown section (known: {known})")
         sections[key] = _build_section(key, values, source)
     cfg = Config(name=cfg_name, **sections)
-    validate(cfg, source, _CHOICES)
+    validate(cfg, source, choices())
     return cfg
 
 

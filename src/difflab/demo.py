@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from .checkpoint import epoch_checkpoints
-from .config import SAMPLERS
+from .samplers import SAMPLERS, TWO_EVALUATIONS
 from .models import NULL_CLASS
 from .prompts import PromptError, parse, tokenize
 from .pipeline import Pipeline, sample_shape
@@ -170,7 +170,7 @@ class Request:
 
 
 def evaluations_per_step(sampler: str) -> int:
-    return 2 if sampler == "heun" else 1  # Heun corrects each step with a second evaluation
+    return 2 if sampler in TWO_EVALUATIONS else 1  # Heun corrects each step with a second evaluation
 
 
 def max_steps(n_images: int, sampler: str) -> int:
@@ -196,7 +196,7 @@ def check_request(models: dict, *, model, digit, cfg_scale, steps, sampler, seed
     n_images = _number(n_images, "images", 1, MAX_IMAGES, problems, whole=True)
     if steps is not None and n_images is not None and sampler is not None and steps > max_steps(n_images, sampler):
         # Refuse up front what would take too long, instead of timing out half-way.
-        heun = " x 2 (Heun evaluates the model twice a step)" if sampler == "heun" else ""
+        heun = f" x 2 ({sampler.capitalize()} evaluates the model twice a step)" if sampler in TWO_EVALUATIONS else ""
         problems.append(f"too much work for one request: {n_images} images x {steps} steps{heun} = "
                         f"{n_images * steps * evaluations_per_step(sampler)} image evaluations, more than the "
                         f"{MAX_WORK} allowed: at {plural(n_images, 'image')} ask for at most "

@@ -20,7 +20,7 @@ import traceback
 from typing import Optional
 
 from .cli import UsageError
-from .config import SAMPLERS
+from .samplers import SAMPLERS
 from .demo import (GIF_IMAGES, MAX_CFG, MAX_IMAGES, MAX_STEPS, MAX_WORK, DemoInputError, Panel, check_request,
                    evaluations_per_step, max_steps, model_defaults, plural, sample_panel)
 from .pipeline import Pipeline
@@ -43,7 +43,7 @@ def steps_label(n_images, sampler) -> str:
     limit = max_steps(int(n_images), sampler)
     if limit == MAX_STEPS:
         return f"Steps (1-{MAX_STEPS})"
-    return f"Steps (1-{limit} for {plural(int(n_images), 'image')}{' with Heun' if sampler == 'heun' else ''})"
+    return f"Steps (1-{limit} for {plural(int(n_images), 'image')}{f' with {sampler.capitalize()}' if evaluations_per_step(sampler) > 1 else ''})"
 
 
 def _gif_html(panel: Panel) -> str:

@@ -16,7 +16,7 @@ from .guidance import make_denoiser
 from .models import NULL_CLASS, build_model, count_parameters
 from .prompts import encode, write
 from .objectives import build_objective
-from .samplers import SAMPLERS
+from .samplers import SAMPLERS, sampler_options
 from .schedules import build_path, time_grid
 
 
@@ -198,8 +198,9 @@ class Pipeline:
             cfg_scale = 1.0
         spacing = options.pop("spacing", s.spacing)
         shift = options.pop("shift", s.shift)
-        if sampler == "ddim":
-            options.setdefault("eta", s.eta)
+        for name in sampler_options(sampler):  # e.g. DDIM's eta: from the sampling section unless given
+            if hasattr(s, name):
+                options.setdefault(name, getattr(s, name))
         times = time_grid(steps, spacing, shift, self.cfg.diffusion.num_timesteps).tolist()
         x_all = self.initial_noise(len(labels), seed) if noise is None else noise.cpu()
         start, outs, nfe, traj = time.perf_counter(), [], 0, []

@@ -18,6 +18,7 @@ a_t = alpha(t), s_t = sigma(t), and likewise a_s, s_s.
 
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Callable, Optional, Sequence
 
@@ -203,6 +204,17 @@ SAMPLERS = {
 }
 
 
+def sampler_options(sampler: str) -> list[str]:
+    """A sampler's own keyword options beyond the common signature (DDIM: eta); Pipeline fills them
+    from the config's sampling section of the same name."""
+    common = {"denoiser", "x", "times", "path", "generator", "callback"}
+    return [p for p in inspect.signature(SAMPLERS[sampler]).parameters if p not in common]
+
+
+# Samplers that evaluate the model twice a step (a predictor and a corrector); the last step is plain Euler.
+TWO_EVALUATIONS = {"heun"}
+
+
 def count_nfe(sampler: str, steps: int) -> int:
     """Model evaluations a sampler spends on `steps` steps (Heun's last step is Euler)."""
-    return 2 * steps - 1 if sampler == "heun" else steps
+    return 2 * steps - 1 if sampler in TWO_EVALUATIONS else steps

@@ -33,10 +33,6 @@ class NoisePath:
     def sigma(self, t: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def log_snr(self, t: torch.Tensor) -> torch.Tensor:
-        """lambda(t) = log(alpha^2 / sigma^2), +inf at t = 0 (Kingma et al. 2021, Eq. 3)."""
-        return 2 * (torch.log(self.alpha(t)) - torch.log(self.sigma(t)))
-
 
 class DiscreteVPPath(NoisePath):
     """A DDPM beta schedule over `num_timesteps` steps, read at continuous t.
@@ -137,16 +133,28 @@ def scaled_linear_betas(num: int, start: float, end: float) -> torch.Tensor:
     return torch.linspace(start**0.5, end**0.5, num, dtype=torch.float64) ** 2
 
 
+def _discrete(make_betas):
+    """A DDPM-style schedule from its betas (rescaled to zero terminal SNR if asked)."""
+
+    def build(cfg: DiffusionConfig) -> NoisePath:
+        betas = make_betas(cfg.num_timesteps, cfg.beta_start, cfg.beta_end)
+        return (ZeroTerminalSNRPath if cfg.zero_terminal_snr else DiscreteVPPath)(betas, cfg.schedule)
+
+    return build
+
+
+# diffusion.schedule -> the path it builds
+PATHS = {
+    "linear": _discrete(linear_betas),  # DDPM (Ho et al. 2020)
+    "scaled_linear": _discrete(scaled_linear_betas),  # Stable Diffusion
+    "cosine": lambda cfg: CosinePath(max_beta_clip=not cfg.zero_terminal_snr),  # Nichol & Dhariwal 2021
+    "flow": lambda cfg: FlowPath(),  # rectified flow (Liu et al. 2022; SD3)
+}
+
+
 def build_path(cfg: DiffusionConfig) -> NoisePath:
     """The config's noise path."""
-    if cfg.schedule == "flow":
-        return FlowPath()
-    if cfg.schedule == "cosine":
-        return CosinePath(max_beta_clip=not cfg.zero_terminal_snr)
-    make_betas = linear_betas if cfg.schedule == "linear" else scaled_linear_betas
-    betas = make_betas(cfg.num_timesteps, cfg.beta_start, cfg.beta_end)
-    cls = ZeroTerminalSNRPath if cfg.zero_terminal_snr else DiscreteVPPath
-    return cls(betas, cfg.schedule)
+    return PATHS[cfg.schedule](cfg)
 
 
 # ---------------------------------------------------------------- training times

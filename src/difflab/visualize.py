@@ -61,18 +61,3 @@ def trajectory_frames(trajectory: Sequence, n: int = 8, scale: int = 2) -> list[
         both = torch.cat([x_t[:n], x0[:n]])
         frames.append(grid_array(both, nrow=min(n, len(x_t)), scale=scale))
     return frames
-
-
-def save_trajectory(trajectory: Sequence, png: Union[str, Path], gif: Union[str, Path, None] = None,
-                    n: int = 8, max_columns: int = 10) -> Path:
-    """A strip (steps left to right; x_t above, x0_hat below) and optionally an animated GIF."""
-    png = Path(png)
-    png.parent.mkdir(parents=True, exist_ok=True)
-    picks = np.unique(np.linspace(0, len(trajectory) - 1, min(max_columns, len(trajectory))).round().astype(int))
-    cols = [torch.cat([trajectory[i][1][:1], trajectory[i][2][:1]]) for i in picks]  # (2, C, H, W) each
-    strip = torch.stack(cols, dim=1).flatten(0, 1)  # row 0: x_t, row 1: x0_hat
-    Image.fromarray(grid_array(strip, nrow=len(picks), scale=3)).save(png)
-    if gif is not None:
-        frames = [Image.fromarray(f) for f in trajectory_frames(trajectory, n=n)]
-        frames[0].save(gif, save_all=True, append_images=frames[1:] + [frames[-1]] * 5, duration=80, loop=0)
-    return png

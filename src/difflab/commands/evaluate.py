@@ -167,7 +167,7 @@ def main(argv=None):
     p.add_argument("--out", default=None, metavar="FILE.json", help="also write the JSON here")
     args = p.parse_args(argv)
 
-    from difflab.config import SAMPLERS
+    from difflab.samplers import SAMPLERS
     from difflab.outputs import check_output_file, write_bytes_atomic, writing
 
     if args.sampler is not None and args.sampler not in SAMPLERS:

@@ -14,7 +14,7 @@ from difflab.cli import STEPS_HELP, check_cfg_scale, check_steps, fail, usage
 
 def check_args(args) -> list:
     """Refuse wrong command-line values before anything is loaded (exit code 2); return the digits."""
-    from difflab.config import SAMPLERS
+    from difflab.samplers import SAMPLERS
     from difflab.visualize import image_format
 
     if args.sampler is not None and args.sampler not in SAMPLERS:

@@ -25,13 +25,16 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig
-from .dit import (
+from .dit import DiTBlock
+from .layers import (
+    NUM_CLASSES,
     QKV,
-    DiTBlock,
     FinalLayer,
+    LabelEmbedder,
     Modulation,
     ModulationOut,
     PatchEmbed,
+    TimestepEmbedder,
     apply_rope,
     attention,
     check_shapes,
@@ -42,7 +45,6 @@ from .dit import (
     unpatchify,
     zero_modulations,
 )
-from .layers import NUM_CLASSES, LabelEmbedder, TimestepEmbedder
 from .text import TextEncoder, build_text_encoder
 
 
