@@ -67,32 +67,11 @@ def _broken(e: Exception) -> str:
     return f"**Something went wrong** ({type(e).__name__}); the server log has the details."
 
 
-def build_app(models: dict[str, Pipeline]):
-    """The Gradio page around demo.py. Returns (blocks, theme): Gradio 6 takes the theme at launch."""
+def handlers(models: dict[str, Pipeline]):
+    """The two sampling events of the page: (on_generate, on_second)."""
     import gradio as gr
 
-    names = list(models)
-    first = models[names[0]].cfg.sampling
-    any_prompts = any(pipe.reads_prompts for pipe in models.values())  # the prompt box only where it can be used
-    default_steps = min(first.steps, MAX_STEPS)
-    # 8 images, or fewer when the config's steps need it (DDPM's 1000 steps: 4), so the defaults are accepted.
-    default_images = max(1, min(8, MAX_WORK // (default_steps * evaluations_per_step(first.sampler))))
-    # System fonts only: the default theme would ask for web fonts the page then waits for.
-    theme = gr.themes.Default(font=["ui-sans-serif", "system-ui", "Segoe UI", "Roboto", "Arial", "sans-serif"],
-                              font_mono=["ui-monospace", "Consolas", "DejaVu Sans Mono", "monospace"])
     keep = [gr.skip()] * 4  # a panel's outputs left as they are
-
-    def picture(label: str, elem_id: str):
-        # Grey PNGs, no label drawn over the picture, and no "share" button (it would upload).
-        return gr.Image(label=label, show_label=False, type="numpy", format="png", image_mode="L",
-                        buttons=["download", "fullscreen"], interactive=False, elem_id=elem_id)
-
-    def panel_components(title: str, key: str):
-        gr.Markdown(f"### {title}")
-        grid = picture("Generated images", f"grid-{key}")
-        summary = gr.Markdown(elem_id=f"summary-{key}")
-        gr.Markdown("**Trajectory** of the first image, noise on the left: x_t above, predicted x0 below")
-        return [grid, summary, picture("Trajectory", f"strip-{key}"), gr.HTML(elem_id=f"gif-{key}")]
 
     def on_generate(model, digit, cfg_scale, steps, sampler, seed, n_images, compare, model_b, prompt=None,
                     progress=gr.Progress()):
@@ -119,6 +98,59 @@ def build_app(models: dict[str, Pipeline]):
         except Exception as e:
             return [_broken(e)] + keep
 
+    return on_generate, on_second
+
+
+def _picture(label: str, elem_id: str):
+    """A grey PNG, no label drawn over the picture, and no "share" button (it would upload)."""
+    import gradio as gr
+
+    return gr.Image(label=label, show_label=False, type="numpy", format="png", image_mode="L",
+                    buttons=["download", "fullscreen"], interactive=False, elem_id=elem_id)
+
+
+def _panel(title: str, key: str) -> list:
+    """One model's outputs: the grid, its summary, the trajectory strip and its GIF."""
+    import gradio as gr
+
+    gr.Markdown(f"### {title}")
+    grid = _picture("Generated images", f"grid-{key}")
+    summary = gr.Markdown(elem_id=f"summary-{key}")
+    gr.Markdown("**Trajectory** of the first image, noise on the left: x_t above, predicted x0 below")
+    return [grid, summary, _picture("Trajectory", f"strip-{key}"), gr.HTML(elem_id=f"gif-{key}")]
+
+
+def _controls(first, any_prompts: bool) -> dict:
+    """The request's inputs, in the left column, set to the first model's own sampling."""
+    import gradio as gr
+
+    default_steps = min(first.steps, MAX_STEPS)
+    # 8 images, or fewer when the config's steps need it (DDPM's 1000 steps: 4), so the defaults are accepted.
+    default_images = max(1, min(8, MAX_WORK // (default_steps * evaluations_per_step(first.sampler))))
+    return dict(
+        digit=gr.Number(value=3, label="Digit (0-9)", elem_id="digit"),
+        prompt=gr.Textbox("", label="Prompt", elem_id="prompt", visible=any_prompts, max_lines=1,
+                          placeholder="a thick, right-slanted 7",
+                          info="for models trained on prompts (configs/prompt/); it names the digit"),
+        cfg_scale=gr.Slider(0, MAX_CFG, value=min(first.cfg_scale, MAX_CFG), step=0.5, label="Guidance scale",
+                            info="1 = no guidance; higher = more like the digit, less varied", elem_id="cfg"),
+        steps=gr.Number(value=default_steps, label=steps_label(default_images, first.sampler),
+                        info=f"images x steps at most {MAX_WORK} (x 2 for Heun)", elem_id="steps"),
+        sampler=gr.Dropdown(list(SAMPLERS), value=first.sampler, label="Sampler", elem_id="sampler"),
+        seed=gr.Number(value=0, label="Seed", info="the same seed gives the same images", elem_id="seed"),
+        n_images=gr.Slider(1, MAX_IMAGES, value=default_images, step=1, label="Images", elem_id="n-images"),
+    )
+
+
+def build_app(models: dict[str, Pipeline]):
+    """The Gradio page around demo.py. Returns (blocks, theme): Gradio 6 takes the theme at launch."""
+    import gradio as gr
+
+    names = list(models)
+    # System fonts only: the default theme would ask for web fonts the page then waits for.
+    theme = gr.themes.Default(font=["ui-sans-serif", "system-ui", "Segoe UI", "Roboto", "Arial", "sans-serif"],
+                              font_mono=["ui-monospace", "Consolas", "DejaVu Sans Mono", "monospace"])
+    on_generate, on_second = handlers(models)
     with gr.Blocks(title="difflab demo", analytics_enabled=False) as app:
         gr.Markdown(INTRO)
         # The model pickers get the page's width: names like 'unified_sd3_mmdit_flow/epoch 12' are long.
@@ -129,40 +161,30 @@ def build_app(models: dict[str, Pipeline]):
             model_b = gr.Dropdown(names, value=names[-1], label="Second model", visible=False, scale=3)
         with gr.Row():
             with gr.Column(scale=1, min_width=260):
-                digit = gr.Number(value=3, label="Digit (0-9)", elem_id="digit")
-                prompt = gr.Textbox("", label="Prompt", elem_id="prompt", visible=any_prompts, max_lines=1,
-                                    placeholder="a thick, right-slanted 7",
-                                    info="for models trained on prompts (configs/prompt/); it names the digit")
-                cfg_scale = gr.Slider(0, MAX_CFG, value=min(first.cfg_scale, MAX_CFG), step=0.5, label="Guidance scale",
-                                      info="1 = no guidance; higher = more like the digit, less varied",
-                                      elem_id="cfg")
-                steps = gr.Number(value=default_steps, label=steps_label(default_images, first.sampler),
-                                  info=f"images x steps at most {MAX_WORK} (x 2 for Heun)", elem_id="steps")
-                sampler = gr.Dropdown(list(SAMPLERS), value=first.sampler, label="Sampler", elem_id="sampler")
-                seed = gr.Number(value=0, label="Seed", info="the same seed gives the same images",
-                                 elem_id="seed")
-                n_images = gr.Slider(1, MAX_IMAGES, value=default_images, step=1, label="Images", elem_id="n-images")
+                c = _controls(models[names[0]].cfg.sampling, any(p.reads_prompts for p in models.values()))
                 button = gr.Button("Generate", variant="primary", elem_id="generate")
             with gr.Column(scale=3):
                 status = gr.Markdown(elem_id="status")
                 with gr.Row():
                     with gr.Column():
-                        outputs_a = panel_components("Model" if len(names) == 1 else "First model", "a")
+                        outputs_a = _panel("Model" if len(names) == 1 else "First model", "a")
                     with gr.Column(visible=False) as column_b:
-                        outputs_b = panel_components("Second model", "b")
+                        outputs_b = _panel("Second model", "b")
         request = gr.State(None)  # the checked request, handed from the first panel's event to the second's
         private = dict(api_visibility="private", queue=False, show_progress="hidden")
         compare.change(lambda on: [gr.update(visible=on), gr.update(visible=on)], compare, [model_b, column_b],
                        **private)
         model.change(lambda name: [gr.update(value=v) for v in model_defaults(models[name]).values()], model,
-                     [sampler, steps, cfg_scale], **private)  # a model's own sampling when it is picked
-        for control in (n_images, sampler):  # the label follows the limit
-            control.change(lambda n, s: gr.update(label=steps_label(n, s)), [n_images, sampler], steps, **private)
+                     [c["sampler"], c["steps"], c["cfg_scale"]], **private)  # a model's own sampling when it is picked
+        for control in (c["n_images"], c["sampler"]):  # the label follows the limit
+            control.change(lambda n, s: gr.update(label=steps_label(n, s)), [c["n_images"], c["sampler"]], c["steps"],
+                           **private)
         # One sampling event at a time (as `sample_panel` would anyway, its lock); both events share the limit.
         sampling = dict(concurrency_id="sampling", concurrency_limit=1)
-        button.click(on_generate, [model, digit, cfg_scale, steps, sampler, seed, n_images, compare, model_b, prompt],
-                     [status, request] + outputs_a, show_progress_on=[outputs_a[0]], preprocess=False,
-                     api_name="generate", **sampling
+        inputs = [model, c["digit"], c["cfg_scale"], c["steps"], c["sampler"], c["seed"], c["n_images"], compare,
+                  model_b, c["prompt"]]
+        button.click(on_generate, inputs, [status, request] + outputs_a, show_progress_on=[outputs_a[0]],
+                     preprocess=False, api_name="generate", **sampling
                      ).then(on_second, request, [status] + outputs_b, show_progress_on=[outputs_b[0]],
                             api_visibility="private", **sampling)
     # Other tabs wait in Gradio's queue, and their pages show their place in it.

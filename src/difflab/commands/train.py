@@ -5,8 +5,33 @@ import json
 import sys
 from pathlib import Path
 
-
 from difflab.cli import usage
+
+
+def make_trainer(cfg):
+    """The trainer of a config; all run through the one loop (loop.py), each with its own loss."""
+    if cfg.model.architecture == "vae":  # latent diffusion's first stage: src/difflab/vae_training.py
+        from difflab.vae_training import VAETrainer
+
+        return VAETrainer(cfg)
+    if cfg.fewstep.method != "none":  # few-step models: src/difflab/fewstep.py
+        from difflab.fewstep import ConsistencyTrainer, ShortcutTrainer
+
+        return (ShortcutTrainer if cfg.fewstep.method == "shortcut" else ConsistencyTrainer)(cfg)
+    from difflab.training import Trainer
+
+    return Trainer(cfg)
+
+
+def describe(trainer) -> str:
+    """The line a run starts with: what trains, how big, how long, where it writes."""
+    cfg = trainer.cfg
+    ranks = f" x {trainer.dist.world} ranks" if trainer.dist.enabled else ""
+    what = "an autoencoder" if cfg.model.architecture == "vae" else f"target {cfg.diffusion.target}"
+    if cfg.fewstep.method != "none":
+        what += f", {cfg.fewstep.method.replace('_', ' ')}" + (f" of {cfg.fewstep.teacher}" if cfg.fewstep.teacher else "")
+    return (f"training {cfg.name}: {cfg.model.architecture}, {what}, {trainer.params:,} parameters, "
+            f"{trainer.total_steps} steps of {trainer.batch_size}{ranks} on {trainer.device}; writing to {trainer.out_dir}")
 
 
 def main(argv=None):
@@ -25,7 +50,6 @@ def main(argv=None):
     from difflab.config import load_config
     from difflab.distributed import shutdown
     from difflab.checkpoint import resume
-    from difflab.training import Trainer
 
     cfg = load_config(args.config, args.overrides)
     if args.dry_run:
@@ -37,28 +61,13 @@ def main(argv=None):
         from difflab.latent import train_vae_first
 
         train_vae_first(cfg)  # latent diffusion's stage 1, on a fresh clone
-    if cfg.model.architecture == "vae":  # latent diffusion's first stage: src/difflab/vae_training.py
-        from difflab.vae_training import VAETrainer
-
-        trainer = VAETrainer(cfg)
-    elif cfg.fewstep.method != "none":  # few-step models: src/difflab/fewstep.py
-        from difflab.fewstep import ConsistencyTrainer, ShortcutTrainer
-
-        trainer = (ShortcutTrainer if cfg.fewstep.method == "shortcut" else ConsistencyTrainer)(cfg)
-    else:
-        trainer = Trainer(cfg)
+    trainer = make_trainer(cfg)
     if args.resume:
         path = resume(trainer, args.resume)
         if trainer.dist.is_main:
             print(f"resuming from {path} at step {trainer.step} of {trainer.total_steps}")
     if trainer.dist.is_main:
-        ranks = f" x {trainer.dist.world} ranks" if trainer.dist.enabled else ""
-        what = "an autoencoder" if cfg.model.architecture == "vae" else f"target {cfg.diffusion.target}"
-        if cfg.fewstep.method != "none":
-            what += f", {cfg.fewstep.method.replace('_', ' ')}" + (f" of {cfg.fewstep.teacher}" if cfg.fewstep.teacher else "")
-        print(f"training {cfg.name}: {cfg.model.architecture}, {what}, "
-              f"{trainer.params:,} parameters, {trainer.total_steps} steps of {trainer.batch_size}{ranks} "
-              f"on {trainer.device}; writing to {trainer.out_dir}")
+        print(describe(trainer))
     try:
         trainer.fit(overwrite=args.overwrite)
     finally:
