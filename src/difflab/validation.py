@@ -18,6 +18,14 @@ def validate(cfg, source: str, choices: dict) -> None:
     for (section, key), allowed in choices.items():
         if getattr(getattr(cfg, section), key) not in allowed:
             bad(f"{section}.{key}", "one of " + ", ".join(allowed))
+    _validate_ranges(cfg, bad)
+    _validate_model(cfg, bad)
+    _validate_prompt_model(cfg.model, bad)
+    _validate_fewstep(cfg, bad)
+
+
+def _validate_ranges(cfg, bad) -> None:
+    """Numbers that must be positive, non-negative or in [0, 1]; optional limits that must be >= 1."""
     m, d, t, s = cfg.model, cfg.diffusion, cfg.training, cfg.sampling
     positive = {
         "model.channels": m.channels, "model.hidden_size": m.hidden_size, "model.depth": m.depth,
@@ -33,20 +41,6 @@ def validate(cfg, source: str, choices: dict) -> None:
     for key, value in positive.items():
         if not value > 0:
             bad(key, "a number > 0")
-    if not m.channel_mult or not all(isinstance(c, int) and c > 0 for c in m.channel_mult):
-        bad("model.channel_mult", "a non-empty list of positive integers")
-    if not all(isinstance(a, int) and 0 <= a < len(m.channel_mult) for a in m.attention_levels):
-        bad("model.attention_levels", f"indices in 0..{len(m.channel_mult) - 1}")
-    if not (isinstance(m.single_depth, int) and m.single_depth >= 0):
-        bad("model.single_depth", "an integer >= 0")
-    if m.num_res_blocks < 1:
-        bad("model.num_res_blocks", "an integer >= 1")
-    if m.architecture == "unet":  # U-Net attention splits each attended width (and the middle's) into heads
-        for width in {m.channels * m.channel_mult[a] for a in [*m.attention_levels, -1]}:
-            if width % m.num_heads:
-                bad("model.num_heads", f"a divisor of every attended U-Net width (here {width})")
-    if m.hidden_size % m.num_heads:
-        bad("model.hidden_size", f"a multiple of model.num_heads ({m.num_heads})")
     if not d.beta_start < d.beta_end < 1:
         bad("diffusion.beta_end", f"a number in (beta_start={d.beta_start}, 1)")
     if isinstance(t.batch_size, str) and t.batch_size != "auto":
@@ -85,14 +79,31 @@ def validate(cfg, source: str, choices: dict) -> None:
     gi = s.guidance_interval
     if not (len(gi) == 2 and all(isinstance(v, (int, float)) for v in gi) and 0 <= gi[0] <= gi[1] <= 1):
         bad("sampling.guidance_interval", "[lo, hi] with 0 <= lo <= hi <= 1")
+
+
+def _validate_model(cfg, bad) -> None:
+    """Shapes the networks can be built with, and settings that only some networks or data take."""
+    m, s = cfg.model, cfg.sampling
+    if not m.channel_mult or not all(isinstance(c, int) and c > 0 for c in m.channel_mult):
+        bad("model.channel_mult", "a non-empty list of positive integers")
+    if not all(isinstance(a, int) and 0 <= a < len(m.channel_mult) for a in m.attention_levels):
+        bad("model.attention_levels", f"indices in 0..{len(m.channel_mult) - 1}")
+    if not (isinstance(m.single_depth, int) and m.single_depth >= 0):
+        bad("model.single_depth", "an integer >= 0")
+    if m.num_res_blocks < 1:
+        bad("model.num_res_blocks", "an integer >= 1")
+    if m.architecture == "unet":  # U-Net attention splits each attended width (and the middle's) into heads
+        for width in {m.channels * m.channel_mult[a] for a in [*m.attention_levels, -1]}:
+            if width % m.num_heads:
+                bad("model.num_heads", f"a divisor of every attended U-Net width (here {width})")
+    if m.hidden_size % m.num_heads:
+        bad("model.hidden_size", f"a multiple of model.num_heads ({m.num_heads})")
     if s.clip_x0 and cfg.data.vae_checkpoint:
         bad("sampling.clip_x0", "false for latent diffusion (latents are not bounded to [-1, 1])")
-    _validate_prompt_model(m, bad)
     if m.step_conditioning and m.architecture != "mmdit":
         bad("model.step_conditioning", "false except for the MMDiT (shortcut models)")
     if m.step_conditioning and (s.spacing, s.shift) != ("trailing", 1.0):
         bad("sampling.spacing", "trailing with sampling.shift 1 for a model that reads its jump size (equal jumps 1/steps)")
-    _validate_fewstep(cfg, bad)
 
 
 def _validate_prompt_model(m, bad) -> None:
