@@ -13,6 +13,8 @@ from difflab.models import build_model
 from difflab.models.text import START_ID, drop_condition, null_condition
 from difflab.training import Trainer
 
+ROOT = Path(__file__).resolve().parent.parent
+
 
 def canvas(*strokes):
     """A 28x28 uint8 image with ink along each stroke: (row0, col0, row1, col1, half-width)."""
@@ -225,3 +227,20 @@ def test_a_prompt_config_loads_its_prompts_from_the_cache_beside_the_data(tmp_pa
     assert [prompts.parse(prompts.decode(t))[0] for t in trainer.y] == digits.tolist()  # each names its digit
     again = Trainer(cfg, quiet=True)
     assert torch.equal(again.y, trainer.y) and cache.stat().st_mtime_ns == stamp  # read back, not rebuilt
+
+
+def test_the_pooled_prompt_can_join_the_u_nets_time_embedding_as_in_sdxl():
+    """model.pooled_text: the U-Net also adds the pooled prompt to the time embedding (Podell et al. 2023)."""
+    from difflab.config import load_config
+    from difflab.models import build_model, count_parameters
+
+    plain = build_model(load_config(ROOT / "configs/prompt/sd1_unet_crossattn.yaml").model)
+    cfg = load_config(ROOT / "configs/prompt/sd1_unet_crossattn.yaml", ["model.pooled_text=true"])
+    model = build_model(cfg.model)
+    emb = 4 * cfg.model.channels
+    assert count_parameters(model) - count_parameters(plain) == cfg.model.text_dim * emb + emb
+    for p in model.parameters():  # as after training: the zero-initialised layers have moved
+        torch.nn.init.normal_(p, std=0.05)
+    out = model(torch.randn(2, 1, 28, 28), torch.full((2,), 500.0), prompts.encode(["a thin 3", "a thick 7"]))
+    out.square().mean().backward()
+    assert model.pooled_embed.weight.grad.abs().sum() > 0  # the pooled vector reaches the output

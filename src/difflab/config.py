@@ -68,6 +68,7 @@ class ModelConfig:
     text_depth: int = 2
     text_heads: int = 4
     cross_attention_levels: list = field(default_factory=lambda: [2])  # U-Net levels that read the prompt
+    pooled_text: bool = False  # U-Net: also add the pooled prompt to the time embedding (SDXL; SD1 did not)
     # VAE (latent diffusion's first stage, Rombach et al. 2022): channels, channel_mult, num_res_blocks above
     latent_channels: int = 4
     kl_weight: float = 1e-4  # weight of the per-element KL term against the per-pixel MSE

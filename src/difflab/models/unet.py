@@ -134,6 +134,7 @@ class UNet(nn.Module):
         num_heads: int = 4,
         text: Optional[TextEncoder] = None,
         cross_attention_levels: tuple = (),
+        pooled_text: bool = False,
     ):
         super().__init__()
         emb_dim = 4 * channels
@@ -142,6 +143,9 @@ class UNet(nn.Module):
         # through cross-attention instead, as SD1 and SD2 do, by the text encoder trained with the model.
         self.text = text
         self.label_embed = LabelEmbedder(emb_dim) if text is None else None
+        # SDXL's addition (Podell et al. 2023, Sec. 2.1): the pooled prompt also joins the time embedding,
+        # so every ResBlock hears the prompt, as every ResBlock hears a class label
+        self.pooled_embed = nn.Linear(text.dim, emb_dim) if text is not None and pooled_text else None
 
         def reads_prompt(level, ch):  # a cross-attention layer where this level reads the prompt
             return [CrossAttention(ch, text.dim, num_heads)] if text is not None and level in cross_attention_levels else []
@@ -202,8 +206,10 @@ class UNet(nn.Module):
         if self.text is None:
             emb = emb + self.label_embed(y)
         else:
-            context, mask, _ = self.text(y)  # (B, L, text_dim), (B, L)
+            context, mask, pooled = self.text(y)  # (B, L, text_dim), (B, L), (B, text_dim)
             prompt = (context, mask)
+            if self.pooled_embed is not None:
+                emb = emb + self.pooled_embed(pooled)
         h = self.conv_in(x)  # (B, channels, 28, 28)
         skips = [h]
         for block in self.down:
@@ -229,4 +235,5 @@ def build_unet(cfg: ModelConfig, in_channels: int, image_size: int) -> UNet:
         num_heads=cfg.num_heads,
         text=build_text_encoder(cfg),
         cross_attention_levels=tuple(cfg.cross_attention_levels),
+        pooled_text=cfg.pooled_text,
     )
