@@ -23,7 +23,7 @@ def make_trainer(cfg):
     return Trainer(cfg)
 
 
-def describe(trainer) -> str:
+def start_line(trainer) -> str:
     """The line a run starts with: what trains, how big, how long, where it writes."""
     cfg = trainer.cfg
     ranks = f" x {trainer.dist.world} ranks" if trainer.dist.enabled else ""
@@ -67,7 +67,7 @@ def main(argv=None):
         if trainer.dist.is_main:
             print(f"resuming from {path} at step {trainer.step} of {trainer.total_steps}")
     if trainer.dist.is_main:
-        print(describe(trainer))
+        print(start_line(trainer))
     try:
         trainer.fit(overwrite=args.overwrite)
     finally:
