@@ -202,7 +202,8 @@ def main(argv=None):
     args = p.parse_args(argv)
 
     from difflab.classifier import load_classifier
-    from difflab.config import SAMPLERS, SPACINGS
+    from difflab.config import SPACINGS
+    from difflab.samplers import SAMPLERS
     from difflab.pipeline import Pipeline, is_unconditional
 
     nfes = parse_nfe(args.nfe)
