@@ -192,21 +192,14 @@ class Pipeline:
         an unset batch_size from sampling_batch_size (the images are the same for any batch)."""
         s = self.cfg.sampling
         batch_size = batch_size or sampling_batch_size(self.device, self.cfg.model.architecture)
-        sampler = sampler or s.sampler
-        steps = steps or s.steps
-        if is_unconditional(self.cfg):
-            cfg_scale = 1.0
-        spacing = options.pop("spacing", s.spacing)
-        shift = options.pop("shift", s.shift)
-        for name in sampler_options(sampler):  # e.g. DDIM's eta: from the sampling section unless given
-            if hasattr(s, name):
-                options.setdefault(name, getattr(s, name))
-        times = time_grid(steps, spacing, shift, self.cfg.diffusion.num_timesteps).tolist()
-        x_all = self.initial_noise(len(labels), seed) if noise is None else noise.cpu()
-        start, outs, nfe, traj = time.perf_counter(), [], 0, []
+        sampler, steps = sampler or s.sampler, steps or s.steps
+        cfg_scale = 1.0 if is_unconditional(self.cfg) else cfg_scale
+        times, options = self._plan(sampler, steps, options)
         model = self.model
         if self.cfg.model.step_conditioning:  # a shortcut model jumps 1/steps at each of its equal steps
             model = functools.partial(self.model, d=1000.0 / steps)
+        x_all = self.initial_noise(len(labels), seed) if noise is None else noise.cpu()
+        start, outs, nfe, traj = time.perf_counter(), [], 0, []
         for lo in range(0, len(labels), batch_size):
             y = labels[lo : lo + batch_size].to(self.device)
             x = x_all[lo : lo + batch_size].to(self.device)
@@ -225,6 +218,15 @@ class Pipeline:
         if trajectory:
             traj.append((0.0, outs[0], outs[0]))
         return GenerationResult(torch.cat(outs), labels.cpu(), nfe, time.perf_counter() - start, traj)
+
+    def _plan(self, sampler: str, steps: int, options: dict) -> tuple[list, dict]:
+        """The time grid, and the sampler's own options (DDIM's eta): each as asked, else the config's."""
+        s, options = self.cfg.sampling, dict(options)
+        spacing, shift = options.pop("spacing", s.spacing), options.pop("shift", s.shift)
+        for name in sampler_options(sampler):
+            if hasattr(s, name):
+                options.setdefault(name, getattr(s, name))
+        return time_grid(steps, spacing, shift, self.cfg.diffusion.num_timesteps).tolist(), options
 
     def decode(self, x: torch.Tensor) -> torch.Tensor:
         """Latents -> pixels through the VAE; pixels pass through."""
