@@ -6,8 +6,9 @@ compare.run_comparison keeps every score it computes in `<out>/scores.json`, key
 - the SHA-256 of the checkpoint file (its weights, config and sampling settings),
 - what was asked: n, the sampling seed and any option swept (steps, guidance scale),
 - the judge: a digest of the classifier's weights,
-- the code that samples and scores: a digest of difflab's sources (compare.py, report.py and the
-  demo excepted), so a change to a sampler or to FID makes every stored score stale.
+- the code that samples and scores: a digest of difflab's sources (NOT_SCORING excepted: the report,
+  the demo, and the modules that only train or parse commands), so a change to a sampler or to FID
+  makes every stored score stale.
 
 A second run with the same key reads the score instead of sampling again: `make compare` after a
 failure, or `make compare-all` after `make compare`, scores only what is new. A damaged file is
@@ -25,8 +26,11 @@ import torch
 
 from .data import sha256_file
 
-# Files that do not change a score: the comparison's own report and the demo.
-NOT_SCORING = {"compare.py", "report.py", "score_cache.py", "demo.py", "demo_page.py", "runs.py", "download.py"}
+# Files that do not change a score: the comparison's own report, the demo, and what only trains
+# (a checkpoint's file digest already covers what training produced) or only parses commands.
+NOT_SCORING = {"compare.py", "report.py", "score_cache.py", "demo.py", "demo_page.py", "runs.py", "download.py",
+               "loop.py", "training.py", "vae_training.py", "fewstep.py", "board.py", "optim.py", "speed.py",
+               "dryrun.py", "validation.py", "cli.py", "__main__.py", "train.py", "setup_data.py", "export.py"}
 
 
 def code_digest() -> str:
