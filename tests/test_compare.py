@@ -126,3 +126,19 @@ def test_a_second_run_reads_the_scores_it_already_has(tmp_path, monkeypatch):
     other = clf.MNISTClassifier().eval()  # another judge: its own scores
     compare.run_comparison([ckpt], out, other, n=20, steps_list=(), scales=(), sweep_n=10)
     assert len(calls) == 7
+
+
+def test_stored_scores_go_stale_with_the_sampling_code_not_with_the_training_code(tmp_path):
+    import shutil
+
+    from difflab import score_cache
+
+    package = tmp_path / "difflab"
+    shutil.copytree(Path(score_cache.__file__).parent, package, ignore=shutil.ignore_patterns("__pycache__"))
+    before = score_cache.code_digest(package)
+    with open(package / "loop.py", "a") as f:
+        f.write("\n# a change to training only\n")
+    assert score_cache.code_digest(package) == before
+    with open(package / "samplers.py", "a") as f:
+        f.write("\n# a change to a sampler\n")
+    assert score_cache.code_digest(package) != before

@@ -33,9 +33,9 @@ NOT_SCORING = {"compare.py", "report.py", "score_cache.py", "demo.py", "demo_pag
                "dryrun.py", "validation.py", "cli.py", "__main__.py", "train.py", "setup_data.py", "export.py"}
 
 
-def code_digest() -> str:
-    """SHA-256 over difflab's source files that sampling and scoring run through."""
-    root = Path(__file__).resolve().parent
+def code_digest(root: Optional[Path] = None) -> str:
+    """SHA-256 over difflab's source files (under `root`, default this package) that sampling and scoring run through."""
+    root = Path(root or Path(__file__).resolve().parent)
     h = hashlib.sha256()
     for path in sorted(root.rglob("*.py")):
         if path.name not in NOT_SCORING:
