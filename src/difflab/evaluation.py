@@ -203,6 +203,22 @@ def balanced_labels(n: int) -> torch.Tensor:
     return torch.arange(n) % 10
 
 
+def asked_for(pipe, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the digits asked for, what the model is given): balanced digits as labels; the null class for an
+    unconditional model; for a model of prompts the digit alone, "a 7" (difflab.adherence asks for the rest)."""
+    from difflab.models import NULL_CLASS
+    from difflab.pipeline import is_unconditional
+
+    labels = balanced_labels(n)
+    if is_unconditional(pipe.cfg):
+        labels = torch.full_like(labels, NULL_CLASS)
+    if not pipe.reads_prompts:
+        return labels, labels
+    from difflab.prompts import write
+
+    return labels, pipe.prompts([write(int(d), {}) for d in labels])
+
+
 def evaluate_pipeline(
     pipe,
     classifier: nn.Module,
@@ -226,7 +242,6 @@ def evaluate_pipeline(
     evaluations per image; a CFG step counts once, as in the papers), cfg_scale
     (the one used), seconds (sampling only) and device.
     """
-    from difflab.models import NULL_CLASS
     from difflab.pipeline import is_unconditional, sampling_batch_size  # here: the pipeline imports every model
 
     if pipe.cfg.data.dataset != judged_dataset(classifier):
@@ -236,14 +251,7 @@ def evaluate_pipeline(
     sampler, steps = sampler or s.sampler, steps or s.steps
     unconditional = is_unconditional(pipe.cfg)
     cfg_scale = 1.0 if unconditional else (s.cfg_scale if cfg_scale is None else cfg_scale)
-    labels = balanced_labels(n)
-    if unconditional:
-        labels = torch.full_like(labels, NULL_CLASS)
-    condition = labels
-    if pipe.reads_prompts:  # a model of prompts is asked for the digit alone: "a 7" (difflab.adherence for the rest)
-        from difflab.prompts import write
-
-        condition = pipe.prompts([write(int(d), {}) for d in labels])
+    labels, condition = asked_for(pipe, n)
     batch_size = batch_size or sampling_batch_size(pipe.device, pipe.cfg.model.architecture)
     batches = -(-n // batch_size)
     # One bar over every batch's steps; the callback fires once per sampler step.

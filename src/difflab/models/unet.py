@@ -150,6 +150,11 @@ class UNet(nn.Module):
         def reads_prompt(level, ch):  # a cross-attention layer where this level reads the prompt
             return [CrossAttention(ch, text.dim, num_heads)] if text is not None and level in cross_attention_levels else []
 
+        def level_block(c_in, c_out, level):  # a ResBlock, then the attention this level has (made in this order)
+            block = nn.ModuleList([ResBlock(c_in, c_out, emb_dim, dropout)])
+            block.extend([SelfAttention(c_out, num_heads)] if level in attention_levels else [])
+            return block.extend(reads_prompt(level, c_out))
+
         self.conv_in = nn.Conv2d(in_channels, channels, 3, padding=1)
 
         # Down path: remember every block's output channels for the skips.
@@ -157,12 +162,8 @@ class UNet(nn.Module):
         skip_chs, ch = [channels], channels
         for level, mult in enumerate(channel_mult):
             for _ in range(num_res_blocks):
-                block = nn.ModuleList([ResBlock(ch, channels * mult, emb_dim, dropout)])
+                self.down.append(level_block(ch, channels * mult, level))
                 ch = channels * mult
-                if level in attention_levels:
-                    block.append(SelfAttention(ch, num_heads))
-                block.extend(reads_prompt(level, ch))
-                self.down.append(block)
                 skip_chs.append(ch)
             if level != len(channel_mult) - 1:
                 self.down.append(nn.ModuleList([Downsample(ch)]))
@@ -177,11 +178,8 @@ class UNet(nn.Module):
         self.up = nn.ModuleList()
         for level, mult in reversed(list(enumerate(channel_mult))):
             for i in range(num_res_blocks + 1):
-                block = nn.ModuleList([ResBlock(ch + skip_chs.pop(), channels * mult, emb_dim, dropout)])
+                block = level_block(ch + skip_chs.pop(), channels * mult, level)
                 ch = channels * mult
-                if level in attention_levels:
-                    block.append(SelfAttention(ch, num_heads))
-                block.extend(reads_prompt(level, ch))
                 if level != 0 and i == num_res_blocks:
                     block.append(Upsample(ch))
                 self.up.append(block)
