@@ -11,6 +11,7 @@ zip's CRCs, so without it a flipped bit in the weights would load silently.
 from __future__ import annotations
 
 import hashlib
+import json
 import io
 import pickle
 import re
@@ -78,8 +79,6 @@ def load_checkpoint(path: Union[str, Path], map_location: Any = "cpu") -> dict:
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     if path.suffix == ".safetensors":  # weights for sharing (weights.py): no optimiser, so no resume
-        from .weights import load_safetensors
-
         return load_safetensors(path)
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
@@ -100,6 +99,40 @@ def load_checkpoint(path: Union[str, Path], map_location: Any = "cpu") -> dict:
         if key not in state:
             raise CheckpointError(f"{path}: incomplete difflab checkpoint (missing '{key}')")
     return state
+
+
+# .safetensors exports (weights.py writes them): the weights that sample, the config in the metadata.
+EXPORT_FORMAT = "difflab-safetensors-v1"
+# What a .pt checkpoint says about its run that is worth keeping beside the weights.
+EXPORT_KEPT = ("step", "epoch", "images_seen", "params", "train_images_per_s", "device", "torch", "vae_scale_factor")
+
+
+def tensors_sha256(weights: dict) -> str:
+    """SHA-256 of named tensors in name order (a safetensors file lists them sorted, a state dict does not)."""
+    return contents_sha256({k: weights[k] for k in sorted(weights)})
+
+
+def load_safetensors(path: Path) -> dict:
+    """A .safetensors export read back as a checkpoint dict ({"config", "model", ...}) or CheckpointError."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta: Optional[dict] = f.metadata()
+            weights = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({str(e).splitlines()[0][:120]})") from None
+    try:
+        info = json.loads((meta or {})["difflab"])
+    except (KeyError, ValueError):
+        raise CheckpointError(f"{path}: a safetensors file without difflab's metadata (its config); "
+                              f"export checkpoints with `difflab export`") from None
+    if info.get("format") != EXPORT_FORMAT or not isinstance(info.get("config"), dict):
+        raise CheckpointError(f"{path}: not a difflab export (no '{EXPORT_FORMAT}' marker)")
+    if info.get("sha256") != tensors_sha256(weights):
+        raise CheckpointError(f"{path}: corrupted export (its tensors do not match their SHA-256)")
+    return {"config": info["config"], "model": weights, "ema": None, "exported": info["weights"],
+            **{k: info.get(k) for k in EXPORT_KEPT}}
 
 
 def load_weights(module: torch.nn.Module, weights: dict, path: Union[str, Path], what: str = "model") -> None:

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from .validation import ConfigError
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -62,3 +64,20 @@ def barrier(info: DistInfo) -> None:
 def shutdown(info: DistInfo) -> None:
     if info.enabled and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def select_device(name: str = "auto", local_rank: int = 0) -> torch.device:
+    """CUDA (this process's GPU under torchrun), then Apple's MPS, then the CPU; or exactly what `name` says."""
+    if name != "auto":
+        try:
+            device = torch.device(name)
+        except RuntimeError:  # a typo such as "gpu" or "cuda0"
+            raise ConfigError(f"training.device: expected auto, cpu, cuda, cuda:N or mps, got {name!r}") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError(f"training.device: {name!r} asked for, but CUDA is not available here")
+        return device
+    if torch.cuda.is_available():
+        return torch.device("cuda", local_rank)
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")

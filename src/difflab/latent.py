@@ -101,22 +101,6 @@ def vae_training_config(cfg: Config) -> Config:
     return vae_cfg
 
 
-def train_vae_first(cfg: Config) -> Path:
-    """Latent diffusion's first stage, when its VAE does not exist yet: train it, saying so."""
-    from .vae_training import VAETrainer
-
-    vae_cfg = vae_training_config(cfg)
-    command = f"python train.py --config {cfg.data.vae_config} training.output_dir={vae_cfg.training.output_dir}"
-    print(f"no VAE at {cfg.data.vae_checkpoint} yet: training it first (stage 1 of latent diffusion; "
-          f"the same as `{command}`)")
-    trainer = VAETrainer(vae_cfg)
-    trainer.fit()
-    if trainer.interrupted:
-        raise KeyboardInterrupt
-    print(f"VAE trained: {cfg.data.vae_checkpoint}; now the diffusion model on its latents (stage 2)")
-    return Path(cfg.data.vae_checkpoint)
-
-
 def train_command(path: Path) -> str:
     """The command that writes `path`, which train.py names <output_dir>/<config name>/checkpoints/<file>.pt."""
     name, output_dir = path.parent.parent.name, path.parent.parent.parent

@@ -31,11 +31,10 @@ from .board import Board
 from .checkpoint import (RESUME_FIELDS, CheckpointError, check_resume_fields, epoch_checkpoints, load_checkpoint,
                          load_weights, save_checkpoint, set_rng_state)
 from .config import Config, ConfigError, config_from_dict
-from .distributed import DistInfo, barrier, init_distributed, mean_across_ranks
+from .distributed import DistInfo, barrier, init_distributed, mean_across_ranks, select_device
 from .models import count_parameters
 from .optim import EMA, adamw, lr_at, run_length
 from .outputs import write_error, writing
-from .pipeline import select_device
 
 # Every diffusion target (eps, x0, v, flow) has about unit variance, so predicting zero scores a loss
 # near 1; a loss a hundred times that means the weights have blown up (lr far too high), finite or not.

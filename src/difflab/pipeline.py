@@ -11,6 +11,7 @@ from typing import Callable, Optional, Sequence, Union
 import torch
 
 from .checkpoint import CheckpointError, load_checkpoint, load_weights
+from .distributed import select_device  # noqa: F401 (sample.py and evaluate.py take it from here)
 from .config import Config, ConfigError, config_from_dict, parse_override
 from .guidance import make_denoiser
 from .models import NULL_CLASS, build_model, count_parameters
@@ -24,23 +25,6 @@ from .schedules import build_path, time_grid
 # (diffusion.num_timesteps). DDPM's full chain is exactly 1000 steps; "leading" spacing cannot place
 # more than that many distinct times, so beyond it only the run time grows (about linearly).
 MAX_STEPS = 1000
-
-
-def select_device(name: str = "auto", local_rank: int = 0) -> torch.device:
-    """CUDA (this process's GPU under torchrun), then Apple's MPS, then the CPU; or exactly what `name` says."""
-    if name != "auto":
-        try:
-            device = torch.device(name)
-        except RuntimeError:  # a typo such as "gpu" or "cuda0"
-            raise ConfigError(f"training.device: expected auto, cpu, cuda, cuda:N or mps, got {name!r}") from None
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise ConfigError(f"training.device: {name!r} asked for, but CUDA is not available here")
-        return device
-    if torch.cuda.is_available():
-        return torch.device("cuda", local_rank)
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
 
 
 def sampling_batch_size(device: Union[str, torch.device], architecture: str = "unet") -> int:

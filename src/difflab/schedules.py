@@ -18,8 +18,8 @@ from __future__ import annotations
 import math
 
 import torch
+from .settings import DiffusionConfig
 
-from .config import DiffusionConfig
 
 
 class NoisePath:

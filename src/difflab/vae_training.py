@@ -24,6 +24,7 @@ import torch
 from .config import Config, ConfigError
 from .data import load_split
 from .distributed import DistInfo, init_distributed
+from .latent import vae_training_config
 from .loop import TrainingLoop
 from .models.vae import VAE, build_vae, kl_divergence
 from .visualize import save_grid
@@ -157,3 +158,17 @@ class VAETrainer(TrainingLoop):
 
     def load_extra_state(self, state: dict, path: Path) -> None:
         self.model.scale_factor = state["scale_factor"]
+
+
+def train_vae_first(cfg: Config) -> Path:
+    """Latent diffusion's first stage, when its VAE does not exist yet: train it, saying so."""
+    vae_cfg = vae_training_config(cfg)
+    command = f"python train.py --config {cfg.data.vae_config} training.output_dir={vae_cfg.training.output_dir}"
+    print(f"no VAE at {cfg.data.vae_checkpoint} yet: training it first (stage 1 of latent diffusion; "
+          f"the same as `{command}`)")
+    trainer = VAETrainer(vae_cfg)
+    trainer.fit()
+    if trainer.interrupted:
+        raise KeyboardInterrupt
+    print(f"VAE trained: {cfg.data.vae_checkpoint}; now the diffusion model on its latents (stage 2)")
+    return Path(cfg.data.vae_checkpoint)

@@ -58,7 +58,7 @@ def main(argv=None):
         print(json.dumps(describe(cfg)))
         return 0
     if cfg.data.vae_checkpoint and cfg.data.vae_config and not Path(cfg.data.vae_checkpoint).is_file():
-        from difflab.latent import train_vae_first
+        from difflab.vae_training import train_vae_first
 
         train_vae_first(cfg)  # latent diffusion's stage 1, on a fresh clone
     trainer = make_trainer(cfg)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+
 from torch import nn
 
-from ..config import ConfigError, ModelConfig
+from ..settings import ModelConfig
+from ..validation import ConfigError
 from .layers import NULL_CLASS, NUM_CLASSES, count_parameters
 from .unet import build_unet
 

@@ -16,9 +16,10 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ..config import ModelConfig
+from ..settings import ModelConfig
 from .layers import (QKV, FinalLayer, LabelEmbedder, Modulation, PatchEmbed, TimestepEmbedder, apply_rope, attention,
                      check_shapes, init_linears, layer_norm, mlp, register_positions, unpatchify, zero_modulations)
+
 
 class DiTBlock(nn.Module):
     """Self-attention and MLP, each as adaLN-Zero: x + gate * f(norm(x) * (1 + scale) + shift)."""

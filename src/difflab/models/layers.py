@@ -10,9 +10,10 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
+from ..settings import ModelConfig
 
-from ..config import POS_EMBEDS, ModelConfig
 
+POS_EMBEDS = ("sincos", "rope")  # model.pos_embed: SD3's table added once, or Flux's rotary positions
 NUM_CLASSES = 10  # digits 0..9; label 10 is the null class used for guidance
 NULL_CLASS = NUM_CLASSES
 

@@ -24,7 +24,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ..config import ModelConfig
+from ..settings import ModelConfig
 from .dit import DiTBlock
 from .layers import (
     NUM_CLASSES,

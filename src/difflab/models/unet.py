@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import ModelConfig
+from ..settings import ModelConfig
 from .layers import LabelEmbedder, TimestepEmbedder
 from .text import TextEncoder, build_text_encoder
 

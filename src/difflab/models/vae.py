@@ -20,11 +20,13 @@ scale is applied.
 
 from __future__ import annotations
 
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import ConfigError, ModelConfig
+from ..settings import ModelConfig
+from ..validation import ConfigError
 from .unet import Downsample, Upsample, norm, zero_init
 
 

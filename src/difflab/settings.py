@@ -1,0 +1,140 @@
+"""The sections of a config as dataclasses: every key, its type and its default, commented.
+
+config.py reads YAML into these (and checks every value); everything else reads them. This module
+imports nothing of difflab's, so the registries of models, paths and samplers can name these types
+while config.py checks names against those registries.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Optional, Union
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "mnist"
+    data_dir: Optional[str] = None  # None: $DIFFLAB_DATA, else ./data
+    # Latent diffusion: path of a trained VAE checkpoint. None = pixel space.
+    vae_checkpoint: Optional[str] = None
+    # The config that trains that VAE: train.py trains it first when vae_checkpoint does not exist yet.
+    vae_config: Optional[str] = None
+    limit: Optional[int] = None  # use only the first N training images (quick experiments, tests)
+
+
+@dataclass
+class ModelConfig:
+    architecture: str = "unet"
+    # U-Net (Ronneberger et al. 2015; as used by Ho et al. 2020 and SD)
+    channels: int = 16
+    channel_mult: list = field(default_factory=lambda: [1, 4, 6])
+    num_res_blocks: int = 1
+    attention_levels: list = field(default_factory=lambda: [2])  # indices into channel_mult
+    dropout: float = 0.0
+    # Transformers (DiT, MMDiT)
+    hidden_size: int = 192
+    depth: int = 6
+    num_heads: int = 4
+    patch_size: int = 4
+    mlp_ratio: float = 4.0
+    cond_tokens: int = 4  # MMDiT: learned conditioning tokens per class
+    qk_norm: bool = False  # MMDiT: RMS-normalise queries and keys (SD3.5)
+    pos_embed: str = "sincos"  # MMDiT: sincos (SD3: added to the tokens) | rope (Flux: rotates q and k)
+    single_depth: int = 0  # MMDiT: Flux's single-stream blocks after the `depth` joint blocks
+    step_conditioning: bool = False  # MMDiT: also read the jump size d (shortcut models, Frans et al. 2024)
+    # What the model is conditioned on: "class" (one label per image) or "prompt" (a sentence about
+    # the image, difflab.prompts, read by a tiny text encoder trained with the model; issue 26)
+    conditioning: str = "class"
+    text_dim: int = 64  # the text encoder's width, depth and heads (models/text.py)
+    text_depth: int = 2
+    text_heads: int = 4
+    cross_attention_levels: list = field(default_factory=lambda: [2])  # U-Net levels that read the prompt
+    pooled_text: bool = False  # U-Net: also add the pooled prompt to the time embedding (SDXL; SD1 did not)
+    # VAE (latent diffusion's first stage, Rombach et al. 2022): channels, channel_mult, num_res_blocks above
+    latent_channels: int = 4
+    kl_weight: float = 1e-4  # weight of the per-element KL term against the per-pixel MSE
+
+
+@dataclass
+class DiffusionConfig:
+    target: str = "eps"  # what the network predicts: eps | x0 | v | flow
+    schedule: str = "linear"  # the noise path x_t = alpha(t) x0 + sigma(t) eps
+    num_timesteps: int = 1000
+    beta_start: float = 1e-4
+    beta_end: float = 0.02
+    zero_terminal_snr: bool = False  # Lin et al. 2023, Algorithm 1
+    t_sampling: str = "uniform_discrete"  # how training draws t
+    logit_mean: float = 0.0  # logit-normal t (Esser et al. 2024, Sec. 3.1)
+    logit_std: float = 1.0
+
+
+@dataclass
+class TrainingConfig:
+    epochs: int = 100
+    batch_size: Union[int, str] = 128  # or "auto" (probe for the fastest that fits)
+    max_batch_size: int = 512
+    lr: float = 2e-3
+    weight_decay: float = 0.0
+    adam_beta2: float = 0.999  # AdamW's second-moment decay (Kingma & Ba 2015, Alg. 1)
+    warmup_steps: int = 200
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    cfg_dropout_prob: float = 0.1
+    min_snr_gamma: Optional[float] = None  # Min-SNR loss weighting (Hang et al. 2023); None = plain MSE
+    seed: int = 0
+    max_steps: Optional[int] = None
+    max_images: Optional[int] = None  # a budget in training images, whatever the batch size
+    log_every: int = 50
+    sample_every: int = 0  # steps between sample grids; 0 = once per epoch
+    checkpoint_every: int = 1  # epochs between model_epoch_<N>.pt files
+    keep_last: int = 0  # keep only the newest K epoch checkpoints; 0 = keep all
+    device: str = "auto"  # auto | cpu | cuda | mps | cuda:1 ...
+    output_dir: str = "experiments"
+    compile: Optional[bool] = None  # None: on for CUDA, off for CPU
+    precision: str = "fp32"  # fp32 | bf16 (autocast; fast on recent GPUs)
+    threads: Optional[int] = None  # CPU threads; None = PyTorch's default (one per core)
+    on_nonfinite: str = "stop"  # stop | skip
+    tensorboard: bool = False  # also write metrics.jsonl's numbers and the sample grids to <run>/tensorboard/
+
+
+@dataclass
+class SamplingConfig:
+    sampler: str = "ddim"
+    steps: int = 50
+    cfg_scale: float = 7.5
+    eta: float = 0.0  # DDIM stochasticity (Song et al. 2021, Eq. 16)
+    spacing: str = "leading"
+    shift: float = 1.0  # SD3/Flux timestep shift (Esser et al. 2024, Eq. 23)
+    guidance_interval: list = field(default_factory=lambda: [0.0, 1.0])
+    cfg_rescale: float = 0.0  # Lin et al. 2023, Sec. 3.4
+    clip_x0: bool = False  # clamp the predicted x0 to [-1, 1] each step (DDPM's sampler); pixels only
+    n_per_class: int = 8
+
+
+@dataclass
+class FewStepConfig:
+    """Few-step training (issue 27, src/difflab/fewstep.py); method none is ordinary diffusion training."""
+
+    # consistency_distillation (Song et al. 2023, Alg. 2) | consistency_training (Alg. 3) | shortcut (Frans et al. 2024)
+    method: str = "none"
+    teacher: Optional[str] = None  # the trained checkpoint to distil (its model section must be this config's)
+    teacher_config: Optional[str] = None  # the config that trains it, named when the checkpoint is missing
+    steps: int = 20  # consistency: neighbours t = (n + 1) / N and n / N; shortcut: the smallest jump is 1 / N
+    teacher_cfg_scale: float = 1.0  # guidance baked into the student (Luo et al. 2023, LCM)
+    target_ema: float = 0.95  # mu: the target network's EMA of the student (0: the student itself, iCT)
+    huber_c: Optional[float] = None  # pseudo-Huber constant (Song & Dhariwal 2023); None: 0.00054 sqrt(dims)
+
+
+@dataclass
+class Config:
+    name: str = "experiment"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    fewstep: FewStepConfig = field(default_factory=FewStepConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
