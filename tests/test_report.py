@@ -16,7 +16,8 @@ def row(model, fids, accs=None, floor=2.0, **extra):
             "fid": fids[0], "fid_floor": floor, "accuracy": accs[0], "precision": 0.8, "recall": 0.8,
             "sampler": "ddim", "steps": 50, "cfg_scale": 1.5, "seconds_per_1000": 200.0,
             "fid_seeds": fids, "fid_mean": mean, "fid_spread": spread,
-            "accuracy_seeds": accs, "accuracy_mean": sum(accs) / len(accs), "accuracy_spread": 0.0, **extra}
+            "accuracy_seeds": accs, "accuracy_mean": None if None in accs else sum(accs) / len(accs),
+            "accuracy_spread": 0.0, **extra}
 
 
 def test_an_ordering_says_whether_the_seed_spreads_overlap():
@@ -35,6 +36,23 @@ def test_the_goal_line_says_how_far_each_row_is():
     assert "SD2 U-Net v: 1.9x the floor; the goal of 2x (4.00): meets." in text
 
 
+def test_a_row_with_one_seed_is_ordered_against_the_other_rows_seed_spread():
+    sd1 = row("unified_sd1_unet_eps", [6.0, 6.4, 6.2])  # 6.20 +- 0.20
+    near, far = row("unet_x0_prediction", [6.3]), row("unet_x0_prediction", [9.0])
+    assert "U-Net x0 has one seed; the gap is not larger than SD1 U-Net eps's seed spread (0.20)" in report.orderings([sd1, near])
+    assert "U-Net x0 has one seed; the gap is larger than SD1 U-Net eps's seed spread (0.20)" in report.orderings([sd1, far])
+    note = report.table([sd1, far]).splitlines()[-1]
+    assert "over 3 training seeds (one seed, no spread: U-Net x0)" in note
+
+
+def test_a_reference_row_is_held_to_the_studys_bar_not_the_milestones_goal():
+    text = report.orderings([row("unet_x0_prediction", [5.0], accs=[0.97]), row("ldm_latent", [7.0], accs=[0.90]),
+                             row("ddpm_original", [30.0], accs=[None])])
+    assert "U-Net x0: 2.5x the floor; the study's bar of 3x (6.00) and 95% accuracy: meets." in text
+    assert "misses: FID by 1.00, accuracy by 5.0 points." in text  # the latent row
+    assert "15.0x the floor; the study's bar of 3x (6.00) and 95% accuracy: misses: FID by 24.00." in text  # unconditional
+
+
 def test_the_table_is_in_the_history_order_with_the_vae_images():
     rows = [row("ldm_latent", [9.0], vae_images_seen=120_000), row("unified_sd1_unet_eps", [6.0])]
     lines = report.table(rows).splitlines()
@@ -47,19 +65,19 @@ def test_publish_fills_the_blocks_from_its_json_and_leaves_others(tmp_path):
     (tmp_path / "docs").mkdir()
     results = {"rows": [row("unified_sd1_unet_eps", [6.0, 6.4]), row("unified_sd2_unet_v", [4.0, 4.4])], "seconds": {}}
     (tmp_path / "results.json").write_text(json.dumps(results))
-    block = "<!-- generated from docs/results/milestones.json: {} -->\nstale text\n<!-- end of generated block -->"
+    block = "<!-- generated from docs/results/study.json: {} -->\nstale text\n<!-- end of generated block -->"
     other = "<!-- generated from docs/results/other.json: table -->\nkept\n<!-- end of generated block -->"
     (tmp_path / "README.md").write_text("# x\n" + block.format("table") + "\n\n" + other + "\n")
     (tmp_path / "docs" / "03.md").write_text("text\n" + block.format("effect unified_sd2_unet_v") + "\n")
     (tmp_path / "docs" / "plain.md").write_text("no blocks\n")
-    changed = report.publish(tmp_path / "results.json", "milestones", tmp_path)
+    changed = report.publish(tmp_path / "results.json", "study", tmp_path)
     assert sorted(p.name for p in changed) == ["03.md", "README.md"]
     readme = (tmp_path / "README.md").read_text()
     assert "stale text" not in readme and "| SD2 U-Net v |" in readme and "\nkept\n" in readme
     page = (tmp_path / "docs" / "03.md").read_text()
     assert "eps -> v (SD1 U-Net eps -> SD2 U-Net v) lowered the FID from 6.20 +- 0.28 to 4.20 +- 0.28" in page
-    assert json.loads((tmp_path / "docs" / "results" / "milestones.json").read_text()) == results
-    assert report.publish(tmp_path / "results.json", "milestones", tmp_path) == []  # a second time: nothing to change
+    assert json.loads((tmp_path / "docs" / "results" / "study.json").read_text()) == results
+    assert report.publish(tmp_path / "results.json", "study", tmp_path) == []  # a second time: nothing to change
 
 
 def test_an_unknown_block_kind_or_row_is_an_error():

