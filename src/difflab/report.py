@@ -46,7 +46,7 @@ STEPS = [
     ("ddpm_original", "unified_sd1_unet_eps", "labels and guidance, DDIM's 50 steps"),
     ("unet_x0_prediction", "unified_sd1_unet_eps", "predicting x0 -> predicting eps"),
     ("unified_sd1_unet_eps", "unified_sd2_unet_v", "eps -> v"),
-    ("unified_sd2_unet_v", "unet_flow", "v on a cosine path -> rectified flow"),
+    ("unified_sd2_unet_v", "unet_flow", "v on SD's betas -> rectified flow"),
     ("unet_flow", "dit_transformer", "U-Net -> DiT"),
     ("dit_transformer", "unified_sd3_mmdit_flow", "DiT -> MMDiT"),
     ("unified_sd2_unet_v", "unified_sd3_mmdit_flow", "SD2 -> SD3: backbone and objective"),
