@@ -82,7 +82,8 @@ def same_noise_grid(pipes: dict, out: Path, per_digit: int = 4, seed: int = 0) -
         ax.imshow(grid_array(images, nrow=per_digit), cmap="gray", vmin=0, vmax=255)
         ax.set_title(name + (" (uncond.)" if is_unconditional(pipe.cfg) else ""), fontsize=8)
         ax.axis("off")
-    fig.suptitle(f"same noise (seed {seed}), rows = digits 0-9", fontsize=9)
+    classes = "digits" if next(iter(pipes.values())).cfg.data.dataset == "mnist" else "classes"
+    fig.suptitle(f"same noise (seed {seed}), rows = {classes} 0-9", fontsize=9)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)
