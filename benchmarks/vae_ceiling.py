@@ -3,8 +3,8 @@
     python benchmarks/vae_ceiling.py --n 500
 
 A latent diffusion model draws through the VAE's decoder, so it can at best score what
-decode(encode(x)) of real images scores (Rombach et al. 2022, Sec. 3.1: the autoencoder sets
-the upper limit of quality). This prints, at the same N and on the same judge as evaluate.py:
+decode(encode(x)) of real images scores (Rombach et al. 2022, Sec. 4.1: how much
+the autoencoder compresses bounds the quality). This prints, at the same N and on the same judge as evaluate.py:
 the FID of N training images reconstructed by the VAE, of the same N images as they are, and
 the floor evaluate.py reports at this N (a fixed subset of training images). Compare a latent
 model's FID with the first line, not with zero.
