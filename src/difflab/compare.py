@@ -141,13 +141,14 @@ def sweep(pipes: dict, classifier, n: int, what: str, values: Sequence, seed: in
     return out
 
 
-def plot_sweep(results: dict, what: str, out: Path, xlabel: str) -> Path:
+def plot_sweep(results: dict, what: str, out: Path, xlabel: str, x_key: Optional[str] = None) -> Path:
+    """FID and accuracy against the swept setting (or against `x_key` of each point, e.g. its NFE)."""
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.8))
     floor = None
     for name, rows in results.items():
         if not rows:
             continue
-        xs = [r[what] for r in rows]
+        xs = [r[x_key or what] for r in rows]
         a1.plot(xs, [r["fid"] for r in rows], marker="o", label=name)
         if rows[0]["accuracy"] is not None:
             a2.plot(xs, [100 * r["accuracy"] for r in rows], marker="o", label=name)
@@ -156,9 +157,12 @@ def plot_sweep(results: dict, what: str, out: Path, xlabel: str) -> Path:
         a1.axhline(floor, color="gray", ls="--", lw=1, label="floor (real vs real)")
     a1.set(xlabel=xlabel, ylabel="FID (classifier features)", yscale="log")
     a2.set(xlabel=xlabel, ylabel="conditional accuracy (%)")
-    if what == "steps":
-        a1.set_xscale("log")
-        a2.set_xscale("log")
+    if what == "steps":  # a log axis labelled with the measured values: 1, 2, 4, 8 rather than 2 x 10^0
+        ticks = sorted({r[x_key or what] for rows in results.values() for r in rows})
+        for a in (a1, a2):
+            a.set_xscale("log")
+            a.set_xticks(ticks, [str(t) for t in ticks])
+            a.minorticks_off()
     a1.legend(fontsize=7)
     a2.legend(fontsize=7)
     fig.tight_layout()
@@ -260,11 +264,13 @@ def run_comparison(checkpoints: Sequence[Path], out_dir: Path, classifier, n: in
             {"rows": rows, "sweeps": sweeps, "n": n, "seed": seed, "seconds": seconds}, indent=2))
 
     save()
-    for what, values, name, label in [("steps", steps_list, "fid_vs_steps.png", "sampling steps"),
-                                      ("cfg_scale", scales, "fid_vs_guidance.png", "guidance scale")]:
+    # Steps are plotted as network calls per image (NFE): Heun's step makes two, a few-step model's one.
+    for what, values, name, label, x_key in [
+            ("steps", steps_list, "fid_vs_steps.png", "network calls per image (NFE; a guided call counts once)", "nfe"),
+            ("cfg_scale", scales, "fid_vs_guidance.png", "guidance scale", None)]:
         if values:
             sweeps[what] = sweep(pipes, classifier, sweep_n or n, what, values, seed, cache)
-            plot_sweep(sweeps[what], what, out_dir / name, label)
+            plot_sweep(sweeps[what], what, out_dir / name, label, x_key)
             lap(f"sweep of {what}")
             save()
         else:  # a plot left by an earlier run would pass for this run's: remove it
