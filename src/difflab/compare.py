@@ -141,14 +141,14 @@ def sweep(pipes: dict, classifier, n: int, what: str, values: Sequence, seed: in
     return out
 
 
-def plot_sweep(results: dict, what: str, out: Path, xlabel: str, x_key: Optional[str] = None) -> Path:
-    """FID and accuracy against the swept setting (or against `x_key` of each point, e.g. its NFE)."""
+def plot_sweep(results: dict, x: str, out: Path, xlabel: str, log_x: bool = False) -> Path:
+    """FID and accuracy against the key `x` of each point (the guidance scale, a sampler's NFE, ...)."""
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.8))
     floor = None
     for name, rows in results.items():
         if not rows:
             continue
-        xs = [r[x_key or what] for r in rows]
+        xs = [r[x] for r in rows]
         a1.plot(xs, [r["fid"] for r in rows], marker="o", label=name)
         if rows[0]["accuracy"] is not None:
             a2.plot(xs, [100 * r["accuracy"] for r in rows], marker="o", label=name)
@@ -157,8 +157,8 @@ def plot_sweep(results: dict, what: str, out: Path, xlabel: str, x_key: Optional
         a1.axhline(floor, color="gray", ls="--", lw=1, label="floor (real vs real)")
     a1.set(xlabel=xlabel, ylabel="FID (classifier features)", yscale="log")
     a2.set(xlabel=xlabel, ylabel="conditional accuracy (%)")
-    if what == "steps":  # a log axis labelled with the measured values: 1, 2, 4, 8 rather than 2 x 10^0
-        ticks = sorted({r[x_key or what] for rows in results.values() for r in rows})
+    if log_x:  # labelled with the measured values: 1, 2, 4, 8 rather than 2 x 10^0
+        ticks = sorted({r[x] for rows in results.values() for r in rows})
         for a in (a1, a2):
             a.set_xscale("log")
             a.set_xticks(ticks, [str(t) for t in ticks])
@@ -265,12 +265,12 @@ def run_comparison(checkpoints: Sequence[Path], out_dir: Path, classifier, n: in
 
     save()
     # Steps are plotted as network calls per image (NFE): Heun's step makes two, a few-step model's one.
-    for what, values, name, label, x_key in [
+    for what, values, name, label, x in [
             ("steps", steps_list, "fid_vs_steps.png", "network calls per image (NFE; a guided call counts once)", "nfe"),
-            ("cfg_scale", scales, "fid_vs_guidance.png", "guidance scale", None)]:
+            ("cfg_scale", scales, "fid_vs_guidance.png", "guidance scale", "cfg_scale")]:
         if values:
             sweeps[what] = sweep(pipes, classifier, sweep_n or n, what, values, seed, cache)
-            plot_sweep(sweeps[what], what, out_dir / name, label, x_key)
+            plot_sweep(sweeps[what], x, out_dir / name, label, log_x=what == "steps")
             lap(f"sweep of {what}")
             save()
         else:  # a plot left by an earlier run would pass for this run's: remove it
