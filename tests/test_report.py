@@ -50,7 +50,7 @@ def test_a_reference_row_is_held_to_the_studys_bar_not_the_milestones_goal():
                              row("ddpm_original", [30.0], accs=[None])])
     assert "U-Net x0: 2.5x the floor; the study's bar of 3x (6.00) and 95% accuracy: meets." in text
     assert "misses: FID by 1.00, accuracy by 5.0 points." in text  # the latent row
-    assert "15.0x the floor; the study's bar of 3x (6.00) and 95% accuracy: misses: FID by 24.00." in text  # unconditional
+    assert "15.0x the floor; unconditional, so not held to the study's bar" in text  # asked for no digit
 
 
 def test_the_table_is_in_the_history_order_with_the_vae_images():
@@ -118,3 +118,63 @@ def test_the_fewstep_table_counts_the_teachers_images_and_the_speed_up_against_i
     assert "| 30,000 + 60,000 (teacher) | 12.00 (90%) | 6.00 (97%) |" in lines[3]
     assert lines[3].endswith("| 5 (40x faster than SD2 U-Net v) |")
     assert "SD3 MMDiT shortcut model | 60,000 |" in lines[4] and "faster" not in lines[4]  # its baseline is absent
+
+
+def evaluation(fid, accuracy, cfg_scale=1.5, n=500):
+    """An evaluate.py output (--out FILE.json), the keys a table needs and a few it keeps."""
+    return {"fid": fid, "fid_floor": 5.45, "accuracy": accuracy, "precision": 0.8, "recall": 0.8, "n": n,
+            "sampler": "ddim", "steps": 50, "nfe": 50, "cfg_scale": cfg_scale, "checkpoint": "a.pt", "config": "x"}
+
+
+def test_a_pages_own_measurements_are_published_from_evaluate_outputs(tmp_path, monkeypatch):
+    from difflab.commands.compare import main
+
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "a.json").write_text(json.dumps(evaluation(10.891, 0.962, 1.75)))
+    (tmp_path / "b.json").write_text(json.dumps(evaluation(8.2, None, 1.0)))  # unconditional: no accuracy
+    block = "<!-- generated from docs/results/tuning.json: evaluations -->\nhand-typed 9.99\n<!-- end of generated block -->"
+    (tmp_path / "README.md").write_text("# x\n")
+    (tmp_path / "docs" / "page.md").write_text("text\n" + block + "\n")
+    monkeypatch.chdir(tmp_path)
+    assert main(["--evaluations", "CFG 1.75, eta=1=a.json", "no labels=b.json", "--as", "tuning"]) == 0
+    page = (tmp_path / "docs" / "page.md").read_text()
+    assert "9.99" not in page
+    assert "| CFG 1.75, eta=1 | 10.89 | 5.45 | 96.2% | ddim x50, CFG 1.75 | 500 |" in page  # the label may hold '='
+    assert "| no labels | 8.20 | 5.45 | n/a | ddim x50, CFG 1 | 500 |" in page
+    published = json.loads((tmp_path / "docs" / "results" / "tuning.json").read_text())
+    assert published["kind"] == "evaluations" and published["rows"][0]["checkpoint"] == "a.pt"  # kept whole
+
+
+def test_evaluations_refuse_what_is_not_an_evaluate_output(tmp_path, monkeypatch):
+    from difflab.cli import InputError, UsageError
+    from difflab.commands.compare import main
+
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "README.md").write_text("# x\n")
+    (tmp_path / "results.json").write_text(json.dumps({"rows": []}))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(InputError, match="not an evaluate.py output"):
+        main(["--evaluations", "x=results.json", "--as", "t"])
+    with pytest.raises(InputError, match="no such file"):
+        main(["--evaluations", "x=missing.json", "--as", "t"])
+    with pytest.raises(UsageError, match="LABEL=EVAL_JSON"):
+        main(["--evaluations", "results.json", "--as", "t"])
+    assert not (tmp_path / "docs" / "results").exists()  # nothing published
+
+
+def test_models_of_prompts_are_compared_a_column_each():
+    def scored(fid, slant_hit, seconds):
+        a = {"prompts": 50, "per_prompt": 20, "accuracy": 0.9,
+             "attributes": {"slant": {"hit_rate": slant_hit, "chance": 0.332, "correlation": 0.5}},
+             "common_combinations": {"all_three_hit": 0.2, "chance": 0.086},
+             "rare_combinations": {"all_three_hit": 0.02, "chance": 0.01}}
+        return {**evaluation(fid, 0.97, n=1000), "seconds": seconds, "adherence": a}
+
+    results = report.gather_evaluations({"cross": scored(11.4, 0.838, 204.0), "joint": scored(27.7, 0.302, 582.0)})
+    lines = report.render("adherence", results).splitlines()
+    assert lines[0] == "| | cross | joint |"
+    assert "| slant: hit (chance 33.2%) / correlation | 83.8% / 0.50 | 30.2% / 0.50 |" in lines
+    assert '| FID from "a <digit>" (floor 5.45, N = 1000) | 11.40 | 27.70 |' in lines
+    assert "| seconds per 1000 samples (50 steps) | 204 (CFG 1.5) | 582 (CFG 1.5) |" in lines
+    with pytest.raises(ValueError, match="no prompt adherence in: labels"):
+        report.render("adherence", report.gather_evaluations({"labels": evaluation(5.0, 0.97)}))

@@ -11,7 +11,12 @@ run again after a failure, and only what was not scored yet is sampled.
     python compare_models.py --publish results/results.json --as study
 
 copies that results.json to docs/results/study.json and regenerates the README's and docs'
-blocks marked as generated from it (src/difflab/report.py).
+blocks marked as generated from it (src/difflab/report.py). A page's own measurements go the same way:
+
+    python compare_models.py --evaluations "CFG 1.5=a.json" "CFG 2=b.json" --as latent_guidance
+
+gathers those evaluate.py outputs (`evaluate.py ... --out a.json`) into docs/results/latent_guidance.json
+and regenerates the blocks `<!-- generated from docs/results/latent_guidance.json: evaluations -->`.
 """
 
 import argparse
@@ -45,8 +50,15 @@ def main(argv=None):
     p.add_argument("--publish", metavar="RESULTS_JSON", default=None,
                    help="score nothing: copy RESULTS_JSON to docs/results/<--as>.json and rewrite the README's and "
                         "docs' blocks generated from it (src/difflab/report.py)")
+    p.add_argument("--evaluations", nargs="+", metavar="LABEL=EVAL_JSON", default=None,
+                   help="score nothing: publish these evaluate.py outputs (--out), a table row each under its label, "
+                        "as docs/results/<--as>.json (blocks of kind 'evaluations')")
     p.add_argument("--as", dest="publish_as", default="study", help="the name it is published under")
     args = p.parse_args(argv)
+    if args.publish and args.evaluations:
+        usage("--publish or --evaluations, not both")
+    if args.evaluations:
+        return publish(gather(args.evaluations), args.publish_as)
     if args.publish:
         return publish(Path(args.publish), args.publish_as)
 
@@ -81,10 +93,35 @@ def main(argv=None):
     return 0
 
 
-def publish(results_json: Path, name: str) -> int:
+def gather(pairs) -> dict:
+    """LABEL=FILE pairs -> the json of an `evaluations` block (report.gather_evaluations)."""
+    import json
+
+    from difflab.report import gather_evaluations
+
+    labelled = {}
+    for pair in pairs:
+        label, sep, path = pair.rpartition("=")
+        if not sep or not label.strip():
+            usage(f"--evaluations: expected LABEL=EVAL_JSON, got {pair!r}")
+        if label in labelled:
+            usage(f"--evaluations: the label {label!r} is given twice")
+        if not Path(path).is_file():
+            fail(f"--evaluations: {path}: no such file (write one with `evaluate.py ... --out {path}`)")
+        try:
+            labelled[label] = json.loads(Path(path).read_text())
+        except json.JSONDecodeError:
+            fail(f"--evaluations: {path} is not JSON")
+    try:
+        return gather_evaluations(labelled)
+    except ValueError as e:
+        fail(f"--evaluations: {e}")
+
+
+def publish(results_json, name: str) -> int:
     from difflab.report import publish as write_docs
 
-    if not results_json.is_file():
+    if not isinstance(results_json, dict) and not results_json.is_file():
         fail(f"{results_json}: no such file; `make compare` writes results/results.json")
     root = next((d for d in (Path.cwd(), *Path.cwd().parents) if (d / "README.md").is_file() and (d / "docs").is_dir()),
                 None)
