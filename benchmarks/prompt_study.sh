@@ -5,6 +5,8 @@
 # then a grid per model whose rows are prompts.
 #   bash benchmarks/prompt_study.sh [sd1_unet_crossattn] [sd3_mmdit_joint]     (default: both)
 #   IMAGES=640 N=20 PER_PROMPT=1 bash benchmarks/prompt_study.sh sd1_unet_crossattn   a smoke test (a minute)
+#   OVERRIDES="training.text_lr_scale=0.25" OUT=experiments/prompt_textlr bash benchmarks/prompt_study.sh sd3_mmdit_joint
+#                                                 the same with config overrides, into another folder
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-experiments/prompt_study}
@@ -12,6 +14,7 @@ IMAGES=${IMAGES:-60000}
 N=${N:-1000}
 PER_PROMPT=${PER_PROMPT:-20}
 PYTHON=${PYTHON:-python3}
+read -r -a OVERRIDES <<< "${OVERRIDES:-}"   # KEY=VALUE words for train.py, as on its command line
 PROMPTS=("a 3" "a thin 3" "a thick 3" "a left-slanted 3" "a right-slanted 3" "a narrow 3" "a wide 3"
          "a thick, left-slanted, narrow 1" "a thin, right-slanted, wide 7")
 mkdir -p "$OUT"
@@ -21,7 +24,7 @@ for row in "${rows[@]}"; do
   [ -f "$config" ] || { echo "no config $config" >&2; exit 2; }
   ckpt=$OUT/$row/checkpoints/model_epoch_1.pt
   $PYTHON train.py --config "$config" training.output_dir=$OUT training.epochs=1 training.max_images=$IMAGES \
-      --overwrite > "$OUT/$row.train.log" 2>&1 || { echo "$row: training failed, see $OUT/$row.train.log"; exit 1; }
+      ${OVERRIDES[@]+"${OVERRIDES[@]}"} --overwrite > "$OUT/$row.train.log" 2>&1 || { echo "$row: training failed, see $OUT/$row.train.log"; exit 1; }
   $PYTHON evaluate.py --checkpoint "$ckpt" --n "$N" --adherence-per-prompt "$PER_PROMPT" --out "$OUT/$row.json" \
       > /dev/null 2> "$OUT/$row.eval.log" || { echo "$row: evaluation failed, see $OUT/$row.eval.log"; exit 1; }
   args=(); for p in "${PROMPTS[@]}"; do args+=(--prompt "$p"); done

@@ -244,3 +244,22 @@ def test_the_pooled_prompt_can_join_the_u_nets_time_embedding_as_in_sdxl():
     out = model(torch.randn(2, 1, 28, 28), torch.full((2,), 500.0), prompts.encode(["a thin 3", "a thick 7"]))
     out.square().mean().backward()
     assert model.pooled_embed.weight.grad.abs().sum() > 0  # the pooled vector reaches the output
+
+
+def test_the_text_encoder_can_learn_at_a_share_of_the_lr(tmp_path):
+    """training.text_lr_scale: the text encoder's parameter group follows the schedule at lr x the scale."""
+    x, y = tiny_data(32)
+    cfg = tiny_config(tmp_path, model={"conditioning": "prompt", "text_dim": 16, "text_heads": 2,
+                                       "cross_attention_levels": [1]},
+                      training={"max_steps": 3, "lr": 0.01, "warmup_steps": 0, "text_lr_scale": 0.25})
+    trainer = Trainer(cfg, data=(x, prompts.encode([prompts.write(int(d), {}) for d in y])), quiet=True)
+    main, text = trainer.opt.param_groups
+    assert {id(p) for p in text["params"]} == {id(p) for p in trainer.model.text.parameters()}
+    assert not {id(p) for p in main["params"]} & {id(p) for p in text["params"]}
+    trainer.train_step(1)
+    assert main["lr"] > 0 and text["lr"] == pytest.approx(0.25 * main["lr"])
+    labels = Trainer(tiny_config(tmp_path / "labels", training={"max_steps": 1, "text_lr_scale": 0.25}),
+                     data=tiny_data(16), quiet=True)
+    assert len(labels.opt.param_groups) == 1  # no text encoder: one group, the scale has nothing to scale
+    with pytest.raises(ConfigError, match="training.text_lr_scale"):
+        tiny_config(tmp_path, training={"text_lr_scale": 0})

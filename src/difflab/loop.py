@@ -143,7 +143,7 @@ class TrainingLoop:
         """One AdamW step; the tensors to log, or None for a non-finite step that was skipped."""
         tc = self.cfg.training
         for group in self.opt.param_groups:
-            group["lr"] = lr_at(step, tc.lr, tc.warmup_steps, self.total_steps)
+            group["lr"] = lr_at(step, tc.lr, tc.warmup_steps, self.total_steps) * group.get("lr_scale", 1.0)
         self.model.train()
         loss, logged = self.compute_loss(*self.batch(step))
         if tc.on_nonfinite == "skip" or self.device.type != "cuda":

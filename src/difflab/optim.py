@@ -11,8 +11,17 @@ import torch
 
 
 def adamw(model: torch.nn.Module, t) -> torch.optim.AdamW:
-    """AdamW (Loshchilov & Hutter 2019) with the `training:` section's lr, beta2 and weight decay."""
-    return torch.optim.AdamW(model.parameters(), lr=t.lr, betas=(0.9, t.adam_beta2), weight_decay=t.weight_decay)
+    """AdamW (Loshchilov & Hutter 2019) with the `training:` section's lr, beta2 and weight decay.
+
+    A model of prompts may train its text encoder at a share of that lr (`training.text_lr_scale`):
+    each parameter group carries its `lr_scale`, which the schedule (lr_at) multiplies in.
+    """
+    text = getattr(model, "text", None)
+    text_ids = {id(p) for p in text.parameters()} if text is not None else set()
+    groups = [{"params": [p for p in model.parameters() if id(p) not in text_ids], "lr_scale": 1.0}]
+    if text_ids:
+        groups.append({"params": list(text.parameters()), "lr_scale": t.text_lr_scale})
+    return torch.optim.AdamW(groups, lr=t.lr, betas=(0.9, t.adam_beta2), weight_decay=t.weight_decay)
 
 
 def lr_at(step: int, base_lr: float, warmup: int, total: int) -> float:

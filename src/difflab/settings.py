@@ -75,6 +75,7 @@ class TrainingConfig:
     batch_size: Union[int, str] = 128  # or "auto" (probe for the fastest that fits)
     max_batch_size: int = 512
     lr: float = 2e-3
+    text_lr_scale: float = 1.0  # models of prompts: the text encoder learns at lr x this (docs/prompts.md)
     weight_decay: float = 0.0
     adam_beta2: float = 0.999  # AdamW's second-moment decay (Kingma & Ba 2015, Alg. 1)
     warmup_steps: int = 200

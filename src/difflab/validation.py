@@ -35,6 +35,7 @@ def _validate_ranges(cfg, bad) -> None:
         "diffusion.num_timesteps": d.num_timesteps, "diffusion.beta_start": d.beta_start,
         "diffusion.logit_std": d.logit_std, "training.epochs": t.epochs,
         "training.max_batch_size": t.max_batch_size, "training.lr": t.lr,
+        "training.text_lr_scale": t.text_lr_scale,
         "training.log_every": t.log_every, "training.checkpoint_every": t.checkpoint_every,
         "sampling.steps": s.steps, "sampling.shift": s.shift, "sampling.n_per_class": s.n_per_class,
     }
