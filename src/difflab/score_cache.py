@@ -28,7 +28,7 @@ from .data import sha256_file
 
 # Files that do not change a score: the comparison's own report, the demo, and what only trains
 # (a checkpoint's file digest already covers what training produced) or only parses commands.
-NOT_SCORING = {"compare.py", "report.py", "score_cache.py", "demo.py", "demo_page.py", "runs.py", "download.py",
+NOT_SCORING = {"compare.py", "report.py", "page_tables.py", "score_cache.py", "demo.py", "demo_page.py", "runs.py", "download.py",
                "loop.py", "training.py", "vae_training.py", "fewstep.py", "board.py", "optim.py", "speed.py",
                "dryrun.py", "validation.py", "cli.py", "__main__.py", "train.py", "setup_data.py", "export.py"}
 

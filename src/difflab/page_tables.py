@@ -1,0 +1,71 @@
+"""A docs page's own measurements, generated: tables rendered from evaluate.py outputs.
+
+A page that measures something of its own (a sweep of one config's settings, an ablation, a
+pair of prompted models) keeps each `evaluate.py ... --out FILE.json` and publishes them under labels:
+
+    python compare_models.py --evaluations "CFG 1.5=a.json" "CFG 2=b.json" --as latent_guidance
+
+which writes docs/results/latent_guidance.json (report.publish) and fills the page's blocks
+
+    <!-- generated from docs/results/latent_guidance.json: evaluations -->   a row per output
+    <!-- generated from docs/results/latent_guidance.json: adherence -->     a column per model of prompts
+
+so its numbers are checked by tests/test_docs.py like the study's (report.py renders both kinds).
+"""
+
+from __future__ import annotations
+
+def evaluations(results: dict) -> str:
+    """A page's own measurements: one row per evaluate.py output (`--out FILE.json`), under the label it was given.
+
+    The json keeps each output whole (checkpoint, sampler, n, ...), so a row can be traced to what printed it.
+    """
+    lines = ["| | FID | floor | accuracy | sampling | N |", "|---|---|---|---|---|---|"]
+    for r in results["rows"]:
+        accuracy = "n/a" if r["accuracy"] is None else f"{100 * r['accuracy']:.1f}%"
+        lines.append(f"| {r['label']} | {r['fid']:.2f} | {r['fid_floor']:.2f} | {accuracy} | "
+                     f"{r['sampler']} x{r['steps']}, CFG {r['cfg_scale']:g} | {r['n']} |")
+    return "\n".join(lines) + "\n"
+
+
+def adherence(results: dict) -> str:
+    """Prompted models side by side, a column per evaluate.py output: FID, digit accuracy and attribute hits.
+
+    Chance rates (what a model that ignored the word would score) are the first column's; every
+    column was scored on the same held-out prompts (difflab.adherence).
+    """
+    rows = results["rows"]
+    missing = [r["label"] for r in rows if not r.get("adherence")]
+    if missing:
+        raise ValueError(f"no prompt adherence in: {', '.join(missing)} (evaluate a model of prompts)")
+    first = rows[0]["adherence"]
+
+    def line(name: str, cell) -> str:
+        return f"| {name} | " + " | ".join(cell(r, r["adherence"]) for r in rows) + " |"
+
+    lines = ["| | " + " | ".join(r["label"] for r in rows) + " |", "|---" * (len(rows) + 1) + "|",
+             line(f'FID from "a <digit>" (floor {rows[0]["fid_floor"]:.2f}, N = {rows[0]["n"]})',
+                  lambda r, a: f"{r['fid']:.2f}"),
+             line('digit accuracy from "a <digit>" / from the held-out prompts',
+                  lambda r, a: f"{100 * r['accuracy']:.1f}% / {100 * a['accuracy']:.1f}%")]
+    for name, chance in ((n, v["chance"]) for n, v in first["attributes"].items()):
+        lines.append(line(f"{name}: hit (chance {100 * chance:.1f}%) / correlation",
+                          lambda r, a, n=name: f"{100 * a['attributes'][n]['hit_rate']:.1f}% / "
+                                               f"{a['attributes'][n]['correlation']:.2f}"))
+    for key, what in (("common_combinations", "most common"), ("rare_combinations", "rarest")):
+        lines.append(line(f"all three bins, the digit's {what} combination: hit (chance {100 * first[key]['chance']:.1f}%)",
+                          lambda r, a, k=key: f"{100 * a[k]['all_three_hit']:.1f}%"))
+    lines.append(line(f"seconds per 1000 samples ({rows[0]['steps']} steps)",
+                      lambda r, a: f"{1000 * r['seconds'] / r['n']:.0f} (CFG {r['cfg_scale']:g})"))
+    return "\n".join(lines) + f"\n\n{first['per_prompt']} images for each of {first['prompts']} held-out prompts.\n"
+
+
+def gather_evaluations(labelled: dict) -> dict:
+    """{label: evaluate.py output} -> the json that `evaluations` blocks render (rows in the given order)."""
+    rows = []
+    for label, scores in labelled.items():
+        missing = [k for k in ("fid", "fid_floor", "accuracy", "sampler", "steps", "cfg_scale", "n") if k not in scores]
+        if missing:
+            raise ValueError(f"{label}: not an evaluate.py output (no {', '.join(missing)})")
+        rows.append({"label": label, **scores})
+    return {"kind": "evaluations", "rows": rows}
