@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from difflab import report
+from difflab import page_tables, report
 
 
 def row(model, fids, accs=None, floor=2.0, **extra):
@@ -170,11 +170,11 @@ def test_models_of_prompts_are_compared_a_column_each():
              "rare_combinations": {"all_three_hit": 0.02, "chance": 0.01}}
         return {**evaluation(fid, 0.97, n=1000), "seconds": seconds, "adherence": a}
 
-    results = report.gather_evaluations({"cross": scored(11.4, 0.838, 204.0), "joint": scored(27.7, 0.302, 582.0)})
+    results = page_tables.gather_evaluations({"cross": scored(11.4, 0.838, 204.0), "joint": scored(27.7, 0.302, 582.0)})
     lines = report.render("adherence", results).splitlines()
     assert lines[0] == "| | cross | joint |"
     assert "| slant: hit (chance 33.2%) / correlation | 83.8% / 0.50 | 30.2% / 0.50 |" in lines
     assert '| FID from "a <digit>" (floor 5.45, N = 1000) | 11.40 | 27.70 |' in lines
     assert "| seconds per 1000 samples (50 steps) | 204 (CFG 1.5) | 582 (CFG 1.5) |" in lines
     with pytest.raises(ValueError, match="no prompt adherence in: labels"):
-        report.render("adherence", report.gather_evaluations({"labels": evaluation(5.0, 0.97)}))
+        report.render("adherence", page_tables.gather_evaluations({"labels": evaluation(5.0, 0.97)}))

@@ -15,6 +15,7 @@ so its numbers are checked by tests/test_docs.py like the study's (report.py ren
 
 from __future__ import annotations
 
+
 def evaluations(results: dict) -> str:
     """A page's own measurements: one row per evaluate.py output (`--out FILE.json`), under the label it was given.
 
@@ -48,8 +49,8 @@ def adherence(results: dict) -> str:
                   lambda r, a: f"{r['fid']:.2f}"),
              line('digit accuracy from "a <digit>" / from the held-out prompts',
                   lambda r, a: f"{100 * r['accuracy']:.1f}% / {100 * a['accuracy']:.1f}%")]
-    for name, chance in ((n, v["chance"]) for n, v in first["attributes"].items()):
-        lines.append(line(f"{name}: hit (chance {100 * chance:.1f}%) / correlation",
+    for name, attribute in first["attributes"].items():
+        lines.append(line(f"{name}: hit (chance {100 * attribute['chance']:.1f}%) / correlation",
                           lambda r, a, n=name: f"{100 * a['attributes'][n]['hit_rate']:.1f}% / "
                                                f"{a['attributes'][n]['correlation']:.2f}"))
     for key, what in (("common_combinations", "most common"), ("rare_combinations", "rarest")):

@@ -28,7 +28,7 @@ import re
 from pathlib import Path
 from typing import Optional
 
-from .page_tables import adherence, evaluations, gather_evaluations  # noqa: F401 (kinds of block; --evaluations)
+from .page_tables import adherence, evaluations  # a page's own measurements: two kinds of block
 
 # The story's order, and the name each config goes by in a table.
 HISTORY = {
