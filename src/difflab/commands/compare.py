@@ -94,7 +94,7 @@ def main(argv=None):
 
 
 def gather(pairs) -> dict:
-    """LABEL=FILE pairs -> the json of an `evaluations` block (report.gather_evaluations)."""
+    """LABEL=FILE pairs -> the json of an `evaluations` block (page_tables.gather_evaluations)."""
     import json
 
     from difflab.page_tables import gather_evaluations
