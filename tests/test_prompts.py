@@ -184,6 +184,28 @@ def test_adherence_compares_what_was_asked_with_what_was_drawn(tmp_path, monkeyp
         assert 0 <= r["hit_rate"] <= 1 and 0 < r["chance"] < 1 and -1 <= r["correlation"] <= 1
     assert "| thickness |" in adherence.adherence_table(result)
 
+    # evaluate.py samples the held-out prompts as it sampled the FID's images: its sampler, steps, guidance
+    pipe, seen = trainer.pipeline(), {}
+    generate = pipe.generate
+    pipe.generate = lambda cond, **kw: seen.update(kw) or generate(cond, **kw)
+    adherence.prompt_adherence(pipe, fake_mnist, per_prompt=1, sampler="euler", steps=2, cfg_scale=3.0)
+    assert (seen["sampler"], seen["steps"], seen["cfg_scale"]) == ("euler", 2, 3.0)
+
+    # FID with real captions: training images' own prompts, their digits asked for, the same every time
+    from difflab.evaluation import asked_for
+
+    digits, texts = adherence.captions(40)
+    again = adherence.captions(40)
+    assert len(set(texts)) > 1 and np.array_equal(again[0], digits) and again[1] == texts
+    for d, text in zip(digits, texts):
+        assert prompts.parse(text)[0] == d
+    labels, condition = asked_for(pipe, 40, "captions")
+    assert labels.tolist() == digits.tolist() and torch.equal(condition, pipe.prompts(texts))
+    labels, _ = asked_for(pipe, 40)  # the digit alone: balanced
+    assert labels.tolist() == [i % 10 for i in range(40)]
+    with pytest.raises(ValueError, match="captions"):
+        asked_for(pipe, 40, "titles")
+
 
 def test_sample_py_draws_a_row_per_prompt_and_refuses_what_it_cannot_read(tmp_path, capsys):
     from faults._support import entry_main

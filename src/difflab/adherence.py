@@ -23,16 +23,26 @@ import torch
 
 from . import attributes
 from .data import load_split, tensor_to_uint8
-from .evaluation import conditional_accuracy
+from .evaluation import conditional_accuracy, generate_with_bar
 from .prompts import BINS, PromptData, cache_path, prompt_data, write
 
 PER_DIGIT = 5
+CAPTION_SEED = 0  # the captions drawn for FID: the same for every model and every run
 
 
 def training_prompt_set(data_dir=None) -> PromptData:
     """The training images' measured bins and thresholds (cached beside the data by difflab.prompts)."""
     x, y = load_split("train", data_dir=data_dir)
     return prompt_data(tensor_to_uint8(x), y.numpy(), cache=cache_path("mnist", data_dir))
+
+
+def captions(n: int, data_dir=None) -> tuple[np.ndarray, list[str]]:
+    """(digits, texts): n training images' own prompts, drawn at random without replacement (with it past
+    60,000), the same n for every model: FID with real captions (difflab.evaluation.asked_for)."""
+    data = training_prompt_set(data_dir)
+    rng = np.random.default_rng(CAPTION_SEED)
+    pick = rng.permutation(len(data.texts))[:n] if n <= len(data.texts) else rng.integers(0, len(data.texts), n)
+    return data.digits[pick], [data.texts[i] for i in pick]
 
 
 def combination_counts(data: PromptData) -> np.ndarray:
@@ -62,13 +72,22 @@ def chance(data: PromptData, digit: int, name: str, b: int) -> float:
 
 
 def prompt_adherence(pipe, classifier, per_prompt: int = 20, seed: int = 0, data_dir=None,
-                     batch_size: Optional[int] = None) -> dict:
-    """Sample every held-out prompt per_prompt times and score what was drawn against what was asked."""
+                     batch_size: Optional[int] = None, *, sampler: Optional[str] = None, steps: Optional[int] = None,
+                     cfg_scale: Optional[float] = None, progress: bool = False) -> dict:
+    """Sample every held-out prompt per_prompt times and score what was drawn against what was asked.
+    Unset sampler, steps and cfg_scale are the config's (evaluate.py passes the ones it scored FID with)."""
+    from .pipeline import sampling_batch_size
+
     data = training_prompt_set(data_dir)
     asks = held_out_prompts(data)
     texts = [a["text"] for a in asks for _ in range(per_prompt)]
     digits = torch.tensor([a["digit"] for a in asks for _ in range(per_prompt)])
-    images = pipe.generate(pipe.prompts(texts), seed=seed, batch_size=batch_size).images
+    s = pipe.cfg.sampling
+    images = generate_with_bar(
+        pipe, pipe.prompts(texts), sampler=sampler or s.sampler, steps=steps or s.steps,
+        cfg_scale=s.cfg_scale if cfg_scale is None else cfg_scale, seed=seed,
+        batch_size=batch_size or sampling_batch_size(pipe.device, pipe.cfg.model.architecture), progress=progress,
+    ).images  # fmt: skip
     accuracy, _ = conditional_accuracy(classifier, images, digits)
     measured = data.thresholds.bin(attributes.measure(tensor_to_uint8(images)), digits.numpy())
     result = {"prompts": len(asks), "per_prompt": per_prompt, "accuracy": accuracy, "attributes": {}}

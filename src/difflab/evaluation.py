@@ -198,25 +198,50 @@ def evaluate_images(
 # --------------------------------------------------------------------------
 
 
+PROMPT_SETS = ("digit", "captions")  # what a model of prompts is asked for when scored (asked_for)
+
+
 def balanced_labels(n: int) -> torch.Tensor:
     """n digit labels spread evenly over 0..9 (0, 1, ..., 9, 0, 1, ...): counts differ by at most one."""
     return torch.arange(n) % 10
 
 
-def asked_for(pipe, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+def asked_for(pipe, n: int, prompts: str = "digit", data_dir=None) -> tuple[torch.Tensor, torch.Tensor]:
     """(the digits asked for, what the model is given): balanced digits as labels; the null class for an
-    unconditional model; for a model of prompts the digit alone, "a 7" (difflab.adherence asks for the rest)."""
+    unconditional model. A model of prompts is given, by `prompts`:
+    - "digit": the digit alone, "a 7", as a model of labels is asked (difflab.adherence asks for the rest);
+    - "captions": n prompts drawn from the training images' own, the attributes as often as the data
+      has them: how text-to-image models are scored, with real captions (FID-30K on MS-COCO's
+      captions, Saharia et al. 2022, Sec. 4.1). Their digits are the ones asked for; they are the same for every model."""
     from difflab.models import NULL_CLASS
     from difflab.pipeline import is_unconditional
 
+    if prompts not in PROMPT_SETS:
+        raise ValueError(f"prompts: expected one of {', '.join(PROMPT_SETS)}, got {prompts!r}")
     labels = balanced_labels(n)
     if is_unconditional(pipe.cfg):
         labels = torch.full_like(labels, NULL_CLASS)
     if not pipe.reads_prompts:
         return labels, labels
+    if prompts == "captions":
+        from difflab.adherence import captions
+
+        digits, texts = captions(n, data_dir)
+        return torch.as_tensor(digits, dtype=torch.long), pipe.prompts(texts)
     from difflab.prompts import write
 
     return labels, pipe.prompts([write(int(d), {}) for d in labels])
+
+
+def generate_with_bar(pipe, condition, *, sampler: str, steps: int, cfg_scale, seed: int, batch_size: int,
+                      progress: bool = True, **options):
+    """pipe.generate with one progress bar over every batch's steps (the callback fires once per step)."""
+    batches = -(-len(condition) // batch_size)
+    with tqdm(total=steps * batches, unit="step", desc=f"{sampler} x{steps}", disable=not progress) as bar:
+        return pipe.generate(
+            condition, sampler=sampler, steps=steps, cfg_scale=cfg_scale, seed=seed,
+            batch_size=batch_size, callback=lambda *_: bar.update(1), **options,
+        )  # fmt: skip
 
 
 def evaluate_pipeline(
@@ -231,16 +256,17 @@ def evaluate_pipeline(
     batch_size: Optional[int] = None,
     data_dir: Optional[Union[str, Path]] = None,
     progress: bool = True,
+    prompts: str = "digit",
     **options,
 ) -> dict:
     """Sample n images from a difflab.pipeline.Pipeline and score them with evaluate_images.
 
     Labels are balanced_labels(n), or all the null class for an unconditional model
-    (then accuracy is None). Unset sampler, steps and cfg_scale come from the
-    checkpoint's config, as in Pipeline.generate; `options` (spacing, eta, ...) go
-    to it too. Adds to evaluate_images' dict: sampler, steps, nfe (model
+    (then accuracy is None); a model of prompts is given asked_for's `prompts`. Unset
+    sampler, steps and cfg_scale come from the checkpoint's config, as in
+    Pipeline.generate; `options` (spacing, eta, ...) go to it too. Adds to evaluate_images' dict: sampler, steps, nfe (model
     evaluations per image; a CFG step counts once, as in the papers), cfg_scale
-    (the one used), seconds (sampling only) and device.
+    (the one used), seconds (sampling only), device, and for a model of prompts which prompts.
     """
     from difflab.pipeline import is_unconditional, sampling_batch_size  # here: the pipeline imports every model
 
@@ -251,15 +277,10 @@ def evaluate_pipeline(
     sampler, steps = sampler or s.sampler, steps or s.steps
     unconditional = is_unconditional(pipe.cfg)
     cfg_scale = 1.0 if unconditional else (s.cfg_scale if cfg_scale is None else cfg_scale)
-    labels, condition = asked_for(pipe, n)
+    labels, condition = asked_for(pipe, n, prompts, data_dir)
     batch_size = batch_size or sampling_batch_size(pipe.device, pipe.cfg.model.architecture)
-    batches = -(-n // batch_size)
-    # One bar over every batch's steps; the callback fires once per sampler step.
-    with tqdm(total=steps * batches, unit="step", desc=f"{sampler} x{steps}", disable=not progress) as bar:
-        result = pipe.generate(
-            condition, sampler=sampler, steps=steps, cfg_scale=cfg_scale, seed=seed,
-            batch_size=batch_size, callback=lambda *_: bar.update(1), **options,
-        )  # fmt: skip
+    result = generate_with_bar(pipe, condition, sampler=sampler, steps=steps, cfg_scale=cfg_scale, seed=seed,
+                               batch_size=batch_size, progress=progress, **options)
     if not torch.isfinite(result.images).all():  # clamp keeps NaN: say so instead of a silent FID
         raise FloatingPointError(f"{sampler} x{steps} produced non-finite pixels")
     scores = evaluate_images(
@@ -273,4 +294,5 @@ def evaluate_pipeline(
         "cfg_scale": cfg_scale,
         "seconds": round(result.seconds, 3),
         "device": str(pipe.device),
+        **({"prompts": prompts} if pipe.reads_prompts else {}),
     }

@@ -10,8 +10,10 @@ Samples N images (evenly over the digits 0-9) and prints one JSON object on stdo
   (null for an unconditional model, which is asked for no digit);
 - precision / recall (Kynkaanniemi et al. 2019): quality and coverage;
 - n, sampler, steps, nfe, cfg_scale, seconds (sampling only), device, checkpoint, config;
+- prompts (models of prompts only, else null): what the N images were asked, --fid-prompts:
+  "digit" ("a 7", as a model of labels is asked) or "captions" (training images' own prompts);
 - adherence (models of prompts only, else null): digit accuracy and attribute hit rates on
-  held-out prompts against their chance rates (src/difflab/adherence.py).
+  held-out prompts against their chance rates (src/difflab/adherence.py), sampled as the N were.
 
 `--samples FILE.npz` scores images saved by `sample.py --save-npz` instead. Progress goes
 to stderr, so `python evaluate.py ... > scores.json` keeps stdout clean.
@@ -30,7 +32,7 @@ from difflab.cli import STEPS_HELP, check_cfg_scale, check_steps, fail, usage
 # The keys of every answer, in the order they are printed; what does not apply is null.
 KEYS = ("fid", "fid_floor", "accuracy", "per_digit_accuracy", "precision", "recall", "n",
         "sampler", "steps", "nfe", "cfg_scale", "seconds", "device", "checkpoint", "samples", "config",
-        "adherence")  # fmt: skip
+        "prompts", "adherence")  # fmt: skip
 MIN_IMAGES = 4  # FID needs a covariance, precision/recall the 3 nearest neighbours of each point
 
 
@@ -79,11 +81,13 @@ def load_samples(path):
 def evaluate_checkpoint(checkpoint, classifier=None, n: int = 5000, *, sampler: Optional[str] = None,
                         steps: Optional[int] = None, cfg_scale: Optional[float] = None, seed: int = 0,
                         batch_size: Optional[int] = None, device: str = "auto", data_dir=None, use_ema: bool = True,
-                        progress: bool = True, sampling: Sequence[str] = (), adherence_per_prompt: int = 20) -> dict:  # fmt: skip
+                        progress: bool = True, sampling: Sequence[str] = (), adherence_per_prompt: int = 20,
+                        fid_prompts: str = "digit") -> dict:  # fmt: skip
     """Sample n images from a checkpoint and score them; the dict that evaluate.py prints.
 
-    A model of prompts is also scored for prompt adherence (difflab.adherence):
-    adherence_per_prompt images for each held-out prompt, 0 to skip.
+    A model of prompts is asked fid_prompts (difflab.evaluation.asked_for) for the N images, and
+    scored for prompt adherence (difflab.adherence): adherence_per_prompt images for each
+    held-out prompt, 0 to skip, with the same sampler, steps and guidance.
 
     `classifier` defaults to the cached MNIST classifier (trained on first use); tests
     pass a small untrained one. The data folder is data_dir, else the checkpoint's
@@ -99,11 +103,15 @@ def evaluate_checkpoint(checkpoint, classifier=None, n: int = 5000, *, sampler: 
         classifier = quiet_load_classifier(data_dir, pipe.device, pipe.cfg.data.dataset)
     try:
         scores = ev.evaluate_pipeline(pipe, classifier, n, sampler=sampler, steps=steps, cfg_scale=cfg_scale,
-                                      seed=seed, batch_size=batch_size, data_dir=data_dir, progress=progress)
+                                      seed=seed, batch_size=batch_size, data_dir=data_dir, progress=progress,
+                                      prompts=fid_prompts)
         if pipe.reads_prompts and adherence_per_prompt:  # prompts: does it draw the attributes asked for?
             from difflab.adherence import adherence_table, prompt_adherence
 
-            scores["adherence"] = prompt_adherence(pipe, classifier, adherence_per_prompt, seed, data_dir, batch_size)
+            scores["adherence"] = prompt_adherence(
+                pipe, classifier, adherence_per_prompt, seed, data_dir, batch_size, sampler=scores["sampler"],
+                steps=scores["steps"], cfg_scale=scores["cfg_scale"], progress=progress,
+            )  # fmt: skip
             print(adherence_table(scores["adherence"]), file=sys.stderr)
     except FloatingPointError as e:
         fail(f"{checkpoint}: {e}")
@@ -164,6 +172,9 @@ def main(argv=None):
                    help="change how the checkpoint samples, e.g. --set sampling.clip_x0=true (repeatable)")
     p.add_argument("--adherence-per-prompt", type=int, default=20,
                    help="a model of prompts: images per held-out prompt for the adherence scores (0: skip)")
+    p.add_argument("--fid-prompts", default="digit", choices=("digit", "captions"),
+                   help="a model of prompts: what the N images are asked, the digit alone ('a 7', default) or "
+                        "training images' own prompts ('a thick, upright 7'; text-to-image FID's real captions)")
     p.add_argument("--out", default=None, metavar="FILE.json", help="also write the JSON here")
     args = p.parse_args(argv)
 
@@ -192,6 +203,7 @@ def main(argv=None):
             args.checkpoint, n=args.n, sampler=args.sampler, steps=args.steps, cfg_scale=args.cfg_scale,
             seed=args.seed, batch_size=args.batch_size, device=args.device, data_dir=args.data_dir,
             use_ema=not args.no_ema, sampling=args.sampling, adherence_per_prompt=args.adherence_per_prompt,
+            fid_prompts=args.fid_prompts,
         )  # fmt: skip
     text = json.dumps(scores, indent=2)
     print(text)
