@@ -135,10 +135,20 @@ def test_stored_scores_go_stale_with_the_sampling_code_not_with_the_training_cod
 
     package = tmp_path / "difflab"
     shutil.copytree(Path(score_cache.__file__).parent, package, ignore=shutil.ignore_patterns("__pycache__"))
+
+    def edit(name, old, new):
+        path = package / name
+        text = path.read_text()
+        assert old in text
+        path.write_text(text.replace(old, new, 1))
+        return score_cache.code_digest(package)
+
     before = score_cache.code_digest(package)
     with open(package / "loop.py", "a") as f:
-        f.write("\n# a change to training only\n")
-    assert score_cache.code_digest(package) == before
-    with open(package / "samplers.py", "a") as f:
-        f.write("\n# a change to a sampler\n")
-    assert score_cache.code_digest(package) != before
+        f.write("\nTRAINING_ONLY_CHANGE = 1\n")
+    assert score_cache.code_digest(package) == before  # a module that only trains
+    assert edit("samplers.py", "\nimport ", "\n\n# a comment, and a blank line\nimport ") == before  # layout, comments
+    assert edit("settings.py", "class TrainingConfig:\n", "class TrainingConfig:\n    new_option: int = 1\n") == before
+    after = edit("settings.py", "class SamplingConfig:\n", "class SamplingConfig:\n    new_option: int = 1\n")
+    assert after != before  # a sampling setting
+    assert edit("samplers.py", "\nimport ", "\nA_CHANGE_TO_A_SAMPLER = 1\nimport ") != after

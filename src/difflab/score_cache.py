@@ -8,7 +8,9 @@ compare.run_comparison keeps every score it computes in `<out>/scores.json`, key
 - the judge: a digest of the classifier's weights,
 - the code that samples and scores: a digest of difflab's sources (NOT_SCORING excepted: the report,
   the demo, and the modules that only train or parse commands), so a change to a sampler or to FID
-  makes every stored score stale.
+  makes every stored score stale. Each module counts by its syntax tree, so a comment or a line
+  break changes nothing, and settings.py without TrainingConfig (TRAINING_ONLY): a new training
+  option does not send the study back to hours of sampling.
 
 A second run with the same key reads the score instead of sampling again: `make compare` after a
 failure, or `make compare-all` after `make compare`, scores only what is new. A damaged file is
@@ -17,6 +19,7 @@ ignored (and rewritten).
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 from pathlib import Path
@@ -32,6 +35,16 @@ NOT_SCORING = {"compare.py", "report.py", "page_tables.py", "score_cache.py", "d
                "loop.py", "training.py", "vae_training.py", "fewstep.py", "board.py", "optim.py", "speed.py",
                "dryrun.py", "validation.py", "cli.py", "__main__.py", "train.py", "setup_data.py", "export.py"}
 
+# Classes of a module that scores which only training reads: left out of that module's digest.
+TRAINING_ONLY = {"settings.py": {"TrainingConfig"}}
+
+
+def source_digest(path: Path, skip=()) -> bytes:
+    """A module as its syntax tree (comments and layout do not count), without the top-level classes in `skip`."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    tree.body = [node for node in tree.body if not (isinstance(node, ast.ClassDef) and node.name in skip)]
+    return ast.dump(tree).encode()
+
 
 def code_digest(root: Optional[Path] = None) -> str:
     """SHA-256 over difflab's source files (under `root`, default this package) that sampling and scoring run through."""
@@ -40,7 +53,7 @@ def code_digest(root: Optional[Path] = None) -> str:
     for path in sorted(root.rglob("*.py")):
         if path.name not in NOT_SCORING:
             h.update(str(path.relative_to(root)).encode())
-            h.update(path.read_bytes())
+            h.update(source_digest(path, TRAINING_ONLY.get(path.name, ())))
     return h.hexdigest()
 
 
