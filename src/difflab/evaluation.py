@@ -264,9 +264,10 @@ def evaluate_pipeline(
     Labels are balanced_labels(n), or all the null class for an unconditional model
     (then accuracy is None); a model of prompts is given asked_for's `prompts`. Unset
     sampler, steps and cfg_scale come from the checkpoint's config, as in
-    Pipeline.generate; `options` (spacing, eta, ...) go to it too. Adds to evaluate_images' dict: sampler, steps, nfe (model
-    evaluations per image; a CFG step counts once, as in the papers), cfg_scale
-    (the one used), seconds (sampling only), device, and for a model of prompts which prompts.
+    Pipeline.generate; `options` (spacing, eta, ...) go to it too. Adds to evaluate_images'
+    dict: sampler, steps, nfe (model evaluations per image; a CFG step counts once, as in the
+    papers), cfg_scale (the one used), seconds (sampling only), device, and for a model of
+    prompts which prompts.
     """
     from difflab.pipeline import is_unconditional, sampling_batch_size  # here: the pipeline imports every model
 

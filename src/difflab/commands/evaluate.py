@@ -151,6 +151,8 @@ def tidy(scores: dict) -> dict:
 
 
 def main(argv=None):
+    from difflab.evaluation import PROMPT_SETS
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--checkpoint", help="sample from this checkpoint and score the images")
@@ -172,7 +174,7 @@ def main(argv=None):
                    help="change how the checkpoint samples, e.g. --set sampling.clip_x0=true (repeatable)")
     p.add_argument("--adherence-per-prompt", type=int, default=20,
                    help="a model of prompts: images per held-out prompt for the adherence scores (0: skip)")
-    p.add_argument("--fid-prompts", default="digit", choices=("digit", "captions"),
+    p.add_argument("--fid-prompts", default="digit", choices=PROMPT_SETS,
                    help="a model of prompts: what the N images are asked, the digit alone ('a 7', default) or "
                         "training images' own prompts ('a thick, upright 7'; text-to-image FID's real captions)")
     p.add_argument("--out", default=None, metavar="FILE.json", help="also write the JSON here")
