@@ -178,3 +178,25 @@ def test_models_of_prompts_are_compared_a_column_each():
     assert "| seconds per 1000 samples (50 steps) | 204 (CFG 1.5) | 582 (CFG 1.5) |" in lines
     with pytest.raises(ValueError, match="no prompt adherence in: labels"):
         report.render("adherence", page_tables.gather_evaluations({"labels": evaluation(5.0, 0.97)}))
+
+
+def test_models_of_prompts_over_seeds_are_a_column_each_with_the_seeds_mean_and_spread():
+    def scored(slant_hit, cfg_scale=1.5):
+        a = {"prompts": 50, "per_prompt": 20, "accuracy": 0.9,
+             "attributes": {"slant": {"hit_rate": slant_hit, "chance": 0.332, "correlation": 0.5}},
+             "common_combinations": {"all_three_hit": 0.2, "chance": 0.086},
+             "rare_combinations": {"all_three_hit": 0.02, "chance": 0.01}}
+        return {**evaluation(10.0, 0.97, cfg_scale=cfg_scale, n=1000), "adherence": a}
+
+    results = page_tables.gather_evaluations({
+        "cross, seed 0": scored(0.80), "joint, seed 0": scored(0.90),
+        "cross, seed 1": scored(0.84), "joint, seed 1": scored(0.90, cfg_scale=1.75)})
+    lines = report.render("adherence over seeds", results).splitlines()
+    assert lines[0] == "| | cross (2 seeds) | joint (2 seeds) |"  # seeds of one model gathered, in first-seen order
+    assert "| slant: hit (chance 33.2%) | 82.0% +- 2.8 | 90.0% +- 0.0 |" in lines  # sample std of 80 and 84: 2.83
+    assert "| slant: correlation | 0.50 +- 0.00 | 0.50 +- 0.00 |" in lines
+    assert "| sampling | ddim x50, CFG 1.5 | ddim x50, CFG 1.5 / ddim x50, CFG 1.75 |" in lines  # mixed sampling shows
+    one = report.render("adherence over seeds", page_tables.gather_evaluations({"cross, seed 0": scored(0.8)}))
+    assert "| slant: hit (chance 33.2%) | 80.0% |" in one  # one seed: no spread to quote
+    with pytest.raises(ValueError, match="no prompt adherence in: labels, seed 0"):
+        report.render("adherence over seeds", page_tables.gather_evaluations({"labels, seed 0": evaluation(5.0, 0.97)}))

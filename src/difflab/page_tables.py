@@ -9,11 +9,17 @@ which writes docs/results/latent_guidance.json (report.publish) and fills the pa
 
     <!-- generated from docs/results/latent_guidance.json: evaluations -->   a row per output
     <!-- generated from docs/results/latent_guidance.json: adherence -->     a column per model of prompts
+    <!-- generated from docs/results/x.json: adherence over seeds -->         a column per model, its seeds' mean
 
 so its numbers are checked by tests/test_docs.py like the study's (report.py renders both kinds).
 """
 
 from __future__ import annotations
+
+import re
+import statistics
+
+SEED = re.compile(r",\s*seed \d+$")  # "SD1 cross-attention, seed 2": seed 2 of the model "SD1 cross-attention"
 
 
 def evaluations(results: dict) -> str:
@@ -29,16 +35,21 @@ def evaluations(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def with_adherence(rows: list) -> list:
+    """The rows, if each was scored on the held-out prompts (evaluate.py on a model of prompts)."""
+    missing = [r["label"] for r in rows if not r.get("adherence")]
+    if missing:
+        raise ValueError(f"no prompt adherence in: {', '.join(missing)} (evaluate a model of prompts)")
+    return rows
+
+
 def adherence(results: dict) -> str:
     """Prompted models side by side, a column per evaluate.py output: FID, digit accuracy and attribute hits.
 
     Chance rates (what a model that ignored the word would score) are the first column's; every
     column was scored on the same held-out prompts (difflab.adherence).
     """
-    rows = results["rows"]
-    missing = [r["label"] for r in rows if not r.get("adherence")]
-    if missing:
-        raise ValueError(f"no prompt adherence in: {', '.join(missing)} (evaluate a model of prompts)")
+    rows = with_adherence(results["rows"])
     first = rows[0]["adherence"]
 
     def line(name: str, cell) -> str:
@@ -59,6 +70,48 @@ def adherence(results: dict) -> str:
     lines.append(line(f"seconds per 1000 samples ({rows[0]['steps']} steps)",
                       lambda r, a: f"{1000 * r['seconds'] / r['n']:.0f} (CFG {r['cfg_scale']:g})"))
     return "\n".join(lines) + f"\n\n{first['per_prompt']} images for each of {first['prompts']} held-out prompts.\n"
+
+
+def adherence_over_seeds(results: dict) -> str:
+    """Prompted models over training seeds: a column per model, each measure's mean +- spread over its seeds.
+
+    Rows labelled "<model>, seed <k>" are seeds of one model (columns in the order first seen); the
+    spread is the sample standard deviation, as in the README's study table. One seed's noise can
+    flip a single-seed comparison; the spread says how far apart two models must be to be ordered.
+    """
+    rows = with_adherence(results["rows"])
+    models: dict[str, list] = {}
+    for r in rows:
+        models.setdefault(SEED.sub("", r["label"]), []).append(r)
+    first = rows[0]["adherence"]
+    fid = f'FID from "a <digit>" (floor {rows[0]["fid_floor"]:.2f}, N = {rows[0]["n"]})'
+    measures = [(fid, lambda r: r["fid"], False),
+                ('digit accuracy from "a <digit>"', lambda r: r["accuracy"], True),
+                ("digit accuracy from the held-out prompts", lambda r: r["adherence"]["accuracy"], True)]
+    for name, attribute in first["attributes"].items():
+        measures += [(f"{name}: hit (chance {100 * attribute['chance']:.1f}%)",
+                      lambda r, n=name: r["adherence"]["attributes"][n]["hit_rate"], True),
+                     (f"{name}: correlation", lambda r, n=name: r["adherence"]["attributes"][n]["correlation"], False)]
+    for key, what in (("common_combinations", "most common"), ("rare_combinations", "rarest")):
+        chance = f"{100 * first[key]['chance']:.1f}%"
+        measures.append((f"all three bins, the digit's {what} combination: hit (chance {chance})",
+                         lambda r, k=key: r["adherence"][k]["all_three_hit"], True))
+
+    def cell(values: list, percent: bool) -> str:
+        scale, unit, digits = (100, "%", 1) if percent else (1, "", 2)
+        text = f"{scale * statistics.fmean(values):.{digits}f}{unit}"
+        return text + (f" +- {scale * statistics.stdev(values):.{digits}f}" if len(values) > 1 else "")
+
+    def sampling(seeds: list) -> str:
+        return " / ".join(sorted({f"{r['sampler']} x{r['steps']}, CFG {r['cfg_scale']:g}" for r in seeds}))
+
+    lines = ["| | " + " | ".join(f"{m} ({len(seeds)} seeds)" for m, seeds in models.items()) + " |",
+             "|---" * (len(models) + 1) + "|"]
+    lines += [f"| {name} | " + " | ".join(cell([value(r) for r in seeds], percent) for seeds in models.values()) + " |"
+              for name, value, percent in measures]
+    lines.append("| sampling | " + " | ".join(sampling(seeds) for seeds in models.values()) + " |")
+    return ("\n".join(lines) + f"\n\nMean +- sample standard deviation over training seeds; for each seed "
+            f"{first['per_prompt']} images for each of {first['prompts']} held-out prompts.\n")
 
 
 def gather_evaluations(labelled: dict) -> dict:

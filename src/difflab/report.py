@@ -15,7 +15,7 @@ Kinds of block: `table` (one row per model), `orderings` (one sentence per step 
 present, saying whether the two models' seed spreads overlap), `effect <config name>` (a
 milestone page's measured effect against the step before it), `sweeps` (FID and accuracy against
 the guidance scale and the number of steps, first seed), `timing` (where the study's time went),
-and a page's own measurements, `evaluations` and `adherence` (src/difflab/page_tables.py).
+and a page's own measurements, `evaluations`, `adherence` and `adherence over seeds` (src/difflab/page_tables.py).
 tests/test_docs.py renders every block again from the committed json and checks it against the page, and checks each row's sampler, steps, guidance and parameter count
 against the config of the same name: a page cannot quote a number the json does not hold,
 and the json cannot describe a config that has changed since it was measured.
@@ -28,7 +28,7 @@ import re
 from pathlib import Path
 from typing import Optional
 
-from .page_tables import adherence, evaluations  # a page's own measurements: two kinds of block
+from .page_tables import adherence, adherence_over_seeds, evaluations  # a page's own measurements
 
 # The story's order, and the name each config goes by in a table.
 HISTORY = {
@@ -271,9 +271,11 @@ def render(kind: str, results: dict) -> str:
         return evaluations(results)
     if kind == "adherence":
         return adherence(results)
+    if kind == "adherence over seeds":
+        return adherence_over_seeds(results)
     if kind.startswith("effect "):
         return effect(rows, kind.removeprefix("effect ").strip())
-    raise ValueError(f"unknown kind of generated block {kind!r} (table, orderings, sweeps, fewstep, timing, evaluations, adherence, effect <config>)")
+    raise ValueError(f"unknown kind of generated block {kind!r} (table, orderings, sweeps, fewstep, timing, evaluations, adherence, adherence over seeds, effect <config>)")
 
 
 def blocks(text: str):

@@ -52,7 +52,8 @@ def main(argv=None):
                         "docs' blocks generated from it (src/difflab/report.py)")
     p.add_argument("--evaluations", nargs="+", metavar="LABEL=EVAL_JSON", default=None,
                    help="score nothing: publish these evaluate.py outputs (--out), a table row each under its label, "
-                        "as docs/results/<--as>.json (blocks of kind evaluations or adherence: src/difflab/page_tables.py)")
+                        "as docs/results/<--as>.json (blocks of kind evaluations, adherence or adherence over seeds: "
+                        "src/difflab/page_tables.py)")
     p.add_argument("--as", dest="publish_as", default="study", help="the name it is published under")
     args = p.parse_args(argv)
     if args.publish and args.evaluations:
