@@ -11,7 +11,7 @@ which writes docs/results/latent_guidance.json (report.publish) and fills the pa
     <!-- generated from docs/results/latent_guidance.json: adherence -->     a column per model of prompts
     <!-- generated from docs/results/x.json: adherence over seeds -->         a column per model, its seeds' mean
 
-so its numbers are checked by tests/test_docs.py like the study's (report.py renders both kinds).
+so its numbers are checked by tests/test_docs.py like the study's (report.py renders every kind).
 """
 
 from __future__ import annotations
