@@ -35,6 +35,12 @@ def evaluations(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def spread_text(mean: float, spread: float, seeds: int, percent: bool = False) -> str:
+    """A mean over training seeds and its spread: "82.4% +- 2.1", "9.31 +- 2.08"; one seed: the mean alone."""
+    scale, unit, digits = (100, "%", 1) if percent else (1, "", 2)
+    return f"{scale * mean:.{digits}f}{unit}" + (f" +- {scale * spread:.{digits}f}" if seeds > 1 else "")
+
+
 def with_adherence(rows: list) -> list:
     """The rows, if each was scored on the held-out prompts (evaluate.py on a model of prompts)."""
     missing = [r["label"] for r in rows if not r.get("adherence")]
@@ -98,9 +104,8 @@ def adherence_over_seeds(results: dict) -> str:
                          lambda r, k=key: r["adherence"][k]["all_three_hit"], True))
 
     def cell(values: list, percent: bool) -> str:
-        scale, unit, digits = (100, "%", 1) if percent else (1, "", 2)
-        text = f"{scale * statistics.fmean(values):.{digits}f}{unit}"
-        return text + (f" +- {scale * statistics.stdev(values):.{digits}f}" if len(values) > 1 else "")
+        spread = statistics.stdev(values) if len(values) > 1 else 0.0
+        return spread_text(statistics.fmean(values), spread, len(values), percent)
 
     def sampling(seeds: list) -> str:
         return " / ".join(sorted({f"{r['sampler']} x{r['steps']}, CFG {r['cfg_scale']:g}" for r in seeds}))

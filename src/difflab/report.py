@@ -28,7 +28,7 @@ import re
 from pathlib import Path
 from typing import Optional
 
-from .page_tables import adherence, adherence_over_seeds, evaluations  # a page's own measurements
+from .page_tables import adherence, adherence_over_seeds, evaluations, spread_text  # a page's own measurements
 
 # The story's order, and the name each config goes by in a table.
 HISTORY = {
@@ -84,15 +84,12 @@ def mean_spread(row: dict, key: str) -> tuple[Optional[float], float, int]:
 
 
 def fid_text(row: dict) -> str:
-    mean, spread, k = mean_spread(row, "fid")
-    return f"{mean:.2f} +- {spread:.2f}" if k > 1 else f"{mean:.2f}"
+    return spread_text(*mean_spread(row, "fid"))
 
 
 def accuracy_text(row: dict) -> str:
     mean, spread, k = mean_spread(row, "accuracy")
-    if mean is None:
-        return "n/a (unconditional)"
-    return f"{100 * mean:.1f}% +- {100 * spread:.1f}" if k > 1 else f"{100 * mean:.1f}%"
+    return "n/a (unconditional)" if mean is None else spread_text(mean, spread, k, percent=True)
 
 
 def overlap(a: dict, b: dict) -> bool:
