@@ -62,6 +62,12 @@ def check_steps(steps, where: str = "--steps") -> None:
               f"more only take longer), got {steps}")
 
 
+def check_at_most(value, limit: int, where: str, why: str) -> None:
+    """A count on the command line past its bound (exit code 2): the message gives the bound and why."""
+    if value is not None and value > limit:
+        usage(f"{where}: at most {limit:,} ({why}), got {value:,}")
+
+
 def check_cfg_scale(scale) -> None:
     """A finite guidance scale >= 0. `nan < 0` is False, so a range check alone lets NaN through
     (and all-black images out): test finiteness first."""

@@ -16,7 +16,16 @@ import yaml
 
 from .settings import (Config, DataConfig, DiffusionConfig, FewStepConfig, ModelConfig,  # noqa: F401 (imported from here)
                        SamplingConfig, TrainingConfig)
+from .untrusted import StructureError, check_structure, shown
 from .validation import ConfigError, validate
+
+# A config is a few kilobytes, a few hundred values and 4 levels deep (the file, a section, a key, a
+# list). The bounds below are far above any real one, and far below what hurts: YAML's anchors and
+# aliases let a 400-byte file stand for a billion values ("billion laughs"), and an error message that
+# printed them, or a check that walked them, would fill the memory or run for hours.
+MAX_CONFIG_BYTES = 1 << 20  # 1 MiB; every config in configs/ is under 4 KiB
+MAX_CONFIG_NODES = 10_000  # values, keys included, counted as often as aliases repeat them
+MAX_CONFIG_DEPTH = 8
 
 # Names with code behind them come from the dicts that map them to it (models.MODELS,
 # objectives.OBJECTIVES, schedules.PATHS, samplers.SAMPLERS; see choices()): adding a sampler is
@@ -96,8 +105,59 @@ def _accepts_float(hint: Any) -> bool:
 
 
 def _shown(key: Any) -> str:
-    """A key as the one-line message shows it: as typed, or quoted when it holds a newline or is no string."""
-    return key if isinstance(key, str) and key.isprintable() else repr(key)
+    """A key as the one-line message shows it: as typed, or quoted (and shortened) when it holds a
+    newline, is long or is no string."""
+    return key if isinstance(key, str) and key.isprintable() and len(key) <= 60 else shown(key)
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """yaml.safe_load that counts the document before building it.
+
+    PyYAML composes a graph of nodes first, where an alias is one more reference to a node, which
+    is cheap; building Python objects from it is not always: a merge key (`<<: [*a, *a, ...]`)
+    copies the merged entries, so nine merges a level for a dozen levels take hours. Counting the
+    nodes as a walk would visit them (each alias as often as it is used) bounds both.
+    """
+
+    def get_single_data(self):
+        node = self.get_single_node()
+        if node is None:
+            return None
+        _check_nodes(node)
+        return self.construct_document(node)
+
+
+def _check_nodes(root: yaml.Node) -> None:
+    """Raise StructureError if the YAML node graph, unfolded, has too many nodes or levels."""
+    count, stack = 0, [(root, 1)]
+    while stack:
+        node, depth = stack.pop()
+        count += 1
+        if count > MAX_CONFIG_NODES:
+            raise StructureError(f"more than {MAX_CONFIG_NODES:,} nested values (anchors and aliases repeated?)")
+        if depth > MAX_CONFIG_DEPTH:
+            raise StructureError(f"nested more than {MAX_CONFIG_DEPTH} levels deep")
+        if isinstance(node, yaml.SequenceNode):
+            stack.extend((child, depth + 1) for child in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            stack.extend((child, depth + 1) for pair in node.value for child in pair)
+
+
+def _safe_load(text: Union[str, bytes]) -> Any:
+    """yaml.safe_load, bounded in nodes and depth (see _BoundedLoader)."""
+    loader = _BoundedLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
+def _check_structure(raw: Any, source: str) -> None:
+    """A config's nested values, bounded before anything walks or prints them (a file or a checkpoint's dict)."""
+    try:
+        check_structure(raw, max_nodes=MAX_CONFIG_NODES, max_depth=MAX_CONFIG_DEPTH)
+    except StructureError as e:
+        raise ConfigError(f"{source}: {e}; a config is a few hundred values, 4 levels deep") from None
 
 
 def _yaml_float(text: str) -> Any:
@@ -110,7 +170,7 @@ def _yaml_float(text: str) -> Any:
 def _build_section(section: str, values: Any, source: str):
     cls = _SECTION_CLASSES[section]
     if not isinstance(values, dict):
-        raise ConfigError(f"{source}: {section}: expected a mapping of keys, got {values!r}")
+        raise ConfigError(f"{source}: {section}: expected a mapping of keys, got {shown(values)}")
     hints = typing.get_type_hints(cls)
     for key, value in values.items():
         if key in hints and isinstance(value, str) and _accepts_float(hints[key]):
@@ -120,12 +180,12 @@ def _build_section(section: str, values: Any, source: str):
             raise ConfigError(f"{source}: {section}.{_shown(key)}: unknown key (known: {known})")
         if not _check_type(value, hints[key]):
             raise ConfigError(
-                f"{source}: {section}.{key}: expected {_type_name(hints[key])}, got {value!r}"
+                f"{source}: {section}.{_shown(key)}: expected {_type_name(hints[key])}, got {shown(value)}"
             )
         if _accepts_float(hints[key]) and isinstance(value, (int, float)) and not isinstance(value, bool):
             number = float(value) if abs(value) < 1e308 else math.inf  # float(10**400) would raise
             if not math.isfinite(number):
-                raise ConfigError(f"{source}: {section}.{key}: expected a finite number, got {value!r}")
+                raise ConfigError(f"{source}: {section}.{key}: expected a finite number, got {shown(value)}")
             if hints[key] is float:
                 values[key] = number
     return cls(**values)
@@ -134,18 +194,22 @@ def _build_section(section: str, values: Any, source: str):
 def parse_override(text: str) -> tuple[str, str, Any]:
     """'training.lr=1e-3' -> ('training', 'lr', 0.001). Values are parsed as YAML."""
     if "=" not in text or "." not in text.split("=", 1)[0]:
-        raise ConfigError(f"override {text!r}: expected section.key=value")
+        raise ConfigError(f"override {shown(text)}: expected section.key=value")
     key, raw = text.split("=", 1)
     section, name = key.split(".", 1)
     try:
-        value = yaml.safe_load(raw) if raw != "" else None
+        value = _safe_load(raw) if raw != "" else None
+    except StructureError as e:
+        raise ConfigError(f"override {shown(text)}: {e}") from None
     except (yaml.YAMLError, ValueError, RecursionError):  # PyYAML raises ValueError for `!!int abc`
         value = raw
     return section, name, value
 
 
 def config_from_dict(raw: Any, source: str = "<dict>", name: Optional[str] = None) -> Config:
-    """Build and validate a Config from a plain dict (a YAML file's contents)."""
+    """Build and validate a Config from a plain dict (a YAML file's contents, or a checkpoint's stored config:
+    bounded first, as a file someone else wrote may be)."""
+    _check_structure(raw, source)
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -153,7 +217,7 @@ def config_from_dict(raw: Any, source: str = "<dict>", name: Optional[str] = Non
     raw = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
     cfg_name = raw.pop("name", name or "experiment")
     if not isinstance(cfg_name, str) or cfg_name in ("", ".", "..") or "/" in cfg_name or "\0" in cfg_name:
-        raise ConfigError(f"{source}: name: expected a folder name, got {cfg_name!r}")
+        raise ConfigError(f"{source}: name: expected a folder name, got {shown(cfg_name)}")
     sections = {}
     for key, values in raw.items():
         if key not in _SECTION_CLASSES:
@@ -165,14 +229,29 @@ def config_from_dict(raw: Any, source: str = "<dict>", name: Optional[str] = Non
     return cfg
 
 
+def _read_bounded(path: Path) -> bytes:
+    """The bytes of a config file, refused past MAX_CONFIG_BYTES before it is read whole."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_CONFIG_BYTES + 1)  # the size on disk may lie (a pipe, a file still growing)
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot be read ({e.strerror or type(e).__name__})") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: larger than {MAX_CONFIG_BYTES >> 20} MiB; a config is a few kilobytes")
+    return data
+
+
 def load_config(path: Union[str, Path], overrides: Optional[list] = None) -> Config:
     """Read a YAML config, apply `section.key=value` overrides, validate everything."""
     path = Path(path)
     source = str(path)
     if not path.is_file():
         raise ConfigError(f"{source}: no such config file")
+    text = _read_bounded(path)  # bytes: PyYAML finds the encoding, and says when it is none
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = _safe_load(text)
+    except StructureError as e:
+        raise ConfigError(f"{source}: {e}; a config is a few hundred values, 4 levels deep") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark else ""
@@ -187,7 +266,7 @@ def load_config(path: Union[str, Path], overrides: Optional[list] = None) -> Con
     for text in overrides or []:
         section, key, value = parse_override(text)
         if section not in _SECTION_CLASSES:
-            raise ConfigError(f"{source}: override {text!r}: unknown section {section!r}")
+            raise ConfigError(f"{source}: override {shown(text)}: unknown section {shown(section)}")
         if not isinstance(raw.get(section, {}), dict):
             raise ConfigError(f"{source}: {section}: expected a mapping of keys")
         raw.setdefault(section, {})

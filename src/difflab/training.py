@@ -13,7 +13,7 @@ from typing import Optional
 
 import torch
 
-from .config import Config
+from .config import Config, ConfigError
 from .distributed import DistInfo
 from .loop import DIVERGED_LOSS, NonFiniteLoss, TrainingLoop  # noqa: F401 (the names tests and callers use)
 from .models import build_model
@@ -57,6 +57,10 @@ class Trainer(TrainingLoop):
         else:  # training.batch_size: auto (see speed.choose_batch_size)
             batch_size = choose_batch_size(model, x.to(self.device), data[1].to(self.device), self.autocast,
                                            t.max_batch_size, self.device, verbose=not self.quiet)
+        world = self.dist.world
+        if batch_size * world > len(x):  # config.py checks data.limit; this, the data actually given, and the ranks
+            raise ConfigError(f"training.batch_size: at most the {len(x):,} training images (a batch is drawn from "
+                              f"them), got {batch_size}" + (f" x {world} ranks" if world > 1 else ""))
         self.train_model = self.wrap(model)
         self.prepare(model, data, batch_size, ema=True)
 

@@ -2,6 +2,19 @@
 
 from __future__ import annotations
 
+from .untrusted import shown
+
+# Sizes that end in an allocator traceback, or hours of waiting, rather than in a result:
+# - diffusion.num_timesteps: the discrete schedules are arrays of that length, and training draws t from
+#   them. DDPM used 1000, improved DDPM 4000; 10,000 is ten times DDPM (and 10^10 would be 80 GB of betas).
+MAX_TIMESTEPS = 10_000
+# - sampling.n_per_class: the grid sampled and saved at every epoch, a row of n per digit: 100 is a
+#   2,800-pixel-wide picture of 1,000 images, already minutes of sampling on a CPU at each epoch.
+MAX_N_PER_CLASS = 100
+# - training.batch_size: a batch is drawn from the training images; MNIST and Fashion-MNIST have 60,000
+#   each (data.limit keeps fewer), and a batch larger than them has nothing to be drawn from.
+TRAIN_IMAGES = {"mnist": 60_000, "fashion_mnist": 60_000}
+
 
 class ConfigError(ValueError):
     """A config problem, reported as one line: `file: key: what was expected`."""
@@ -13,12 +26,13 @@ def validate(cfg, source: str, choices: dict) -> None:
     def bad(key: str, expected: str):
         section, name = key.split(".")
         got = getattr(getattr(cfg, section), name)
-        raise ConfigError(f"{source}: {key}: expected {expected}, got {got!r}")
+        raise ConfigError(f"{source}: {key}: expected {expected}, got {shown(got)}")
 
     for (section, key), allowed in choices.items():
         if getattr(getattr(cfg, section), key) not in allowed:
             bad(f"{section}.{key}", "one of " + ", ".join(allowed))
     _validate_ranges(cfg, bad)
+    _validate_sizes(cfg, bad)
     _validate_model(cfg, bad)
     _validate_prompt_model(cfg.model, bad)
     _validate_fewstep(cfg, bad)
@@ -80,6 +94,23 @@ def _validate_ranges(cfg, bad) -> None:
     gi = s.guidance_interval
     if not (len(gi) == 2 and all(isinstance(v, (int, float)) for v in gi) and 0 <= gi[0] <= gi[1] <= 1):
         bad("sampling.guidance_interval", "[lo, hi] with 0 <= lo <= hi <= 1")
+
+
+def _validate_sizes(cfg, bad) -> None:
+    """Sizes with an upper bound (see MAX_TIMESTEPS and the others above): each names its reason."""
+    d, t, s = cfg.diffusion, cfg.training, cfg.sampling
+    if d.num_timesteps > MAX_TIMESTEPS:
+        bad("diffusion.num_timesteps",
+            f"at most {MAX_TIMESTEPS:,} (the schedules are arrays of that length; DDPM used 1000)")
+    if s.n_per_class > MAX_N_PER_CLASS:
+        bad("sampling.n_per_class", f"at most {MAX_N_PER_CLASS} (the grid sampled at every epoch is 10 x n images)")
+    images = TRAIN_IMAGES.get(cfg.data.dataset, 60_000)
+    if cfg.data.limit is not None and cfg.data.limit < images:
+        images, named = cfg.data.limit, f"data.limit = {cfg.data.limit:,}"
+    else:
+        named = f"the {images:,} training images of {cfg.data.dataset}"
+    if isinstance(t.batch_size, int) and t.batch_size > images:
+        bad("training.batch_size", f"at most {named}: a batch is drawn from the training images")
 
 
 def _validate_model(cfg, bad) -> None:

@@ -9,12 +9,19 @@ import io
 from pathlib import Path
 
 
-from difflab.cli import STEPS_HELP, check_cfg_scale, check_steps, fail, usage
+from difflab.cli import STEPS_HELP, check_at_most, check_cfg_scale, check_steps, fail, usage
+
+# --n, like --steps, has a bound: 1,000 images per digit is 10,000 for all ten, the size of a FID sample
+# set (evaluate.py --samples); far more is hours of sampling and a grid PNG too wide to look at
+# (--n images a row), and a million ends in an allocator traceback (the starting noise alone is 31 GB).
+MAX_N = 1000
+MAX_IMAGES = 10_000  # --n x the digits or prompts asked for
 
 
 def check_args(args) -> list:
     """Refuse wrong command-line values before anything is loaded (exit code 2); return the digits."""
     from difflab.samplers import SAMPLERS
+    from difflab.untrusted import shown
     from difflab.visualize import image_format
 
     if args.sampler is not None and args.sampler not in SAMPLERS:
@@ -23,6 +30,7 @@ def check_args(args) -> list:
         if getattr(args, name) is not None and getattr(args, name) < 1:
             usage(f"--{name.replace('_', '-')}: expected a positive integer")
     check_steps(args.steps, "--steps")
+    check_at_most(args.n, MAX_N, "--n", "images per digit or prompt; 10,000 for all ten digits is a FID sample set")
     check_cfg_scale(args.cfg_scale)
     for text in args.prompt:  # unknown words fail here, before the checkpoint is loaded
         from difflab.prompts import PromptError, tokenize
@@ -33,7 +41,10 @@ def check_args(args) -> list:
             usage(f"--prompt: {e}")
     digits = [int(d) for d in args.digits.replace(",", "") if d.isdigit()]
     if not digits or len(digits) != len(args.digits.replace(",", "")):
-        usage(f"--digits: expected digits 0-9 such as 0123456789 or 3,7, got {args.digits!r}")
+        usage(f"--digits: expected digits 0-9 such as 0123456789 or 3,7, got {shown(args.digits)}")
+    rows = len(args.prompt) or len(digits)
+    check_at_most(args.n * rows, MAX_IMAGES, f"--n x {rows} {'prompts' if args.prompt else 'digits'}",
+                  "images in one run; a FID sample set is 10,000")
     if args.out and not Path(args.out).is_dir():  # a folder: check_output_file says so, more plainly
         try:
             image_format(args.out)
@@ -68,7 +79,8 @@ def main(argv=None):
                    help=STEPS_HELP)
     p.add_argument("--cfg-scale", type=float, default=None, help="guidance scale, finite and >= 0; 1 = no guidance")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--n", type=int, default=8, help="images per digit")
+    p.add_argument("--n", type=int, default=8,
+                   help=f"images per digit (or per prompt), 1 to {MAX_N}; at most {MAX_IMAGES:,} in all")
     p.add_argument("--digits", default="0123456789", help="which digits, e.g. 3 or 0,1,7")
     p.add_argument("--prompt", action="append", default=[], metavar="TEXT",
                    help='a model trained on prompts: a row of --n images per prompt, e.g. "a thin 3" (repeatable)')

@@ -57,6 +57,9 @@ def main(argv=None):
 
         print(json.dumps(describe(cfg)))
         return 0
+    from difflab.dryrun import check_memory
+
+    check_memory(cfg)  # a model or a batch too large for this machine: one line now, not a traceback at step 1
     if cfg.data.vae_checkpoint and cfg.data.vae_config and not Path(cfg.data.vae_checkpoint).is_file():
         from difflab.vae_training import train_vae_first
 
