@@ -139,7 +139,9 @@ def test_fashion_mnist_tries_its_authors_mirror_then_debian(tmp_path: Path, monk
     monkeypatch.setattr(download, "DEBIAN_FASHION_DIR", tmp_path / "not-installed")
     with pytest.raises(DataError) as caught:
         download.fetch("fashion_mnist", tmp_path, log=lambda line: None)
-    assert asked == [download.FASHION_MIRRORS[0] + "train-images-idx3-ubyte.gz"]  # gives up at the first failure
+    # each mirror gives up at its first failure; the https one is asked first
+    assert asked == [mirror + "train-images-idx3-ubyte.gz" for mirror in download.FASHION_MIRRORS]
+    assert asked[0].startswith("https://")
     lines = str(caught.value).splitlines()
     assert any("authors' mirror" in line and "no network" in line for line in lines)
     assert any("dataset-fashion-mnist" in line for line in lines)

@@ -89,7 +89,8 @@ def test_latent_diffusion_end_to_end(tiny_vae, tmp_path, monkeypatch):
     trainer.fit()
     assert (trainer.out_dir / "samples" / "epoch_002.png").exists()
 
-    pipe = Pipeline.from_checkpoint(trainer.out_dir / "checkpoints" / "last.pt", "cpu")
+    # the VAE lives in another test's folder: named here, as a user names one they chose (vae_path)
+    pipe = Pipeline.from_checkpoint(trainer.out_dir / "checkpoints" / "last.pt", "cpu", vae_path=vae_path(tiny_vae))
     assert pipe.vae.scale_factor == trainer.vae.scale_factor
     # the compare table shows the VAE's training images beside the latent model's: 3 epochs of 256 squares
     assert pipe.vae.images_seen == tiny_vae.step * tiny_vae.batch_size == 3 * 256
@@ -146,11 +147,11 @@ def test_a_vae_that_does_not_match_is_refused(tiny_vae, tmp_path):
     state["config"]["data"]["vae_checkpoint"] = str(vae_path(other))
     torch.save(state, ldm)
     with pytest.raises(CheckpointError, match="another VAE"):  # its scale factor differs
-        Pipeline.from_checkpoint(ldm, "cpu")
+        Pipeline.from_checkpoint(ldm, "cpu", vae_path=vae_path(other))
     state["vae_scale_factor"] = None  # an older checkpoint without the fingerprint: the shapes decide
     torch.save(state, ldm)
     with pytest.raises(CheckpointError, match="do not match"):
-        Pipeline.from_checkpoint(ldm, "cpu")
+        Pipeline.from_checkpoint(ldm, "cpu", vae_path=vae_path(other))
 
 
 def test_shipped_configs_size_both_stages():

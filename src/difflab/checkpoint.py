@@ -21,6 +21,7 @@ from typing import Any, Optional, Union
 import torch
 
 from .outputs import write_bytes_atomic
+from .untrusted import StructureError, check_structure, shown
 
 FORMAT = "difflab-checkpoint-v1"
 
@@ -90,6 +91,9 @@ def load_checkpoint(path: Union[str, Path], map_location: Any = "cpu") -> dict:
         first = str(e).splitlines()[0].split(". ")[0] if str(e) else ""  # PyTorch's first sentence says it
         reason = first if isinstance(e, (RuntimeError, OSError)) and first else f"{type(e).__name__}: {first}"
         raise CheckpointError(f"{path}: truncated or corrupted checkpoint ({reason[:120]})") from None
+    # Bounded before anything walks it: a pickle can point many branches at one shared list, so a
+    # 9 KB file may stand for 2^40 nodes, and the digest below (or a repr) would run for hours.
+    bounded(state, path)
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a difflab checkpoint (no '{FORMAT}' marker)")
     digest = state.pop("sha256", None)  # None: written before checkpoints carried one
@@ -98,7 +102,38 @@ def load_checkpoint(path: Union[str, Path], map_location: Any = "cpu") -> dict:
     for key in ("config", "model"):
         if key not in state:
             raise CheckpointError(f"{path}: incomplete difflab checkpoint (missing '{key}')")
+    check_contents(state, path)
     return state
+
+
+def bounded(value: Any, path: Union[str, Path]) -> None:
+    """Refuse, in one line, nested data too large or too deep to walk (difflab.untrusted)."""
+    try:
+        check_structure(value)
+    except StructureError as e:
+        raise CheckpointError(f"{path}: refused, its contents are {e}") from None
+
+
+def check_contents(state: dict, path: Union[str, Path]) -> None:
+    """The types everything after loading relies on: a config dict, named tensors for 'model', and for
+    'ema' named tensors or nothing. A list or a string there would otherwise be a traceback later."""
+    if not isinstance(state["config"], dict):
+        raise CheckpointError(f"{path}: 'config' holds {kind_of(state['config'])}, expected a mapping of sections")
+    for key in ("model", "ema"):
+        value = state.get(key)
+        if value is None and key == "ema":
+            continue
+        if not isinstance(value, dict):
+            raise CheckpointError(f"{path}: '{key}' holds {kind_of(value)}, expected named tensors (a state dict)")
+        for name, tensor in value.items():
+            if not isinstance(name, str) or not isinstance(tensor, torch.Tensor):
+                raise CheckpointError(f"{path}: '{key}' holds {shown(name, 40)}: {kind_of(tensor)}, "
+                                      f"expected named tensors (a state dict)")
+
+
+def kind_of(value: Any) -> str:
+    """A value's type and a short look at it, for a message: "list [1, 2, 3]"."""
+    return f"{type(value).__name__} {shown(value, 40)}"
 
 
 # .safetensors exports (weights.py writes them): the weights that sample, the config in the metadata.
@@ -124,19 +159,52 @@ def load_safetensors(path: Path) -> dict:
         raise CheckpointError(f"{path}: not a readable safetensors file ({str(e).splitlines()[0][:120]})") from None
     try:
         info = json.loads((meta or {})["difflab"])
-    except (KeyError, ValueError):
+    except (KeyError, ValueError, RecursionError):  # RecursionError: JSON nested thousands of levels deep
         raise CheckpointError(f"{path}: a safetensors file without difflab's metadata (its config); "
                               f"export checkpoints with `difflab export`") from None
+    if not isinstance(info, dict):  # valid JSON, but a list or a number where the metadata belongs
+        raise CheckpointError(f"{path}: its difflab metadata holds {kind_of(info)}, expected a JSON object")
+    bounded(info, path)
     if info.get("format") != EXPORT_FORMAT or not isinstance(info.get("config"), dict):
         raise CheckpointError(f"{path}: not a difflab export (no '{EXPORT_FORMAT}' marker)")
     if info.get("sha256") != tensors_sha256(weights):
         raise CheckpointError(f"{path}: corrupted export (its tensors do not match their SHA-256)")
-    return {"config": info["config"], "model": weights, "ema": None, "exported": info["weights"],
+    exported = info.get("weights") if info.get("weights") in ("ema", "model") else None
+    return {"config": info["config"], "model": weights, "ema": None, "exported": exported,
             **{k: info.get(k) for k in EXPORT_KEPT}}
 
 
+# The dtypes a model's floating-point weights may be stored in: each converts to the model's own
+# float32 without losing meaning. An int8 or bool tensor would be cast to numbers that mean nothing
+# (int8 weights load and sample noise at exit code 0), and float64 is not what any difflab run saves.
+WEIGHT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def weights_problem(module: torch.nn.Module, weights: Any) -> Optional[str]:
+    """Why `weights` cannot be loaded into `module` as they are, or None: not named tensors, or a
+    tensor of a dtype load_state_dict would silently cast (a floating weight stored as int8, bool or
+    float64; an integer buffer such as BatchNorm's step count stored as anything but its own dtype)."""
+    if not isinstance(weights, dict):
+        return f"the weights are {kind_of(weights)}, not named tensors"
+    own = module.state_dict()
+    for name, tensor in weights.items():
+        if not isinstance(tensor, torch.Tensor):
+            return f"{shown(name, 60)} is {kind_of(tensor)}, not a tensor"
+        expected = own.get(name)
+        if expected is None:
+            continue  # an unexpected name: load_state_dict names it
+        allowed = WEIGHT_DTYPES if expected.is_floating_point() else (expected.dtype,)
+        if tensor.dtype not in allowed:
+            wanted = "/".join(str(d).removeprefix("torch.") for d in allowed)
+            return f"tensor {shown(name, 60)} is {str(tensor.dtype).removeprefix('torch.')}, expected {wanted}"
+    return None
+
+
 def load_weights(module: torch.nn.Module, weights: dict, path: Union[str, Path], what: str = "model") -> None:
-    """load_state_dict, turning a mismatch into one line that names the problem."""
+    """load_state_dict, turning a mismatch (names, shapes or dtypes) into one line that names the problem."""
+    problem = weights_problem(module, weights)
+    if problem is not None:
+        raise CheckpointError(f"{path}: the {what} weights cannot be used: {problem}")
     try:
         module.load_state_dict(weights)
     except RuntimeError as e:
@@ -168,7 +236,10 @@ def resume_path(trainer) -> Path:
     if not last.is_file():
         return epochs[-1]
     newest_step = min(epoch_of(epochs[-1]) * trainer.steps_per_epoch, trainer.total_steps)
-    return epochs[-1] if newest_step > int(load_checkpoint(last)["step"]) else last
+    step = load_checkpoint(last).get("step")
+    if not isinstance(step, int) or isinstance(step, bool):
+        raise CheckpointError(f"{last}: cannot resume: 'step' holds {kind_of(step)}, expected a step count ({WAY_OUT})")
+    return epochs[-1] if newest_step > step else last
 
 
 # What --resume needs beyond what sampling needs, and of which type (bool is not a step count).
@@ -183,7 +254,7 @@ def check_resume_fields(state: dict, path: Union[str, Path], fields: dict) -> No
         if key not in state:
             raise CheckpointError(f"{path}: cannot resume: the checkpoint has no '{key}' ({WAY_OUT})")
         if not isinstance(value, kind) or isinstance(value, bool) or (kind is int and value < 0):
-            raise CheckpointError(f"{path}: cannot resume: '{key}' holds {type(value).__name__} {str(value)[:40]!r}, "
+            raise CheckpointError(f"{path}: cannot resume: '{key}' holds {kind_of(value)}, "
                                   f"expected {'a step count' if kind is int else kind.__name__} ({WAY_OUT})")
 
 

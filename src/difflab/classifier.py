@@ -23,9 +23,11 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from difflab.data import load_split, resolve_data_dir, sha256_file
+from difflab.checkpoint import weights_problem
+from difflab.data import DATASETS, DataError, load_split, resolve_data_dir, sha256_file
 from difflab.evaluation import conditional_accuracy
 from difflab.outputs import write_bytes_atomic, write_error
+from difflab.untrusted import shown
 
 CACHE_FORMAT = 1  # bump when the architecture or the file layout changes
 FEATURE_DIM = 128
@@ -153,7 +155,11 @@ def train_classifier(
 
 
 def classifier_paths(data_dir: Optional[Union[str, Path]] = None, dataset: str = "mnist") -> tuple[Path, Path]:
-    """(weights file, metadata JSON) of the cached classifier of a dataset (each has its own judge)."""
+    """(weights file, metadata JSON) of the cached classifier of a dataset (each has its own judge).
+
+    The name becomes part of a file name, and may come from a checkpoint's config: only known ones."""
+    if dataset not in DATASETS:
+        raise DataError(f"unknown dataset {shown(dataset, 40)}; choose one of {', '.join(DATASETS)}")
     folder = Path(resolve_data_dir(data_dir)) / "classifier"
     return folder / f"{dataset}_cnn.pt", folder / f"{dataset}_cnn.json"
 
@@ -164,14 +170,33 @@ def _cache_problem(weights: Path, meta_path: Path, settings: TrainSettings) -> O
         return f"no cached classifier in {weights.parent}"
     try:
         meta = json.loads(meta_path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        return f"unreadable {meta_path.name} ({err})"
+    except (OSError, ValueError, RecursionError) as err:  # ValueError: bad JSON or bad UTF-8
+        return f"unreadable {meta_path.name} ({type(err).__name__}: {str(err)[:80]})"
+    if not isinstance(meta, dict):
+        return f"{meta_path.name} holds {type(meta).__name__} {shown(meta, 40)}, not a JSON object"
     if meta.get("format") != CACHE_FORMAT:
-        return f"cache format {meta.get('format')} != {CACHE_FORMAT}"
+        return f"cache format {shown(meta.get('format'), 40)} != {CACHE_FORMAT}"
     if meta.get("settings") != dataclasses.asdict(settings):
         return "cached classifier was trained with other settings"
     if meta.get("sha256") != sha256_file(weights):
         return f"SHA-256 of {weights.name} does not match {meta_path.name} (file changed or corrupt)"
+    return None
+
+
+def _load_cached(model: nn.Module, weights: Path) -> Optional[str]:
+    """Load the cached weights into `model`; why they cannot be, or None. Their hash matched the JSON,
+    but whoever wrote one could write both: a list, an int8 tensor or other shapes are not a judge."""
+    try:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+    except Exception as err:  # damaged or foreign bytes fail in many ways (as in checkpoint.load_checkpoint)
+        return f"unreadable {weights.name} ({type(err).__name__})"
+    problem = weights_problem(model, state)
+    if problem is not None:
+        return f"{weights.name}: {problem}"
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        return f"{weights.name} does not fit the classifier ({str(err).splitlines()[0][:80]})"
     return None
 
 
@@ -209,9 +234,10 @@ def load_classifier(
     problem = _cache_problem(weights, meta_path, settings)
     if problem is None:
         model = MNISTClassifier()
-        model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-        model.dataset = dataset
-        return model.to(device).eval()
+        problem = _load_cached(model, weights)
+        if problem is None:
+            model.dataset = dataset
+            return model.to(device).eval()
     if not train_if_missing:
         raise FileNotFoundError(f"{problem}; call load_classifier(train_if_missing=True)")
     print(f"difflab: {problem}; training the {dataset} classifier ({settings})")

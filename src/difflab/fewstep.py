@@ -35,7 +35,7 @@ from typing import Optional
 
 import torch
 
-from .checkpoint import load_checkpoint
+from .checkpoint import load_checkpoint, load_weights
 from .config import Config, ConfigError, config_from_dict
 from .distributed import DistInfo
 from .models import build_model
@@ -66,7 +66,7 @@ def load_teacher(cfg: Config, device: torch.device) -> tuple[torch.nn.Module, Co
             raise ConfigError(f"{cfg.name}: the '{section}' section differs from the teacher's ({path}); "
                               f"a student starts from its teacher's weights, so copy that section")
     teacher = build_model(teacher_cfg.model).to(device)
-    teacher.load_state_dict(state.get("ema") or state["model"])
+    load_weights(teacher, state.get("ema") or state["model"], path, "teacher")  # shapes and dtypes checked
     return teacher.eval().requires_grad_(False), teacher_cfg
 
 

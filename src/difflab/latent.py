@@ -23,9 +23,10 @@ import torch
 
 from .checkpoint import CheckpointError, load_checkpoint, load_weights, save_checkpoint
 from .config import Config, ConfigError, config_from_dict
-from .data import load_split
+from .data import load_split, resolve_data_dir
 from .models import count_parameters
 from .models.vae import VAE, build_vae
+from .untrusted import shown
 
 DEFAULT_VAE_CONFIG = "configs/reference/vae_mnist.yaml"
 
@@ -60,15 +61,68 @@ def load_vae(path: Union[str, Path], device: Union[str, torch.device]) -> VAE:
         raise CheckpointError(str(e)) from None
     if cfg.model.architecture != "vae" or "scale_factor" not in state:
         raise CheckpointError(
-            f"{path}: not a VAE checkpoint (its model.architecture is {cfg.model.architecture!r}); "
+            f"{path}: not a VAE checkpoint (its model.architecture is {shown(cfg.model.architecture, 40)}); "
             f"data.vae_checkpoint must name one written by {train_command(path)}"
         )
+    scale, step = state["scale_factor"], state.get("step", 0)
+    if not _positive_number(scale):  # it divides every latent before decoding
+        raise CheckpointError(f"{path}: 'scale_factor' holds {shown(scale, 40)}, expected a positive number")
     vae = build_vae(cfg.model)
     load_weights(vae, state["model"], path, what="VAE")
-    vae.scale_factor = float(state["scale_factor"])
+    vae.scale_factor = float(scale)
     # what the compare table shows beside the latent model's own training images
-    vae.images_seen = state.get("images_seen", state["step"] * cfg.training.batch_size)
+    seen = state.get("images_seen")
+    vae.images_seen = seen if _positive_number(seen) else (step * cfg.training.batch_size if _positive_number(step) else 0)
     return vae.to(device).eval().requires_grad_(False)
+
+
+def _positive_number(value) -> bool:
+    """An int or a float above 0 (not a bool, not NaN or inf): what a scale factor or a count must be."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < float("inf")
+
+
+# A shared checkpoint's config names its VAE by a path on the machine that trained it. Followed as
+# written, that path would let whoever wrote the file make this reader open any file (and say in its
+# error what kind of file it is). So the VAE is looked for only in the reader's own folders, and
+# only under a checkpoint's name.
+VAE_SUFFIXES = (".pt", ".safetensors")
+
+
+def vae_folders(checkpoint: Union[str, Path]) -> list[Path]:
+    """Where a checkpoint's VAE may be: the folder holding its run (<output_dir> of
+    <output_dir>/<name>/checkpoints/<file>; else the checkpoint's own folder), the folder the command
+    runs in (a config's relative vae_checkpoint, such as experiments/vae_mnist/..., is read from there
+    while `make compare-all` trains the latent model in experiments/compare/), and the data folder."""
+    folder = Path(checkpoint).resolve().parent
+    run_root = folder.parent.parent if folder.name == "checkpoints" else folder
+    return list(dict.fromkeys([run_root, Path.cwd().resolve(), resolve_data_dir().resolve()]))
+
+
+def checkpoint_vae(stored: str, checkpoint: Union[str, Path]) -> Path:
+    """The VAE file a latent model's stored data.vae_checkpoint means here, inside vae_folders only.
+
+    Tried in turn: the path as written (the usual case: the run tree where it was trained), then
+    relative to each folder, then its last three parts (<vae run>/checkpoints/<file>) in each, for
+    a run tree copied elsewhere. A file outside the folders is never opened, and the message is the
+    same whether or not one exists there.
+    """
+    name = Path(stored)
+    if name.suffix not in VAE_SUFFIXES:
+        raise CheckpointError(f"{checkpoint}: its config names the VAE {shown(stored, 60)}, not a .pt or "
+                              f".safetensors file; refused")
+    folders = vae_folders(checkpoint)
+    tail = Path(*[p for p in name.parts if p not in (name.anchor, "..", ".")][-3:])
+    candidates = [name] + [root / name for root in folders if not name.is_absolute()] + [root / tail for root in folders]
+    for candidate in candidates:
+        try:
+            found = candidate.resolve()  # '..' and symbolic links resolved before the check below
+        except (OSError, ValueError, RuntimeError):  # a null byte, a symlink loop
+            continue
+        if any(found.is_relative_to(root) for root in folders) and found.is_file():
+            return found
+    raise CheckpointError(f"{checkpoint}: its config names the VAE {shown(stored, 60)}, not found in "
+                          f"{', '.join(map(str, folders))} (where a checkpoint's VAE is looked for); "
+                          f"put it there as <vae run>/checkpoints/{shown(tail.name, 40)}")
 
 
 def describe_vae(cfg: Config) -> dict:
@@ -138,8 +192,11 @@ def cached_latents(vae: VAE, vae_path: Path, x: torch.Tensor, dataset: str) -> t
     if cache.is_file():
         try:
             saved = torch.load(cache, map_location="cpu", weights_only=True)
-            if saved.get("data_sha256") == data_hash:
-                return saved["latents"]
+            if isinstance(saved, dict) and saved.get("data_sha256") == data_hash:
+                latents = saved.get("latents")
+                expected = (len(x), *vae.latent_shape)  # one latent per image: anything else is not ours
+                if isinstance(latents, torch.Tensor) and latents.dtype == torch.float32 and latents.shape == expected:
+                    return latents
         except Exception:  # a corrupt or foreign file: encode again and overwrite it
             pass
     print(f"encoding {len(x)} images with the VAE (once; cached in {cache})")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +21,7 @@ from .prompts import encode, write
 from .objectives import build_objective
 from .samplers import SAMPLERS, sampler_options
 from .schedules import build_path, time_grid
+from .untrusted import shown
 
 
 # The most sampling steps a command accepts: the 1000-step discretisation the models are trained on
@@ -59,7 +62,22 @@ def check_finite(weights: dict, path: Union[str, Path], what: str) -> None:
            if isinstance(w, torch.Tensor) and w.is_floating_point() and not torch.isfinite(w).all()]
     if bad:
         raise CheckpointError(f"{path}: the {what} hold NaN or inf ({len(bad)} of {len(weights)} tensors, "
-                              f"first {bad[0]!r}); every sample would be NaN: use an earlier checkpoint")
+                              f"first {shown(bad[0], 60)}); every sample would be NaN: use an earlier checkpoint")
+
+
+def number_or_none(value) -> Optional[float]:
+    """A finite int or float from a checkpoint's bookkeeping (step, images seen, speed), else None:
+    these are only shown, and a list or a string there must not break a table or a message."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return value if ok else None
+
+
+def run_info(state: dict) -> dict:
+    """What a checkpoint says about its run, for tables and the demo: numbers, and a short device name."""
+    info = {k: number_or_none(state.get(k)) for k in ("step", "epoch", "images_seen", "train_images_per_s")}
+    device = state.get("device")
+    info["device"] = device[:40] if isinstance(device, str) else None
+    return info
 
 
 def is_unconditional(cfg: Config) -> bool:
@@ -94,9 +112,11 @@ class Pipeline:
 
     @classmethod
     def from_checkpoint(cls, path: Union[str, Path], device: Union[str, torch.device] = "auto", use_ema: bool = True,
-                        sampling: Sequence[str] = ()):  # fmt: skip
+                        sampling: Sequence[str] = (), vae_path: Optional[Union[str, Path]] = None):  # fmt: skip
         """Load a checkpoint's weights and config. `sampling`: "sampling.key=value" overrides
-        of its sampling section (how to sample can change after training; nothing else can)."""
+        of its sampling section (how to sample can change after training; nothing else can).
+        `vae_path`: a latent model's VAE checkpoint, chosen by the caller; by default the one its
+        config names, looked for only in the caller's folders (latent.checkpoint_vae)."""
         device = select_device(device) if isinstance(device, str) else device
         state = load_checkpoint(path)
         try:
@@ -111,22 +131,30 @@ class Pipeline:
                     raise ConfigError(f"override {text!r}: only sampling.* can change after training")
                 raw["sampling"][key] = value
             cfg = config_from_dict(raw, source=f"{path} with {' '.join(sampling)}")
+        # The config's paths were valid where the checkpoint was written; here they are a stranger's
+        # choice. The VAE is looked for only in this user's folders (latent.checkpoint_vae), and the data
+        # folder is this user's own (data.resolve_data_dir: $DIFFLAB_DATA or ./data), never the stored one.
         vae = None
         if cfg.data.vae_checkpoint:
-            from .latent import load_vae  # latent diffusion: decode through the VAE
+            from .latent import checkpoint_vae, load_vae  # latent diffusion: decode through the VAE
 
-            vae = load_vae(cfg.data.vae_checkpoint, device)
+            vae_file = Path(vae_path) if vae_path is not None else checkpoint_vae(cfg.data.vae_checkpoint, path)
+            vae = load_vae(vae_file, device)
             trained_with = state.get("vae_scale_factor")
+            if trained_with is not None and number_or_none(trained_with) is None:
+                raise CheckpointError(f"{path}: 'vae_scale_factor' holds {shown(trained_with, 40)}, expected a number")
             if trained_with is not None and abs(trained_with - vae.scale_factor) > 1e-6 * abs(trained_with):
                 raise CheckpointError(f"{path}: trained on latents of another VAE (scale factor {trained_with:.5f}, "
-                                      f"{cfg.data.vae_checkpoint} has {vae.scale_factor:.5f}); retrain or restore that VAE")
+                                      f"{vae_file} has {vae.scale_factor:.5f}); retrain or restore that VAE")
+            cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, vae_checkpoint=str(vae_file)))
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, data_dir=None))
         c, h, _ = sample_shape(cfg, vae)
         model = build_model(cfg.model, in_channels=c, image_size=h)
         ema = use_ema and state.get("ema") is not None
         weights = state["ema"] if ema else state["model"]
         check_finite(weights, path, "EMA weights" if ema else "raw (non-EMA) weights")
         load_weights(model, weights, path)
-        info = {k: state.get(k) for k in ("step", "epoch", "images_seen", "train_images_per_s", "device")}
+        info = run_info(state)
         info["params"] = count_parameters(model)
         info["checkpoint"] = str(path)
         return cls(model.to(device), cfg, device, vae=vae, info=info)

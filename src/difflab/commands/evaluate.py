@@ -27,13 +27,17 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 
-from difflab.cli import STEPS_HELP, check_cfg_scale, check_steps, fail, usage
+from difflab.cli import STEPS_HELP, check_at_most, check_cfg_scale, check_steps, fail, usage
 
 # The keys of every answer, in the order they are printed; what does not apply is null.
 KEYS = ("fid", "fid_floor", "accuracy", "per_digit_accuracy", "precision", "recall", "n",
         "sampler", "steps", "nfe", "cfg_scale", "seconds", "device", "checkpoint", "samples", "config",
         "prompts", "adherence")  # fmt: skip
 MIN_IMAGES = 4  # FID needs a covariance, precision/recall the 3 nearest neighbours of each point
+# FID compares the N images with the MNIST test set, and precision/recall with N of its images: it has
+# 10,000, so more samples add time, not accuracy (and 10^9 ends in an allocator traceback).
+MAX_IMAGES = 10_000
+MAX_PER_PROMPT = 1000  # --adherence-per-prompt: images for each held-out prompt; the default is 20
 
 
 def load_samples(path):
@@ -47,8 +51,9 @@ def load_samples(path):
     import numpy as np
     import torch
 
-    from difflab.data import images_to_tensor
+    from difflab.data import DataError, images_to_tensor, npy_header
     from difflab.models import NULL_CLASS
+    from difflab.untrusted import shown
 
     path = Path(path)
     if not path.is_file():
@@ -56,12 +61,20 @@ def load_samples(path):
     if not zipfile.is_zipfile(path):  # else np.load may try it as a pickle or a bare .npy
         fail(f"--samples: {path}: not an .npz file (write one with `sample.py --save-npz`)")
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            missing = [k for k in ("x", "y") if k not in npz.files]
+        with zipfile.ZipFile(path) as zf:  # the headers first: numpy allocates what a header claims
+            missing = [k for k in ("x", "y") if f"{k}.npy" not in zf.namelist()]
             if missing:
                 fail(f"--samples: {path} has no array {' or '.join(missing)} (expected x: uint8 N x 28 x 28, y: N labels)")
+            claims = {k: npy_header(zf, f"{k}.npy") for k in ("x", "y")}
+        (x_shape, x_dtype), (y_shape, _) = claims["x"], claims["y"]
+        if x_dtype != np.uint8 or len(x_shape) != 3 or x_shape[1:] != (28, 28) or not 0 < x_shape[0] <= MAX_IMAGES:
+            fail(f"--samples: x claims {shown(x_dtype, 30)} {shown(x_shape, 60)}, "
+                 f"expected uint8 (N, 28, 28) with N at most {MAX_IMAGES:,}")
+        if len(y_shape) != 1 or y_shape[0] > MAX_IMAGES:
+            fail(f"--samples: y claims shape {shown(y_shape, 60)}, expected {x_shape[0]} labels")
+        with np.load(path, allow_pickle=False) as npz:  # bounded now: at most MAX_IMAGES images
             x, y = npz["x"], npz["y"]
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, DataError) as e:
         fail(f"--samples: {path}: not a readable .npz file ({type(e).__name__})")
     if x.dtype != np.uint8 or x.ndim != 3 or x.shape[1:] != (28, 28):
         fail(f"--samples: x is {x.dtype} {x.shape}, expected uint8 (N, 28, 28)")
@@ -90,8 +103,8 @@ def evaluate_checkpoint(checkpoint, classifier=None, n: int = 5000, *, sampler: 
     held-out prompt, 0 to skip, with the same sampler, steps and guidance.
 
     `classifier` defaults to the cached MNIST classifier (trained on first use); tests
-    pass a small untrained one. The data folder is data_dir, else the checkpoint's
-    cfg.data.data_dir, else the default (resolve_data_dir).
+    pass a small untrained one. The data folder is data_dir, else the default (resolve_data_dir):
+    never one a checkpoint's config names (Pipeline.from_checkpoint clears it; docs/reliability.md).
     """
     from difflab import evaluation as ev
     from difflab.pipeline import Pipeline
@@ -157,7 +170,9 @@ def main(argv=None):
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--checkpoint", help="sample from this checkpoint and score the images")
     what.add_argument("--samples", metavar="FILE.npz", help="score saved samples (x uint8 N x 28 x 28, y labels)")
-    p.add_argument("--n", type=int, default=5000, help="images to sample (default 5000)")
+    p.add_argument("--n", type=int, default=5000,
+                   help=f"images to sample, {MIN_IMAGES} to {MAX_IMAGES:,}: the test set FID compares with "
+                        "(default 5000)")
     p.add_argument("--sampler", default=None, help="ddpm | ddim | euler | heun | dpm++2m | consistency (default: the config's)")
     p.add_argument("--steps", type=int, default=None,
                    help=STEPS_HELP)
@@ -166,14 +181,15 @@ def main(argv=None):
     p.add_argument("--batch-size", type=int, default=None,
                    help="images per batch: bounds memory (default on a CPU, where small is fastest: 32, 8 for a transformer; 500 on a GPU)")
     p.add_argument("--device", default="auto")
-    p.add_argument("--data-dir", default=None, help="MNIST and the classifier (default: the config's, else data/)")
+    p.add_argument("--data-dir", default=None, help="MNIST and the classifier (default: $DIFFLAB_DATA, else data/)")
     p.add_argument("--dataset", default="mnist", choices=("mnist", "fashion_mnist"),
                    help="--samples only: whose images they imitate (a checkpoint names its own)")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument("--set", action="append", default=[], metavar="sampling.KEY=VALUE", dest="sampling",
                    help="change how the checkpoint samples, e.g. --set sampling.clip_x0=true (repeatable)")
     p.add_argument("--adherence-per-prompt", type=int, default=20,
-                   help="a model of prompts: images per held-out prompt for the adherence scores (0: skip)")
+                   help="a model of prompts: images per held-out prompt for the adherence scores, "
+                        f"0 (skip) to {MAX_PER_PROMPT}")
     p.add_argument("--fid-prompts", default="digit", choices=PROMPT_SETS,
                    help="a model of prompts: what the N images are asked, the digit alone ('a 7', default) or "
                         "training images' own prompts ('a thick, upright 7'; text-to-image FID's real captions)")
@@ -193,6 +209,8 @@ def main(argv=None):
         usage("--adherence-per-prompt: expected an integer >= 0")
     if args.n < MIN_IMAGES:
         usage(f"--n: expected at least {MIN_IMAGES} images, got {args.n}")
+    check_at_most(args.n, MAX_IMAGES, "--n", "the MNIST test set FID compares with holds 10,000 images")
+    check_at_most(args.adherence_per_prompt, MAX_PER_PROMPT, "--adherence-per-prompt", "images per held-out prompt")
     check_cfg_scale(args.cfg_scale)
     if args.out:  # tried now: a path that cannot be written fails before minutes of sampling
         check_output_file(args.out, "--out")

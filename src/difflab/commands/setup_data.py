@@ -11,7 +11,7 @@ import sys
 
 
 from difflab.data import DATASETS, DataError
-from difflab.download import fetch
+from difflab.download import fetch, one_line
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -25,12 +25,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Fetch the dataset; on an expected failure print why (no traceback) and return 1."""
+    """Fetch the dataset; on an expected failure print why in one line (no traceback) and return 1.
+
+    The exit codes are difflab.cli.run_main's (1: the data or the disk failed, 130: Ctrl-C), without
+    importing it: that would import PyTorch, which downloading never needs.
+    """
     args = parse_args(argv)
     try:
         fetch(args.dataset, args.data_dir, force=args.force)
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (DataError, OSError) as e:  # OSError: a data folder that cannot be created or read
+        print(f"error: {one_line(e, 1000)}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
     return 0
 
