@@ -6,8 +6,12 @@ starting noise (where their sample shapes agree), so differences are the models'
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -20,22 +24,45 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from . import report  # noqa: E402
-from .checkpoint import epoch_checkpoints  # noqa: E402
+from .checkpoint import CheckpointError, epoch_checkpoints  # noqa: E402
 from .evaluation import evaluate_pipeline  # noqa: E402
+from .outputs import write_bytes_atomic, writing  # noqa: E402
 from .pipeline import Pipeline, is_unconditional  # noqa: E402
+from .runs import lock_folder  # noqa: E402
 from .score_cache import ScoreCache  # noqa: E402
 from .visualize import grid_array  # noqa: E402
+
+
+def architecture(config: Path) -> str:
+    """model.architecture in a run's config.json ("unet" where the file is absent or names none).
+
+    Raises ValueError with one line for a file that cannot be read, is not JSON, or is not a config.
+    """
+    if not config.exists():
+        return "unet"
+    try:
+        raw = json.loads(config.read_text())
+    except (OSError, ValueError, RecursionError) as e:  # RecursionError: nested past the parser's depth
+        raise ValueError(f"{config}: cannot be read as JSON ({type(e).__name__})") from None
+    model = raw.get("model", {}) if isinstance(raw, dict) else None
+    if not isinstance(model, dict):
+        raise ValueError(f"{config}: not a run's config (expected an object with a 'model' section)")
+    return model.get("architecture", "unet")
 
 
 def newest_checkpoints(experiments: Path) -> list[Path]:
     """The newest model_epoch_<N>.pt (largest N) of each diffusion config's folder, else its last.pt.
 
-    Autoencoder runs (model.architecture: vae, see config.json beside the checkpoints) are skipped.
+    Autoencoder runs (model.architecture: vae, see config.json beside the checkpoints) are skipped; so is
+    a run whose config.json cannot be read, with a warning: whether it is an autoencoder is unknown.
     """
     found = []
     for folder in sorted(p for p in Path(experiments).iterdir() if (p / "checkpoints").is_dir()):
-        config = folder / "config.json"
-        if config.exists() and json.loads(config.read_text()).get("model", {}).get("architecture") == "vae":
+        try:
+            if architecture(folder / "config.json") == "vae":
+                continue
+        except ValueError as e:
+            print(f"warning: {e}; {folder.name} is left out of the comparison", file=sys.stderr)
             continue
         epochs = epoch_checkpoints(folder / "checkpoints")
         last = folder / "checkpoints" / "last.pt"
@@ -213,11 +240,52 @@ def evaluate_models(pipes: dict, classifier, n: int, seed: int = 0, cache: Optio
     return rows
 
 
+def same_file(a: os.stat_result, b: os.stat_result) -> bool:
+    """The same file, unchanged: same inode, size and modification time."""
+    return (a.st_dev, a.st_ino, a.st_size, a.st_mtime_ns) == (b.st_dev, b.st_ino, b.st_size, b.st_mtime_ns)
+
+
+def load_pipeline(path: Path, device: str = "auto", tries: int = 3) -> Pipeline:
+    """Pipeline.from_checkpoint, with pipe.info["sha256"]: the SHA-256 of the bytes it loaded.
+
+    The score cache files each score under that digest. Taking it when the scores are saved instead
+    gave a checkpoint rewritten meanwhile (a training run still saving) the other model's score, and
+    lost the score of one deleted meanwhile. The file is hashed through a handle held open while the
+    checkpoint loads; if `path` is no longer that file, unchanged, afterwards (replaced, or written in
+    place), what loaded may be other bytes, and it is loaded again. A file deleted after loading is
+    still the one the handle holds: its digest stands.
+    """
+    path = Path(path)
+    for _ in range(tries):
+        try:
+            handle = open(path, "rb")
+        except FileNotFoundError:
+            raise CheckpointError(f"{path}: no such checkpoint file") from None
+        except OSError as e:
+            raise CheckpointError(f"{path}: cannot be read ({e.strerror or e})") from None
+        with handle:
+            before = os.fstat(handle.fileno())
+            digest = hashlib.sha256()
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+            pipe = Pipeline.from_checkpoint(path, device)
+            after = os.fstat(handle.fileno())
+            try:
+                now = os.stat(path)
+            except FileNotFoundError:
+                now = after  # deleted since it loaded: the handle still holds the file
+        if same_file(before, after) and same_file(before, now):
+            pipe.info["sha256"] = digest.hexdigest()
+            return pipe
+    raise CheckpointError(f"{path}: changed while it was being loaded, {tries} times; "
+                          f"compare it once it is written")
+
+
 def load_pipelines(checkpoints: Sequence[Path], device: str = "auto") -> tuple[dict, dict]:
     """name -> Pipeline and name -> checkpoint path; names are the config names (made unique)."""
     pipes, paths = {}, {}
     for ckpt in checkpoints:
-        pipe = Pipeline.from_checkpoint(ckpt, device)
+        pipe = load_pipeline(ckpt, device)
         name = pipe.cfg.name
         while name in pipes:
             name += "'"
@@ -234,9 +302,50 @@ def run_comparison(checkpoints: Sequence[Path], out_dir: Path, classifier, n: in
     `other_seeds`: the same configs trained with other seeds; each is scored like the first
     (same n, same sampling noise) and the table reports mean and spread (add_seeds). The figures
     and sweeps use the first seed's models.
+
+    One comparison writes to out_dir at a time (holding): a second, started while the first is alive, is
+    refused with one line naming the first's pid (two used to overwrite each other's results and exit 0).
     """
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    with holding(out_dir):
+        return _compare(checkpoints, out_dir, classifier, n=n, seed=seed, steps_list=steps_list, scales=scales,
+                        sweep_n=sweep_n, device=device, note=note, other_seeds=other_seeds)
+
+
+# Said when another comparison holds out_dir (runs.lock_folder fills in the folder and the pid).
+BUSY = ("{folder} is in use by another comparison (pid {holder}); wait for it, stop it, "
+        "or pass --out OTHER_FOLDER")
+_HELD: set = set()  # the folders this process holds: holding() one of them again (nested) is a no-op
+
+
+@contextmanager
+def holding(out_dir: Path):
+    """out_dir is this comparison's for the block: created, and locked against a second comparison.
+
+    The lock (out_dir/.lock, flock, as train.py's runs.claim) dies with its process, so a killed
+    comparison never leaves it stuck. compare_models.py takes it before loading anything, so a second
+    run is refused at once; run_comparison, inside, finds it already held by this process.
+    """
+    out_dir = Path(out_dir)
+    key = out_dir.resolve()
+    if key in _HELD:
+        yield
+        return
+    with writing(out_dir):  # a folder that cannot be created or written: one line, before any work
+        out_dir.mkdir(parents=True, exist_ok=True)
+        handle = lock_folder(out_dir, BUSY)
+    _HELD.add(key)
+    try:
+        yield
+    finally:
+        _HELD.discard(key)
+        if handle is not None:
+            handle.close()  # closing the file releases the lock
+
+
+def _compare(checkpoints, out_dir: Path, classifier, n, seed, steps_list, scales, sweep_n, device, note,
+             other_seeds) -> dict:
+    """run_comparison's work, in the folder it holds."""
     clock = time.perf_counter()
     seconds = {}  # wall-clock time of each phase, in results.json: where the time of `make compare` goes
 
@@ -259,9 +368,10 @@ def run_comparison(checkpoints: Sequence[Path], out_dir: Path, classifier, n: in
     sweeps = {}
 
     def save() -> None:  # after the table and after each sweep: a failure later loses nothing scored
-        (out_dir / "RESULTS.md").write_text(results_table(rows, note))
-        (out_dir / "results.json").write_text(json.dumps(
-            {"rows": rows, "sweeps": sweeps, "n": n, "seed": seed, "seconds": seconds}, indent=2))
+        for name, text in (("RESULTS.md", results_table(rows, note)), ("results.json", json.dumps(
+                {"rows": rows, "sweeps": sweeps, "n": n, "seed": seed, "seconds": seconds}, indent=2))):
+            with writing(out_dir / name, "the scores are kept in scores.json"):
+                write_bytes_atomic(out_dir / name, text.encode())  # Ctrl-C mid-write: the previous file
 
     save()
     # Steps are plotted as network calls per image (NFE): Heun's step makes two, a few-step model's one.

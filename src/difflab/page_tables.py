@@ -123,6 +123,8 @@ def gather_evaluations(labelled: dict) -> dict:
     """{label: evaluate.py output} -> the json that `evaluations` blocks render (rows in the given order)."""
     rows = []
     for label, scores in labelled.items():
+        if not isinstance(scores, dict):
+            raise ValueError(f"{label}: not an evaluate.py output (not a JSON object)")
         missing = [k for k in ("fid", "fid_floor", "accuracy", "sampler", "steps", "cfg_scale", "n") if k not in scores]
         if missing:
             raise ValueError(f"{label}: not an evaluate.py output (no {', '.join(missing)})")

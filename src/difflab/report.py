@@ -19,16 +19,26 @@ and a page's own measurements, `evaluations`, `adherence` and `adherence over se
 tests/test_docs.py renders every block again from the committed json and checks it against the page, and checks each row's sampler, steps, guidance and parameter count
 against the config of the same name: a page cannot quote a number the json does not hold,
 and the json cannot describe a config that has changed since it was measured.
+
+Publishing is all or nothing: every block that would change is rendered in memory first, so a
+malformed or incomplete results.json is refused with one line before any file is touched; then
+each file is written to a temporary beside it, and only when all are written are they renamed
+over the old ones, with Ctrl-C held back until the last rename (write_together).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Optional
 
+from .outputs import write_error
 from .page_tables import adherence, adherence_over_seeds, evaluations, spread_text  # a page's own measurements
+from .untrusted import StructureError, check_structure, shown
 
 # The story's order, and the name each config goes by in a table.
 HISTORY = {
@@ -281,9 +291,12 @@ def blocks(text: str):
         yield m.group("source"), m.group("kind"), m.group("body")
 
 
-def regenerate(text: str, root: Path, only: Optional[str] = None) -> str:
-    """The page with every generated block (or those from the json `only`) rendered anew."""
-    cache: dict[str, dict] = {}
+def regenerate(text: str, root: Path, only: Optional[str] = None, loaded: Optional[dict] = None) -> str:
+    """The page with every generated block (or those from the json `only`) rendered anew.
+
+    `loaded`: source -> results already in memory (publish renders them before writing the json).
+    """
+    cache: dict[str, dict] = dict(loaded or {})
 
     def fill(m: re.Match) -> str:
         source = m.group("source")
@@ -300,20 +313,130 @@ def pages(root: Path) -> list[Path]:
     return [root / "README.md", *sorted((root / "docs").glob("*.md"))]
 
 
+# A published name becomes docs/results/<name>.json: a plain name, so it cannot point elsewhere ("../../x").
+NAME = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def check_name(name: str) -> str:
+    """The name, if it is letters, digits, '_' and '-' only (no path separator, no '..'); else ValueError."""
+    if not isinstance(name, str) or not NAME.fullmatch(name) or len(name) > 100:
+        raise ValueError(f"--as {shown(name, 60)}: expected a plain name (letters, digits, '_' and '-'), "
+                         f"as in docs/results/<name>.json")
+    return name
+
+
+def read_results(results_json, name: str) -> dict:
+    """The results to publish (a path to a results.json, or the results themselves), checked: an object with rows.
+
+    Raises ValueError with one line for a file that is not JSON, or results without rows of objects.
+    """
+    where = name if isinstance(results_json, dict) else str(results_json)  # what the messages name
+    if isinstance(results_json, dict):
+        results = results_json
+    else:
+        try:
+            results = json.loads(Path(results_json).read_text())
+        except (OSError, ValueError, RecursionError) as e:  # RecursionError: nested past the parser's depth
+            raise ValueError(f"{where}: cannot be read as JSON ({type(e).__name__})") from None
+    try:
+        check_structure(results)  # bounded before anything walks it (json.dumps, the renderers)
+    except StructureError as e:
+        raise ValueError(f"{where}: {e}") from None
+    if not isinstance(results, dict):
+        raise ValueError(f"{where}: expected an object with 'rows', got {shown(results, 60)}")
+    rows = results.get("rows")
+    if not isinstance(rows, list) or not rows:
+        raise ValueError(f"{where}: no rows to publish")
+    bad = next((r for r in rows if not isinstance(r, dict)), None)
+    if bad is not None:
+        raise ValueError(f"{where}: a row is {shown(bad, 60)}, expected an object")
+    return results
+
+
+def rendered(page: Path, root: Path, source: str, results: dict, label: str) -> str:
+    """The page with the blocks generated from `source` rendered from `results`; one-line ValueError if one cannot be.
+
+    Any field missing or of the wrong type fails somewhere inside the formatting (KeyError, TypeError,
+    ValueError, ...): whichever it is, nothing has been written yet, and one line names the block.
+    """
+    text = page.read_text()
+    try:
+        return regenerate(text, root, only=source, loaded={source: results})
+    except Exception as e:  # noqa: BLE001 - see the docstring: the results file is untrusted
+        kinds = ", ".join(sorted({kind for s, kind, _ in blocks(text) if s == source}))
+        reason = " ".join(str(e).split())[:100]  # one line, bounded: it may quote names from the file
+        raise ValueError(f"{label}: {page.relative_to(root)}'s generated block(s) ({kinds}) cannot be rendered "
+                         f"from it ({type(e).__name__}: {reason})") from None
+
+
 def publish(results_json, name: str, root: Path) -> list[Path]:
-    """Copy results.json (a path, or the results themselves) to docs/results/<name>.json; rewrite the blocks generated from it."""
-    results = results_json if isinstance(results_json, dict) else json.loads(Path(results_json).read_text())
-    if not results.get("rows"):
-        raise ValueError(f"{name}: no rows to publish")
+    """Copy results.json (a path, or the results themselves) to docs/results/<name>.json; rewrite the blocks generated from it.
+
+    Everything is checked and rendered before any file is written (ValueError, one line: nothing changed);
+    then every file is written at once (write_together).
+    """
+    name = check_name(name)
+    results = read_results(results_json, name)
+    label = name if isinstance(results_json, dict) else str(results_json)  # what a render error names
     target = root / "docs" / "results" / f"{name}.json"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(json.dumps(results, indent=2) + "\n")
-    changed = []
     source = str(target.relative_to(root))
+    files = {target: json.dumps(results, indent=2) + "\n"}
+    changed = []
     for page in pages(root):
-        old = page.read_text()
-        new = regenerate(old, root, only=source)
-        if new != old:
-            page.write_text(new)
+        new = rendered(page, root, source, results, label)
+        if new != page.read_text():
+            files[page] = new
             changed.append(page)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise write_error(target.parent, e, "no file was changed") from None
+    write_together(files)
     return changed
+
+
+@contextmanager
+def ctrl_c_held():
+    """Ctrl-C inside the block waits for its end, then interrupts: a set of renames is never cut in two.
+
+    (Outside the main thread signals cannot be caught, and the block runs as it is.)
+    """
+    pressed = []
+    try:
+        previous = signal.signal(signal.SIGINT, lambda signum, frame: pressed.append(signum))
+    except ValueError:  # not the main thread
+        previous = None
+    try:
+        yield
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+    if pressed:
+        raise KeyboardInterrupt
+
+
+def write_together(files: dict) -> None:
+    """Write {path: text} all or nothing: every text to a temporary beside its file, then every rename.
+
+    A full disk, a refused write or Ctrl-C before the renames changes no file (the temporaries are
+    removed); a rename needs no space, and Ctrl-C during the renames waits for the last one. Only a
+    crash (power, SIGKILL) or a refused rename in those few milliseconds can leave some files new and
+    some old; each file is always whole, old or new, with its generated-block markers.
+    """
+    temporaries = {path: path.with_name(f".{path.name}.{os.getpid()}.tmp") for path in files}
+    try:
+        for path, text in files.items():
+            try:
+                temporaries[path].write_bytes(text.encode())
+            except OSError as e:
+                raise write_error(path, e, "no file was changed") from None
+        with ctrl_c_held():
+            for path, tmp in temporaries.items():
+                try:
+                    os.replace(tmp, path)
+                except OSError as e:
+                    raise write_error(path, e) from None
+    finally:
+        for tmp in temporaries.values():
+            with suppress(OSError):
+                tmp.unlink(missing_ok=True)  # written but not renamed: a failure or Ctrl-C part-way

@@ -66,8 +66,16 @@ def remove_stale_temporaries(out_dir: Path) -> None:
             tmp.unlink(missing_ok=True)
 
 
-def _lock(out_dir: Path):
-    """Hold `out_dir/.lock` (flock, released by the kernel when this process dies); refuse if another holds it."""
+TRAINING_BUSY = ("{folder} is in use by a run still training (pid {holder}); wait for it, stop it, "
+                 "or set training.output_dir=... to another folder")
+
+
+def lock_folder(out_dir: Path, busy: str = TRAINING_BUSY):
+    """Hold `out_dir/.lock` (flock, released by the kernel when this process dies); refuse if another holds it.
+
+    `busy` is the refusal, formatted with the folder and the holder's pid (compare.py has its own).
+    Returns the open file: closing it releases the lock.
+    """
     if fcntl is None:
         return None
     handle = open(out_dir / ".lock", "a+")
@@ -77,8 +85,7 @@ def _lock(out_dir: Path):
         handle.seek(0)
         holder = handle.read().strip() or "another process"
         handle.close()
-        raise OutputError(f"{out_dir} is in use by a run still training (pid {holder}); wait for it, stop it, "
-                          f"or set training.output_dir=... to another folder") from None
+        raise OutputError(busy.format(folder=out_dir, holder=holder)) from None
     handle.seek(0)
     handle.truncate()
     handle.write(str(os.getpid()))
@@ -104,7 +111,7 @@ def _refuse_or_clear(out_dir: Path, overwrite: bool) -> None:
 def claim(out_dir: Path, fresh: bool, overwrite: bool = False):
     """The folder is this run's until the block ends: writable, locked, and (if fresh) free of other results."""
     check_writable(out_dir)
-    handle = _lock(out_dir)
+    handle = lock_folder(out_dir)
     try:
         if fresh:
             _refuse_or_clear(out_dir, overwrite)

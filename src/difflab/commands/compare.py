@@ -6,7 +6,8 @@ each config's mean and spread over its seeds.
 Writes into results/: grid.png (a column per model, same noise, same digits),
 trajectories.png/.gif, fid_vs_steps.png, fid_vs_guidance.png, loss_curves.png,
 RESULTS.md and results.json. Every score is also kept in results/scores.json (src/difflab/score_cache.py):
-run again after a failure, and only what was not scored yet is sampled.
+run again after a failure, and only what was not scored yet is sampled. One comparison writes to an
+--out folder at a time: a second is refused, naming the first one's pid.
 
     python compare_models.py --publish results/results.json --as study
 
@@ -58,13 +59,19 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.publish and args.evaluations:
         usage("--publish or --evaluations, not both")
+    if args.publish or args.evaluations:
+        from difflab.report import check_name
+
+        try:  # a plain name: docs/results/<name>.json, never a path out of the repository ("../../x")
+            check_name(args.publish_as)
+        except ValueError as e:
+            usage(str(e))
     if args.evaluations:
         return publish(gather(args.evaluations), args.publish_as)
     if args.publish:
         return publish(Path(args.publish), args.publish_as)
 
-    from difflab.compare import run_comparison, seed_runs
-    from difflab.classifier import load_classifier
+    from difflab.compare import holding, seed_runs
 
     other_seeds = []
     if args.checkpoints:
@@ -78,11 +85,24 @@ def main(argv=None):
             fail(f"no checkpoints under {args.experiments}/*/checkpoints/")
     if args.n < 1 or args.sweep_n < 1:
         usage("--n and --sweep-n must be positive")
+    with holding(Path(args.out)):  # a second comparison into this folder is refused now, before any loading
+        return score(args, ckpts, other_seeds)
+
+
+def score(args, ckpts, other_seeds) -> int:
+    """Score the checkpoints and write the results (main, once the output folder is held)."""
+    from difflab.classifier import load_classifier
+    from difflab.compare import run_comparison
+
     print("comparing: " + ", ".join(str(c) for c in ckpts), file=sys.stderr)
     note = args.note or f"Machine: {platform.machine()}, {platform.processor() or 'cpu'}; N = {args.n} samples per model, seed {args.seed}."
     from difflab.checkpoint import load_checkpoint
 
-    datasets = {load_checkpoint(c)["config"].get("data", {}).get("dataset", "mnist") for c in ckpts}
+    def dataset(path) -> str:  # the config's full check comes when the pipelines load; here only its dataset
+        data = load_checkpoint(path)["config"].get("data")
+        return str(data.get("dataset", "mnist")) if isinstance(data, dict) else "mnist"
+
+    datasets = {dataset(c) for c in ckpts}
     if len(datasets) > 1:
         usage(f"these checkpoints were trained on different datasets ({', '.join(sorted(datasets))}): compare each apart")
     result = run_comparison(ckpts, Path(args.out), load_classifier(dataset=datasets.pop()), n=args.n, seed=args.seed,
@@ -111,7 +131,7 @@ def gather(pairs) -> dict:
             fail(f"--evaluations: {path}: no such file (write one with `evaluate.py ... --out {path}`)")
         try:
             labelled[label] = json.loads(Path(path).read_text())
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):  # RecursionError: nested past the parser's depth
             fail(f"--evaluations: {path} is not JSON")
     try:
         return gather_evaluations(labelled)
@@ -120,6 +140,7 @@ def gather(pairs) -> dict:
 
 
 def publish(results_json, name: str) -> int:
+    """Write docs/results/<name>.json and the blocks generated from it; a malformed results file changes nothing."""
     from difflab.report import publish as write_docs
 
     if not isinstance(results_json, dict) and not results_json.is_file():
@@ -128,7 +149,10 @@ def publish(results_json, name: str) -> int:
                 None)
     if root is None:
         fail("--publish writes the project's README.md and docs/: run it inside the difflab folder")
-    changed = write_docs(results_json, name, root)
+    try:
+        changed = write_docs(results_json, name, root)  # checks and renders everything before writing anything
+    except ValueError as e:
+        fail(f"{e}; no file was changed")
     print(f"wrote docs/results/{name}.json; regenerated blocks in: "
           + (", ".join(str(p.relative_to(root)) for p in changed) or "no page (none names it yet)"))
     return 0
