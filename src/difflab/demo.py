@@ -26,6 +26,7 @@ from .models import NULL_CLASS
 from .prompts import PromptError, parse, tokenize
 from .pipeline import Pipeline, sample_shape
 from .schedules import time_grid
+from .untrusted import shown
 from .visualize import grid_array, trajectory_frames
 
 # Limits that keep one request from occupying the server for minutes. The unit of work is one
@@ -40,6 +41,9 @@ GIF_IMAGES = 8  # and shows the first 8 images
 GIF_MS, GIF_HOLD = 80, 12  # each frame shows 80 ms; the finished images stay 12 frames longer
 STRIP_COLUMNS = 10
 START_NOISE = 0.9  # if the first step assumes less noise than this, the summary says why the result is noisy
+# The longest prompt the tokenizer takes is 15 words (prompts.MAX_TOKENS); 200 characters hold that with room
+# to spare. Checked before the words are read, so a 10 MB "prompt" is refused without being echoed back.
+MAX_PROMPT_CHARS = 200
 
 # One request samples at a time: the model is shared and the CPU is the bottleneck anyway,
 # so running two at once would only make both slower and their timings meaningless.
@@ -130,6 +134,12 @@ def _show(x: float) -> str:
     return str(int(x)) if math.isfinite(x) and x == int(x) else f"{x:g}"
 
 
+def _got(raw) -> str:
+    """What a request sent, for a message: 'nothing', or its repr shortened to one line (an API client
+    may send a 10 MB string, a list or a dict where a number or a name belongs)."""
+    return "nothing" if raw is None or (isinstance(raw, str) and not raw) else shown(raw, 60)
+
+
 def _number(raw, name: str, lo: float, hi: float, problems: list, whole: bool) -> Optional[float]:
     """`raw` as a number in [lo, hi]; a page or an API client may send None, text or 1e400."""
     kind = "a whole number" if whole else "a number"
@@ -139,7 +149,7 @@ def _number(raw, name: str, lo: float, hi: float, problems: list, whole: bool) -
     try:
         value = float(raw)
     except (TypeError, ValueError, OverflowError):
-        problems.append(f"{expected}, got {'nothing' if raw in (None, '') else repr(raw)}")
+        problems.append(f"{expected}, got {_got(raw)}")
         return None
     if not math.isfinite(value) or (whole and value != round(value)) or not lo <= value <= hi:
         problems.append(f"{expected}, got {_show(value)}")
@@ -148,8 +158,9 @@ def _number(raw, name: str, lo: float, hi: float, problems: list, whole: bool) -
 
 
 def _choice(raw, name: str, choices: Sequence[str], problems: list) -> Optional[str]:
-    if raw not in choices:
-        problems.append(f"{name}: expected one of {', '.join(choices)}, got {raw!r}")
+    """`raw` if it is one of `choices`. Text only: a list or a dict cannot be looked up in a dict's keys."""
+    if not isinstance(raw, str) or raw not in choices:
+        problems.append(f"{name}: expected one of {', '.join(choices)}, got {_got(raw)}")
         return None
     return raw
 
@@ -209,11 +220,14 @@ def check_request(models: dict, *, model, digit, cfg_scale, steps, sampler, seed
 
 
 def _prompt(raw, problems: list) -> str:
-    """The prompt box: empty, or words the tokenizer knows (difflab.prompts)."""
-    if raw in (None, ""):
+    """The prompt box: empty, or at most MAX_PROMPT_CHARS of words the tokenizer knows (difflab.prompts)."""
+    if raw is None or raw == "":
         return ""
     if not isinstance(raw, str):
-        problems.append(f"prompt: expected text, got {_show(raw)}")
+        problems.append(f"prompt: expected text, got {_got(raw)}")
+        return ""
+    if len(raw) > MAX_PROMPT_CHARS:
+        problems.append(f"prompt: expected at most {MAX_PROMPT_CHARS} characters, got {len(raw):,} ({_got(raw)})")
         return ""
     try:
         tokenize(raw)

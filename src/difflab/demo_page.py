@@ -10,24 +10,57 @@ student's machine instead of fetching web fonts. And it must keep what it shows 
   gets check_request's message instead of a traceback in Gradio's own conversion.
 
 Through the HTTP API, /generate returns the status and the first model's panel.
+
+The server has no password, so it opens no more than the page needs (see `Guard` and `serving`):
+- only the POST routes the page and the HTTP API use; uploads, recordings, streams and /monitoring are refused;
+- no request body over MAX_BODY bytes, nothing from another web site (Origin), and, on a loopback address,
+  nothing for another host name (a DNS-rebinding page);
+- at most MAX_WAITING requests wait in the queue, one samples at a time, and none skips the queue;
+- Gradio's files (the PNGs it serves) live in a folder of the demo's own: files older than
+  CACHE_CLEANUP[1] seconds are deleted, and the folder is removed when the server stops.
 """
 
 from __future__ import annotations
 
 import base64
+import ipaddress
 import os
+import shutil
+import signal
+import tempfile
+import threading
 import traceback
-from typing import Optional
+from contextlib import contextmanager
+from typing import Iterator, Optional
+from urllib.parse import urlsplit
 
-from .cli import UsageError
+from .cli import UsageError, fail
 from .samplers import SAMPLERS
 from .demo import (GIF_IMAGES, MAX_CFG, MAX_IMAGES, MAX_STEPS, MAX_WORK, DemoInputError, Panel, check_request,
                    evaluations_per_step, max_steps, model_defaults, plural, sample_panel)
 from .pipeline import Pipeline
+from .untrusted import shown
 
 # Set before Gradio is imported anywhere: no usage reports, no check for a newer version.
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+
+# What one client may ask of the server. The largest request the page sends (ten values and a prompt of at
+# most demo.MAX_PROMPT_CHARS) is under 2 KB; Gradio would otherwise read a body of any size into memory.
+MAX_BODY = 64 * 1024
+# Requests waiting for their turn (one samples at a time). The slowest request allowed (demo.MAX_WORK image
+# evaluations) takes about 35 s on a laptop CPU, so one client can queue at most (4 + 1) x 35 s, about
+# 3 minutes of work; the next request is told "Queue is full" (HTTP 503 through the API).
+MAX_WAITING = 4
+# (every, older than), in seconds: how often Gradio deletes the PNGs it wrote to serve, and how old they must
+# be. One request writes 2 or 4 PNGs (tens of KB); a page fetches them at once, and 5 minutes still leave
+# time to press a picture's download button.
+CACHE_CLEANUP = (60, 300)
+# Gradio's POST routes that the page uses (queue/join for sampling, run/ for its small unqueued updates, cancel,
+# reset) and the HTTP API's call/. The others (upload, process_recording, stream, component_server, vibe-edit,
+# run-history, the old api/, ...) take files or edit the app; they are refused before their body is read.
+POST_ROUTES = ("/gradio_api/queue/join", "/gradio_api/run/", "/gradio_api/cancel", "/gradio_api/reset",
+               "/gradio_api/call/")
 
 INTRO = """# difflab: watch diffusion happen
 Pick a digit and press **Generate**. Below the images, the *trajectory* shows one sample on its
@@ -38,7 +71,8 @@ guidance 1 (none) against 7.5, or two samplers with the same seed."""
 
 def steps_label(n_images, sampler) -> str:
     """'Steps (1-512 for 8 images)': the limit check_request applies, so the label promises no more."""
-    if not isinstance(n_images, (int, float)) or not 1 <= n_images <= MAX_IMAGES or sampler not in SAMPLERS:
+    if (not isinstance(n_images, (int, float)) or not 1 <= n_images <= MAX_IMAGES or not isinstance(sampler, str)
+            or sampler not in SAMPLERS):
         return f"Steps (1-{MAX_STEPS})"  # check_request will name the value that is wrong
     limit = max_steps(int(n_images), sampler)
     if limit == MAX_STEPS:
@@ -151,7 +185,7 @@ def build_app(models: dict[str, Pipeline]):
     theme = gr.themes.Default(font=["ui-sans-serif", "system-ui", "Segoe UI", "Roboto", "Arial", "sans-serif"],
                               font_mono=["ui-monospace", "Consolas", "DejaVu Sans Mono", "monospace"])
     on_generate, on_second = handlers(models)
-    with gr.Blocks(title="difflab demo", analytics_enabled=False) as app:
+    with gr.Blocks(title="difflab demo", analytics_enabled=False, delete_cache=CACHE_CLEANUP) as app:
         gr.Markdown(INTRO)
         # The model pickers get the page's width: names like 'unified_sd3_mmdit_flow/epoch 12' are long.
         with gr.Row(visible=len(names) > 1, equal_height=True):
@@ -171,11 +205,19 @@ def build_app(models: dict[str, Pipeline]):
                     with gr.Column(visible=False) as column_b:
                         outputs_b = _panel("Second model", "b")
         request = gr.State(None)  # the checked request, handed from the first panel's event to the second's
-        private = dict(api_visibility="private", queue=False, show_progress="hidden")
-        compare.change(lambda on: [gr.update(visible=on), gr.update(visible=on)], compare, [model_b, column_b],
-                       **private)
-        model.change(lambda name: [gr.update(value=v) for v in model_defaults(models[name]).values()], model,
-                     [c["sampler"], c["steps"], c["cfg_scale"]], **private)  # a model's own sampling when it is picked
+        # The page's own small updates. Raw values (preprocess=False) as for /generate: a client can call these
+        # too, and a list where a name belongs should change nothing rather than fail in Gradio's conversion.
+        private = dict(api_visibility="private", queue=False, show_progress="hidden", preprocess=False)
+        compare.change(lambda on: [gr.update(visible=on is True), gr.update(visible=on is True)], compare,
+                       [model_b, column_b], **private)
+
+        def own_sampling(name):
+            """A model's own sampler, steps and guidance when it is picked; nothing for a name it does not know."""
+            if not isinstance(name, str) or name not in models:
+                return [gr.skip()] * 3
+            return [gr.update(value=v) for v in model_defaults(models[name]).values()]
+
+        model.change(own_sampling, model, [c["sampler"], c["steps"], c["cfg_scale"]], **private)
         for control in (c["n_images"], c["sampler"]):  # the label follows the limit
             control.change(lambda n, s: gr.update(label=steps_label(n, s)), [c["n_images"], c["sampler"]], c["steps"],
                            **private)
@@ -187,8 +229,9 @@ def build_app(models: dict[str, Pipeline]):
                      preprocess=False, api_name="generate", **sampling
                      ).then(on_second, request, [status] + outputs_b, show_progress_on=[outputs_b[0]],
                             api_visibility="private", **sampling)
-    # Other tabs wait in Gradio's queue, and their pages show their place in it.
-    app.queue(max_size=64)
+    # Other tabs wait in Gradio's queue, and their pages show their place in it; past MAX_WAITING, "Queue is full".
+    # api_open=False: /generate only through the queue; Gradio's /run and /api routes would skip it.
+    app.queue(max_size=MAX_WAITING, api_open=False)
     return app, theme
 
 
@@ -201,16 +244,169 @@ def free_port(host: str) -> int:
         return s.getsockname()[1]
 
 
+def is_loopback(host: str) -> bool:
+    """Whether `host` is this machine only (127.0.0.1, ::1, localhost), not an address others can reach."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to any address
+        return False
+
+
+def refusal(scope: dict, loopback: bool) -> Optional[tuple[int, str]]:
+    """(HTTP status, reason) for a request the demo does not serve, or None for one it does.
+
+    A browser sends an Origin header with every cross-site POST. Another web site open in the student's
+    browser could otherwise run requests here (Gradio only withholds the answer from it, the work is done).
+    A page that points its own host name at 127.0.0.1 (DNS rebinding) sends a matching Origin, but its Host
+    header then names that site: on a loopback address, only loopback host names are served.
+    """
+    headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+    host, origin, path = headers.get("host", ""), headers.get("origin"), scope.get("path", "")
+    if loopback and not is_loopback(urlsplit(f"//{host}").hostname or ""):
+        return 403, f"refused: this demo serves only localhost, not Host {shown(host, 60)}"
+    if origin is not None and urlsplit(origin).netloc.lower() != host.lower():
+        return 403, f"refused: a request from another site (Origin {shown(origin, 60)})"
+    if path.startswith(("/monitoring", "/gradio_api/monitoring")):
+        return 404, "not found: monitoring is off"
+    if scope.get("method") == "POST" and not path.startswith(POST_ROUTES):
+        return 404, "not found: the demo takes no uploads and offers no such route"
+    length = headers.get("content-length", "0")
+    if "transfer-encoding" in headers:  # a body of unknown length: the page never sends one
+        return 411, "refused: send a Content-Length"
+    if not length.isdigit() or int(length) > MAX_BODY:
+        return 413, f"refused: a request body of at most {MAX_BODY} bytes"
+    return None
+
+
+def names_a_file(body: bytes) -> bool:
+    """Whether a JSON body holds a Gradio file reference ({"path": ..., "meta": {"_type": "gradio.FileData"}}).
+
+    The page sends none. Gradio would copy the file it names into its cache before the demo's own code
+    sees the value, or fail there with a traceback in the log (a path it does not allow, such as /etc/passwd).
+    The body is at most MAX_BODY bytes (checked first), so this walk is short.
+    """
+    import json
+
+    try:
+        stack = [json.loads(body)]
+    except (ValueError, RecursionError):  # not JSON: Gradio answers 400 itself
+        return False
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            meta = node.get("meta")
+            if isinstance(meta, dict) and meta.get("_type") == "gradio.FileData":
+                return True
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return False
+
+
+class Guard:
+    """ASGI middleware in front of Gradio's routes: answers `refusal`'s status for what the demo does not serve,
+    before any of the request's body is read; then refuses a body that names a file."""
+
+    def __init__(self, app, loopback: bool):
+        self.app, self.loopback = app, loopback
+
+    async def __call__(self, scope, receive, send):
+        refused = refusal(scope, self.loopback) if scope["type"] in ("http", "websocket") else None
+        if refused is None and scope["type"] == "http" and scope["method"] == "POST":
+            body, receive = await _read_body(receive)
+            if names_a_file(body):
+                refused = 422, "refused: the demo takes no files"
+        if refused is None:
+            return await self.app(scope, receive, send)
+        if scope["type"] == "websocket":  # closed before it is accepted: the browser sees HTTP 403
+            return await send({"type": "websocket.close", "code": 1008})
+        from starlette.responses import PlainTextResponse
+
+        await PlainTextResponse(refused[1], status_code=refused[0])(scope, receive, send)
+
+
+async def _read_body(receive):
+    """The whole body (at most MAX_BODY bytes: its Content-Length was checked), and a `receive` that hands it
+    on to Gradio as if it came from the client."""
+    chunks, more = [], True
+    while more:
+        message = await receive()
+        if message["type"] != "http.request":  # the client went away
+            return b"", receive
+        chunks.append(message.get("body", b""))
+        more = message.get("more_body", False)
+    body, sent = b"".join(chunks), False
+
+    async def replay():
+        nonlocal sent
+        if sent:
+            return await receive()
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return body, replay
+
+
+@contextmanager
+def serving(models: dict[str, Pipeline], host: str = "127.0.0.1", port: Optional[int] = None) -> Iterator[tuple]:
+    """Serve the page in the background: yields (Gradio app, URL); on leaving, stops the server and removes
+    the demo's temporary folder (every PNG Gradio wrote) with it."""
+    from starlette.middleware import Middleware
+
+    root = os.environ.get("GRADIO_TEMP_DIR") or tempfile.gettempdir()
+    try:
+        os.makedirs(root, exist_ok=True)
+        folder = tempfile.mkdtemp(prefix="difflab-demo-", dir=root)
+    except OSError as e:
+        fail(f"cannot create the demo's temporary folder in {root} ({e.strerror}); set GRADIO_TEMP_DIR to "
+             "a folder you can write")
+    before = os.environ.get("GRADIO_TEMP_DIR")
+    os.environ["GRADIO_TEMP_DIR"] = folder  # Gradio's components and its file route read it as they are made
+    try:
+        app, theme = build_app(models)
+        port = port or free_port(host)
+        try:
+            app.launch(server_name=host, server_port=port, theme=theme, quiet=True, share=False, show_error=False,
+                       ssr_mode=False, pwa=False, mcp_server=False, inbrowser=False, prevent_thread_lock=True,
+                       enable_monitoring=False, max_file_size="1kb",  # the page uploads nothing
+                       app_kwargs={"middleware": [Middleware(Guard, loopback=is_loopback(host))]})
+        except OSError:  # the port is taken, or the host is not an address of this machine
+            raise UsageError(f"cannot serve on {host}:{port}: the port is in use or the address is not this "
+                             "machine's (leave out --port for a free one)") from None
+        try:
+            yield app, f"http://{f'[{host}]' if ':' in host else host}:{port}/"
+        finally:
+            app.close(verbose=False)
+    finally:
+        if before is None:
+            os.environ.pop("GRADIO_TEMP_DIR", None)
+        else:
+            os.environ["GRADIO_TEMP_DIR"] = before
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _stop_on_sigterm() -> None:
+    """`kill` (SIGTERM) stops the server as Ctrl-C does, so its temporary folder is removed too."""
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, stop)
+
+
 def launch(models: dict[str, Pipeline], host: str = "127.0.0.1", port: Optional[int] = None) -> None:
     """Serve the page until Ctrl-C, printing its URL once it answers (scripts and tests wait for that line)."""
-    app, theme = build_app(models)
-    port = port or free_port(host)
-    try:
-        app.launch(server_name=host, server_port=port, theme=theme, quiet=True, share=False, show_error=False,
-                   ssr_mode=False, pwa=False, mcp_server=False, inbrowser=False, prevent_thread_lock=True)
-    except OSError:  # the port is taken, or the host is not an address of this machine
-        raise UsageError(f"cannot serve on {host}:{port}: the port is in use or the address is not this "
-                         "machine's (leave out --port for a free one)") from None
-    url = f"http://{f'[{host}]' if ':' in host else host}:{port}/"
-    print(f"difflab demo: {url} ({plural(len(models), 'model')}; Ctrl-C to stop)", flush=True)
-    app.block_thread()  # until Ctrl-C, which closes the server
+    _stop_on_sigterm()
+    with serving(models, host, port) as (app, url):
+        print(f"difflab demo: {url} ({plural(len(models), 'model')}; Ctrl-C to stop)", flush=True)
+        app.block_thread()  # until Ctrl-C, which closes the server
+
+
+def exposure_warning(host: str) -> str:
+    """One line for a host other machines can reach ('' for this machine only): the page has no password."""
+    if is_loopback(host):
+        return ""
+    return (f"warning: --host {host} serves the demo unauthenticated to every machine that can reach this one: "
+            "anyone there can run models on this computer; use 127.0.0.1 unless you trust the network")

@@ -7,6 +7,7 @@ Needs Gradio: pip install -r requirements-demo.txt
 """
 
 import argparse
+import sys
 from pathlib import Path
 
 
@@ -20,13 +21,14 @@ def main(argv=None):
     p.add_argument("--experiments", default=None, metavar="DIR",
                    help="offer the newest checkpoint of each run in DIR (e.g. experiments/)")
     p.add_argument("--host", default="127.0.0.1",
-                   help="address to serve on (default: this machine only; 0.0.0.0 opens it to your network)")
+                   help="address to serve on (default: this machine only; 0.0.0.0 opens it to your network, "
+                        "with no password)")
     p.add_argument("--port", type=int, default=None, help="port (default: a free one)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
     args = p.parse_args(argv)
 
     from difflab.demo import find_checkpoints, load_models
-    from difflab.demo_page import launch
+    from difflab.demo_page import exposure_warning, launch
 
     if args.port is not None and not 1 <= args.port <= 65535:
         usage(f"--port: expected a number from 1 to 65535, got {args.port}")
@@ -45,6 +47,8 @@ def main(argv=None):
         import gradio  # noqa: F401
     except ImportError:
         fail("the demo needs Gradio: pip install -r requirements-demo.txt")
+    if exposure_warning(args.host):  # the page has no password: say so before anyone else can reach it
+        print(exposure_warning(args.host), file=sys.stderr, flush=True)
     launch(models, host=args.host, port=args.port)
     return 0
 
