@@ -9,7 +9,6 @@ estimate such a run builds, loads the data, and dies at its first step with an a
 from __future__ import annotations
 
 import os
-import resource
 from typing import Optional
 
 import torch
@@ -159,6 +158,10 @@ def _cgroup_left() -> Optional[int]:
 
 def _address_space_left() -> Optional[int]:
     """What `ulimit -v` (RLIMIT_AS) leaves this process: allocations past it fail whatever the RAM."""
+    try:
+        import resource  # POSIX only: on Windows there is no such limit to read
+    except ImportError:
+        return None
     soft, _ = resource.getrlimit(resource.RLIMIT_AS)
     if soft == resource.RLIM_INFINITY:
         return None
