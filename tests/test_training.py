@@ -11,7 +11,7 @@ from conftest import tiny_config, tiny_data
 from difflab.checkpoint import CheckpointError, load_checkpoint
 from difflab.pipeline import Pipeline
 from difflab.optim import lr_at
-from difflab.training import Trainer
+from difflab.training import Trainer, diffusion_batch_loss
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -158,8 +158,12 @@ def test_min_snr_gamma_weights_the_loss_and_logs_the_plain_mse(tmp_path):
     x0, y = tiny_data(16)
     plain = Trainer(tiny_config(tmp_path), data=(x0, y), quiet=True)
     weighted = Trainer(tiny_config(tmp_path, training={"min_snr_gamma": 5.0}), data=(x0, y), quiet=True)
-    loss_p, per_p, t = plain.loss(x0, y)
-    loss_w, per_w, t_w = weighted.loss(x0, y)  # same seed: same t, noise and weights
+    def batch_loss(trainer):
+        return diffusion_batch_loss(x0, y, trainer.draws(), model=trainer.forward, path=trainer.path,
+                                    objective=trainer.objective, cfg=trainer.cfg)
+
+    loss_p, per_p, t = batch_loss(plain)
+    loss_w, per_w, t_w = batch_loss(weighted)  # same seed: same t, noise and weights
     loss_p, loss_w = loss_p.item(), loss_w.item()
     assert torch.equal(t, t_w) and torch.allclose(per_p, per_w)
     a, s = broadcast(plain.path.alpha(t), x0), broadcast(plain.path.sigma(t), x0)

@@ -69,8 +69,8 @@ def choices() -> dict:
     from .schedules import PATHS
 
     return {**_CHOICES,
-            ("model", "architecture"): (*MODELS, "vae"),
-            ("model", "pos_embed"): POS_EMBEDS,  # vae: latent diffusion's autoencoder (vae_training.py)
+            ("model", "architecture"): (*MODELS, "vae"),  # vae: latent diffusion's autoencoder, its own trainer
+            ("model", "pos_embed"): POS_EMBEDS,
             ("diffusion", "target"): tuple(OBJECTIVES),
             ("diffusion", "schedule"): tuple(PATHS),
             ("sampling", "sampler"): tuple(SAMPLERS)}

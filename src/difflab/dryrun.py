@@ -14,7 +14,9 @@ from typing import Optional
 import torch
 
 from .config import Config, ConfigError
+from .loop import trainer_name
 from .models import build_model, count_parameters
+from .models.vae import VAE
 from .validation import TRAIN_IMAGES
 
 # Per parameter, in fp32: the weights, their gradients, AdamW's two moments and the EMA copy.
@@ -37,7 +39,7 @@ def _on_meta(build):
 
 def _network(cfg: Config) -> tuple[torch.nn.Module, tuple[int, int, int], dict]:
     """(the network on the meta device, the (C, H, W) it trains on, what describe() adds about a VAE)."""
-    if cfg.model.architecture == "vae":  # latent diffusion's first stage: it trains on the pixels
+    if trainer_name(cfg) == "vae":  # latent diffusion's first stage: it trains on the pixels
         from .models.vae import build_vae
 
         return _on_meta(lambda: build_vae(cfg.model)), (1, 28, 28), {}
@@ -56,15 +58,12 @@ def describe(cfg: Config) -> dict:
     network = _network(cfg)
     model, _, extra = network
     memory = check_memory(cfg, network=network)
-    if cfg.model.architecture == "vae":
-        return {"config": cfg.name, "architecture": "vae", "target": "reconstruction",
-                "params": count_parameters(model), **memory}
     if getattr(model, "text", None) is not None:  # a model of prompts: its text encoder is counted in params
         extra["text_encoder_params"] = count_parameters(model.text)
     return {
         "config": cfg.name,
         "architecture": cfg.model.architecture,
-        "target": cfg.diffusion.target,
+        "target": "reconstruction" if isinstance(model, VAE) else cfg.diffusion.target,  # what it learns to output
         "params": count_parameters(model),
         **extra,
         **memory,
@@ -79,7 +78,7 @@ def training_batch(cfg: Config) -> int:
     b = cfg.training.batch_size
     if isinstance(b, int):
         return b
-    return cfg.training.max_batch_size if cfg.model.architecture == "vae" else AUTO_FIRST_BATCH
+    return cfg.training.max_batch_size if trainer_name(cfg) == "vae" else AUTO_FIRST_BATCH  # as VAETrainer does
 
 
 def activation_bytes(model: torch.nn.Module, cfg: Config, shape: tuple, batch: int) -> Optional[int]:
@@ -100,7 +99,7 @@ def activation_bytes(model: torch.nn.Module, cfg: Config, shape: tuple, batch: i
     try:
         with torch.device("meta"), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             x = torch.empty(batch, *shape)
-            if cfg.model.architecture == "vae":
+            if isinstance(model, VAE):  # an autoencoder reads the image alone
                 model(x)
             else:
                 prompt = cfg.model.conditioning == "prompt"

@@ -1,17 +1,18 @@
 """The one training loop: every trainer (diffusion, the VAE, distillation) runs through it.
 
-A trainer supplies its loss and little else:
+A trainer hands the loop its loss, a function of one batch and that batch's random draws,
 
-    class MyTrainer(TrainingLoop):
-        def compute_loss(self, x, y):     # one batch -> (the scalar to minimise, {name: tensor} to log)
-        def draw(self, tag):              # a picture of the model now (sample grid, reconstructions)
-        def extra_state(self): ...        # what its checkpoints hold beyond the common fields
+    loss(x, y, draws) -> (the scalar to minimise, {name: detached tensor} summed between log lines)
 
-and the loop owns everything a run needs around it, the same for all: the data order (epoch e's
-permutation comes from seed + e, so a resumed run sees the same batches), the learning-rate
-schedule, gradient clipping, EMA, non-finite losses (stop, or skip a few), logging to
-metrics.jsonl with a progress bar, atomic checkpoints every epoch, resume, Ctrl-C (saves
-last.pt and stops), and DDP across ranks.
+(prepare() takes it), and supplies little else: `draw(tag)`, a picture of the model now (sample grid,
+reconstructions), and `extra_state()`, what its checkpoints hold beyond the common fields. The loop
+owns everything a run needs around the loss, the same for all: the data order (epoch e's
+permutation comes from seed + e, so a resumed run sees the same batches), the random draws of each
+step and their share on each DDP rank (`Draws`), the learning-rate schedule, gradient clipping, EMA,
+non-finite losses (stop, or skip a few), logging to metrics.jsonl with a progress bar, atomic
+checkpoints every epoch, resume, Ctrl-C (saves last.pt and stops), and DDP across ranks.
+
+TRAINERS, at the end, names every trainer; train.py builds the one a config names (trainer_name).
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ import json
 import math
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from tqdm import tqdm
@@ -49,12 +51,52 @@ class NonFiniteLoss(RuntimeError):
     """The loss or the weights stopped being finite; nothing non-finite is saved."""
 
 
+@dataclass(frozen=True)
+class Draws:
+    """The random numbers of one step, drawn for the whole global batch; each call returns this rank's share.
+
+    Every rank draws the randomness of the whole global batch and keeps its slice, so a run is the
+    same for any number of ranks (and the generators stay in step for resume). A loss asks for its
+    draws here and so reads as its paper's algorithm, with DDP nowhere in it.
+    """
+
+    generator: torch.Generator
+    n: int  # the global batch: every rank's images together
+    mine: slice  # this rank's part of it
+    device: torch.device
+
+    def sliced(self, draw: Callable[[int, torch.Generator, torch.device], Tensor]) -> Tensor:
+        """draw(n, generator, device) for the whole global batch; this rank's rows of it."""
+        return draw(self.n, self.generator, self.device)[self.mine]
+
+    def randn(self, *shape: int) -> Tensor:
+        """N(0, I) noise of `shape` per sample: (B, *shape)."""
+        return self.sliced(lambda n, g, dev: torch.randn((n, *shape), generator=g, device=dev))
+
+    def rand(self) -> Tensor:
+        """One U[0, 1) number per sample: (B,)."""
+        return self.sliced(lambda n, g, dev: torch.rand(n, generator=g, device=dev))
+
+    def randint(self, high: int) -> Tensor:
+        """One integer uniform in {0, ..., high - 1} per sample: (B,)."""
+        return self.sliced(lambda n, g, dev: torch.randint(0, high, (n,), generator=g, device=dev))
+
+    def index(self) -> Tensor:
+        """Each sample's position in the global batch: (B,)."""
+        return self.sliced(lambda n, g, dev: torch.arange(n, device=dev))
+
+
+# A trainer's loss: one batch (x, y) and its draws -> (the loss to minimise, {name: detached tensor} to log).
+Loss = Callable[[Tensor, Tensor, Draws], tuple[Tensor, dict]]
+
+
 class TrainingLoop:
-    """Steps, logging, checkpoints and resume around a loss that a subclass supplies."""
+    """Steps, logging, checkpoints and resume around a loss that a trainer hands to prepare()."""
 
     ema: Optional[EMA] = None  # a trainer that keeps an EMA of its weights sets it in prepare()
     resume_sections = ("model",)  # config sections a checkpoint must share to be resumed
     resume_fields: dict = {}  # fields its checkpoints must hold beyond checkpoint.RESUME_FIELDS
+    pictures = "samples"  # the folder under the run's that draw() writes its pictures into
 
     def __init__(self, cfg: Config, device: Optional[torch.device] = None, quiet: bool = False,
                  dist: Optional[DistInfo] = None):
@@ -71,11 +113,11 @@ class TrainingLoop:
         self._perm = None  # (epoch, that epoch's permutation of the dataset)
         self.board = Board(None)  # TensorBoard, while fit() runs with training.tensorboard: true
 
-    def prepare(self, model: torch.nn.Module, data: tuple, batch_size: int, ema: bool = False) -> None:
-        """Once the subclass has built its model: the data, the optimiser and the run's length."""
+    def prepare(self, model: torch.nn.Module, data: tuple, batch_size: int, loss: Loss, ema: bool = False) -> None:
+        """Once the trainer has built its model: its loss, the data, the optimiser and the run's length."""
         t = self.cfg.training
         self.x, self.y = data[0].to(self.device), data[1].to(self.device)  # the dataset, drawn by index
-        self.model, self.params = model, count_parameters(model)
+        self.model, self.params, self.loss = model, count_parameters(model), loss
         self.ema = EMA(model, t.ema_decay) if ema else None
         self.opt = adamw(model, t)
         # batch_size is per rank; one step consumes world * batch_size images.
@@ -98,11 +140,7 @@ class TrainingLoop:
             compile_ = self.device.type == "cuda"  # measured: on the CPU compile does not pay off here
         return torch.compile(model) if compile_ else model
 
-    # ------------------------------------------------------------------ what a trainer supplies
-
-    def compute_loss(self, x: Tensor, y: Tensor) -> tuple[Tensor, dict]:
-        """One batch -> (the loss to minimise, {name: detached tensor} summed between log lines)."""
-        raise NotImplementedError
+    # ------------------------------------------------------------------ what a trainer may change
 
     def summarise(self, sums: dict, n: int) -> dict:
         """The log record's own fields from the logged tensors summed over `n` good steps."""
@@ -112,6 +150,10 @@ class TrainingLoop:
         """What the progress bar shows after each log line."""
         loss = record.get("loss")
         return {"loss": "skipped" if loss is None else f"{loss:.4f}"}
+
+    def what(self) -> str:
+        """What is trained, for the line a run starts with."""
+        return type(self).__name__
 
     def draw(self, tag: str) -> Optional[Path]:
         """A picture of the model now, once an epoch (or every training.sample_every steps); its PNG."""
@@ -139,13 +181,18 @@ class TrainingLoop:
         idx = self._perm[1][start : start + self.batch_size]
         return self.x[idx], self.y[idx]
 
+    def draws(self) -> Draws:
+        """The next step's random numbers from the run's noise generator: this rank's share of the global batch's."""
+        mine = slice(self.dist.rank * self.batch_size, (self.dist.rank + 1) * self.batch_size)
+        return Draws(self.noise_gen, self.global_batch, mine, self.device)
+
     def train_step(self, step: int) -> Optional[dict]:
         """One AdamW step; the tensors to log, or None for a non-finite step that was skipped."""
         tc = self.cfg.training
         for group in self.opt.param_groups:
             group["lr"] = lr_at(step, tc.lr, tc.warmup_steps, self.total_steps) * group.get("lr_scale", 1.0)
         self.model.train()
-        loss, logged = self.compute_loss(*self.batch(step))
+        loss, logged = self.loss(*self.batch(step), self.draws())
         if tc.on_nonfinite == "skip" or self.device.type != "cuda":
             # On the CPU this check is free; on a GPU it costs a synchronisation, so there it
             # happens only in "skip" mode (and in "stop" mode at each log step, in fit()).
@@ -339,3 +386,49 @@ class TrainingLoop:
         self.elapsed = float(state.get("seconds") or 0.0)
         set_rng_state(self.noise_gen, state["noise_rng"], path)
         self.load_extra_state(state, path)
+
+
+# ---------------------------------------------------------------------- the trainers
+
+
+def _diffusion(cfg: Config) -> TrainingLoop:
+    from .training import Trainer
+
+    return Trainer(cfg)
+
+
+def _consistency(cfg: Config) -> TrainingLoop:
+    from .fewstep import ConsistencyTrainer
+
+    return ConsistencyTrainer(cfg)
+
+
+def _shortcut(cfg: Config) -> TrainingLoop:
+    from .fewstep import ShortcutTrainer
+
+    return ShortcutTrainer(cfg)
+
+
+def _vae(cfg: Config) -> TrainingLoop:
+    from .vae_training import VAETrainer
+
+    return VAETrainer(cfg)
+
+
+# The one registry of trainers: name -> builder(cfg). Each is this loop with its own loss:
+TRAINERS = {
+    "diffusion": _diffusion,  # Ho et al. 2020, Algorithm 1, for every objective (training.py)
+    "consistency_distillation": _consistency,  # Song et al. 2023, Algorithm 2 (fewstep.py)
+    "consistency_training": _consistency,  # Song et al. 2023, Algorithm 3 (fewstep.py)
+    "shortcut": _shortcut,  # Frans et al. 2024 (fewstep.py)
+    "vae": _vae,  # latent diffusion's autoencoder, the negative ELBO (vae_training.py)
+}
+
+
+def trainer_name(cfg: Config) -> str:
+    """The TRAINERS key of a config: fewstep.method names a few-step trainer (none: plain diffusion),
+    and latent diffusion's autoencoder is named by its model, `architecture: vae`, as its configs and
+    checkpoints have always said; this is the one place that reads that name to choose a trainer."""
+    if cfg.model.architecture == "vae":
+        return "vae"
+    return "diffusion" if cfg.fewstep.method == "none" else cfg.fewstep.method

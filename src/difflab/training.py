@@ -1,21 +1,24 @@
-"""Training a diffusion model: `Trainer` supplies the loss, loop.TrainingLoop does the rest.
+"""Training a diffusion model: `Trainer` hands the loop (loop.TrainingLoop) its loss, the loop does the rest.
 
 The loss is the same for every objective (Ho et al. 2020, Algorithm 1, generalised;
-objectives.diffusion_loss): draw t, noise x0 into x_t = alpha(t) x0 + sigma(t) eps, and
-regress the model's output on the objective's target with a mean squared error.
+`diffusion_batch_loss` below and objectives.diffusion_loss): draw t, noise x0 into
+x_t = alpha(t) x0 + sigma(t) eps, and regress the model's output on the objective's target
+with a mean squared error.
 """
 
 from __future__ import annotations
 
 from contextlib import nullcontext
+from functools import partial
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
 from .config import Config, ConfigError
 from .distributed import DistInfo
 from .loop import DIVERGED_LOSS, NonFiniteLoss, TrainingLoop  # noqa: F401 (the names tests and callers use)
+from .loop import Draws, Loss
 from .models import build_model
 from .models.text import drop_condition
 from .objectives import build_objective, diffusion_loss
@@ -25,6 +28,38 @@ from .speed import choose_batch_size
 from .visualize import save_grid
 
 T_BINS = 10  # the loss is also logged per tenth of [0, 1] in t (minRF's habit)
+
+Tensor = torch.Tensor
+
+
+def diffusion_batch_loss(x0: Tensor, y: Tensor, draws: Draws, *, model: Callable, path, objective,
+                         cfg: Config) -> tuple[Tensor, Tensor, Tensor]:
+    """One step of Ho et al. 2020, Algorithm 1, for any path and objective: (loss, per-sample squared error, t).
+
+    Algorithm 1: x0 ~ q(x0) (the batch), t ~ Uniform({1..T}) (here diffusion.t_sampling), eps ~ N(0, I),
+    then a gradient step on the squared error (objectives.diffusion_loss). Labels are dropped at
+    training.cfg_dropout_prob so that one network is also the unconditional model of guidance.
+    """
+    t = draws.sliced(partial(sample_training_t, cfg.diffusion))  # (B,)
+    eps = draws.randn(*x0.shape[1:])
+    # Label dropout for classifier-free guidance (Ho & Salimans 2022, Algorithm 1).
+    y = drop_condition(y, draws.rand() < cfg.training.cfg_dropout_prob)  # the null class, or the empty prompt
+    loss, per_sample = diffusion_loss(model, path, objective, x0, y, t, eps, cfg.training.min_snr_gamma)
+    return loss, per_sample, t
+
+
+def logged_by_t(batch_loss: Callable[[Tensor, Tensor, Draws], tuple[Tensor, Tensor, Tensor]]) -> Loss:
+    """A loss that returns (loss, per-sample loss, t) as the loop's loss: the log keeps the loss and
+    the per-sample loss summed per tenth of t, so the log shows which noise levels are hard."""
+
+    def loss(x0: Tensor, y: Tensor, draws: Draws) -> tuple[Tensor, dict]:
+        value, per_sample, t = batch_loss(x0, y, draws)
+        bins = (t * T_BINS).long().clamp(max=T_BINS - 1)
+        zeros = torch.zeros(T_BINS, device=t.device)
+        return value, {"loss": value.detach(), "t_sum": zeros.scatter_add(0, bins, per_sample),
+                       "t_count": zeros.scatter_add(0, bins, torch.ones_like(per_sample))}
+
+    return loss
 
 
 class Trainer(TrainingLoop):
@@ -62,7 +97,8 @@ class Trainer(TrainingLoop):
             raise ConfigError(f"training.batch_size: at most the {len(x):,} training images (a batch is drawn from "
                               f"them), got {batch_size}" + (f" x {world} ranks" if world > 1 else ""))
         self.train_model = self.wrap(model)
-        self.prepare(model, data, batch_size, ema=True)
+        loss = partial(diffusion_batch_loss, model=self.forward, path=self.path, objective=self.objective, cfg=cfg)
+        self.prepare(model, data, batch_size, logged_by_t(loss), ema=True)
 
     def _autocast_context(self):
         """bf16 autocast (training.precision): matmuls in bfloat16, weights and loss in fp32."""
@@ -77,32 +113,6 @@ class Trainer(TrainingLoop):
         with self.autocast():
             return self.train_model(x_t, t, y, **kwargs)
 
-    def loss(self, x0: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(loss, per-sample squared error, t) of one batch."""
-        # Every rank draws the randomness of the whole global batch and keeps its slice, so the
-        # run is the same for any number of ranks (and the generators stay in step for resume).
-        g, n = self.noise_gen, self.global_batch
-        mine = slice(self.dist.rank * self.batch_size, (self.dist.rank + 1) * self.batch_size)
-        t = sample_training_t(self.cfg.diffusion, n, g, self.device)[mine]  # (B,)
-        eps = torch.randn((n, *x0.shape[1:]), generator=g, device=self.device)[mine]
-        # Label dropout for classifier-free guidance (Ho & Salimans 2022, Algorithm 1).
-        drop = (torch.rand(n, generator=g, device=self.device) < self.cfg.training.cfg_dropout_prob)[mine]
-        y = drop_condition(y, drop)  # the null class, or the empty prompt
-        loss, per_sample = diffusion_loss(self.forward, self.path, self.objective, x0, y, t, eps,
-                                          self.cfg.training.min_snr_gamma)
-        return loss, per_sample, t
-
-    def compute_loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        loss, per_sample, t = self.loss(x, y)
-        return loss, self.logged(loss, per_sample, t)
-
-    def logged(self, loss: torch.Tensor, per_sample: torch.Tensor, t: torch.Tensor) -> dict:
-        """What a step adds to the log: the loss, and the per-sample loss summed per tenth of t."""
-        bins = (t * T_BINS).long().clamp(max=T_BINS - 1)
-        zeros = torch.zeros(T_BINS, device=self.device)
-        return {"loss": loss.detach(), "t_sum": zeros.scatter_add(0, bins, per_sample),
-                "t_count": zeros.scatter_add(0, bins, torch.ones_like(per_sample))}
-
     def summarise(self, sums: dict, n: int) -> dict:
         by_t = [v / c if c > 0 else None for v, c in zip(sums["t_sum"].tolist(), sums["t_count"].tolist())] \
             if n else [None] * T_BINS
@@ -110,6 +120,14 @@ class Trainer(TrainingLoop):
                 "loss_by_t": [None if v is None else round(v, 5) for v in by_t]}
 
     # ------------------------------------------------------------------ outputs
+
+    def what(self) -> str:
+        """What is trained, for the line a run starts with: the target, and a few-step method with its teacher."""
+        cfg, fs = self.cfg, self.cfg.fewstep
+        what = f"target {cfg.diffusion.target}"
+        if fs.method != "none":
+            what += f", {fs.method.replace('_', ' ')}" + (f" of {fs.teacher}" if fs.teacher else "")
+        return what
 
     def pipeline(self) -> Pipeline:
         """The EMA model as a sampling pipeline."""
@@ -121,7 +139,7 @@ class Trainer(TrainingLoop):
         pipe = self.pipeline()
         labels = pipe.default_labels(range(10), self.cfg.sampling.n_per_class)
         result = pipe.generate(labels, seed=self.cfg.training.seed)
-        return save_grid(result.images, self.out_dir / "samples" / f"{tag}.png", nrow=self.cfg.sampling.n_per_class)
+        return save_grid(result.images, self.out_dir / self.pictures / f"{tag}.png", nrow=self.cfg.sampling.n_per_class)
 
     def draw(self, tag: str) -> Optional[Path]:
         return self.save_samples(tag)

@@ -10,12 +10,13 @@ the squared error alone is enough. Every checkpoint also stores the latent scale
 factor, 1 / std of the training latents (Rombach et al. 2022, Sec. 4.3.2), so the
 diffusion stage sees unit-variance inputs.
 
-`VAETrainer` runs through the same loop as the diffusion models (loop.TrainingLoop).
+`VAETrainer` hands `vae_loss` to the same loop as the diffusion models (loop.TrainingLoop).
 """
 
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 from typing import Optional
 
@@ -25,7 +26,7 @@ from .config import Config, ConfigError
 from .data import load_split
 from .distributed import DistInfo, init_distributed
 from .latent import vae_training_config
-from .loop import TrainingLoop
+from .loop import Draws, TrainingLoop
 from .models.vae import VAE, build_vae, kl_divergence
 from .visualize import save_grid
 
@@ -55,10 +56,24 @@ def measure_scale_factor(vae: VAE, x: torch.Tensor, batch_size: int = 500) -> fl
     return 1.0 / torch.cat(means).double().std().item()
 
 
+def vae_loss(x: torch.Tensor, y: torch.Tensor, draws: Draws, *, model: VAE,
+             kl_weight: float) -> tuple[torch.Tensor, dict]:
+    """One step of Kingma & Welling 2014, Algorithm 1 (AEVB): the negative ELBO, with a small KL weight
+    (Rombach et al. 2022, Sec. 3.1); the log keeps both of its terms."""
+    # z = mean + sigma * eps, eps ~ N(0, I): the reparameterisation trick (Eq. 10), inside model.forward.
+    # The VAE trains in one process, so the step's generator draws exactly this batch's noise.
+    x_hat, mean, logvar = model(x, generator=draws.generator)
+    recon = (x_hat - x).pow(2).mean()  # a Gaussian likelihood, up to constants
+    kl = kl_divergence(mean, logvar).mean()
+    loss = recon + kl_weight * kl
+    return loss, {"loss": loss.detach(), "recon": recon.detach(), "kl": kl.detach()}
+
+
 class VAETrainer(TrainingLoop):
     """The VAE, its optimiser and data; `fit()` (loop.py) trains it. One process: no DDP, no EMA."""
 
     resume_fields = {"scale_factor": float}
+    pictures = "reconstructions"  # originals above their reconstructions (draw())
 
     def __init__(self, cfg: Config, data: Optional[tuple] = None, test_data: Optional[tuple] = None,
                  device: Optional[torch.device] = None, quiet: bool = False):
@@ -75,18 +90,11 @@ class VAETrainer(TrainingLoop):
         self.x_test, self.y_test = test_data if test_data is not None else data  # given data only: judge on it
         torch.manual_seed(t.seed)  # the initial weights
         model = build_vae(cfg.model, in_channels=data[0].shape[1], image_size=data[0].shape[2]).to(self.device)
-        self.prepare(model, data, t.batch_size if isinstance(t.batch_size, int) else t.max_batch_size)
+        loss = partial(vae_loss, model=model, kl_weight=cfg.model.kl_weight)
+        self.prepare(model, data, t.batch_size if isinstance(t.batch_size, int) else t.max_batch_size, loss)
         self.final: dict = {}
 
-    # ------------------------------------------------------------------ the loss
-
-    def compute_loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        """The negative ELBO with a small KL weight; the log keeps both of its terms."""
-        x_hat, mean, logvar = self.model(x, generator=self.noise_gen)
-        recon = (x_hat - x).pow(2).mean()  # a Gaussian likelihood, up to constants
-        kl = kl_divergence(mean, logvar).mean()
-        loss = recon + self.cfg.model.kl_weight * kl
-        return loss, {"loss": loss.detach(), "recon": recon.detach(), "kl": kl.detach()}
+    # ------------------------------------------------------------------ the log
 
     def summarise(self, sums: dict, n: int) -> dict:
         record = super().summarise(sums, n)
@@ -111,7 +119,11 @@ class VAETrainer(TrainingLoop):
         x = self.x_test[idx]
         self.model.eval()
         pairs = torch.cat([x.cpu(), reconstruct(self.model, x)])  # (2n, 1, 28, 28): originals, then reconstructions
-        return save_grid(pairs, self.out_dir / "reconstructions" / f"{tag}.png", nrow=len(idx))
+        return save_grid(pairs, self.out_dir / self.pictures / f"{tag}.png", nrow=len(idx))
+
+    def what(self) -> str:
+        """What is trained, for the line a run starts with."""
+        return "an autoencoder"
 
     def finish(self) -> None:
         if not self.final:

@@ -9,28 +9,17 @@ from difflab.cli import usage
 
 
 def make_trainer(cfg):
-    """The trainer of a config; all run through the one loop (loop.py), each with its own loss."""
-    if cfg.model.architecture == "vae":  # latent diffusion's first stage: src/difflab/vae_training.py
-        from difflab.vae_training import VAETrainer
+    """The trainer of a config (loop.TRAINERS): all run through the one loop (loop.py), each with its own loss."""
+    from difflab.loop import TRAINERS, trainer_name
 
-        return VAETrainer(cfg)
-    if cfg.fewstep.method != "none":  # few-step models: src/difflab/fewstep.py
-        from difflab.fewstep import ConsistencyTrainer, ShortcutTrainer
-
-        return (ShortcutTrainer if cfg.fewstep.method == "shortcut" else ConsistencyTrainer)(cfg)
-    from difflab.training import Trainer
-
-    return Trainer(cfg)
+    return TRAINERS[trainer_name(cfg)](cfg)
 
 
 def start_line(trainer) -> str:
     """The line a run starts with: what trains, how big, how long, where it writes."""
     cfg = trainer.cfg
     ranks = f" x {trainer.dist.world} ranks" if trainer.dist.enabled else ""
-    what = "an autoencoder" if cfg.model.architecture == "vae" else f"target {cfg.diffusion.target}"
-    if cfg.fewstep.method != "none":
-        what += f", {cfg.fewstep.method.replace('_', ' ')}" + (f" of {cfg.fewstep.teacher}" if cfg.fewstep.teacher else "")
-    return (f"training {cfg.name}: {cfg.model.architecture}, {what}, {trainer.params:,} parameters, "
+    return (f"training {cfg.name}: {cfg.model.architecture}, {trainer.what()}, {trainer.params:,} parameters, "
             f"{trainer.total_steps} steps of {trainer.batch_size}{ranks} on {trainer.device}; writing to {trainer.out_dir}")
 
 
@@ -81,7 +70,7 @@ def main(argv=None):
               f"resume with: {resume}", file=sys.stderr)
         return 130
     if trainer.dist.is_main:
-        pictures = "reconstructions" if cfg.model.architecture == "vae" else "samples"
+        pictures = trainer.pictures
         print(f"done: checkpoints in {trainer.out_dir / 'checkpoints'}, {pictures} in {trainer.out_dir / pictures}")
     return 0
 
