@@ -1,11 +1,15 @@
 """Consistency models (fewstep.py): the boundary condition, the teacher's step, the sampler, the checks, resume."""
 
+from functools import partial
+
 import pytest
 import torch
 
 from conftest import tiny_config, tiny_data
 from difflab.config import ConfigError, DiffusionConfig, config_from_dict
-from difflab.fewstep import ConsistencyTrainer, ShortcutTrainer, pseudo_huber
+from difflab import fewstep
+from difflab.fewstep import (ConsistencyTrainer, ShortcutTrainer, consistency_loss, pseudo_huber, shortcut_loss,
+                             two_jumps)
 from difflab.guidance import make_denoiser
 from difflab.pipeline import Pipeline
 from difflab.samplers import sample_consistency, sample_ddim
@@ -68,7 +72,9 @@ def test_consistency_training_targets_x0_itself_at_the_first_grid_step(tmp_path)
     trainer = ConsistencyTrainer(cfg, data=tiny_data(64), quiet=True)
     x0, y = tiny_data(16)  # one batch
     with torch.no_grad():  # with N = 1 every pair is (t, s) = (1, 0): the loss is ||f(x_1, 1) - x0||
-        _, per_sample, t = trainer.loss(x0, y)
+        f = partial(trainer.consistency, trainer.model)
+        _, per_sample, t = consistency_loss(x0, y, trainer.draws(), f=f, f_target=f, teacher_step=None,
+                                            path=trainer.path, steps=1, huber_c=trainer.huber_c)
     assert (t == 1).all()
     trainer.noise_gen.manual_seed(cfg.training.seed + 1)  # the same draws again, to rebuild x_1
     torch.randint(0, 1, (16,), generator=trainer.noise_gen)
@@ -153,15 +159,14 @@ def test_two_jumps_of_d_follow_a_straight_path_exactly(tmp_path):
         asked.append(d.clone())
         return (x_t - x0) / (t / 1000).view(-1, 1, 1, 1)
 
-    trainer.forward = exact
     t, d = torch.tensor([1.0, 0.5, 0.25]), torch.tensor([0.5, 0.125, 0.125])
     x_t = x0 + t.view(-1, 1, 1, 1) * torch.randn(3, 1, 28, 28)  # (1 - t) x0 + t eps, rearranged
-    target = trainer.two_jumps(x_t, t, torch.arange(3), d)
+    target = two_jumps(exact, x_t, t, torch.arange(3), d, trainer.cfg.fewstep.steps)
     torch.testing.assert_close(target, (x_t - x0) / t.view(-1, 1, 1, 1))
     assert asked[0].tolist() == [500.0, 0.0, 0.0]  # the smallest jump (1/8) asks the flow itself, d = 0
 
 
-def test_the_shortcut_quarter_of_a_batch_jumps_2d_from_a_time_on_that_grid(tmp_path):
+def test_the_shortcut_quarter_of_a_batch_jumps_2d_from_a_time_on_that_grid(tmp_path, monkeypatch):
     trainer = ShortcutTrainer(shortcut_config(tmp_path), data=tiny_data(32), quiet=True)
     seen = {}
 
@@ -169,12 +174,13 @@ def test_the_shortcut_quarter_of_a_batch_jumps_2d_from_a_time_on_that_grid(tmp_p
         seen.update(t=t / 1000, d=d / 1000, y=y)
         return torch.zeros_like(x_t)
 
-    trainer.forward = record
-    trainer.two_jumps = lambda x_t, t, y, d: torch.zeros_like(x_t)
+    monkeypatch.setattr(fewstep, "two_jumps", lambda model, x_t, t, y, d, steps: torch.zeros_like(x_t))
     x0, y = tiny_data(16)
-    trainer.loss(x0, y)
+    cfg = trainer.cfg
+    shortcut_loss(x0, y, trainer.draws(), model=record, diffusion=cfg.diffusion, steps=cfg.fewstep.steps,
+                  cfg_dropout_prob=cfg.training.cfg_dropout_prob)
     jump, t = seen["d"], seen["t"]
-    m = int(16 * trainer.SELF_CONSISTENT_SHARE)
+    m = int(16 * fewstep.SELF_CONSISTENT_SHARE)
     assert (jump[m:] == 0).all() and (jump[:m] > 0).all()  # flow matching, then shortcuts
     assert set(jump[:m].tolist()) <= {2 ** k / 8 for k in range(1, 4)}  # 2d for d = 1/8 ... 1/2
     assert (t[:m] >= jump[:m] - 1e-6).all()  # the jump stays inside [0, 1]

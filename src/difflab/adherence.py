@@ -75,19 +75,14 @@ def prompt_adherence(pipe, classifier, per_prompt: int = 20, seed: int = 0, data
                      batch_size: Optional[int] = None, *, sampler: Optional[str] = None, steps: Optional[int] = None,
                      cfg_scale: Optional[float] = None, progress: bool = False) -> dict:
     """Sample every held-out prompt per_prompt times and score what was drawn against what was asked.
-    Unset sampler, steps and cfg_scale are the config's (evaluate.py passes the ones it scored FID with)."""
-    from .pipeline import sampling_batch_size
-
+    Unset sampler, steps, cfg_scale and batch_size are resolved by Pipeline.settings (the config's;
+    evaluate.py passes the ones it scored FID with)."""
     data = training_prompt_set(data_dir)
     asks = held_out_prompts(data)
     texts = [a["text"] for a in asks for _ in range(per_prompt)]
     digits = torch.tensor([a["digit"] for a in asks for _ in range(per_prompt)])
-    s = pipe.cfg.sampling
-    images = generate_with_bar(
-        pipe, pipe.prompts(texts), sampler=sampler or s.sampler, steps=steps or s.steps,
-        cfg_scale=s.cfg_scale if cfg_scale is None else cfg_scale, seed=seed,
-        batch_size=batch_size or sampling_batch_size(pipe.device, pipe.cfg.model.architecture), progress=progress,
-    ).images  # fmt: skip
+    run = pipe.settings(sampler, steps, cfg_scale, batch_size)
+    images = generate_with_bar(pipe, pipe.prompts(texts), run, seed=seed, progress=progress).images
     accuracy, _ = conditional_accuracy(classifier, images, digits)
     measured = data.thresholds.bin(attributes.measure(tensor_to_uint8(images)), digits.numpy())
     result = {"prompts": len(asks), "per_prompt": per_prompt, "accuracy": accuracy, "attributes": {}}

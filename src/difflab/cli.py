@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import math
 import sys
 
 from .checkpoint import CheckpointError
 from .config import ConfigError
 from .data import DataError
 from .outputs import OutputError
-from .pipeline import MAX_STEPS
 from .training import NonFiniteLoss
+from .validation import MAX_STEPS, cfg_scale_ok, steps_ok
 
 
 class UsageError(RuntimeError):
@@ -55,11 +54,27 @@ def run_main(main) -> int:
         return 130
 
 
+def check_sampling_args(args) -> None:
+    """--sampler, --batch-size, --steps and --cfg-scale, as sample.py and evaluate.py take them (exit code 2)."""
+    from .samplers import SAMPLERS
+
+    if args.sampler is not None and args.sampler not in SAMPLERS:
+        usage(f"--sampler: expected one of {', '.join(SAMPLERS)}, got {args.sampler!r}")
+    if args.batch_size is not None and args.batch_size < 1:
+        usage("--batch-size: expected a positive integer")
+    check_steps(args.steps, "--steps")
+    check_cfg_scale(args.cfg_scale)
+
+
 def check_steps(steps, where: str = "--steps") -> None:
-    """At most MAX_STEPS: beyond the training's 1000 steps sampling only gets slower (exit code 2)."""
-    if steps is not None and steps > MAX_STEPS:
-        usage(f"{where}: at most {MAX_STEPS} steps (the 1000-step discretisation the model was trained on; "
-              f"more only take longer), got {steps}")
+    """Sampling steps by validation.steps_ok, 1 to MAX_STEPS: beyond the training's 1000 steps sampling only
+    gets slower (exit code 2). `where` names the value: --steps, or the checkpoint's sampling.steps."""
+    if steps is None or steps_ok(steps):
+        return
+    if steps < 1:
+        usage(f"{where}: expected a positive integer")
+    usage(f"{where}: at most {MAX_STEPS} steps (the 1000-step discretisation the model was trained on; "
+          f"more only take longer), got {steps}")
 
 
 def check_at_most(value, limit: int, where: str, why: str) -> None:
@@ -69,9 +84,8 @@ def check_at_most(value, limit: int, where: str, why: str) -> None:
 
 
 def check_cfg_scale(scale) -> None:
-    """A finite guidance scale >= 0. `nan < 0` is False, so a range check alone lets NaN through
-    (and all-black images out): test finiteness first."""
-    if scale is not None and not (math.isfinite(scale) and scale >= 0):
+    """--cfg-scale by validation.cfg_scale_ok: a finite number >= 0 (exit code 2)."""
+    if scale is not None and not cfg_scale_ok(scale):
         usage(f"--cfg-scale: expected a finite number >= 0, got {scale}")
 
 

@@ -27,15 +27,16 @@ from .prompts import PromptError, parse, tokenize
 from .pipeline import Pipeline, sample_shape
 from .schedules import time_grid
 from .untrusted import shown
+from .validation import MAX_STEPS, cfg_scale_ok, steps_ok
 from .visualize import grid_array, trajectory_frames
 
-# Limits that keep one request from occupying the server for minutes. The unit of work is one
-# image through the model once: images x steps, doubled for Heun (two evaluations a step).
-MAX_STEPS = 1000
+# Limits that keep one request from occupying the server for minutes (steps: validation.MAX_STEPS, as for
+# the commands). The unit of work is one image through the model once: images x steps, doubled for Heun
+# (two evaluations a step).
 MAX_IMAGES = 64
 MAX_WORK = 4096  # e.g. 4 images x 1000 steps (DDPM), or 64 images x 64 steps
 MAX_SEED = 2**31 - 1
-MAX_CFG = 20.0
+MAX_CFG = 20.0  # the slider's end; the rule for a guidance scale is validation.cfg_scale_ok's
 GIF_FRAMES = 40  # the animation keeps at most this many steps (1000 frames would be megabytes)
 GIF_IMAGES = 8  # and shows the first 8 images
 GIF_MS, GIF_HOLD = 80, 12  # each frame shows 80 ms; the finished images stay 12 frames longer
@@ -120,10 +121,11 @@ def load_models(paths: Sequence[Path], device: str = "auto") -> dict[str, Pipeli
 
 
 def model_defaults(pipe: Pipeline) -> dict:
-    """How the model's own config samples: what the controls show when it is picked (a few-step
-    model's 2 consistency steps without guidance, SD3's 50 Euler steps at guidance 1.5, ...)."""
-    s = pipe.cfg.sampling
-    return {"sampler": s.sampler, "steps": min(s.steps, MAX_STEPS), "cfg_scale": min(s.cfg_scale, MAX_CFG)}
+    """How the model samples when nothing is asked (Pipeline.settings): what the controls show when it
+    is picked (a few-step model's 2 consistency steps without guidance, SD3's 50 Euler steps at guidance
+    1.5, ...), within what the page accepts."""
+    run = pipe.settings()
+    return {"sampler": run.sampler, "steps": min(run.steps, MAX_STEPS), "cfg_scale": min(run.cfg_scale, MAX_CFG)}
 
 
 # --- checking what a request asks for -------------------------------------------------------
@@ -140,8 +142,10 @@ def _got(raw) -> str:
     return "nothing" if raw is None or (isinstance(raw, str) and not raw) else shown(raw, 60)
 
 
-def _number(raw, name: str, lo: float, hi: float, problems: list, whole: bool) -> Optional[float]:
-    """`raw` as a number in [lo, hi]; a page or an API client may send None, text or 1e400."""
+def _number(raw, name: str, lo: float, hi: float, problems: list, whole: bool,
+            ok: Optional[Callable[[float], bool]] = None) -> Optional[float]:
+    """`raw` as a number in [lo, hi]; a page or an API client may send None, text or 1e400.
+    `ok`: the value's own rule where it has one (validation.py's, as for a config or a command line)."""
     kind = "a whole number" if whole else "a number"
     expected = f"{name}: expected {kind} from {_show(lo)} to {_show(hi)}"
     if isinstance(raw, str):
@@ -151,7 +155,8 @@ def _number(raw, name: str, lo: float, hi: float, problems: list, whole: bool) -
     except (TypeError, ValueError, OverflowError):
         problems.append(f"{expected}, got {_got(raw)}")
         return None
-    if not math.isfinite(value) or (whole and value != round(value)) or not lo <= value <= hi:
+    fits = ok(value) if ok else (math.isfinite(value) and (not whole or value == round(value)) and lo <= value <= hi)
+    if not fits:
         problems.append(f"{expected}, got {_show(value)}")
         return None
     return int(value) if whole else value
@@ -200,8 +205,9 @@ def check_request(models: dict, *, model, digit, cfg_scale, steps, sampler, seed
     if compare_with not in (None, ""):
         compare_with = _choice(compare_with, "compare with", names, problems)
     digit = _number(digit, "digit", 0, 9, problems, whole=True)
-    cfg_scale = _number(cfg_scale, "guidance scale", 0, MAX_CFG, problems, whole=False)
-    steps = _number(steps, "steps", 1, MAX_STEPS, problems, whole=True)
+    cfg_scale = _number(cfg_scale, "guidance scale", 0, MAX_CFG, problems, whole=False,
+                        ok=lambda w: cfg_scale_ok(w, most=MAX_CFG))
+    steps = _number(steps, "steps", 1, MAX_STEPS, problems, whole=True, ok=steps_ok)
     sampler = _choice(sampler, "sampler", SAMPLERS, problems)
     seed = _number(seed, "seed", 0, MAX_SEED, problems, whole=True)
     n_images = _number(n_images, "images", 1, MAX_IMAGES, problems, whole=True)
@@ -302,15 +308,16 @@ def _sample(name: str, pipe: Pipeline, req: Request, noise: torch.Tensor, on_ste
             trajectory.append((t, pipe.decode(x_t[:k]).cpu(), pipe.decode(x0_hat[:k]).clamp(-1, 1).cpu()))
         on_step(i)
 
-    result = pipe.generate(labels, sampler=req.sampler, steps=req.steps, cfg_scale=req.cfg_scale,
-                           seed=req.seed, noise=noise, callback=callback)
+    run = pipe.settings(req.sampler, req.steps, req.cfg_scale)
+    result = pipe.generate(labels, sampler=run.sampler, steps=run.steps, cfg_scale=run.cfg_scale,
+                           batch_size=run.batch_size, seed=req.seed, noise=noise, callback=callback)
     trajectory.append((0.0, result.images[:GIF_IMAGES], result.images[:GIF_IMAGES]))
     unconditional = labels.ndim == 1 and bool((labels == NULL_CLASS).all())
     asked = f'prompt "{req.prompt}"' if req.prompt and pipe.reads_prompts else f"digit {req.digit}"
     if req.prompt and not pipe.reads_prompts and not unconditional:
         asked += " (this model reads class labels, not prompts)"
     settings = (f"{'any digit (unconditional model)' if unconditional else asked}, "
-                f"{req.sampler}, {plural(req.steps, 'step')}, guidance {1.0 if unconditional else req.cfg_scale:g}, "
+                f"{run.sampler}, {plural(run.steps, 'step')}, guidance {run.cfg_scale:g}, "
                 f"seed {req.seed}, {plural(req.n_images, 'image')}")
     return Panel(name, grid_array(result.images, nrow=min(8, req.n_images), scale=3), _strip(trajectory),
                  _gif(trajectory), steps=req.steps, gif_steps=len(keep), seconds=result.seconds, nfe=result.nfe,

@@ -36,10 +36,11 @@ from urllib.parse import urlsplit
 
 from .cli import UsageError, fail
 from .samplers import SAMPLERS
-from .demo import (GIF_IMAGES, MAX_CFG, MAX_IMAGES, MAX_STEPS, MAX_WORK, DemoInputError, Panel, check_request,
+from .demo import (GIF_IMAGES, MAX_CFG, MAX_IMAGES, MAX_WORK, DemoInputError, Panel, check_request,
                    evaluations_per_step, max_steps, model_defaults, plural, sample_panel)
 from .pipeline import Pipeline
 from .untrusted import shown
+from .validation import MAX_STEPS
 
 # Set before Gradio is imported anywhere: no usage reports, no check for a newer version.
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
@@ -154,23 +155,23 @@ def _panel(title: str, key: str) -> list:
     return [grid, summary, _picture("Trajectory", f"strip-{key}"), gr.HTML(elem_id=f"gif-{key}")]
 
 
-def _controls(first, any_prompts: bool) -> dict:
-    """The request's inputs, in the left column, set to the first model's own sampling."""
+def _controls(first: dict, any_prompts: bool) -> dict:
+    """The request's inputs, in the left column, set to the first model's own sampling (demo.model_defaults)."""
     import gradio as gr
 
-    default_steps = min(first.steps, MAX_STEPS)
+    default_steps = first["steps"]
     # 8 images, or fewer when the config's steps need it (DDPM's 1000 steps: 4), so the defaults are accepted.
-    default_images = max(1, min(8, MAX_WORK // (default_steps * evaluations_per_step(first.sampler))))
+    default_images = max(1, min(8, MAX_WORK // (default_steps * evaluations_per_step(first["sampler"]))))
     return dict(
         digit=gr.Number(value=3, label="Digit (0-9)", elem_id="digit"),
         prompt=gr.Textbox("", label="Prompt", elem_id="prompt", visible=any_prompts, max_lines=1,
                           placeholder="a thick, right-slanted 7",
                           info="for models trained on prompts (configs/prompt/); it names the digit"),
-        cfg_scale=gr.Slider(0, MAX_CFG, value=min(first.cfg_scale, MAX_CFG), step=0.5, label="Guidance scale",
+        cfg_scale=gr.Slider(0, MAX_CFG, value=first["cfg_scale"], step=0.5, label="Guidance scale",
                             info="1 = no guidance; higher = more like the digit, less varied", elem_id="cfg"),
-        steps=gr.Number(value=default_steps, label=steps_label(default_images, first.sampler),
+        steps=gr.Number(value=default_steps, label=steps_label(default_images, first["sampler"]),
                         info=f"images x steps at most {MAX_WORK} (x 2 for Heun)", elem_id="steps"),
-        sampler=gr.Dropdown(list(SAMPLERS), value=first.sampler, label="Sampler", elem_id="sampler"),
+        sampler=gr.Dropdown(list(SAMPLERS), value=first["sampler"], label="Sampler", elem_id="sampler"),
         seed=gr.Number(value=0, label="Seed", info="the same seed gives the same images", elem_id="seed"),
         n_images=gr.Slider(1, MAX_IMAGES, value=default_images, step=1, label="Images", elem_id="n-images"),
     )
@@ -195,7 +196,7 @@ def build_app(models: dict[str, Pipeline]):
             model_b = gr.Dropdown(names, value=names[-1], label="Second model", visible=False, scale=3)
         with gr.Row():
             with gr.Column(scale=1, min_width=260):
-                c = _controls(models[names[0]].cfg.sampling, any(p.reads_prompts for p in models.values()))
+                c = _controls(model_defaults(models[names[0]]), any(p.reads_prompts for p in models.values()))
                 button = gr.Button("Generate", variant="primary", elem_id="generate")
             with gr.Column(scale=3):
                 status = gr.Markdown(elem_id="status")

@@ -233,14 +233,14 @@ def asked_for(pipe, n: int, prompts: str = "digit", data_dir=None) -> tuple[torc
     return labels, pipe.prompts([write(int(d), {}) for d in labels])
 
 
-def generate_with_bar(pipe, condition, *, sampler: str, steps: int, cfg_scale, seed: int, batch_size: int,
-                      progress: bool = True, **options):
-    """pipe.generate with one progress bar over every batch's steps (the callback fires once per step)."""
-    batches = -(-len(condition) // batch_size)
-    with tqdm(total=steps * batches, unit="step", desc=f"{sampler} x{steps}", disable=not progress) as bar:
+def generate_with_bar(pipe, condition, run, *, seed: int, progress: bool = True, **options):
+    """pipe.generate with the resolved settings `run` (Pipeline.settings) and one progress bar over every
+    batch's steps (the callback fires once per step)."""
+    batches = -(-len(condition) // run.batch_size)
+    with tqdm(total=run.steps * batches, unit="step", desc=f"{run.sampler} x{run.steps}", disable=not progress) as bar:
         return pipe.generate(
-            condition, sampler=sampler, steps=steps, cfg_scale=cfg_scale, seed=seed,
-            batch_size=batch_size, callback=lambda *_: bar.update(1), **options,
+            condition, sampler=run.sampler, steps=run.steps, cfg_scale=run.cfg_scale, seed=seed,
+            batch_size=run.batch_size, callback=lambda *_: bar.update(1), **options,
         )  # fmt: skip
 
 
@@ -263,36 +263,32 @@ def evaluate_pipeline(
 
     Labels are balanced_labels(n), or all the null class for an unconditional model
     (then accuracy is None); a model of prompts is given asked_for's `prompts`. Unset
-    sampler, steps and cfg_scale come from the checkpoint's config, as in
-    Pipeline.generate; `options` (spacing, eta, ...) go to it too. Adds to evaluate_images'
+    sampler, steps, cfg_scale and batch_size are resolved by Pipeline.settings (the
+    checkpoint's config); `options` (spacing, eta, ...) go to Pipeline.generate. Adds to evaluate_images'
     dict: sampler, steps, nfe (model evaluations per image; a CFG step counts once, as in the
     papers), cfg_scale (the one used), seconds (sampling only), device, and for a model of
     prompts which prompts.
     """
-    from difflab.pipeline import is_unconditional, sampling_batch_size  # here: the pipeline imports every model
+    from difflab.pipeline import is_unconditional  # here: the pipeline imports every model
 
     if pipe.cfg.data.dataset != judged_dataset(classifier):
         raise ValueError(f"{pipe.cfg.name} was trained on {pipe.cfg.data.dataset}, the judge on "
                          f"{judged_dataset(classifier)}: load_classifier(dataset={pipe.cfg.data.dataset!r})")
-    s = pipe.cfg.sampling
-    sampler, steps = sampler or s.sampler, steps or s.steps
+    run = pipe.settings(sampler, steps, cfg_scale, batch_size)
     unconditional = is_unconditional(pipe.cfg)
-    cfg_scale = 1.0 if unconditional else (s.cfg_scale if cfg_scale is None else cfg_scale)
     labels, condition = asked_for(pipe, n, prompts, data_dir)
-    batch_size = batch_size or sampling_batch_size(pipe.device, pipe.cfg.model.architecture)
-    result = generate_with_bar(pipe, condition, sampler=sampler, steps=steps, cfg_scale=cfg_scale, seed=seed,
-                               batch_size=batch_size, progress=progress, **options)
+    result = generate_with_bar(pipe, condition, run, seed=seed, progress=progress, **options)
     if not torch.isfinite(result.images).all():  # clamp keeps NaN: say so instead of a silent FID
-        raise FloatingPointError(f"{sampler} x{steps} produced non-finite pixels")
+        raise FloatingPointError(f"{run.sampler} x{run.steps} produced non-finite pixels")
     scores = evaluate_images(
         result.images, None if unconditional else labels, classifier, data_dir=data_dir
     )
     return {
         **scores,
-        "sampler": sampler,
-        "steps": steps,
+        "sampler": run.sampler,
+        "steps": run.steps,
         "nfe": result.nfe,
-        "cfg_scale": cfg_scale,
+        "cfg_scale": run.cfg_scale,
         "seconds": round(result.seconds, 3),
         "device": str(pipe.device),
         **({"prompts": prompts} if pipe.reads_prompts else {}),

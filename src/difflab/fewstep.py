@@ -30,21 +30,26 @@ from __future__ import annotations
 
 import copy
 import math
+from functools import partial
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
 from .checkpoint import load_checkpoint, load_weights
 from .config import Config, ConfigError, config_from_dict
 from .distributed import DistInfo
+from .guidance import both_halves, cfg_mix
 from .models import build_model
-from .models.text import drop_condition, null_condition
+from .models.text import drop_condition
 from .objectives import broadcast
+from .loop import Draws
 from .schedules import sample_training_t
-from .training import Trainer
+from .settings import DiffusionConfig
+from .training import Trainer, logged_by_t
 
 Tensor = torch.Tensor
+SELF_CONSISTENT_SHARE = 0.25  # shortcut models: Frans et al. 2024, Sec. 4: k = 1/4 of each batch
 
 
 def pseudo_huber(diff: Tensor, c: float) -> Tensor:
@@ -70,6 +75,30 @@ def load_teacher(cfg: Config, device: torch.device) -> tuple[torch.nn.Module, Co
     return teacher.eval().requires_grad_(False), teacher_cfg
 
 
+def consistency_loss(x0: Tensor, y: Tensor, draws: Draws, *, f: Callable, f_target: Callable,
+                     teacher_step: Optional[Callable], path, steps: int,
+                     huber_c: float) -> tuple[Tensor, Tensor, Tensor]:
+    """One step of Song et al. 2023, Algorithm 2 (a teacher) or 3 (none): (loss, per-sample distance, t).
+
+    f and f_target are the consistency functions (x, t, y) -> x0 of the student (theta) and of its
+    target network (theta^-); teacher_step(x_t, t, s, y) is one ODE step of the teacher (Algorithm 2),
+    or None for consistency training (Algorithm 3).
+    """
+    N = steps
+    n = draws.randint(N)  # n ~ U{0, ..., N - 1}
+    eps = draws.randn(*x0.shape[1:])  # z ~ N(0, I)
+    t, s = (n + 1).float() / N, n.float() / N  # neighbours on the grid t_n = n / N
+    x_t = broadcast(path.alpha(t), x0) * x0 + broadcast(path.sigma(t), x0) * eps
+    with torch.no_grad():
+        if teacher_step is not None:  # Algorithm 2: the teacher's ODE step from t_{n+1} to t_n
+            x_s = teacher_step(x_t, t, s, y)
+        else:  # Algorithm 3: the same noise one step earlier on the path (Theorem 2)
+            x_s = broadcast(path.alpha(s), x0) * x0 + broadcast(path.sigma(s), x0) * eps
+        target = f_target(x_s, s, y)
+    per_sample = pseudo_huber(f(x_t, t, y) - target, huber_c)  # d(f_theta(x_{t_{n+1}}), f_theta^-(x_{t_n}))
+    return per_sample.mean(), per_sample.detach(), t
+
+
 class ConsistencyTrainer(Trainer):
     """Trains a consistency model; the diffusion Trainer's data, EMA, pictures and checkpoints, another loss."""
 
@@ -86,6 +115,11 @@ class ConsistencyTrainer(Trainer):
             self.ema.model.load_state_dict(self.teacher.state_dict())
         self.target = copy.deepcopy(self.model).requires_grad_(False)  # theta^-: the network the student chases
         self.huber_c = dc.huber_c or 0.00054 * math.sqrt(self.x[0].numel())
+        # The loop's loss: Algorithm 2 or 3 in place of diffusion's Algorithm 1.
+        f, f_target = partial(self.consistency, self.forward), partial(self.consistency, self.target)
+        teacher_step = self.teacher_step if self.teacher is not None else None
+        self.loss = logged_by_t(partial(consistency_loss, f=f, f_target=f_target, teacher_step=teacher_step,
+                                        path=self.path, steps=dc.steps, huber_c=self.huber_c))
 
     def after_step(self, step: int) -> None:
         """theta^- <- mu theta^- + (1 - mu) theta (Song et al. 2023, Alg. 2), then the sampling EMA."""
@@ -103,28 +137,11 @@ class ConsistencyTrainer(Trainer):
     def teacher_step(self, x_t: Tensor, t: Tensor, s: Tensor, y: Tensor) -> Tensor:
         """One guided DDIM (Euler) step of the teacher's ODE from t to s (Song et al. 2023, Eq. 7)."""
         a_t, s_t = broadcast(self.path.alpha(t), x_t), broadcast(self.path.sigma(t), x_t)
-        w = self.cfg.fewstep.teacher_cfg_scale
-        out = self.teacher(torch.cat([x_t, x_t]), torch.cat([t, t]) * 1000, torch.cat([y, null_condition(y)]))
-        cond, uncond = out.float().chunk(2)
-        x0, eps = self.objective.to_x0_eps(uncond + w * (cond - uncond), x_t, a_t, s_t)  # guidance, Ho & Salimans 2022
+        cond, uncond = both_halves(self.teacher, x_t, t, y)
+        # Guidance (Ho & Salimans 2022) on the raw outputs: the conversion is affine, so this is mixing x0 and eps
+        guided = cfg_mix(cond, uncond, self.cfg.fewstep.teacher_cfg_scale)
+        x0, eps = self.objective.to_x0_eps(guided, x_t, a_t, s_t)
         return broadcast(self.path.alpha(s), x_t) * x0 + broadcast(self.path.sigma(s), x_t) * eps
-
-    def loss(self, x0: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """(loss, per-sample distance, t) of one batch: Algorithm 2 (a teacher) or 3 (none)."""
-        g, n, N = self.noise_gen, self.global_batch, self.cfg.fewstep.steps
-        mine = slice(self.dist.rank * self.batch_size, (self.dist.rank + 1) * self.batch_size)
-        k = torch.randint(0, N, (n,), generator=g, device=self.device)[mine]  # n ~ U{0, ..., N - 1}
-        eps = torch.randn((n, *x0.shape[1:]), generator=g, device=self.device)[mine]
-        t, s = (k + 1).float() / N, k.float() / N  # neighbours on the grid t_n = n / N
-        x_t = broadcast(self.path.alpha(t), x0) * x0 + broadcast(self.path.sigma(t), x0) * eps
-        with torch.no_grad():
-            if self.teacher is not None:
-                x_s = self.teacher_step(x_t, t, s, y)
-            else:  # consistency training: the same noise one step earlier on the path
-                x_s = broadcast(self.path.alpha(s), x0) * x0 + broadcast(self.path.sigma(s), x0) * eps
-            target = self.consistency(self.target, x_s, s, y)
-        per_sample = pseudo_huber(self.consistency(self.forward, x_t, t, y) - target, self.huber_c)
-        return per_sample.mean(), per_sample.detach(), t
 
     def extra_state(self) -> dict:
         return {**super().extra_state(), "target": self.target.state_dict()}
@@ -150,38 +167,48 @@ class ShortcutTrainer(Trainer):
       for d in 1/N, 2/N, ..., 1/2 (the smallest jump asks the flow itself, d = 0, as in the paper).
     """
 
-    SELF_CONSISTENT_SHARE = 0.25  # Frans et al. 2024, Sec. 4: k = 1/4 of each batch
+    def __init__(self, cfg: Config, data: Optional[tuple] = None, device: Optional[torch.device] = None,
+                 quiet: bool = False, dist: Optional[DistInfo] = None):
+        super().__init__(cfg, data, device, quiet, dist)
+        self.loss = logged_by_t(partial(shortcut_loss, model=self.forward, diffusion=cfg.diffusion,
+                                        steps=cfg.fewstep.steps, cfg_dropout_prob=cfg.training.cfg_dropout_prob))
 
-    def loss(self, x0: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        g, n, N = self.noise_gen, self.global_batch, self.cfg.fewstep.steps
-        mine = slice(self.dist.rank * self.batch_size, (self.dist.rank + 1) * self.batch_size)
-        m = int(n * self.SELF_CONSISTENT_SHARE)  # the first m of the global batch learn shortcuts
-        t = sample_training_t(self.cfg.diffusion, n, g, self.device)  # (n,) for the flow-matching part
-        # self-consistency: a jump 2d = 2^(k+1) / N from a t on the grid of 2d (so t - 2d >= 0)
-        k = torch.randint(0, int(math.log2(N)), (n,), generator=g, device=self.device)
-        d = (2.0 ** k) / N  # (n,) the half jump
-        t_sc = 2 * d * torch.ceil(torch.rand(n, generator=g, device=self.device) * (0.5 / d)).clamp(min=1)
-        eps = torch.randn((n, *x0.shape[1:]), generator=g, device=self.device)
-        drop = torch.rand(n, generator=g, device=self.device) < self.cfg.training.cfg_dropout_prob
-        shortcut = torch.arange(n, device=self.device) < m
-        t = torch.where(shortcut, t_sc, t)[mine]
-        d, shortcut, eps = d[mine], shortcut[mine], eps[mine]
-        y = drop_condition(y, drop[mine] & ~shortcut)  # dropout on the flow-matching part only
-        x_t = broadcast(1 - t, x0) * x0 + broadcast(t, x0) * eps  # the flow path, Esser et al. 2024, Eq. 2
-        target = eps - x0  # d = 0: the flow's velocity
-        if shortcut.any():
-            target = target.clone()
-            target[shortcut] = self.two_jumps(x_t[shortcut], t[shortcut], y[shortcut], d[shortcut])
-        jump = torch.where(shortcut, 2 * d, torch.zeros_like(d))
-        out = self.forward(x_t, t * 1000, y, d=jump * 1000)
-        per_sample = (out.float() - target).pow(2).flatten(1).mean(1)  # (B,)
-        return per_sample.mean(), per_sample.detach(), t
 
-    @torch.no_grad()
-    def two_jumps(self, x_t: Tensor, t: Tensor, y: Tensor, d: Tensor) -> Tensor:
-        """The self-consistency target: the mean velocity of two jumps of d (the smallest: the flow, d = 0)."""
-        asked = torch.where(d <= 1.0 / self.cfg.fewstep.steps, torch.zeros_like(d), d) * 1000
-        s1 = self.forward(x_t, t * 1000, y, d=asked).float()
-        x_mid = x_t - broadcast(d, x_t) * s1  # one Euler jump of d (t decreases towards the data)
-        s2 = self.forward(x_mid, (t - d) * 1000, y, d=asked).float()
-        return (s1 + s2) / 2
+def shortcut_loss(x0: Tensor, y: Tensor, draws: Draws, *, model: Callable, diffusion: DiffusionConfig, steps: int,
+                  cfg_dropout_prob: float) -> tuple[Tensor, Tensor, Tensor]:
+    """One step of shortcut training (Frans et al. 2024, Sec. 3, Eq. 5): (loss, per-sample squared error, t).
+
+    The first SELF_CONSISTENT_SHARE of the global batch learn self-consistency, the rest flow matching;
+    model(x_t, 1000 t, y, d=1000 d) is the network that also reads its jump size d.
+    """
+    N = steps
+    m = int(draws.n * SELF_CONSISTENT_SHARE)  # the first m of the global batch learn shortcuts
+    t = draws.sliced(partial(sample_training_t, diffusion))  # (B,) for the flow-matching part
+    # self-consistency: a jump 2d = 2^(k+1) / N from a t on the grid of 2d (so t - 2d >= 0)
+    k = draws.randint(int(math.log2(N)))
+    d = (2.0 ** k) / N  # (B,) the half jump
+    t_sc = 2 * d * torch.ceil(draws.rand() * (0.5 / d)).clamp(min=1)
+    eps = draws.randn(*x0.shape[1:])
+    drop = draws.rand() < cfg_dropout_prob
+    shortcut = draws.index() < m
+    t = torch.where(shortcut, t_sc, t)
+    y = drop_condition(y, drop & ~shortcut)  # dropout on the flow-matching part only
+    x_t = broadcast(1 - t, x0) * x0 + broadcast(t, x0) * eps  # the flow path, Esser et al. 2024, Eq. 2
+    target = eps - x0  # d = 0: the flow's velocity
+    if shortcut.any():
+        target = target.clone()
+        target[shortcut] = two_jumps(model, x_t[shortcut], t[shortcut], y[shortcut], d[shortcut], N)
+    jump = torch.where(shortcut, 2 * d, torch.zeros_like(d))
+    out = model(x_t, t * 1000, y, d=jump * 1000)
+    per_sample = (out.float() - target).pow(2).flatten(1).mean(1)  # (B,)
+    return per_sample.mean(), per_sample.detach(), t
+
+
+@torch.no_grad()
+def two_jumps(model: Callable, x_t: Tensor, t: Tensor, y: Tensor, d: Tensor, steps: int) -> Tensor:
+    """The self-consistency target: the mean velocity of two jumps of d (the smallest, 1 / steps: the flow, d = 0)."""
+    asked = torch.where(d <= 1.0 / steps, torch.zeros_like(d), d) * 1000
+    s1 = model(x_t, t * 1000, y, d=asked).float()
+    x_mid = x_t - broadcast(d, x_t) * s1  # one Euler jump of d (t decreases towards the data)
+    s2 = model(x_mid, (t - d) * 1000, y, d=asked).float()
+    return (s1 + s2) / 2

@@ -2,12 +2,14 @@
 
 A sampler only ever sees `denoiser(x_t, t) -> (x0_hat, eps_hat)`. This module
 builds that function from a model (which maps (x_t, 1000 t, y) -> out) and an
-objective (which says what `out` means).
+objective (which says what `out` means). The guidance mix itself, `cfg_mix`, is
+written once, here: the sampler's Denoiser and the consistency-distillation
+teacher (fewstep.py) both call it.
 """
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Sequence
 
 import torch
 
@@ -16,6 +18,23 @@ from .objectives import Objective, broadcast
 from .schedules import NoisePath
 
 Tensor = torch.Tensor
+
+
+def cfg_mix(cond: Tensor, uncond: Tensor, w: float) -> Tensor:
+    """Classifier-free guidance (Ho & Salimans 2022, Eq. 6): d = d_u + w (d_c - d_u).
+
+    w = 1 is the conditional prediction, w = 0 the unconditional one, w > 1 pushes past the
+    conditional one, away from the unconditional. (Validation's cfg_scale_ok: w finite, >= 0.)
+    """
+    return uncond + w * (cond - uncond)
+
+
+def both_halves(model, x: Tensor, t: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    """(conditional, unconditional) raw outputs at times t in [0, 1], from one batched forward pass:
+    the batch is doubled, its second half given the null condition (the null class, or the empty prompt)."""
+    out = model(torch.cat([x, x]), torch.cat([t, t]) * 1000, torch.cat([y, null_condition(y)]))
+    cond, uncond = out.float().chunk(2)
+    return cond, uncond
 
 
 class Denoiser:
@@ -73,15 +92,11 @@ class Denoiser:
         if not self.guided(t):
             out = self.model(x, tt * 1000, self.y)
             return self._convert(out.float(), x, tt)
-        # One batched forward pass for both halves: conditional, then unconditional.
-        null = null_condition(self.y)  # the null class, or the empty prompt
-        out = self.model(torch.cat([x, x]), torch.cat([tt, tt]) * 1000, torch.cat([self.y, null]))
-        out_c, out_u = out.float().chunk(2)
+        out_c, out_u = both_halves(self.model, x, tt, self.y)
         x0_c, eps_c = self._convert(out_c, x, tt)
         x0_u, eps_u = self._convert(out_u, x, tt)
-        w = self.cfg_scale
-        x0 = x0_u + w * (x0_c - x0_u)
-        eps = eps_u + w * (eps_c - eps_u)
+        x0 = cfg_mix(x0_c, x0_u, self.cfg_scale)
+        eps = cfg_mix(eps_c, eps_u, self.cfg_scale)
         if self.rescale > 0:
             x0, eps = self._rescale(x0, x0_c, x, tt)
         return x0, eps
@@ -100,16 +115,15 @@ class Denoiser:
         return (x - a * x0) / s
 
 
-def make_denoiser(model, objective, path, y: Tensor, sampling_cfg=None, cfg_scale: Optional[float] = None) -> Denoiser:
-    """A Denoiser with the guidance options of a SamplingConfig (cfg_scale may be overridden)."""
-    if sampling_cfg is None:
-        return Denoiser(model, objective, path, y, cfg_scale=1.0 if cfg_scale is None else cfg_scale)
+def make_denoiser(model, objective: Objective, path: NoisePath, y: Tensor, sampling_cfg, cfg_scale: float) -> Denoiser:
+    """A Denoiser with the guidance options of a SamplingConfig, at the guidance scale the caller resolved
+    (Pipeline.settings: the one asked for, else the config's; 1 for an unconditional model)."""
     return Denoiser(
         model,
         objective,
         path,
         y,
-        cfg_scale=sampling_cfg.cfg_scale if cfg_scale is None else cfg_scale,
+        cfg_scale=cfg_scale,
         interval=sampling_cfg.guidance_interval,
         rescale=sampling_cfg.cfg_rescale,
         clip_x0=sampling_cfg.clip_x0,

@@ -24,12 +24,6 @@ from .schedules import build_path, time_grid
 from .untrusted import shown
 
 
-# The most sampling steps a command accepts: the 1000-step discretisation the models are trained on
-# (diffusion.num_timesteps). DDPM's full chain is exactly 1000 steps; "leading" spacing cannot place
-# more than that many distinct times, so beyond it only the run time grows (about linearly).
-MAX_STEPS = 1000
-
-
 def sampling_batch_size(device: Union[str, torch.device], architecture: str = "unet") -> int:
     """Images per sampling batch when none is asked for: small on a CPU, large on a GPU.
 
@@ -90,6 +84,17 @@ def sample_shape(cfg: Config, vae=None) -> tuple[int, int, int]:
     if vae is not None:
         return vae.latent_shape
     return (1, 28, 28)
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """What one sampling run uses, worked out in one place (Pipeline.settings) for every caller:
+    generate, evaluation, adherence, the commands and the demo."""
+
+    sampler: str
+    steps: int
+    cfg_scale: float  # 1 for an unconditional model: it knows no condition to be guided towards
+    batch_size: int  # images per batch: a speed setting only, the images are the same for any batch
 
 
 @dataclass
@@ -180,6 +185,19 @@ class Pipeline:
             raise ValueError(f"{self.cfg.name} was trained on class labels, not prompts: ask for digits instead")
         return encode(texts)
 
+    def settings(self, sampler: Optional[str] = None, steps: Optional[int] = None, cfg_scale: Optional[float] = None,
+                 batch_size: Optional[int] = None) -> SamplingSettings:
+        """The settings a sampling run uses: each one asked for, else the config's `sampling` section
+        (the batch: sampling_batch_size for this device and network). An unconditional model (every
+        label dropped in training) samples unguided whatever is asked: it knows no condition to guide towards."""
+        s = self.cfg.sampling
+        return SamplingSettings(
+            sampler=sampler or s.sampler,
+            steps=steps or s.steps,
+            cfg_scale=1.0 if is_unconditional(self.cfg) else (s.cfg_scale if cfg_scale is None else cfg_scale),
+            batch_size=batch_size or sampling_batch_size(self.device, self.cfg.model.architecture),
+        )
+
     def initial_noise(self, n: int, seed: int) -> torch.Tensor:
         """Starting noise from a CPU generator, so a seed means the same images on every device."""
         g = torch.Generator().manual_seed(seed)
@@ -200,22 +218,19 @@ class Pipeline:
         callback: Optional[Callable] = None,
         **options,
     ) -> GenerationResult:
-        """Sample one image per label. Unset options come from the config's `sampling` section;
-        an unset batch_size from sampling_batch_size (the images are the same for any batch)."""
-        s = self.cfg.sampling
-        batch_size = batch_size or sampling_batch_size(self.device, self.cfg.model.architecture)
-        sampler, steps = sampler or s.sampler, steps or s.steps
-        cfg_scale = 1.0 if is_unconditional(self.cfg) else cfg_scale
-        times, options = self._plan(sampler, steps, options)
+        """Sample one image per label, with the settings `self.settings` resolves from the unset ones
+        (the config's; the images are the same for any batch_size)."""
+        run = self.settings(sampler, steps, cfg_scale, batch_size)
+        times, options = self._plan(run.sampler, run.steps, options)
         model = self.model
         if self.cfg.model.step_conditioning:  # a shortcut model jumps 1/steps at each of its equal steps
-            model = functools.partial(self.model, d=1000.0 / steps)
+            model = functools.partial(self.model, d=1000.0 / run.steps)
         x_all = self.initial_noise(len(labels), seed) if noise is None else noise.cpu()
         start, outs, nfe, traj = time.perf_counter(), [], 0, []
-        for lo in range(0, len(labels), batch_size):
-            y = labels[lo : lo + batch_size].to(self.device)
-            x = x_all[lo : lo + batch_size].to(self.device)
-            denoiser = make_denoiser(model, self.objective, self.path, y, s, cfg_scale)
+        for lo in range(0, len(labels), run.batch_size):
+            y = labels[lo : lo + run.batch_size].to(self.device)
+            x = x_all[lo : lo + run.batch_size].to(self.device)
+            denoiser = make_denoiser(model, self.objective, self.path, y, self.cfg.sampling, run.cfg_scale)
 
             def cb(i, t, x_t, x0):
                 if trajectory and lo == 0:
@@ -224,7 +239,7 @@ class Pipeline:
                     callback(i, t, x_t, x0)
 
             gens = image_generators(seed, lo, lo + len(y))  # a stochastic sampler's noise, per image
-            x0 = SAMPLERS[sampler](denoiser, x, times, self.path, generator=gens, callback=cb, **options)
+            x0 = SAMPLERS[run.sampler](denoiser, x, times, self.path, generator=gens, callback=cb, **options)
             outs.append(self.decode(x0).clamp(-1, 1).cpu())
             nfe = denoiser.calls
         if trajectory:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+from typing import Optional
+
 from .untrusted import shown
 
 # Sizes that end in an allocator traceback, or hours of waiting, rather than in a result:
@@ -14,6 +17,27 @@ MAX_N_PER_CLASS = 100
 # - training.batch_size: a batch is drawn from the training images; MNIST and Fashion-MNIST have 60,000
 #   each (data.limit keeps fewer), and a batch larger than them has nothing to be drawn from.
 TRAIN_IMAGES = {"mnist": 60_000, "fashion_mnist": 60_000}
+# - sampling steps: the models are trained on a 1000-step discretisation (diffusion.num_timesteps). DDPM's
+#   full chain is exactly 1000 steps, and "leading" spacing cannot place more distinct times, so beyond it only
+#   the run time grows (about linearly). A config may name more; what samples (a command, the demo) refuses them.
+MAX_STEPS = 1000
+
+
+# The one rule for each sampling value, wherever it arrives: a config (below), a command line (cli.py), the
+# demo's page (demo.py). Each caller words its own message; the rule and its bounds are these two functions.
+
+
+def steps_ok(steps, most: Optional[int] = MAX_STEPS) -> bool:
+    """A number of sampling steps: a whole number, at least 1, at most `most` (None: no upper bound)."""
+    whole = isinstance(steps, int) or (math.isfinite(steps) and steps == int(steps))  # 10**400 is a whole int
+    return whole and steps >= 1 and (most is None or steps <= most)
+
+
+def cfg_scale_ok(scale, most: float = math.inf) -> bool:
+    """A guidance scale w (Ho & Salimans 2022, Eq. 6: d = d_u + w (d_c - d_u)): finite, at least 0 (w = 0 is
+    the unconditional prediction alone, 1 no guidance), at most `most` where the caller caps it (the demo).
+    `nan < 0` is False, so a range check alone would let NaN through (and all-black images out): finiteness first."""
+    return math.isfinite(scale) and 0 <= scale <= most
 
 
 class ConfigError(ValueError):
@@ -51,11 +75,13 @@ def _validate_ranges(cfg, bad) -> None:
         "training.max_batch_size": t.max_batch_size, "training.lr": t.lr,
         "training.text_lr_scale": t.text_lr_scale,
         "training.log_every": t.log_every, "training.checkpoint_every": t.checkpoint_every,
-        "sampling.steps": s.steps, "sampling.shift": s.shift, "sampling.n_per_class": s.n_per_class,
+        "sampling.shift": s.shift, "sampling.n_per_class": s.n_per_class,
     }
     for key, value in positive.items():
         if not value > 0:
             bad(key, "a number > 0")
+    if not steps_ok(s.steps, most=None):  # a config may name more than MAX_STEPS: refused when it samples
+        bad("sampling.steps", "a number > 0")
     if not d.beta_start < d.beta_end < 1:
         bad("diffusion.beta_end", f"a number in (beta_start={d.beta_start}, 1)")
     if isinstance(t.batch_size, str) and t.batch_size != "auto":
@@ -76,11 +102,13 @@ def _validate_ranges(cfg, bad) -> None:
     for key, value in {
         "training.weight_decay": t.weight_decay, "training.warmup_steps": t.warmup_steps,
         "training.grad_clip": t.grad_clip, "training.sample_every": t.sample_every,
-        "training.keep_last": t.keep_last, "sampling.cfg_scale": s.cfg_scale,
+        "training.keep_last": t.keep_last,
         "model.kl_weight": m.kl_weight,
     }.items():
         if value < 0:
             bad(key, "a number >= 0")
+    if not cfg_scale_ok(s.cfg_scale):
+        bad("sampling.cfg_scale", "a number >= 0")
     if cfg.data.limit is not None and cfg.data.limit < 1:
         bad("data.limit", "a positive integer or null")
     if t.threads is not None and t.threads < 1:
@@ -172,7 +200,7 @@ def _validate_fewstep(cfg, bad) -> None:
         bad("fewstep.target_ema", "a number in [0, 1)")
     if dc.huber_c is not None and not dc.huber_c > 0:
         bad("fewstep.huber_c", "a number > 0 or null")
-    if dc.teacher_cfg_scale < 0:
+    if not cfg_scale_ok(dc.teacher_cfg_scale):
         bad("fewstep.teacher_cfg_scale", "a number >= 0")
     if dc.method == "shortcut":
         if (cfg.diffusion.target, cfg.diffusion.schedule) != ("flow", "flow"):

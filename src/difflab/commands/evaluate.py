@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 
-from difflab.cli import STEPS_HELP, check_at_most, check_cfg_scale, check_steps, fail, usage
+from difflab.cli import STEPS_HELP, check_at_most, check_sampling_args, check_steps, fail, usage
 
 # The keys of every answer, in the order they are printed; what does not apply is null.
 KEYS = ("fid", "fid_floor", "accuracy", "per_digit_accuracy", "precision", "recall", "n",
@@ -110,20 +110,21 @@ def evaluate_checkpoint(checkpoint, classifier=None, n: int = 5000, *, sampler: 
     from difflab.pipeline import Pipeline
 
     pipe = Pipeline.from_checkpoint(checkpoint, device, use_ema=use_ema, sampling=sampling)
-    check_steps(steps or pipe.cfg.sampling.steps, "sampling.steps (the checkpoint's, or --set)")
+    run = pipe.settings(sampler, steps, cfg_scale, batch_size)
+    check_steps(run.steps, "sampling.steps (the checkpoint's, or --set)")
     data_dir = data_dir or pipe.cfg.data.data_dir
     if classifier is None:  # each dataset has its own judge, trained and cached on first use
         classifier = quiet_load_classifier(data_dir, pipe.device, pipe.cfg.data.dataset)
     try:
-        scores = ev.evaluate_pipeline(pipe, classifier, n, sampler=sampler, steps=steps, cfg_scale=cfg_scale,
-                                      seed=seed, batch_size=batch_size, data_dir=data_dir, progress=progress,
-                                      prompts=fid_prompts)
+        scores = ev.evaluate_pipeline(pipe, classifier, n, sampler=run.sampler, steps=run.steps,
+                                      cfg_scale=run.cfg_scale, seed=seed, batch_size=run.batch_size,
+                                      data_dir=data_dir, progress=progress, prompts=fid_prompts)
         if pipe.reads_prompts and adherence_per_prompt:  # prompts: does it draw the attributes asked for?
             from difflab.adherence import adherence_table, prompt_adherence
 
             scores["adherence"] = prompt_adherence(
-                pipe, classifier, adherence_per_prompt, seed, data_dir, batch_size, sampler=scores["sampler"],
-                steps=scores["steps"], cfg_scale=scores["cfg_scale"], progress=progress,
+                pipe, classifier, adherence_per_prompt, seed, data_dir, run.batch_size, sampler=run.sampler,
+                steps=run.steps, cfg_scale=run.cfg_scale, progress=progress,
             )  # fmt: skip
             print(adherence_table(scores["adherence"]), file=sys.stderr)
     except FloatingPointError as e:
@@ -196,22 +197,15 @@ def main(argv=None):
     p.add_argument("--out", default=None, metavar="FILE.json", help="also write the JSON here")
     args = p.parse_args(argv)
 
-    from difflab.samplers import SAMPLERS
     from difflab.outputs import check_output_file, write_bytes_atomic, writing
 
-    if args.sampler is not None and args.sampler not in SAMPLERS:
-        usage(f"--sampler: expected one of {', '.join(SAMPLERS)}, got {args.sampler!r}")
-    for name in ("steps", "batch_size"):
-        if getattr(args, name) is not None and getattr(args, name) < 1:
-            usage(f"--{name.replace('_', '-')}: expected a positive integer")
-    check_steps(args.steps, "--steps")
+    check_sampling_args(args)
     if args.adherence_per_prompt < 0:
         usage("--adherence-per-prompt: expected an integer >= 0")
     if args.n < MIN_IMAGES:
         usage(f"--n: expected at least {MIN_IMAGES} images, got {args.n}")
     check_at_most(args.n, MAX_IMAGES, "--n", "the MNIST test set FID compares with holds 10,000 images")
     check_at_most(args.adherence_per_prompt, MAX_PER_PROMPT, "--adherence-per-prompt", "images per held-out prompt")
-    check_cfg_scale(args.cfg_scale)
     if args.out:  # tried now: a path that cannot be written fails before minutes of sampling
         check_output_file(args.out, "--out")
 

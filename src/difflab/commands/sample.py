@@ -9,7 +9,7 @@ import io
 from pathlib import Path
 
 
-from difflab.cli import STEPS_HELP, check_at_most, check_cfg_scale, check_steps, fail, usage
+from difflab.cli import STEPS_HELP, check_at_most, check_sampling_args, check_steps, fail, usage
 
 # --n, like --steps, has a bound: 1,000 images per digit is 10,000 for all ten, the size of a FID sample
 # set (evaluate.py --samples); far more is hours of sampling and a grid PNG too wide to look at
@@ -20,18 +20,13 @@ MAX_IMAGES = 10_000  # --n x the digits or prompts asked for
 
 def check_args(args) -> list:
     """Refuse wrong command-line values before anything is loaded (exit code 2); return the digits."""
-    from difflab.samplers import SAMPLERS
     from difflab.untrusted import shown
     from difflab.visualize import image_format
 
-    if args.sampler is not None and args.sampler not in SAMPLERS:
-        usage(f"--sampler: expected one of {', '.join(SAMPLERS)}, got {args.sampler!r}")
-    for name in ("steps", "n", "batch_size"):
-        if getattr(args, name) is not None and getattr(args, name) < 1:
-            usage(f"--{name.replace('_', '-')}: expected a positive integer")
-    check_steps(args.steps, "--steps")
+    check_sampling_args(args)
+    if args.n < 1:
+        usage("--n: expected a positive integer")
     check_at_most(args.n, MAX_N, "--n", "images per digit or prompt; 10,000 for all ten digits is a FID sample set")
-    check_cfg_scale(args.cfg_scale)
     for text in args.prompt:  # unknown words fail here, before the checkpoint is loaded
         from difflab.prompts import PromptError, tokenize
 
@@ -97,7 +92,7 @@ def main(argv=None):
     from tqdm import tqdm
 
     from difflab.outputs import check_output_file, write_bytes_atomic, writing
-    from difflab.pipeline import Pipeline, sampling_batch_size
+    from difflab.pipeline import Pipeline
     from difflab.visualize import save_grid
 
     pipe = Pipeline.from_checkpoint(args.checkpoint, args.device, use_ema=not args.no_ema, sampling=args.sampling)
@@ -110,21 +105,20 @@ def main(argv=None):
         labels = pipe.prompts(texts)
     else:
         labels = pipe.default_labels(digits, args.n)
-    sampler = args.sampler or pipe.cfg.sampling.sampler
-    steps = args.steps or pipe.cfg.sampling.steps
-    check_steps(steps, "sampling.steps (the checkpoint's, or --set)")
+    run = pipe.settings(args.sampler, args.steps, args.cfg_scale, args.batch_size)
+    check_steps(run.steps, "sampling.steps (the checkpoint's, or --set)")
     ckpt = Path(args.checkpoint)
-    out = Path(args.out) if args.out else ckpt.parent.parent / "samples" / f"sample_{ckpt.stem}_{sampler}_{steps}.png"
+    default_out = ckpt.parent.parent / "samples" / f"sample_{ckpt.stem}_{run.sampler}_{run.steps}.png"
+    out = Path(args.out) if args.out else default_out
     # Every file this run writes is tried now: a path that cannot be written fails before the sampling.
     check_output_file(out, "--out")
     if args.save_npz:
         check_output_file(args.save_npz, "--save-npz")
 
-    batch_size = args.batch_size or sampling_batch_size(pipe.device, pipe.cfg.model.architecture)
-    batches = -(-len(labels) // batch_size)
-    with tqdm(total=steps * batches, unit="step", desc=f"{sampler} x{steps}") as bar:
-        result = pipe.generate(labels, sampler=sampler, steps=steps, cfg_scale=args.cfg_scale,
-                               seed=args.seed, batch_size=batch_size, callback=lambda *a: bar.update(1))
+    batches = -(-len(labels) // run.batch_size)
+    with tqdm(total=run.steps * batches, unit="step", desc=f"{run.sampler} x{run.steps}") as bar:
+        result = pipe.generate(labels, sampler=run.sampler, steps=run.steps, cfg_scale=run.cfg_scale,
+                               seed=args.seed, batch_size=run.batch_size, callback=lambda *a: bar.update(1))
     with writing(out):  # a disk that filled meanwhile: one line with the free space, no half PNG
         save_grid(result.images, out, nrow=args.n)
     print(f"wrote {out} ({len(labels)} images, {result.nfe} model evaluations, {result.seconds:.1f} s)")
