@@ -161,9 +161,9 @@ def test_adherence_compares_what_was_asked_with_what_was_drawn(tmp_path, monkeyp
 
     from difflab import adherence
 
-    monkeypatch.setattr(adherence, "load_split", synthetic_split)
+    monkeypatch.setattr(prompts, "load_split", synthetic_split)
     monkeypatch.setattr("difflab.data.resolve_data_dir", lambda d=None: tmp_path / "no-such-folder")
-    data = adherence.training_prompt_set()
+    data = prompts.training_prompt_set()
     asks = adherence.held_out_prompts(data)
     assert len(asks) == 10 * adherence.PER_DIGIT
     for name in prompts.BINS:  # every bin of every attribute is asked for
@@ -194,8 +194,8 @@ def test_adherence_compares_what_was_asked_with_what_was_drawn(tmp_path, monkeyp
     # FID with real captions: training images' own prompts, their digits asked for, the same every time
     from difflab.evaluation import asked_for
 
-    digits, texts = adherence.captions(40)
-    again = adherence.captions(40)
+    digits, texts = prompts.captions(40)
+    again = prompts.captions(40)
     assert len(set(texts)) > 1 and np.array_equal(again[0], digits) and again[1] == texts
     for d, text in zip(digits, texts):
         assert prompts.parse(text)[0] == d

@@ -11,7 +11,8 @@ from difflab import latent
 from difflab.checkpoint import save_checkpoint
 from difflab.config import FEW_STEP_METHODS, config_from_dict, load_config
 from difflab.fewstep import ConsistencyTrainer, ShortcutTrainer
-from difflab.loop import TRAINERS, Draws, TrainingLoop, trainer_name
+from difflab.loop import Draws, TrainingLoop
+from difflab.trainers import TRAINERS, trainer_name
 from difflab.models.text import drop_condition
 from difflab.models.vae import build_vae
 from difflab.objectives import diffusion_loss

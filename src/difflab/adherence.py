@@ -22,29 +22,11 @@ import numpy as np
 import torch
 
 from . import attributes
-from .data import load_split, tensor_to_uint8
 from .evaluation import conditional_accuracy, generate_with_bar
-from .prompts import BINS, PromptData, cache_path, prompt_data, write
+from .data import tensor_to_uint8
+from .prompts import BINS, PromptData, training_prompt_set, write
 
 PER_DIGIT = 5
-CAPTION_SEED = 0  # the captions drawn for FID: the same for every model and every run
-
-
-def training_prompt_set(data_dir=None) -> PromptData:
-    """The training images' measured bins and thresholds (cached beside the data by difflab.prompts)."""
-    x, y = load_split("train", data_dir=data_dir)
-    return prompt_data(tensor_to_uint8(x), y.numpy(), cache=cache_path("mnist", data_dir))
-
-
-def captions(n: int, data_dir=None) -> tuple[np.ndarray, list[str]]:
-    """(digits, texts): n training images' own prompts, drawn at random without replacement (with it past
-    60,000), the same n for every model: FID with real captions (difflab.evaluation.asked_for)."""
-    data = training_prompt_set(data_dir)
-    rng = np.random.default_rng(CAPTION_SEED)
-    pick = rng.permutation(len(data.texts))[:n] if n <= len(data.texts) else rng.integers(0, len(data.texts), n)
-    return data.digits[pick], [data.texts[i] for i in pick]
-
-
 def combination_counts(data: PromptData) -> np.ndarray:
     """(10, 3, 3, 3): training images per digit and (thickness, slant, width) bin."""
     counts = np.zeros((10, 3, 3, 3), np.int64)

@@ -14,7 +14,7 @@ from typing import Optional
 import torch
 
 from .config import Config, ConfigError
-from .loop import trainer_name
+from .trainers import trainer_name
 from .models import build_model, count_parameters
 from .models.vae import VAE
 from .validation import TRAIN_IMAGES

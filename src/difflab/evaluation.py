@@ -27,6 +27,7 @@ from torch import nn
 from tqdm import tqdm
 
 from difflab.data import load_split, resolve_data_dir
+from difflab.prompts import PROMPT_SETS, captions, write
 from difflab.metrics import (  # noqa: F401  (re-exported: the maths lives in metrics.py)
     feature_statistics,
     fid_from_features,
@@ -198,9 +199,6 @@ def evaluate_images(
 # --------------------------------------------------------------------------
 
 
-PROMPT_SETS = ("digit", "captions")  # what a model of prompts is asked for when scored (asked_for)
-
-
 def balanced_labels(n: int) -> torch.Tensor:
     """n digit labels spread evenly over 0..9 (0, 1, ..., 9, 0, 1, ...): counts differ by at most one."""
     return torch.arange(n) % 10
@@ -224,12 +222,8 @@ def asked_for(pipe, n: int, prompts: str = "digit", data_dir=None) -> tuple[torc
     if not pipe.reads_prompts:
         return labels, labels
     if prompts == "captions":
-        from difflab.adherence import captions
-
         digits, texts = captions(n, data_dir)
         return torch.as_tensor(digits, dtype=torch.long), pipe.prompts(texts)
-    from difflab.prompts import write
-
     return labels, pipe.prompts([write(int(d), {}) for d in labels])
 
 

@@ -12,7 +12,7 @@ step and their share on each DDP rank (`Draws`), the learning-rate schedule, gra
 non-finite losses (stop, or skip a few), logging to metrics.jsonl with a progress bar, atomic
 checkpoints every epoch, resume, Ctrl-C (saves last.pt and stops), and DDP across ranks.
 
-TRAINERS, at the end, names every trainer; train.py builds the one a config names (trainer_name).
+trainers.py names every trainer (TRAINERS); train.py builds the one a config names.
 """
 
 from __future__ import annotations
@@ -386,49 +386,3 @@ class TrainingLoop:
         self.elapsed = float(state.get("seconds") or 0.0)
         set_rng_state(self.noise_gen, state["noise_rng"], path)
         self.load_extra_state(state, path)
-
-
-# ---------------------------------------------------------------------- the trainers
-
-
-def _diffusion(cfg: Config) -> TrainingLoop:
-    from .training import Trainer
-
-    return Trainer(cfg)
-
-
-def _consistency(cfg: Config) -> TrainingLoop:
-    from .fewstep import ConsistencyTrainer
-
-    return ConsistencyTrainer(cfg)
-
-
-def _shortcut(cfg: Config) -> TrainingLoop:
-    from .fewstep import ShortcutTrainer
-
-    return ShortcutTrainer(cfg)
-
-
-def _vae(cfg: Config) -> TrainingLoop:
-    from .vae_training import VAETrainer
-
-    return VAETrainer(cfg)
-
-
-# The one registry of trainers: name -> builder(cfg). Each is this loop with its own loss:
-TRAINERS = {
-    "diffusion": _diffusion,  # Ho et al. 2020, Algorithm 1, for every objective (training.py)
-    "consistency_distillation": _consistency,  # Song et al. 2023, Algorithm 2 (fewstep.py)
-    "consistency_training": _consistency,  # Song et al. 2023, Algorithm 3 (fewstep.py)
-    "shortcut": _shortcut,  # Frans et al. 2024 (fewstep.py)
-    "vae": _vae,  # latent diffusion's autoencoder, the negative ELBO (vae_training.py)
-}
-
-
-def trainer_name(cfg: Config) -> str:
-    """The TRAINERS key of a config: fewstep.method names a few-step trainer (none: plain diffusion),
-    and latent diffusion's autoencoder is named by its model, `architecture: vae`, as its configs and
-    checkpoints have always said; this is the one place that reads that name to choose a trainer."""
-    if cfg.model.architecture == "vae":
-        return "vae"
-    return "diffusion" if cfg.fewstep.method == "none" else cfg.fewstep.method

@@ -28,7 +28,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from . import attributes
-from .data import array_sha256
+from .data import array_sha256, load_split, tensor_to_uint8
 
 BINS = {
     "thickness": ("thin", "regular", "thick"),
@@ -242,3 +242,28 @@ def training_prompts(x, y, data_cfg):
     cache = cache_path(data_cfg.dataset, data_cfg.data_dir, len(images) if data_cfg.limit else None)
     data = prompt_data(images, y.cpu().numpy(), cache=cache)
     return torch.from_numpy(data.tokens.astype(np.int64))
+
+
+# --------------------------------------------------------------------------
+# The training images' own prompts: what adherence measures against, and FID's captions
+# --------------------------------------------------------------------------
+
+# What a model of prompts is asked for when it is scored (evaluation.asked_for): the digit alone ("a 7",
+# as a model of labels is asked), or training images' own captions.
+PROMPT_SETS = ("digit", "captions")
+CAPTION_SEED = 0  # the captions drawn for FID: the same for every model and every run
+
+
+def training_prompt_set(data_dir=None) -> PromptData:
+    """The training images' measured bins and thresholds (cached beside the data by difflab.prompts)."""
+    x, y = load_split("train", data_dir=data_dir)
+    return prompt_data(tensor_to_uint8(x), y.numpy(), cache=cache_path("mnist", data_dir))
+
+
+def captions(n: int, data_dir=None) -> tuple[np.ndarray, list[str]]:
+    """(digits, texts): n training images' own prompts, drawn at random without replacement (with it past
+    60,000), the same n for every model: FID with real captions (difflab.evaluation.asked_for)."""
+    data = training_prompt_set(data_dir)
+    rng = np.random.default_rng(CAPTION_SEED)
+    pick = rng.permutation(len(data.texts))[:n] if n <= len(data.texts) else rng.integers(0, len(data.texts), n)
+    return data.digits[pick], [data.texts[i] for i in pick]

@@ -45,7 +45,7 @@ except ImportError:  # pragma: no cover
 # (a checkpoint's file digest already covers what training produced) or only parses commands.
 NOT_SCORING = {"compare.py", "report.py", "page_tables.py", "score_cache.py", "demo.py", "demo_page.py", "runs.py", "download.py",
                "loop.py", "training.py", "vae_training.py", "fewstep.py", "board.py", "optim.py", "speed.py",
-               "dryrun.py", "validation.py", "untrusted.py", "cli.py", "__main__.py", "train.py", "setup_data.py", "export.py"}
+               "dryrun.py", "trainers.py", "validation.py", "untrusted.py", "cli.py", "__main__.py", "train.py", "setup_data.py", "export.py"}
 
 # Classes of a module that scores which only training reads: left out of that module's digest.
 TRAINING_ONLY = {"settings.py": {"TrainingConfig"}}

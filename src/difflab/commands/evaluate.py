@@ -165,7 +165,7 @@ def tidy(scores: dict) -> dict:
 
 
 def main(argv=None):
-    from difflab.evaluation import PROMPT_SETS
+    from difflab.prompts import PROMPT_SETS
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     what = p.add_mutually_exclusive_group(required=True)

@@ -9,10 +9,10 @@ from difflab.cli import usage
 
 
 def make_trainer(cfg):
-    """The trainer of a config (loop.TRAINERS): all run through the one loop (loop.py), each with its own loss."""
-    from difflab.loop import TRAINERS, trainer_name
+    """The trainer of a config (trainers.TRAINERS): all run through the one loop (loop.py), each with its own loss."""
+    from difflab.trainers import build_trainer
 
-    return TRAINERS[trainer_name(cfg)](cfg)
+    return build_trainer(cfg)
 
 
 def start_line(trainer) -> str:
