@@ -45,7 +45,9 @@ install-browser:
 classifier: data
 	$(PYTHON) -c "import sys; sys.path.insert(0, 'src'); from difflab.classifier import load_classifier; load_classifier(dataset='$(strip $(DATASET))')"
 
+# ruff first (pyproject.toml: pyflakes, pycodestyle, lines of at most 120): seconds, and it names the line.
 test: install-test install-demo install-browser data classifier
+	$(PYTHON) -m ruff check .
 	$(PYTHON) -m pytest -q -rs tests
 
 demo: install-demo

@@ -9,7 +9,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "src"))
 
-from difflab.cli import run_main  # noqa: E402
+from difflab.commands.common import run_main  # noqa: E402
 from difflab.commands.demo import main  # noqa: E402
 
 if __name__ == "__main__":

@@ -101,7 +101,8 @@ def main():
                            ("sweeps_old", old["sweeps"]), ("sweeps", new["sweeps"])):
             totals[key] += value
         print(f"{cfg.name:<26} {ips:>11.1f} {speeds[OLD_BATCH]:>15.1f} {speeds[default]:>8.1f} ({default:>2}) "
-              f"{new['train']:>6.1f} {old['table']:>9.1f} {new['table']:>6.1f} {old['sweeps']:>10.1f} {new['sweeps']:>6.1f}")
+              f"{new['train']:>6.1f} {old['table']:>9.1f} {new['table']:>6.1f} {old['sweeps']:>10.1f} "
+              f"{new['sweeps']:>6.1f}")
     for seeds in (1, 3):
         before = seeds * (totals["train"] + totals["table_old"]) + totals["sweeps_old"]
         after = seeds * (totals["train"] + totals["table"]) + totals["sweeps"]

@@ -33,7 +33,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
-from difflab.cli import fail, run_main  # noqa: E402
+from difflab.commands.common import run_main  # noqa: E402
+from difflab.infra.failures import fail  # noqa: E402
 
 SECOND_ORDER = ("heun", "dpm++2m")  # the deterministic second-order samplers
 TOLERANCE = 0.10  # "within 10% of the 1000-step FID"
@@ -125,7 +126,8 @@ def markdown(rows: list, reference: dict, result: dict, meta: dict) -> str:
     lines.append("")
     best = result.get("best")
     if best is None:
-        lines.append(f"No deterministic second-order sampler ({', '.join(SECOND_ORDER)}) ran at NFE <= {result['max_nfe']}.")
+        lines.append(f"No deterministic second-order sampler ({', '.join(SECOND_ORDER)}) "
+                     f"ran at NFE <= {result['max_nfe']}.")
     else:
         closest = "closest to the reference" if "reference_fid" in result else "lowest FID"
         lines.append(f"Best deterministic second-order sampler at NFE <= {result['max_nfe']} ({closest}): "

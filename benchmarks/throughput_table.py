@@ -112,7 +112,8 @@ def run_table(args) -> int:
         eager = train_speed(model, shape, batch, args.steps, args.rounds)
         compiled = train_speed(torch.compile(model), shape, batch, args.steps, args.rounds) if args.compile else None
         best = max(eager, compiled or 0)
-        rows.append((name, count_parameters(model), fl / 1e9, eager, compiled, fl * best / 1e9, sample_speed(model, shape)))
+        rows.append((name, count_parameters(model), fl / 1e9, eager, compiled, fl * best / 1e9,
+                     sample_speed(model, shape)))
         print(f"{name}: done", file=sys.stderr, flush=True)
     print(f"fp32 matmul peak, measured now: {peak:.0f} GFLOP/s; {torch.get_num_threads()} threads; "
           f"{args.rounds} rounds of {args.steps} steps")
@@ -121,8 +122,8 @@ def run_table(args) -> int:
     print("|---|---|---|---|---|---|---|")
     for name, params, gfl, eager, compiled, achieved, sampling in rows:
         comp = f"{compiled:.0f}" if compiled else "-"
-        print(f"| {name} | {params:,} | {gfl:.2f} | {eager:.0f} | {comp} | {achieved:.0f} ({100 * achieved / peak:.0f}%) "
-              f"| {sampling:.1f} |")
+        print(f"| {name} | {params:,} | {gfl:.2f} | {eager:.0f} | {comp} | "
+              f"{achieved:.0f} ({100 * achieved / peak:.0f}%) | {sampling:.1f} |")
     names = [r[0] for r in rows]
     if "diffusers UNet2DModel (peer)" in names:
         ours, peer = rows[names.index("unified_sd1_unet_eps")][3], rows[-1][3]
@@ -142,8 +143,10 @@ def run_peer(args) -> int:
         speeds["peer"].append(train_speed(peer, shape, batch, args.steps, 1))
     o, q = statistics.median(speeds["ours"]), statistics.median(speeds["peer"])
     print(f"batch {batch}, {torch.get_num_threads()} threads, {args.rounds} alternating rounds of {args.steps} steps")
-    print(f"ours  ({count_parameters(ours):,} params): {o:7.1f} images/s  (rounds: {', '.join(f'{v:.0f}' for v in speeds['ours'])})")
-    print(f"peer  ({count_parameters(peer):,} params): {q:7.1f} images/s  (rounds: {', '.join(f'{v:.0f}' for v in speeds['peer'])})")
+    print(f"ours  ({count_parameters(ours):,} params): {o:7.1f} images/s  "
+          f"(rounds: {', '.join(f'{v:.0f}' for v in speeds['ours'])})")
+    print(f"peer  ({count_parameters(peer):,} params): {q:7.1f} images/s  "
+          f"(rounds: {', '.join(f'{v:.0f}' for v in speeds['peer'])})")
     print(f"ours / diffusers at equal parameters: {o / q:.2f}x")
     return 0
 

@@ -76,7 +76,8 @@ def main():
         return run_table(args) if args.all else run_peer(args)
 
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = load_config(args.config, [f"training.output_dir={tmp}", "training.device=cpu", "training.log_every=1000000"])
+        cfg = load_config(args.config, [f"training.output_dir={tmp}", "training.device=cpu",
+                                        "training.log_every=1000000"])
         n = 60000  # the size of MNIST; random pixels time the same as digits
         x, y = torch.rand(n, 1, 28, 28) * 2 - 1, torch.randint(0, 10, (n,))
         trainer = Trainer(cfg, data=(x, y), quiet=True)
@@ -89,12 +90,12 @@ def main():
         for _ in range(args.rounds):
             bare.append(bare_loop(model, opt, x, y, trainer.batch_size, args.steps, gen))
             loop.append(trainer_loop(trainer, args.steps))
-    b, l = statistics.median(bare), statistics.median(loop)
+    b, lp = statistics.median(bare), statistics.median(loop)
     print(f"config {cfg.name}, batch {trainer.batch_size}, {torch.get_num_threads()} threads, "
           f"{args.rounds} alternating rounds of {args.steps} steps")
     print(f"bare forward/backward/step : {b:8.1f} images/s  (rounds: {', '.join(f'{v:.0f}' for v in bare)})")
-    print(f"train.py loop (Trainer.fit): {l:8.1f} images/s  (rounds: {', '.join(f'{v:.0f}' for v in loop)})")
-    print(f"loop / bare = {l / b:.3f}  (overhead {100 * (1 - l / b):.1f}%)")
+    print(f"train.py loop (Trainer.fit): {lp:8.1f} images/s  (rounds: {', '.join(f'{v:.0f}' for v in loop)})")
+    print(f"loop / bare = {lp / b:.3f}  (overhead {100 * (1 - lp / b):.1f}%)")
 
 
 if __name__ == "__main__":

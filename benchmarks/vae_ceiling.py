@@ -34,7 +34,8 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=1, help="which random N training images")
     args = p.parse_args()
     if not Path(args.vae).is_file():
-        sys.exit(f"error: no VAE at {args.vae}: train it with python train.py --config configs/reference/vae_mnist.yaml")
+        sys.exit(f"error: no VAE at {args.vae}: train it with "
+                 "python train.py --config configs/reference/vae_mnist.yaml")
     images, labels = load_split("train")
     pick = torch.randperm(len(images), generator=torch.Generator().manual_seed(args.seed))[: args.n]
     images, labels = images[pick], labels[pick]

@@ -8,7 +8,7 @@ import torch
 
 from conftest import synthetic_split, tiny_config, tiny_data
 from difflab import classifier as clf
-from difflab import compare
+from difflab.study import compare
 from difflab import evaluation as ev
 from difflab.training import Trainer
 
@@ -29,7 +29,8 @@ def test_every_file_and_a_row_per_model(tmp_path, monkeypatch):
                            sampling={"sampler": "euler", "spacing": "trailing"})
     assert compare.newest_checkpoints(tmp_path / "experiments") == [eps, flow]
     out = tmp_path / "results"
-    result = compare.run_comparison([eps, flow], out, classifier, n=20, steps_list=(2, 4), scales=(1.0, 3.0), sweep_n=10)
+    result = compare.run_comparison([eps, flow], out, classifier, n=20, steps_list=(2, 4), scales=(1.0, 3.0),
+                                    sweep_n=10)
     for name in ("grid.png", "trajectories.png", "trajectories.gif", "fid_vs_steps.png", "fid_vs_guidance.png",
                  "loss_curves.png", "RESULTS.md", "results.json"):
         assert (out / name).stat().st_size > 0, name
@@ -82,8 +83,8 @@ def test_seeds_are_found_scored_and_summarised(tmp_path, monkeypatch):
     torch.manual_seed(0)
     classifier = clf.MNISTClassifier().eval()
     first = make_checkpoint(tmp_path, "tiny_eps")
-    second = make_checkpoint(tmp_path / "x", "tiny_eps", training={"seed": 1,
-                                                                   "output_dir": str(tmp_path / "experiments" / "seed1")})
+    second = make_checkpoint(tmp_path / "x", "tiny_eps",
+                             training={"seed": 1, "output_dir": str(tmp_path / "experiments" / "seed1")})
     runs = compare.seed_runs(tmp_path / "experiments")
     assert runs == {0: [first], 1: [second]}
     result = compare.run_comparison(runs[0], tmp_path / "results", classifier, n=20, steps_list=(), scales=(),
@@ -131,10 +132,10 @@ def test_a_second_run_reads_the_scores_it_already_has(tmp_path, monkeypatch):
 def test_stored_scores_go_stale_with_the_sampling_code_not_with_the_training_code(tmp_path):
     import shutil
 
-    from difflab import score_cache
+    from difflab.study import score_cache
 
     package = tmp_path / "difflab"
-    shutil.copytree(Path(score_cache.__file__).parent, package, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(Path(score_cache.__file__).parents[1], package, ignore=shutil.ignore_patterns("__pycache__"))
 
     def edit(name, old, new):
         path = package / name

@@ -61,7 +61,8 @@ def test_bad_configs_name_file_key_and_expectation(tmp_path, text, key, expected
 
 def test_overrides_are_typed_and_checked(tmp_path):
     path = write(tmp_path, "training:\n  lr: 0.001\n")
-    cfg = load_config(path, ["training.lr=3e-4", "model.channel_mult=[1,2]", "model.attention_levels=[1]", "sampling.cfg_scale=5"])
+    cfg = load_config(path, ["training.lr=3e-4", "model.channel_mult=[1,2]", "model.attention_levels=[1]",
+                             "sampling.cfg_scale=5"])
     assert cfg.training.lr == pytest.approx(3e-4)
     assert cfg.model.channel_mult == [1, 2]
     assert isinstance(cfg.sampling.cfg_scale, float)

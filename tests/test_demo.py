@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config, tiny_data
-from difflab.demo import (MAX_WORK, DemoInputError, check_request, few_steps_hint, find_checkpoints, generate,
+from difflab.demo.session import (MAX_WORK, DemoInputError, check_request, few_steps_hint, find_checkpoints, generate,
                           load_models, max_steps)
 from difflab.training import Trainer
 
@@ -86,7 +86,8 @@ def test_side_by_side_runs_two_models_from_the_same_noise(models):
     ({"sampler": "plms"}, "sampler: expected one of ddpm, ddim, euler, heun, dpm\\+\\+2m, consistency, got 'plms'"),
     ({"model": "nope"}, "model: expected one of"),
     ({"compare_with": "nope"}, "compare with: expected one of"),
-    ({"steps": 1000, "n_images": 64}, f"too much work .* 64 images x 1000 steps = 64000 image evaluations, more than the {MAX_WORK}"),
+    ({"steps": 1000, "n_images": 64},
+     f"too much work .* 64 images x 1000 steps = 64000 image evaluations, more than the {MAX_WORK}"),
     ({"steps": 600, "n_images": 4, "sampler": "heun"}, "too much work .* x 2 \\(Heun"),
 ])
 def test_bad_values_are_refused_with_a_message_before_any_work(models, changes, message):

@@ -47,11 +47,13 @@ def run(tmp_path, nproc, batch):
 def test_two_ranks_match_one_process_with_double_batch(tmp_path):
     one = run(tmp_path, 1, 16)
     two = run(tmp_path, 2, 8)
-    losses = [[json.loads(l)["loss"] for l in (d / "metrics.jsonl").read_text().splitlines()] for d in (one, two)]
+    losses = [[json.loads(line)["loss"] for line in (d / "metrics.jsonl").read_text().splitlines()] for d in (one, two)]
     assert len(losses[0]) == len(losses[1]) == 4
     for a, b in zip(*losses):
         assert a == pytest.approx(b, rel=1e-4, abs=1e-5), losses
     # exactly one set of files: rank 1 wrote nothing
-    files = lambda d: sorted(str(p.relative_to(d)) for p in d.rglob("*") if p.is_file())
+    def files(d):
+        return sorted(str(p.relative_to(d)) for p in d.rglob("*") if p.is_file())
+
     assert files(one) == files(two)
     assert len((two / "metrics.jsonl").read_text().splitlines()) == 4

@@ -50,10 +50,10 @@ def test_a_quoted_config_diff_matches_the_configs(page, line, old, new, quoted):
 
 
 # The study's numbers (issue 25, item 5): blocks generated from docs/results/*.json by
-# `python compare_models.py --publish ...` (src/difflab/report.py).
-from difflab import report  # noqa: E402
+# `python compare_models.py --publish ...` (src/difflab/study/report.py).
+from difflab.study import report  # noqa: E402
 from difflab.config import load_config  # noqa: E402
-from difflab.dryrun import describe  # noqa: E402
+from difflab.commands.dryrun import describe  # noqa: E402
 
 BLOCKS = [(page, source, kind, body) for page in report.pages(ROOT)
           for source, kind, body in report.blocks(page.read_text())]

@@ -1,4 +1,4 @@
-"""Tests of difflab.download: the readers of each source, and fetch when every source fails.
+"""Tests of difflab.commands.download: the readers of each source, and fetch when every source fails.
 
 All are offline and fast: no test touches the network, pip or dpkg.
 """
@@ -19,7 +19,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from difflab import download  # noqa: E402
+from difflab.commands import download  # noqa: E402
 from difflab.data import KEYS, DataError  # noqa: E402
 
 

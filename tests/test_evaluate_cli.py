@@ -16,7 +16,7 @@ import torch
 from conftest import tiny_config, tiny_data
 from difflab import classifier as clf
 from difflab import evaluation as ev
-from difflab.cli import run_main
+from difflab.commands.common import run_main
 from difflab.data import images_to_tensor
 from difflab.models import NULL_CLASS, build_model
 from difflab.pipeline import Pipeline

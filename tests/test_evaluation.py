@@ -14,6 +14,7 @@ import torch
 
 from difflab import classifier as clf
 from difflab import evaluation as ev
+from difflab import metrics
 
 
 # --------------------------------------------------------------------------
@@ -29,7 +30,7 @@ def _random_psd(d: int, seed: int) -> torch.Tensor:
 
 def test_fid_of_a_set_with_itself_is_zero():
     feats = torch.randn(2000, 32, generator=torch.Generator().manual_seed(0))
-    assert ev.fid_from_features(feats, feats) == pytest.approx(0.0, abs=1e-8)
+    assert metrics.fid_from_features(feats, feats) == pytest.approx(0.0, abs=1e-8)
 
 
 def test_fid_of_diagonal_gaussians_matches_closed_form():
@@ -37,12 +38,13 @@ def test_fid_of_diagonal_gaussians_matches_closed_form():
     mu_a, mu_b = torch.tensor([0.0, 1.0, -2.0, 0.5]), torch.tensor([1.0, 1.0, 0.0, -0.5])
     a, b = torch.tensor([1.0, 4.0, 0.25, 2.0]), torch.tensor([9.0, 1.0, 0.25, 0.5])
     exact = ((mu_a - mu_b) ** 2).sum() + ((a.sqrt() - b.sqrt()) ** 2).sum()
-    assert ev.fid_from_statistics(mu_a, torch.diag(a), mu_b, torch.diag(b)) == pytest.approx(exact.item(), rel=1e-10)
+    got = metrics.fid_from_statistics(mu_a, torch.diag(a), mu_b, torch.diag(b))
+    assert got == pytest.approx(exact.item(), rel=1e-10)
     # The same from samples: only sampling error remains.
     g = torch.Generator().manual_seed(1)
     xa = mu_a + a.sqrt() * torch.randn(50_000, 4, generator=g)
     xb = mu_b + b.sqrt() * torch.randn(50_000, 4, generator=g)
-    assert ev.fid_from_features(xa, xb) == pytest.approx(exact.item(), rel=0.03)
+    assert metrics.fid_from_features(xa, xb) == pytest.approx(exact.item(), rel=0.03)
 
 
 def test_fid_full_covariance_matches_eigenvalues_of_the_product():
@@ -52,9 +54,9 @@ def test_fid_full_covariance_matches_eigenvalues_of_the_product():
     mu_a, mu_b = torch.zeros(12, dtype=torch.float64), torch.full((12,), 0.3, dtype=torch.float64)
     tr_sqrt = torch.linalg.eigvals(ca @ cb).sqrt().real.sum()
     exact = (mu_a - mu_b).square().sum() + ca.trace() + cb.trace() - 2 * tr_sqrt
-    got = ev.fid_from_statistics(mu_a, ca, mu_b, cb)
+    got = metrics.fid_from_statistics(mu_a, ca, mu_b, cb)
     assert got == pytest.approx(exact.item(), rel=1e-8)
-    assert got == pytest.approx(ev.fid_from_statistics(mu_b, cb, mu_a, ca), rel=1e-8)  # symmetric
+    assert got == pytest.approx(metrics.fid_from_statistics(mu_b, cb, mu_a, ca), rel=1e-8)  # symmetric
 
 
 def test_fid_handles_singular_covariances():
@@ -63,7 +65,7 @@ def test_fid_handles_singular_covariances():
     a = torch.relu(torch.randn(500, 16, generator=g))
     a[:, :4] = 0.0
     b = torch.relu(torch.randn(500, 16, generator=g) + 0.5)
-    fid = ev.fid_from_features(a, b)
+    fid = metrics.fid_from_features(a, b)
     assert math.isfinite(fid) and fid > 0.1
 
 
@@ -71,7 +73,7 @@ def test_fid_grows_with_noise_on_synthetic_features():
     g = torch.Generator().manual_seed(3)
     real = torch.randn(3000, 16, generator=g) @ torch.randn(16, 16, generator=g)
     noise = torch.randn(real.shape, generator=g)
-    fids = [ev.fid_from_features(real, real + s * noise) for s in (0.0, 0.3, 1.0, 3.0)]
+    fids = [metrics.fid_from_features(real, real + s * noise) for s in (0.0, 0.3, 1.0, 3.0)]
     assert all(x < y for x, y in zip(fids, fids[1:])), fids
 
 
@@ -89,27 +91,27 @@ def _two_modes(n: int, seed: int) -> torch.Tensor:
 
 def test_precision_recall_of_identical_sets_is_one():
     x = _two_modes(1000, 0)
-    p, r = ev.precision_recall(x, x.clone(), k=3, chunk=300)
+    p, r = metrics.precision_recall(x, x.clone(), k=3, chunk=300)
     assert p == pytest.approx(1.0) and r == pytest.approx(1.0)
 
 
 def test_precision_recall_does_not_depend_on_the_chunk_size():
     real, fake = _two_modes(700, 0), _two_modes(600, 1) * 1.3
-    results = {ev.precision_recall(real, fake, k=5, chunk=c) for c in (64, 250, 10_000)}
+    results = {metrics.precision_recall(real, fake, k=5, chunk=c) for c in (64, 250, 10_000)}
     assert len(results) == 1, results
 
 
 def test_mode_collapse_keeps_precision_but_loses_recall():
     real = _two_modes(2000, 0)
     fake = torch.randn(2000, 8, generator=torch.Generator().manual_seed(1))  # first mode only
-    p, r = ev.precision_recall(real, fake, k=3)
+    p, r = metrics.precision_recall(real, fake, k=3)
     assert p > 0.85, p
     assert r < 0.6, r  # about half the real points (the missed mode) are uncovered
 
 
 def test_far_away_fakes_have_zero_precision():
     real = _two_modes(500, 0)
-    p, r = ev.precision_recall(real, real + 100.0, k=3)
+    p, r = metrics.precision_recall(real, real + 100.0, k=3)
     assert p == 0.0 and r == 0.0
 
 
@@ -261,7 +263,8 @@ def test_real_fid_grows_with_noise(real):
     ref = ev.features(model, images[5000:])
     x = images[:2000]
     noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(0))
-    fids = [ev.fid_from_features(ref, ev.features(model, (x + s * noise).clamp(-1, 1))) for s in (0.0, 0.2, 0.5, 1.0)]
+    fids = [metrics.fid_from_features(ref, ev.features(model, (x + s * noise).clamp(-1, 1)))
+            for s in (0.0, 0.2, 0.5, 1.0)]
     assert all(a < b for a, b in zip(fids, fids[1:])), fids
 
 

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from conftest import tiny_config, tiny_data
-from difflab.config import ConfigError, DiffusionConfig, config_from_dict
+from difflab.config import ConfigError, config_from_dict
+from difflab.settings import DiffusionConfig
 from difflab import fewstep
 from difflab.fewstep import (ConsistencyTrainer, ShortcutTrainer, consistency_loss, pseudo_huber, shortcut_loss,
                              two_jumps)

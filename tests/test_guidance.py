@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from difflab.config import DiffusionConfig
+from difflab.settings import DiffusionConfig
 from difflab.guidance import Denoiser
 from difflab.objectives import OBJECTIVES, broadcast, build_objective
 from difflab.schedules import build_path

@@ -12,9 +12,10 @@ import yaml
 from conftest import tiny_config, tiny_data
 from faults._support import entry_main, needs_mnist
 from difflab import latent
-from difflab.checkpoint import CheckpointError, load_checkpoint
-from difflab.config import ConfigError, ModelConfig, load_config
-from difflab.dryrun import describe
+from difflab.infra.checkpoint import CheckpointError, load_checkpoint
+from difflab.config import ConfigError, load_config
+from difflab.settings import ModelConfig
+from difflab.commands.dryrun import describe
 from difflab.models import build_model, count_parameters
 from difflab.models.vae import build_vae
 from difflab.pipeline import Pipeline

@@ -103,7 +103,8 @@ def test_the_null_condition_is_the_empty_prompt():
 def prompt_model(architecture):
     if architecture == "unet":
         cfg = tiny_config(Path("/tmp"),
-                          model={"conditioning": "prompt", "text_dim": 16, "text_heads": 2, "cross_attention_levels": [1]})
+                          model={"conditioning": "prompt", "text_dim": 16, "text_heads": 2,
+                                 "cross_attention_levels": [1]})
     else:
         cfg = tiny_config(Path("/tmp"),
                           model={"architecture": "mmdit", "hidden_size": 32, "depth": 2, "single_depth": 1,

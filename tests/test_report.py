@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from difflab import page_tables, report
+from difflab.study import page_tables, report
 
 
 def row(model, fids, accs=None, floor=2.0, **extra):
@@ -24,7 +24,8 @@ def test_an_ordering_says_whether_the_seed_spreads_overlap():
     sd1 = row("unified_sd1_unet_eps", [6.0, 6.4, 6.2])
     apart = row("unified_sd2_unet_v", [4.0, 4.2, 4.4])  # 6.2 +- 0.2 against 4.2 +- 0.2: apart
     close = row("unified_sd2_unet_v", [5.9, 6.5, 6.2])  # 6.2 +- 0.3: the same
-    assert "lowered the FID from 6.20 +- 0.20 to 4.20 +- 0.20: the spreads do not overlap" in report.orderings([sd1, apart])
+    assert ("lowered the FID from 6.20 +- 0.20 to 4.20 +- 0.20: the spreads do not overlap"
+            in report.orderings([sd1, apart]))
     assert "the spreads overlap, so this budget does not order the two" in report.orderings([sd1, close])
     one_seed = report.orderings([row("unified_sd1_unet_eps", [6.0]), row("unified_sd2_unet_v", [7.0])])
     assert "raised the FID from 6.00 to 7.00: one seed each, so seed noise is not measured" in one_seed
@@ -39,8 +40,10 @@ def test_the_goal_line_says_how_far_each_row_is():
 def test_a_row_with_one_seed_is_ordered_against_the_other_rows_seed_spread():
     sd1 = row("unified_sd1_unet_eps", [6.0, 6.4, 6.2])  # 6.20 +- 0.20
     near, far = row("unet_x0_prediction", [6.3]), row("unet_x0_prediction", [9.0])
-    assert "U-Net x0 has one seed; the gap is not larger than SD1 U-Net eps's seed spread (0.20)" in report.orderings([sd1, near])
-    assert "U-Net x0 has one seed; the gap is larger than SD1 U-Net eps's seed spread (0.20)" in report.orderings([sd1, far])
+    assert ("U-Net x0 has one seed; the gap is not larger than SD1 U-Net eps's seed spread (0.20)"
+            in report.orderings([sd1, near]))
+    assert ("U-Net x0 has one seed; the gap is larger than SD1 U-Net eps's seed spread (0.20)"
+            in report.orderings([sd1, far]))
     note = report.table([sd1, far]).splitlines()[-1]
     assert "over 3 training seeds (one seed, no spread: U-Net x0)" in note
 
@@ -132,7 +135,8 @@ def test_a_pages_own_measurements_are_published_from_evaluate_outputs(tmp_path, 
     (tmp_path / "docs").mkdir()
     (tmp_path / "a.json").write_text(json.dumps(evaluation(10.891, 0.962, 1.75)))
     (tmp_path / "b.json").write_text(json.dumps(evaluation(8.2, None, 1.0)))  # unconditional: no accuracy
-    block = "<!-- generated from docs/results/tuning.json: evaluations -->\nhand-typed 9.99\n<!-- end of generated block -->"
+    block = ("<!-- generated from docs/results/tuning.json: evaluations -->\nhand-typed 9.99\n"
+             "<!-- end of generated block -->")
     (tmp_path / "README.md").write_text("# x\n")
     (tmp_path / "docs" / "page.md").write_text("text\n" + block + "\n")
     monkeypatch.chdir(tmp_path)
@@ -146,7 +150,7 @@ def test_a_pages_own_measurements_are_published_from_evaluate_outputs(tmp_path, 
 
 
 def test_evaluations_refuse_what_is_not_an_evaluate_output(tmp_path, monkeypatch):
-    from difflab.cli import InputError, UsageError
+    from difflab.infra.failures import InputError, UsageError
     from difflab.commands.compare import main
 
     (tmp_path / "docs").mkdir()

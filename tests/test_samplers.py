@@ -9,7 +9,7 @@ measured against a fine-step reference.
 import pytest
 import torch
 
-from difflab.config import DiffusionConfig
+from difflab.settings import DiffusionConfig
 from difflab.samplers import SAMPLERS
 from difflab.schedules import build_path, time_grid
 
@@ -74,10 +74,12 @@ def test_consistency_sampling_with_the_exact_consistency_function_lands_on_the_d
     path = build_path(PATHS[path_name])
     times = time_grid(steps, "trailing").double().tolist()
     x = start(path, 20000)
-    out = SAMPLERS["consistency"](consistency_function(path), x, times, path, generator=torch.Generator().manual_seed(1))
+    out = SAMPLERS["consistency"](consistency_function(path), x, times, path,
+                                  generator=torch.Generator().manual_seed(1))
     assert torch.allclose(out.mean(0), MU, atol=0.02), out.mean(0)
     assert torch.allclose(out.var(0), VAR, rtol=0.05), out.var(0)
-    shrunk = SAMPLERS["consistency"](gaussian_denoiser(path), x, times, path, generator=torch.Generator().manual_seed(1))
+    shrunk = SAMPLERS["consistency"](gaussian_denoiser(path), x, times, path,
+                                     generator=torch.Generator().manual_seed(1))
     assert (shrunk.var(0) < 0.9 * VAR).all()
 
 

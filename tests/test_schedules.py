@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from difflab.config import DiffusionConfig
+from difflab.settings import DiffusionConfig
 from difflab.schedules import build_path, sample_training_t, shift_time, time_grid
 
 PATHS = {

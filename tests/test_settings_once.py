@@ -12,9 +12,11 @@ import pytest
 import torch
 
 from conftest import tiny_config
-from difflab import demo, fewstep
+from difflab import fewstep
 from difflab import evaluation as ev
-from difflab.cli import UsageError, check_cfg_scale, check_steps
+from difflab.demo import session as demo
+from difflab.commands.common import check_cfg_scale, check_steps
+from difflab.infra.failures import UsageError
 from difflab.config import ConfigError
 from difflab.fewstep import ConsistencyTrainer
 from difflab.guidance import Denoiser, cfg_mix
@@ -23,7 +25,7 @@ from difflab.models.text import null_condition
 from difflab.objectives import broadcast, build_objective
 from difflab.pipeline import Pipeline, SamplingSettings, sampling_batch_size
 from difflab.schedules import build_path
-from difflab.validation import MAX_STEPS, cfg_scale_ok, steps_ok
+from difflab.infra.validation import MAX_STEPS, cfg_scale_ok, steps_ok
 
 SRC = Path(__file__).resolve().parent.parent / "src" / "difflab"
 OWN = {"sampler": "euler", "steps": 3, "cfg_scale": 4.5}  # the config's own sampling, unlike any default

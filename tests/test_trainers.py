@@ -8,7 +8,7 @@ import torch
 
 from conftest import tiny_config, tiny_data
 from difflab import latent
-from difflab.checkpoint import save_checkpoint
+from difflab.infra.checkpoint import save_checkpoint
 from difflab.config import FEW_STEP_METHODS, config_from_dict, load_config
 from difflab.fewstep import ConsistencyTrainer, ShortcutTrainer
 from difflab.loop import Draws, TrainingLoop

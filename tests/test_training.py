@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import tiny_config, tiny_data
-from difflab.checkpoint import CheckpointError, load_checkpoint
+from difflab.infra.checkpoint import CheckpointError, load_checkpoint
 from difflab.pipeline import Pipeline
 from difflab.optim import lr_at
 from difflab.training import Trainer, diffusion_batch_loss
@@ -124,7 +124,7 @@ def test_bad_checkpoints_are_refused_with_one_line(tmp_path):
 
 
 def test_auto_batch_size_picks_a_measured_size_and_stops_at_out_of_memory(tmp_path, monkeypatch, capsys):
-    from difflab import speed
+    from difflab.infra import speed
 
     cfg = tiny_config(tmp_path, training={"batch_size": "auto", "max_batch_size": 128})
     trainer = Trainer(cfg, data=tiny_data(256))
@@ -194,7 +194,8 @@ def test_tensorboard_shows_the_numbers_of_metrics_jsonl_and_the_sample_grids(tmp
     records = [json.loads(line) for line in (trainer.out_dir / "metrics.jsonl").read_text().splitlines()]
     loss = [(e.step, e.value) for e in events.Scalars("train/loss")]
     assert loss == [(r["step"], pytest.approx(r["loss"], rel=1e-6)) for r in records]
-    assert [e.step for e in events.Scalars("loss_by_t/0.0-0.1")] == [r["step"] for r in records if r["loss_by_t"][0] is not None]
+    assert ([e.step for e in events.Scalars("loss_by_t/0.0-0.1")]
+            == [r["step"] for r in records if r["loss_by_t"][0] is not None])
     assert [e.step for e in events.Images("samples/samples")] == [4, 8]  # the grid of each of the 2 epochs
 
 

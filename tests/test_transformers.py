@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from difflab.config import ModelConfig
+from difflab.settings import ModelConfig
 from difflab.models.dit import DiTBlock, build_dit
 from difflab.models.layers import apply_rope, rope_2d, sincos_pos_embed_2d, unpatchify
 from difflab.models.layers import NULL_CLASS, count_parameters

@@ -4,10 +4,10 @@ import pytest
 import torch
 
 from conftest import tiny_config, tiny_data
-from difflab.checkpoint import CheckpointError, load_checkpoint
+from difflab.infra.checkpoint import CheckpointError, load_checkpoint
 from difflab.pipeline import Pipeline
 from difflab.training import Trainer
-from difflab.weights import export_safetensors
+from difflab.infra.weights import export_safetensors
 
 
 @pytest.fixture(scope="module")

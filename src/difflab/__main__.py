@@ -9,7 +9,7 @@ import importlib
 import sys
 from typing import Optional
 
-from .cli import run_main
+from .commands.common import run_main
 
 # command -> (module in difflab.commands, the script it stands for)
 COMMANDS = {

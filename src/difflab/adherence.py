@@ -96,5 +96,6 @@ def adherence_table(result: dict) -> str:
         lines.append(f"| {name} | {100 * r['hit_rate']:.1f}% | {100 * r['chance']:.1f}% | {r['correlation']:.2f} |")
     for kind in ("common", "rare"):
         r = result[f"{kind}_combinations"]
-        lines.append(f"| all three, {kind} combinations | {100 * r['all_three_hit']:.1f}% | {100 * r['chance']:.1f}% | |")
+        lines.append(f"| all three, {kind} combinations | {100 * r['all_three_hit']:.1f}% | "
+                     f"{100 * r['chance']:.1f}% | |")
     return "\n".join(lines) + f"\n\ndigit accuracy from the prompts: {100 * result['accuracy']:.1f}%\n"

@@ -23,11 +23,11 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from difflab.checkpoint import weights_problem
+from difflab.infra.checkpoint import weights_problem
 from difflab.data import DATASETS, DataError, load_split, resolve_data_dir, sha256_file
 from difflab.evaluation import conditional_accuracy
-from difflab.outputs import write_bytes_atomic, write_error
-from difflab.untrusted import shown
+from difflab.infra.outputs import write_bytes_atomic, write_error
+from difflab.infra.untrusted import shown
 
 CACHE_FORMAT = 1  # bump when the architecture or the file layout changes
 FEATURE_DIM = 128

@@ -14,10 +14,10 @@ from typing import Any, Optional, Union
 
 import yaml
 
-from .settings import (Config, DataConfig, DiffusionConfig, FewStepConfig, ModelConfig,  # noqa: F401 (imported from here)
-                       SamplingConfig, TrainingConfig)
-from .untrusted import StructureError, check_structure, shown
-from .validation import ConfigError, validate
+from .settings import (Config, DataConfig, DiffusionConfig, FewStepConfig, ModelConfig, SamplingConfig,
+                       TrainingConfig)
+from .infra.untrusted import StructureError, check_structure, shown
+from .infra.validation import ConfigError, validate
 
 # A config is a few kilobytes, a few hundred values and 4 levels deep (the file, a section, a key, a
 # list). The bounds below are far above any real one, and far below what hurts: YAML's anchors and

@@ -7,7 +7,7 @@ The data folder is found the same way everywhere (`resolve_data_dir`):
 an explicit argument, else `$DIFFLAB_DATA`, else `./data` in the current directory.
 
 Both datasets' arrays are compared with known SHA-256 digests. Getting the file onto disk
-in the first place is `difflab.download`'s job (run by `python setup_mnist.py`).
+in the first place is `difflab.commands.download`'s job (run by `python setup_mnist.py`).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Mapping, Optional, Union
 
 import numpy as np
 
-from .untrusted import shown
+from .infra.untrusted import shown
 
 if TYPE_CHECKING:  # torch is imported inside the functions that use it: importing it
     import torch  # takes seconds, and `python setup_mnist.py` never needs it

@@ -21,21 +21,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Union
 
-import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
 
 from difflab.data import load_split, resolve_data_dir
 from difflab.prompts import PROMPT_SETS, captions, write
-from difflab.metrics import (  # noqa: F401  (re-exported: the maths lives in metrics.py)
-    feature_statistics,
-    fid_from_features,
-    fid_from_statistics,
-    precision_recall,
-)
-
-ArrayLike = Union[torch.Tensor, np.ndarray]
+from difflab.metrics import feature_statistics, fid_from_statistics, precision_recall
 
 
 # --------------------------------------------------------------------------
@@ -126,10 +118,12 @@ def _split_features(classifier: nn.Module, split: str, data_dir, batch_size: int
         classifier, load_split(split, dataset=judged_dataset(classifier), data_dir=data_dir)[0], batch_size))
 
 
-def _split_statistics(classifier: nn.Module, split: str, data_dir, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _split_statistics(classifier: nn.Module, split: str, data_dir,
+                      batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(mu, Sigma) of a split's features, cached."""
     key = ("stats", split, str(resolve_data_dir(data_dir)))
-    return _cached(classifier, key, lambda: feature_statistics(_split_features(classifier, split, data_dir, batch_size)))
+    return _cached(classifier, key,
+                   lambda: feature_statistics(_split_features(classifier, split, data_dir, batch_size)))
 
 
 def _fixed_subset(feats: torch.Tensor, n: int) -> torch.Tensor:
@@ -144,7 +138,8 @@ def _fid_floor(classifier: nn.Module, reference: str, n: int, data_dir, batch_si
 
     def compute() -> float:
         real_n = _fixed_subset(_split_features(classifier, other, data_dir, batch_size), n)
-        return fid_from_statistics(*feature_statistics(real_n), *_split_statistics(classifier, reference, data_dir, batch_size))
+        return fid_from_statistics(*feature_statistics(real_n),
+                                   *_split_statistics(classifier, reference, data_dir, batch_size))
 
     return _cached(classifier, ("floor", reference, str(resolve_data_dir(data_dir)), n), compute)
 
@@ -210,7 +205,8 @@ def asked_for(pipe, n: int, prompts: str = "digit", data_dir=None) -> tuple[torc
     - "digit": the digit alone, "a 7", as a model of labels is asked (difflab.adherence asks for the rest);
     - "captions": n prompts drawn from the training images' own, the attributes as often as the data
       has them: how text-to-image models are scored, with real captions (FID-30K on MS-COCO's
-      captions, Saharia et al. 2022, Sec. 4.1). Their digits are the ones asked for; they are the same for every model."""
+      captions, Saharia et al. 2022, Sec. 4.1). Their digits are the ones asked for; they are the same
+      for every model."""
     from difflab.models import NULL_CLASS
     from difflab.pipeline import is_unconditional
 

@@ -36,16 +36,16 @@ from typing import Callable, Optional
 
 import torch
 
-from .checkpoint import load_checkpoint, load_weights
-from .config import Config, ConfigError, config_from_dict
-from .distributed import DistInfo
+from .infra.checkpoint import load_checkpoint, load_weights
+from .config import ConfigError, config_from_dict
+from .infra.distributed import DistInfo
 from .guidance import both_halves, cfg_mix
 from .models import build_model
 from .models.text import drop_condition
 from .objectives import broadcast
 from .loop import Draws
 from .schedules import sample_training_t
-from .settings import DiffusionConfig
+from .settings import Config, DiffusionConfig
 from .training import Trainer, logged_by_t
 
 Tensor = torch.Tensor

@@ -9,13 +9,14 @@ teacher (fewstep.py) both call it.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Sequence, Union
 
 import torch
 
 from .models.text import null_condition
 from .objectives import Objective, broadcast
 from .schedules import NoisePath
+from .settings import SamplingConfig
 
 Tensor = torch.Tensor
 
@@ -29,7 +30,7 @@ def cfg_mix(cond: Tensor, uncond: Tensor, w: float) -> Tensor:
     return uncond + w * (cond - uncond)
 
 
-def both_halves(model, x: Tensor, t: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+def both_halves(model: torch.nn.Module, x: Tensor, t: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
     """(conditional, unconditional) raw outputs at times t in [0, 1], from one batched forward pass:
     the batch is doubled, its second half given the null condition (the null class, or the empty prompt)."""
     out = model(torch.cat([x, x]), torch.cat([t, t]) * 1000, torch.cat([y, null_condition(y)]))
@@ -38,7 +39,7 @@ def both_halves(model, x: Tensor, t: Tensor, y: Tensor) -> tuple[Tensor, Tensor]
 
 
 class Denoiser:
-    """(x_t, t) -> (x0_hat, eps_hat) for fixed labels y, with optional CFG.
+    """(x_t, t) -> (x0_hat, eps_hat) for fixed labels y, with optional CFG: the samplers' DenoiserFn.
 
     Classifier-free guidance (Ho & Salimans 2022, Eq. 6) mixes the conditional and
     unconditional predictions: d = d_u + w (d_c - d_u). Because the objective's
@@ -62,7 +63,7 @@ class Denoiser:
         interval: Sequence[float] = (0.0, 1.0),
         rescale: float = 0.0,
         clip_x0: bool = False,
-    ):
+    ) -> None:
         self.model, self.objective, self.path = model, objective, path
         self.y = y
         self.cfg_scale, self.interval, self.rescale = cfg_scale, tuple(interval), rescale
@@ -107,7 +108,7 @@ class Denoiser:
         x0 = self.rescale * (x0 * ratio) + (1 - self.rescale) * x0
         return x0, self._consistent_eps(x0, x, t)
 
-    def _consistent_eps(self, x0: Tensor, x: Tensor, t) -> Tensor:
+    def _consistent_eps(self, x0: Tensor, x: Tensor, t: Union[float, Tensor]) -> Tensor:
         """The eps that keeps x_t = a x0 + s eps true for a changed x0."""
         t = torch.as_tensor(t, dtype=x.dtype, device=x.device).expand(x.shape[0])
         a = broadcast(self.path.alpha(t), x)
@@ -115,7 +116,8 @@ class Denoiser:
         return (x - a * x0) / s
 
 
-def make_denoiser(model, objective: Objective, path: NoisePath, y: Tensor, sampling_cfg, cfg_scale: float) -> Denoiser:
+def make_denoiser(model: torch.nn.Module, objective: Objective, path: NoisePath, y: Tensor,
+                  sampling_cfg: SamplingConfig, cfg_scale: float) -> Denoiser:
     """A Denoiser with the guidance options of a SamplingConfig, at the guidance scale the caller resolved
     (Pipeline.settings: the one asked for, else the config's; 1 for an unconditional model)."""
     return Denoiser(

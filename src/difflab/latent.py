@@ -21,12 +21,13 @@ from typing import Union
 
 import torch
 
-from .checkpoint import CheckpointError, load_checkpoint, load_weights, save_checkpoint
-from .config import Config, ConfigError, config_from_dict
+from .infra.checkpoint import CheckpointError, load_checkpoint, load_weights, save_checkpoint
+from .config import ConfigError, config_from_dict
+from .settings import Config
 from .data import load_split, resolve_data_dir
 from .models import count_parameters
 from .models.vae import VAE, build_vae
-from .untrusted import shown
+from .infra.untrusted import shown
 
 DEFAULT_VAE_CONFIG = "configs/reference/vae_mnist.yaml"
 
@@ -72,7 +73,8 @@ def load_vae(path: Union[str, Path], device: Union[str, torch.device]) -> VAE:
     vae.scale_factor = float(scale)
     # what the compare table shows beside the latent model's own training images
     seen = state.get("images_seen")
-    vae.images_seen = seen if _positive_number(seen) else (step * cfg.training.batch_size if _positive_number(step) else 0)
+    vae.images_seen = (seen if _positive_number(seen)
+                       else (step * cfg.training.batch_size if _positive_number(step) else 0))
     return vae.to(device).eval().requires_grad_(False)
 
 
@@ -112,7 +114,8 @@ def checkpoint_vae(stored: str, checkpoint: Union[str, Path]) -> Path:
                               f".safetensors file; refused")
     folders = vae_folders(checkpoint)
     tail = Path(*[p for p in name.parts if p not in (name.anchor, "..", ".")][-3:])
-    candidates = [name] + [root / name for root in folders if not name.is_absolute()] + [root / tail for root in folders]
+    candidates = ([name] + [root / name for root in folders if not name.is_absolute()]
+                  + [root / tail for root in folders])
     for candidate in candidates:
         try:
             found = candidate.resolve()  # '..' and symbolic links resolved before the check below

@@ -28,15 +28,16 @@ from typing import Callable, Optional
 import torch
 from tqdm import tqdm
 
-from . import runs
-from .board import Board
-from .checkpoint import (RESUME_FIELDS, CheckpointError, check_resume_fields, epoch_checkpoints, load_checkpoint,
+from .infra import runs
+from .infra.board import Board
+from .infra.checkpoint import (RESUME_FIELDS, CheckpointError, check_resume_fields, epoch_checkpoints, load_checkpoint,
                          load_weights, save_checkpoint, set_rng_state)
-from .config import Config, ConfigError, config_from_dict
-from .distributed import DistInfo, barrier, init_distributed, mean_across_ranks, select_device
+from .config import ConfigError, config_from_dict
+from .settings import Config
+from .infra.distributed import DistInfo, barrier, init_distributed, mean_across_ranks, select_device
 from .models import count_parameters
 from .optim import EMA, adamw, lr_at, run_length
-from .outputs import write_error, writing
+from .infra.outputs import write_error, writing
 
 # Every diffusion target (eps, x0, v, flow) has about unit variance, so predicting zero scores a loss
 # near 1; a loss a hundred times that means the weights have blown up (lr far too high), finite or not.
@@ -100,30 +101,30 @@ class TrainingLoop:
 
     def __init__(self, cfg: Config, device: Optional[torch.device] = None, quiet: bool = False,
                  dist: Optional[DistInfo] = None):
-        self.cfg, t = cfg, cfg.training
+        self.cfg, tc = cfg, cfg.training
         self.dist = dist or init_distributed()
         self.quiet = quiet or not self.dist.is_main
-        if t.threads:
-            torch.set_num_threads(t.threads)
-        self.device = device or select_device(t.device, self.dist.local_rank)
-        self.out_dir = Path(t.output_dir) / cfg.name
+        if tc.threads:
+            torch.set_num_threads(tc.threads)
+        self.device = device or select_device(tc.device, self.dist.local_rank)
+        self.out_dir = Path(tc.output_dir) / cfg.name
         self.step, self.images_seen, self.elapsed, self.skipped = 0, 0, 0.0, 0
         self.interrupted, self.train_images_per_s = False, None
-        self.noise_gen = torch.Generator(device=self.device).manual_seed(t.seed + 1)
+        self.noise_gen = torch.Generator(device=self.device).manual_seed(tc.seed + 1)
         self._perm = None  # (epoch, that epoch's permutation of the dataset)
         self.board = Board(None)  # TensorBoard, while fit() runs with training.tensorboard: true
 
     def prepare(self, model: torch.nn.Module, data: tuple, batch_size: int, loss: Loss, ema: bool = False) -> None:
         """Once the trainer has built its model: its loss, the data, the optimiser and the run's length."""
-        t = self.cfg.training
+        tc = self.cfg.training
         self.x, self.y = data[0].to(self.device), data[1].to(self.device)  # the dataset, drawn by index
         self.model, self.params, self.loss = model, count_parameters(model), loss
-        self.ema = EMA(model, t.ema_decay) if ema else None
-        self.opt = adamw(model, t)
+        self.ema = EMA(model, tc.ema_decay) if ema else None
+        self.opt = adamw(model, tc)
         # batch_size is per rank; one step consumes world * batch_size images.
         self.batch_size, self.global_batch = batch_size, batch_size * self.dist.world
         self.steps_per_epoch = max(len(self.x) // self.global_batch, 1)
-        self.total_steps = run_length(t, self.steps_per_epoch, self.global_batch)
+        self.total_steps = run_length(tc, self.steps_per_epoch, self.global_batch)
 
     def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
         """What the training step calls: DDP across ranks, then torch.compile if asked for."""
@@ -171,7 +172,8 @@ class TrainingLoop:
     # ------------------------------------------------------------------ one step
 
     def batch(self, step: int) -> tuple[Tensor, Tensor]:
-        """The batch of a global step: epoch e's permutation comes from seed + e, so a resumed run sees the same data."""
+        """The batch of a global step: epoch e's permutation comes from seed + e, so a resumed run sees the
+        same data."""
         epoch, pos = divmod(step, self.steps_per_epoch)
         if self._perm is None or self._perm[0] != epoch:
             g = torch.Generator().manual_seed(self.cfg.training.seed * 1_000_003 + epoch)
@@ -240,12 +242,14 @@ class TrainingLoop:
         """
         tc, self.interrupted = self.cfg.training, False
         end = self.total_steps if stop_after is None else min(self.total_steps, stop_after)
-        folder = runs.claim(self.out_dir, fresh=self.step == 0, overwrite=overwrite) if self.dist.is_main else nullcontext()
+        folder = (runs.claim(self.out_dir, fresh=self.step == 0, overwrite=overwrite) if self.dist.is_main
+                  else nullcontext())
         sums: dict = {}  # the logged tensors, summed on the device between log lines
         n_since, n_good, t_last, last_log = 0, 0, time.perf_counter(), {}
         kept = f"checkpoints already in {self.out_dir / 'checkpoints'} are intact"
         self.board = Board(self.out_dir / "tensorboard" if tc.tensorboard and self.dist.is_main else None)
-        with folder, runs.sigint_sets_flag(self), writing(self.out_dir, kept), self.progress() as bar, self.board:  # the bar starts once the folder is ours
+        # the bar starts once the folder is ours
+        with folder, runs.sigint_sets_flag(self), writing(self.out_dir, kept), self.progress() as bar, self.board:
             if self.dist.is_main:
                 (self.out_dir / "config.json").write_text(json.dumps(self.cfg.to_dict(), indent=2))
             while self.step < end and not self.interrupted:
@@ -373,7 +377,8 @@ class TrainingLoop:
         saved = config_from_dict(state["config"], source=str(path))
         for section in self.resume_sections:
             if getattr(saved, section) != getattr(self.cfg, section):
-                raise ConfigError(f"{path}: the checkpoint's '{section}' section differs from the config; cannot resume")
+                raise ConfigError(f"{path}: the checkpoint's '{section}' section differs from the config; "
+                                  "cannot resume")
         load_weights(self.model, state["model"], path)
         if self.ema is not None:
             load_weights(self.ema.model, state["ema"], path, what="EMA")

@@ -83,7 +83,8 @@ def _inside_manifold(queries: torch.Tensor, points: torch.Tensor, radii: torch.T
     return torch.cat(inside)
 
 
-def precision_recall(real_feats: ArrayLike, fake_feats: ArrayLike, k: int = 3, chunk: int = 1000) -> tuple[float, float]:
+def precision_recall(real_feats: ArrayLike, fake_feats: ArrayLike, k: int = 3,
+                     chunk: int = 1000) -> tuple[float, float]:
     """Improved precision and recall (Kynkaanniemi et al. 2019).
 
     Each set's manifold is the union of balls around its points, of radius the

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import torch
 
+from .schedules import NoisePath
+
 Tensor = torch.Tensor
 # Where a path reaches alpha = 0 (pure noise) or sigma = 0 (clean data), one of
 # the conversions below divides by zero; the floor keeps it finite.
@@ -40,14 +42,14 @@ class EpsilonObjective(Objective):
 
     name = "eps"
 
-    def target(self, x0, eps, a, s):
+    def target(self, x0: Tensor, eps: Tensor, a: Tensor, s: Tensor) -> Tensor:
         return eps
 
-    def to_x0_eps(self, out, x_t, a, s):
+    def to_x0_eps(self, out: Tensor, x_t: Tensor, a: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
         x0 = (x_t - s * out) / a.clamp(min=_FLOOR)  # invert x_t = a x0 + s eps
         return x0, out
 
-    def x0_error_scale(self, a, s):
+    def x0_error_scale(self, a: Tensor, s: Tensor) -> Tensor:
         return -s / a.clamp(min=_FLOOR)
 
 
@@ -56,14 +58,14 @@ class X0Objective(Objective):
 
     name = "x0"
 
-    def target(self, x0, eps, a, s):
+    def target(self, x0: Tensor, eps: Tensor, a: Tensor, s: Tensor) -> Tensor:
         return x0
 
-    def to_x0_eps(self, out, x_t, a, s):
+    def to_x0_eps(self, out: Tensor, x_t: Tensor, a: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
         eps = (x_t - a * out) / s.clamp(min=_FLOOR)
         return out, eps
 
-    def x0_error_scale(self, a, s):
+    def x0_error_scale(self, a: Tensor, s: Tensor) -> Tensor:
         return torch.ones_like(a)
 
 
@@ -77,14 +79,14 @@ class VObjective(Objective):
 
     name = "v"
 
-    def target(self, x0, eps, a, s):
+    def target(self, x0: Tensor, eps: Tensor, a: Tensor, s: Tensor) -> Tensor:
         return a * eps - s * x0
 
-    def to_x0_eps(self, out, x_t, a, s):
+    def to_x0_eps(self, out: Tensor, x_t: Tensor, a: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
         norm = a**2 + s**2
         return (a * x_t - s * out) / norm, (s * x_t + a * out) / norm
 
-    def x0_error_scale(self, a, s):
+    def x0_error_scale(self, a: Tensor, s: Tensor) -> Tensor:
         return -s / (a**2 + s**2)
 
 
@@ -97,14 +99,14 @@ class FlowObjective(Objective):
 
     name = "flow"
 
-    def target(self, x0, eps, a, s):
+    def target(self, x0: Tensor, eps: Tensor, a: Tensor, s: Tensor) -> Tensor:
         return eps - x0
 
-    def to_x0_eps(self, out, x_t, a, s):
+    def to_x0_eps(self, out: Tensor, x_t: Tensor, a: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
         norm = a + s
         return (x_t - s * out) / norm, (x_t + a * out) / norm
 
-    def x0_error_scale(self, a, s):
+    def x0_error_scale(self, a: Tensor, s: Tensor) -> Tensor:
         return -s / (a + s)
 
 
@@ -117,6 +119,7 @@ OBJECTIVES = {
 
 
 def build_objective(name: str) -> Objective:
+    """The objective diffusion.target names: eps, x0, v or flow."""
     return OBJECTIVES[name]()
 
 
@@ -142,8 +145,8 @@ def broadcast(v: Tensor, like: Tensor) -> Tensor:
     return v.reshape(-1, *([1] * (like.ndim - 1))).to(like.dtype)
 
 
-def diffusion_loss(model, path, objective: Objective, x0: Tensor, y: Tensor, t: Tensor, eps: Tensor,
-                   min_snr_gamma: float | None = None) -> tuple[Tensor, Tensor]:
+def diffusion_loss(model: torch.nn.Module, path: NoisePath, objective: Objective, x0: Tensor, y: Tensor, t: Tensor,
+                   eps: Tensor, min_snr_gamma: float | None = None) -> tuple[Tensor, Tensor]:
     """The training loss of every objective: Ho et al. 2020, Algorithm 1, generalised.
 
     Algorithm 1 draws x0 ~ q(x0), t ~ Uniform({1..T}), eps ~ N(0, I) and takes a gradient step on

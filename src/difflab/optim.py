@@ -9,8 +9,10 @@ import math
 
 import torch
 
+from .settings import TrainingConfig
 
-def adamw(model: torch.nn.Module, t) -> torch.optim.AdamW:
+
+def adamw(model: torch.nn.Module, tc: TrainingConfig) -> torch.optim.AdamW:
     """AdamW (Loshchilov & Hutter 2019) with the `training:` section's lr, beta2 and weight decay.
 
     A model of prompts may train its text encoder at a share of that lr (`training.text_lr_scale`):
@@ -20,8 +22,8 @@ def adamw(model: torch.nn.Module, t) -> torch.optim.AdamW:
     text_ids = {id(p) for p in text.parameters()} if text is not None else set()
     groups = [{"params": [p for p in model.parameters() if id(p) not in text_ids], "lr_scale": 1.0}]
     if text_ids:
-        groups.append({"params": list(text.parameters()), "lr_scale": t.text_lr_scale})
-    return torch.optim.AdamW(groups, lr=t.lr, betas=(0.9, t.adam_beta2), weight_decay=t.weight_decay)
+        groups.append({"params": list(text.parameters()), "lr_scale": tc.text_lr_scale})
+    return torch.optim.AdamW(groups, lr=tc.lr, betas=(0.9, tc.adam_beta2), weight_decay=tc.weight_decay)
 
 
 def lr_at(step: int, base_lr: float, warmup: int, total: int) -> float:
@@ -32,14 +34,14 @@ def lr_at(step: int, base_lr: float, warmup: int, total: int) -> float:
     return base_lr * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def run_length(t, steps_per_epoch: int, images_per_step: int) -> int:
+def run_length(tc: TrainingConfig, steps_per_epoch: int, images_per_step: int) -> int:
     """Optimiser steps of a run: its epochs, cut by training.max_steps and by training.max_images
     (a budget in images: the same for every batch size and world size)."""
-    total = t.epochs * steps_per_epoch
-    if t.max_steps:
-        total = min(total, t.max_steps)
-    if t.max_images:
-        total = min(total, max(t.max_images // images_per_step, 1))
+    total = tc.epochs * steps_per_epoch
+    if tc.max_steps:
+        total = min(total, tc.max_steps)
+    if tc.max_images:
+        total = min(total, max(tc.max_images // images_per_step, 1))
     return total
 
 

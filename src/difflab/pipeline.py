@@ -12,16 +12,17 @@ from typing import Callable, Optional, Sequence, Union
 
 import torch
 
-from .checkpoint import CheckpointError, load_checkpoint, load_weights
-from .distributed import select_device  # noqa: F401 (sample.py and evaluate.py take it from here)
-from .config import Config, ConfigError, config_from_dict, parse_override
+from .infra.checkpoint import CheckpointError, load_checkpoint, load_weights
+from .infra.distributed import select_device
+from .config import ConfigError, config_from_dict, parse_override
+from .settings import Config
 from .guidance import make_denoiser
 from .models import NULL_CLASS, build_model, count_parameters
 from .prompts import encode, write
 from .objectives import build_objective
 from .samplers import SAMPLERS, sampler_options
 from .schedules import build_path, time_grid
-from .untrusted import shown
+from .infra.untrusted import shown
 
 
 def sampling_batch_size(device: Union[str, torch.device], architecture: str = "unet") -> int:
@@ -109,7 +110,8 @@ class GenerationResult:
 class Pipeline:
     """Everything needed to turn noise into digits."""
 
-    def __init__(self, model: torch.nn.Module, cfg: Config, device: torch.device, vae=None, info: Optional[dict] = None):
+    def __init__(self, model: torch.nn.Module, cfg: Config, device: torch.device, vae=None,
+                 info: Optional[dict] = None):
         self.model, self.cfg, self.device, self.vae = model.eval(), cfg, device, vae
         self.objective = build_objective(cfg.diffusion.target)
         self.path = build_path(cfg.diffusion)

@@ -20,23 +20,31 @@ from __future__ import annotations
 
 import inspect
 import math
-from typing import Callable, Optional, Sequence
+import re
+from typing import Callable, Iterator, Optional, Sequence, Union
 
 import torch
 
 from .schedules import NoisePath
 
 Tensor = torch.Tensor
-Denoiser = Callable[[Tensor, float], tuple]
+# The one interface a sampler sees (guidance.Denoiser is one): (x_t, t) -> (x0_hat, eps_hat), t a float in [0, 1].
+DenoiserFn = Callable[[Tensor, float], tuple[Tensor, Tensor]]
+# callback(i, t, x_t, x0_hat), called once a step; None for no callback.
 Callback = Optional[Callable[[int, float, Tensor, Tensor], None]]
+# schedules.time_grid's 1-D tensor, or any list of floats, decreasing to 0.
+Times = Union[Tensor, Sequence[float]]
+# One generator for the batch, or one per image (Pipeline.generate); None draws from torch's global stream.
+Generators = Union[torch.Generator, Sequence[torch.Generator], None]
 
 
 def _coeffs(path: NoisePath, t: float) -> tuple[float, float]:
+    """alpha(t) and sigma(t) as Python floats."""
     tt = torch.tensor([t], dtype=torch.float64)
     return float(path.alpha(tt)), float(path.sigma(tt))
 
 
-def _steps(times: Sequence[float]):
+def _steps(times: Times) -> Iterator[tuple[int, float, float]]:
     """Consecutive (i, t, s) pairs, skipping zero-length steps."""
     times = [float(t) for t in times]
     for i in range(len(times) - 1):
@@ -44,7 +52,7 @@ def _steps(times: Sequence[float]):
             yield i, times[i], times[i + 1]
 
 
-def _posterior(a_t, s_t, a_s, s_s):
+def _posterior(a_t: float, s_t: float, a_s: float, s_s: float) -> tuple[float, float, float]:
     """Coefficients of q(x_s | x_t, x0) = N(c_xt x_t + c_x0 x0, var) for s < t.
 
     The DDPM posterior (Ho et al. 2020, Eq. 6-7) for any two times of a Gaussian
@@ -59,7 +67,8 @@ def _posterior(a_t, s_t, a_s, s_s):
 
 
 @torch.no_grad()
-def sample_ddpm(denoiser, x, times, path, *, generator=None, callback=None):
+def sample_ddpm(denoiser: DenoiserFn, x: Tensor, times: Times, path: NoisePath, *,
+                generator: Generators = None, callback: Callback = None) -> Tensor:
     """DDPM ancestral sampling (Ho et al. 2020, Algorithm 2).
 
     Each step draws x_s from the posterior q(x_s | x_t, x0 = x0_hat). On the
@@ -79,7 +88,8 @@ def sample_ddpm(denoiser, x, times, path, *, generator=None, callback=None):
 
 
 @torch.no_grad()
-def sample_ddim(denoiser, x, times, path, *, eta: float = 0.0, generator=None, callback=None):
+def sample_ddim(denoiser: DenoiserFn, x: Tensor, times: Times, path: NoisePath, *, eta: float = 0.0,
+                generator: Generators = None, callback: Callback = None) -> Tensor:
     """DDIM (Song et al. 2021, Eq. 12): x_s = a_s x0 + sqrt(s_s^2 - c^2) eps + c z.
 
     c = eta * sqrt(posterior variance) (Eq. 16): eta = 0 is deterministic,
@@ -99,7 +109,8 @@ def sample_ddim(denoiser, x, times, path, *, eta: float = 0.0, generator=None, c
 
 
 @torch.no_grad()
-def sample_euler(denoiser, x, times, path, *, generator=None, callback=None):
+def sample_euler(denoiser: DenoiserFn, x: Tensor, times: Times, path: NoisePath, *,
+                 generator: Generators = None, callback: Callback = None) -> Tensor:
     """Euler on the probability-flow ODE (Karras et al. 2022, Algorithm 1 without the correction).
 
     In Karras' variables y = x / a and sigma = s / a the ODE is dy / dsigma = eps_hat,
@@ -111,7 +122,8 @@ def sample_euler(denoiser, x, times, path, *, generator=None, callback=None):
 
 
 @torch.no_grad()
-def sample_heun(denoiser, x, times, path, *, generator=None, callback=None):
+def sample_heun(denoiser: DenoiserFn, x: Tensor, times: Times, path: NoisePath, *,
+                generator: Generators = None, callback: Callback = None) -> Tensor:
     """Heun's second-order method on the PF-ODE (Karras et al. 2022, Algorithm 1).
 
     Take the Euler step, evaluate eps_hat at its end, and step again with the mean
@@ -135,7 +147,8 @@ def sample_heun(denoiser, x, times, path, *, generator=None, callback=None):
 
 
 @torch.no_grad()
-def sample_dpmpp_2m(denoiser, x, times, path, *, generator=None, callback=None):
+def sample_dpmpp_2m(denoiser: DenoiserFn, x: Tensor, times: Times, path: NoisePath, *,
+                    generator: Generators = None, callback: Callback = None) -> Tensor:
     """DPM-Solver++(2M), multistep second order in log-SNR (Lu et al. 2022, Algorithm 2).
 
     With lambda = log(a / s) and h = lambda_s - lambda_t:
@@ -163,7 +176,8 @@ def sample_dpmpp_2m(denoiser, x, times, path, *, generator=None, callback=None):
 
 
 @torch.no_grad()
-def sample_consistency(denoiser, x, times, path, *, generator=None, callback=None):
+def sample_consistency(denoiser: DenoiserFn, x: Tensor, times: Times, path: NoisePath, *,
+                       generator: Generators = None, callback: Callback = None) -> Tensor:
     """Multistep consistency sampling (Song et al. 2023, Algorithm 1).
 
     A consistency model maps any x_t straight to an estimate of x0; between steps that
@@ -179,7 +193,7 @@ def sample_consistency(denoiser, x, times, path, *, generator=None, callback=Non
     return x
 
 
-def _noise_like(x: Tensor, generator) -> Tensor:
+def _noise_like(x: Tensor, generator: Generators) -> Tensor:
     """Fresh noise shaped like x, from one torch.Generator or from a list of them, one per image.
 
     With one generator per image (Pipeline.generate), what image i draws at each step depends on
@@ -202,6 +216,14 @@ SAMPLERS = {
     "dpm++2m": sample_dpmpp_2m,
     "consistency": sample_consistency,
 }
+
+
+def describe(sampler: str) -> str:
+    """A sampler in one line, for --sampler's help: its docstring's first line up to the citation,
+    e.g. "DDPM ancestral sampling (Ho et al. 2020, Algorithm 2)"."""
+    first = (inspect.getdoc(SAMPLERS[sampler]) or sampler).splitlines()[0]
+    cited = re.match(r".*? \(.*?\)", first)  # the method, then " (paper, equation)"
+    return cited.group(0) if cited else first.rstrip(".")
 
 
 def sampler_options(sampler: str) -> list[str]:

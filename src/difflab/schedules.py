@@ -16,6 +16,7 @@ The first three are variance preserving (alpha^2 + sigma^2 = 1); flow is not.
 from __future__ import annotations
 
 import math
+from typing import Callable, Union
 
 import torch
 from .settings import DiffusionConfig
@@ -62,10 +63,10 @@ class DiscreteVPPath(NoisePath):
         log_ab = torch.where(frac == 0, lo_val, torch.where(frac == 1, hi_val, log_ab))
         return log_ab.exp()
 
-    def alpha(self, t):
+    def alpha(self, t: torch.Tensor) -> torch.Tensor:
         return self._alpha_bar(t).sqrt().to(t.dtype)
 
-    def sigma(self, t):
+    def sigma(self, t: torch.Tensor) -> torch.Tensor:
         return (1 - self._alpha_bar(t)).clamp(min=0).sqrt().to(t.dtype)
 
 
@@ -102,12 +103,12 @@ class CosinePath(NoisePath):
         # The paper clips beta at 0.999, i.e. keeps alpha_bar(1) slightly above 0.
         self.min_alpha = math.sqrt(1e-8) if max_beta_clip else 0.0
 
-    def alpha(self, t):
+    def alpha(self, t: torch.Tensor) -> torch.Tensor:
         f = torch.cos((t.clamp(0, 1) + self.s) / (1 + self.s) * math.pi / 2)
         f0 = math.cos(self.s / (1 + self.s) * math.pi / 2)
         return (f / f0).clamp(min=self.min_alpha, max=1.0)
 
-    def sigma(self, t):
+    def sigma(self, t: torch.Tensor) -> torch.Tensor:
         return (1 - self.alpha(t) ** 2).clamp(min=0).sqrt()
 
 
@@ -116,10 +117,10 @@ class FlowPath(NoisePath):
 
     name = "flow"
 
-    def alpha(self, t):
+    def alpha(self, t: torch.Tensor) -> torch.Tensor:
         return 1 - t.clamp(0, 1)
 
-    def sigma(self, t):
+    def sigma(self, t: torch.Tensor) -> torch.Tensor:
         return t.clamp(0, 1)
 
 
@@ -133,7 +134,7 @@ def scaled_linear_betas(num: int, start: float, end: float) -> torch.Tensor:
     return torch.linspace(start**0.5, end**0.5, num, dtype=torch.float64) ** 2
 
 
-def _discrete(make_betas):
+def _discrete(make_betas: Callable[[int, float, float], torch.Tensor]) -> Callable[[DiffusionConfig], NoisePath]:
     """A DDPM-style schedule from its betas (rescaled to zero terminal SNR if asked)."""
 
     def build(cfg: DiffusionConfig) -> NoisePath:
@@ -160,7 +161,8 @@ def build_path(cfg: DiffusionConfig) -> NoisePath:
 # ---------------------------------------------------------------- training times
 
 
-def sample_training_t(cfg: DiffusionConfig, n: int, generator: torch.Generator, device) -> torch.Tensor:
+def sample_training_t(cfg: DiffusionConfig, n: int, generator: torch.Generator,
+                      device: Union[str, torch.device]) -> torch.Tensor:
     """Draw the training times t in (0, 1].
 
     - uniform_discrete: k / T with k uniform in 1..T (Ho et al. 2020, Algorithm 1)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from .config import Config
+from .settings import Config
 from .fewstep import ConsistencyTrainer, ShortcutTrainer
 from .loop import TrainingLoop
 from .training import Trainer

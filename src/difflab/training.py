@@ -15,16 +15,16 @@ from typing import Callable, Optional
 
 import torch
 
-from .config import Config, ConfigError
-from .distributed import DistInfo
-from .loop import DIVERGED_LOSS, NonFiniteLoss, TrainingLoop  # noqa: F401 (the names tests and callers use)
-from .loop import Draws, Loss
+from .config import ConfigError
+from .settings import Config
+from .infra.distributed import DistInfo
+from .loop import Draws, Loss, TrainingLoop
 from .models import build_model
 from .models.text import drop_condition
 from .objectives import build_objective, diffusion_loss
 from .pipeline import Pipeline
 from .schedules import build_path, sample_training_t
-from .speed import choose_batch_size
+from .infra.speed import choose_batch_size
 from .visualize import save_grid
 
 T_BINS = 10  # the loss is also logged per tenth of [0, 1] in t (minRF's habit)
@@ -71,7 +71,7 @@ class Trainer(TrainingLoop):
     def __init__(self, cfg: Config, data: Optional[tuple] = None, device: Optional[torch.device] = None,
                  quiet: bool = False, dist: Optional[DistInfo] = None):
         super().__init__(cfg, device, quiet, dist)
-        t = cfg.training
+        tc = cfg.training
         # The whole dataset as one tensor on the device; batches are drawn by index.
         self.vae = None
         if data is None:
@@ -83,15 +83,15 @@ class Trainer(TrainingLoop):
 
             self.vae = load_vae(cfg.data.vae_checkpoint, self.device)
         x = data[0]
-        torch.manual_seed(t.seed)  # the initial weights: the same on every rank
+        torch.manual_seed(tc.seed)  # the initial weights: the same on every rank
         model = build_model(cfg.model, in_channels=x.shape[1], image_size=x.shape[2]).to(self.device)
         self.path, self.objective = build_path(cfg.diffusion), build_objective(cfg.diffusion.target)
         self.autocast = self._autocast_context()
-        if isinstance(t.batch_size, int):
-            batch_size = t.batch_size
+        if isinstance(tc.batch_size, int):
+            batch_size = tc.batch_size
         else:  # training.batch_size: auto (see speed.choose_batch_size)
             batch_size = choose_batch_size(model, x.to(self.device), data[1].to(self.device), self.autocast,
-                                           t.max_batch_size, self.device, verbose=not self.quiet)
+                                           tc.max_batch_size, self.device, verbose=not self.quiet)
         world = self.dist.world
         if batch_size * world > len(x):  # config.py checks data.limit; this, the data actually given, and the ranks
             raise ConfigError(f"training.batch_size: at most the {len(x):,} training images (a batch is drawn from "

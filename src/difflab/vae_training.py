@@ -22,9 +22,10 @@ from typing import Optional
 
 import torch
 
-from .config import Config, ConfigError
+from .config import ConfigError
+from .settings import Config
 from .data import load_split
-from .distributed import DistInfo, init_distributed
+from .infra.distributed import DistInfo, init_distributed
 from .latent import vae_training_config
 from .loop import Draws, TrainingLoop
 from .models.vae import VAE, build_vae, kl_divergence
@@ -82,16 +83,16 @@ class VAETrainer(TrainingLoop):
         if init_distributed().enabled:
             raise ConfigError(f"{cfg.name}: the VAE trains in one process; run train.py without torchrun")
         super().__init__(cfg, device, quiet, DistInfo())
-        t = cfg.training
+        tc = cfg.training
         if data is None:  # MNIST; PSNR and the classifier are judged on the test split
             data = load_split("train", cfg.data.dataset, cfg.data.data_dir, "cpu")
             data = data[0][: cfg.data.limit], data[1][: cfg.data.limit]  # data.limit: the first N images only
             test_data = test_data or load_split("test", cfg.data.dataset, cfg.data.data_dir, "cpu")
         self.x_test, self.y_test = test_data if test_data is not None else data  # given data only: judge on it
-        torch.manual_seed(t.seed)  # the initial weights
+        torch.manual_seed(tc.seed)  # the initial weights
         model = build_vae(cfg.model, in_channels=data[0].shape[1], image_size=data[0].shape[2]).to(self.device)
         loss = partial(vae_loss, model=model, kl_weight=cfg.model.kl_weight)
-        self.prepare(model, data, t.batch_size if isinstance(t.batch_size, int) else t.max_batch_size, loss)
+        self.prepare(model, data, tc.batch_size if isinstance(tc.batch_size, int) else tc.max_batch_size, loss)
         self.final: dict = {}
 
     # ------------------------------------------------------------------ the log

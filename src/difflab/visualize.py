@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .outputs import write_bytes_atomic
+from .infra.outputs import write_bytes_atomic
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:

@@ -120,7 +120,7 @@ def quick_trainer(tmp_path: Path, data=None, **training):
 def entry_main(name: str, argv: list) -> int:
     """`python NAME ARGV` (train.py, sample.py) run in this process, through the same run_main that maps
     errors to exit codes; a child process would first spend seconds importing torch."""
-    from difflab.cli import run_main
+    from difflab.commands.common import run_main
 
     spec = importlib.util.spec_from_file_location(f"difflab_entry_{Path(name).stem}", ROOT / name)
     module = importlib.util.module_from_spec(spec)

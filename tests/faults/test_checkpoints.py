@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from difflab.checkpoint import CheckpointError, contents_sha256, load_checkpoint, save_checkpoint
+from difflab.infra.checkpoint import CheckpointError, contents_sha256, load_checkpoint, save_checkpoint
 from difflab.config import ConfigError
 from difflab.pipeline import Pipeline
 

@@ -132,14 +132,16 @@ def _dry_run_cases(rng: random.Random, n_random: int) -> dict:
         "GroupNorm cannot split 12 channels in 8 groups": yaml.safe_dump({"model": {**base["model"], "channels": 12}}),
         "not YAML": "model: {architecture: unet\n",
         "DiT patches do not tile 28": yaml.safe_dump({"model": {"architecture": "dit", "patch_size": 3}}),
-        "U-Net levels do not halve 28 evenly": yaml.safe_dump({"model": {**base["model"], "channel_mult": [1, 1, 1, 1]}}),
+        "U-Net levels do not halve 28 evenly": yaml.safe_dump({"model": {**base["model"],
+                                                                         "channel_mult": [1, 1, 1, 1]}}),
         "heads do not split the attended width": yaml.safe_dump({"model": {**base["model"], "num_heads": 3}}),
     }
     for _ in range(n_random):  # values stay small enough that a valid-looking model builds in milliseconds
         section = rng.choice([s for s in FIELDS if s != "data"])  # data.vae_checkpoint would name a file
         key = rng.choice(list(FIELDS[section]))
         value = rng.choice([-1, 0, 1, 3, 7, 0.5, 2**80, 1e308 * 10, "fast", "", [1, "x"], [], {"a": None}, True, None])
-        cases[f"random: {section}.{key} = {value!r}"] = yaml.safe_dump({**base, section: {**base.get(section, {}), key: value}})
+        cases[f"random: {section}.{key} = {value!r}"] = yaml.safe_dump(
+            {**base, section: {**base.get(section, {}), key: value}})
     return cases
 
 

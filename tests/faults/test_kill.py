@@ -14,7 +14,7 @@ import re
 import signal
 import time
 
-from difflab.checkpoint import load_checkpoint
+from difflab.infra.checkpoint import load_checkpoint
 
 from ._support import needs_mnist, record, start, tiny_yaml, train_main, wait_for
 

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from difflab.checkpoint import load_checkpoint
-from difflab.training import NonFiniteLoss
+from difflab.infra.checkpoint import load_checkpoint
+from difflab.loop import NonFiniteLoss
 
 from ._support import quick_trainer, record, tiny_data
 

@@ -11,8 +11,8 @@ import torch
 
 import difflab.loop as loop
 import difflab.training as training
-from difflab.checkpoint import load_checkpoint
-from difflab.outputs import OutputError
+from difflab.infra.checkpoint import load_checkpoint
+from difflab.infra.outputs import OutputError
 
 from ._support import needs_mnist, quick_trainer, record, tiny_yaml, train_main
 
@@ -64,7 +64,8 @@ FULL_DISK = {  # where the disk fills, during epoch 2 of a run whose epoch 1 is 
     "flushing a checkpoint to disk (fsync)": lambda mp, real: mp.setattr(os, "fsync", lambda fd: _full()),
     "appending to metrics.jsonl": lambda mp, real: mp.setattr(loop, "open", lambda path, *a, **k: _full(path),
                                                               raising=False),
-    "writing the sample grid": lambda mp, real: mp.setattr(training, "save_grid", lambda images, path, **k: _full(path)),
+    "writing the sample grid": lambda mp, real: mp.setattr(training, "save_grid",
+                                                           lambda images, path, **k: _full(path)),
 }
 
 
@@ -83,7 +84,8 @@ def test_a_full_disk_mid_run_is_reported_and_earlier_checkpoints_survive(tmp_pat
     new = {name: load_checkpoint(folder / name)["step"] for name in after if name not in before}
     # The grid is drawn after the epoch's weights are saved: that failure costs no checkpoint.
     epoch_saved = where in ("writing last.pt", "writing the sample grid")
-    kept = {name: data for name, data in before.items() if not (name == "last.pt" and where == "writing the sample grid")}
+    kept = {name: data for name, data in before.items()
+            if not (name == "last.pt" and where == "writing the sample grid")}
     ok = ("No space left on device" in message and "\n" not in message
           and all(after[name] == data for name, data in kept.items())  # nothing else already there was touched
           and all(load_checkpoint(folder / name)["step"] == 2 for name in kept)

@@ -11,8 +11,8 @@ import signal
 import pytest
 import torch
 
-from difflab.checkpoint import load_checkpoint, save_checkpoint
-from difflab.training import NonFiniteLoss
+from difflab.infra.checkpoint import load_checkpoint, save_checkpoint
+from difflab.loop import NonFiniteLoss
 
 from ._support import fill, needs_mnist, quick_trainer, record, small_tmpfs, start, tiny_yaml, train_main, wait_for
 

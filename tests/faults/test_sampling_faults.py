@@ -10,9 +10,9 @@ import pytest
 
 from difflab import classifier as clf
 from difflab import evaluation as ev
-from difflab.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from difflab.infra.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from difflab.pipeline import Pipeline
-from difflab.validation import MAX_STEPS
+from difflab.infra.validation import MAX_STEPS
 
 from ._support import entry_main, fill, quick_trainer, record, small_tmpfs, synthetic_split
 

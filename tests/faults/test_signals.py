@@ -5,7 +5,7 @@ import signal
 import pytest
 import torch
 
-from difflab.checkpoint import load_checkpoint
+from difflab.infra.checkpoint import load_checkpoint
 
 from ._support import needs_mnist, quick_trainer, record, start, tiny_yaml, train_main, wait_for
 

@@ -81,7 +81,7 @@ def one_line(result: dict, code: int, *words) -> bool:
 def results(tmp_path_factory):
     """Every command of this file, run once in the child."""
     tmp = tmp_path_factory.mktemp("sizes")
-    from difflab.checkpoint import save_checkpoint
+    from difflab.infra.checkpoint import save_checkpoint
 
     trainer = quick_trainer(tmp / "ckpt")  # a tiny U-Net, never trained: its checkpoint is only loaded
     good = save_checkpoint(trainer.state(), tmp / "good.pt")

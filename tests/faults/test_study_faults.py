@@ -26,8 +26,8 @@ from pathlib import Path
 import pytest
 
 from difflab import classifier as clf
-from difflab import compare
-from difflab.score_cache import ScoreCache
+from difflab.study import compare
+from difflab.study.score_cache import ScoreCache
 from ._support import entry_main, env, record, tiny_config, tiny_data
 
 FID = {"a": 1.0, "b": 2.0}  # the stub's score of each model: a score on the wrong model shows
@@ -242,7 +242,7 @@ BLOCK = "<!-- generated from docs/results/study.json: {} -->\nstale\n<!-- end of
 
 def repository(root: Path) -> Path:
     """A README and two docs pages with blocks generated from docs/results/study.json (published from OLD)."""
-    from difflab import report
+    from difflab.study import report
 
     (root / "docs" / "results").mkdir(parents=True)
     (root / "README.md").write_text("# x\n" + BLOCK.format("table") + "\ntext\n" + BLOCK.format("orderings"))
@@ -355,9 +355,9 @@ def test_ctrl_c_while_publishing_leaves_every_page_whole_and_all_old_or_all_new(
         monkeypatch.setattr(io, "open", opening)
         monkeypatch.setattr(os, "replace", replacing)
         try:
-            code, err = publish_main(["--publish", tmp_path / "results.json", "--as", "study"], capsys)
+            code, _ = publish_main(["--publish", tmp_path / "results.json", "--as", "study"], capsys)
         except KeyboardInterrupt:  # escaped everything: as bad as a traceback
-            code, err = "KeyboardInterrupt escaped", []
+            code = "KeyboardInterrupt escaped"
         finally:
             monkeypatch.setattr(builtins, "open", real_open)
             monkeypatch.setattr(io, "open", real_io_open)

@@ -5,14 +5,14 @@ training seeds in experiments/seed<k>/ (make compare SEEDS=N) are scored too, an
 each config's mean and spread over its seeds.
 Writes into results/: grid.png (a column per model, same noise, same digits),
 trajectories.png/.gif, fid_vs_steps.png, fid_vs_guidance.png, loss_curves.png,
-RESULTS.md and results.json. Every score is also kept in results/scores.json (src/difflab/score_cache.py):
+RESULTS.md and results.json. Every score is also kept in results/scores.json (src/difflab/study/score_cache.py):
 run again after a failure, and only what was not scored yet is sampled. One comparison writes to an
 --out folder at a time: a second is refused, naming the first one's pid.
 
     python compare_models.py --publish results/results.json --as study
 
 copies that results.json to docs/results/study.json and regenerates the README's and docs'
-blocks marked as generated from it (src/difflab/report.py). A page's own measurements go the same way:
+blocks marked as generated from it (src/difflab/study/report.py). A page's own measurements go the same way:
 
     python compare_models.py --evaluations "CFG 1.5=a.json" "CFG 2=b.json" --as latent_guidance
 
@@ -26,7 +26,7 @@ import sys
 from pathlib import Path
 
 
-from difflab.cli import fail, usage
+from difflab.infra.failures import fail, usage
 
 
 def numbers(text, kind):
@@ -50,17 +50,17 @@ def main(argv=None):
     p.add_argument("--note", default=None, help="a line for RESULTS.md (default: the machine)")
     p.add_argument("--publish", metavar="RESULTS_JSON", default=None,
                    help="score nothing: copy RESULTS_JSON to docs/results/<--as>.json and rewrite the README's and "
-                        "docs' blocks generated from it (src/difflab/report.py)")
+                        "docs' blocks generated from it (src/difflab/study/report.py)")
     p.add_argument("--evaluations", nargs="+", metavar="LABEL=EVAL_JSON", default=None,
                    help="score nothing: publish these evaluate.py outputs (--out), a table row each under its label, "
                         "as docs/results/<--as>.json (blocks of kind evaluations, adherence or adherence over seeds: "
-                        "src/difflab/page_tables.py)")
+                        "src/difflab/study/page_tables.py)")
     p.add_argument("--as", dest="publish_as", default="study", help="the name it is published under")
     args = p.parse_args(argv)
     if args.publish and args.evaluations:
         usage("--publish or --evaluations, not both")
     if args.publish or args.evaluations:
-        from difflab.report import check_name
+        from difflab.study.report import check_name
 
         try:  # a plain name: docs/results/<name>.json, never a path out of the repository ("../../x")
             check_name(args.publish_as)
@@ -71,7 +71,7 @@ def main(argv=None):
     if args.publish:
         return publish(Path(args.publish), args.publish_as)
 
-    from difflab.compare import holding, seed_runs
+    from difflab.study.compare import holding, seed_runs
 
     other_seeds = []
     if args.checkpoints:
@@ -92,11 +92,12 @@ def main(argv=None):
 def score(args, ckpts, other_seeds) -> int:
     """Score the checkpoints and write the results (main, once the output folder is held)."""
     from difflab.classifier import load_classifier
-    from difflab.compare import run_comparison
+    from difflab.study.compare import run_comparison
 
     print("comparing: " + ", ".join(str(c) for c in ckpts), file=sys.stderr)
-    note = args.note or f"Machine: {platform.machine()}, {platform.processor() or 'cpu'}; N = {args.n} samples per model, seed {args.seed}."
-    from difflab.checkpoint import load_checkpoint
+    note = args.note or (f"Machine: {platform.machine()}, {platform.processor() or 'cpu'}; "
+                         f"N = {args.n} samples per model, seed {args.seed}.")
+    from difflab.infra.checkpoint import load_checkpoint
 
     def dataset(path) -> str:  # the config's full check comes when the pipelines load; here only its dataset
         data = load_checkpoint(path)["config"].get("data")
@@ -104,7 +105,8 @@ def score(args, ckpts, other_seeds) -> int:
 
     datasets = {dataset(c) for c in ckpts}
     if len(datasets) > 1:
-        usage(f"these checkpoints were trained on different datasets ({', '.join(sorted(datasets))}): compare each apart")
+        usage(f"these checkpoints were trained on different datasets ({', '.join(sorted(datasets))}): "
+              "compare each apart")
     result = run_comparison(ckpts, Path(args.out), load_classifier(dataset=datasets.pop()), n=args.n, seed=args.seed,
                             steps_list=numbers(args.steps_list, int), scales=numbers(args.scales, float),
                             sweep_n=args.sweep_n, device=args.device, note=note, other_seeds=other_seeds)
@@ -118,7 +120,7 @@ def gather(pairs) -> dict:
     """LABEL=FILE pairs -> the json of an `evaluations` block (page_tables.gather_evaluations)."""
     import json
 
-    from difflab.page_tables import gather_evaluations
+    from difflab.study.page_tables import gather_evaluations
 
     labelled = {}
     for pair in pairs:
@@ -141,7 +143,7 @@ def gather(pairs) -> dict:
 
 def publish(results_json, name: str) -> int:
     """Write docs/results/<name>.json and the blocks generated from it; a malformed results file changes nothing."""
-    from difflab.report import publish as write_docs
+    from difflab.study.report import publish as write_docs
 
     if not isinstance(results_json, dict) and not results_json.is_file():
         fail(f"{results_json}: no such file; `make compare` writes results/results.json")

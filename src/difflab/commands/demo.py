@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 
-from difflab.cli import fail, usage
+from difflab.infra.failures import fail, usage
 
 
 def main(argv=None):
@@ -27,8 +27,8 @@ def main(argv=None):
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
     args = p.parse_args(argv)
 
-    from difflab.demo import find_checkpoints, load_models
-    from difflab.demo_page import exposure_warning, launch
+    from difflab.demo.session import find_checkpoints, load_models
+    from difflab.demo.page import exposure_warning, launch
 
     if args.port is not None and not 1 <= args.port <= 65535:
         usage(f"--port: expected a number from 1 to 65535, got {args.port}")

@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 
-from difflab.cli import STEPS_HELP, check_at_most, check_sampling_args, check_steps, fail, usage
+from difflab.commands.common import STEPS_HELP, check_at_most, check_sampling_args, check_steps, sampler_help
+from difflab.infra.failures import fail, usage
 
 # The keys of every answer, in the order they are printed; what does not apply is null.
 KEYS = ("fid", "fid_floor", "accuracy", "per_digit_accuracy", "precision", "recall", "n",
@@ -53,7 +54,7 @@ def load_samples(path):
 
     from difflab.data import DataError, images_to_tensor, npy_header
     from difflab.models import NULL_CLASS
-    from difflab.untrusted import shown
+    from difflab.infra.untrusted import shown
 
     path = Path(path)
     if not path.is_file():
@@ -64,7 +65,8 @@ def load_samples(path):
         with zipfile.ZipFile(path) as zf:  # the headers first: numpy allocates what a header claims
             missing = [k for k in ("x", "y") if f"{k}.npy" not in zf.namelist()]
             if missing:
-                fail(f"--samples: {path} has no array {' or '.join(missing)} (expected x: uint8 N x 28 x 28, y: N labels)")
+                fail(f"--samples: {path} has no array {' or '.join(missing)} "
+                     "(expected x: uint8 N x 28 x 28, y: N labels)")
             claims = {k: npy_header(zf, f"{k}.npy") for k in ("x", "y")}
         (x_shape, x_dtype), (y_shape, _) = claims["x"], claims["y"]
         if x_dtype != np.uint8 or len(x_shape) != 3 or x_shape[1:] != (28, 28) or not 0 < x_shape[0] <= MAX_IMAGES:
@@ -136,7 +138,7 @@ def evaluate_samples(path, classifier=None, *, batch_size: int = 500, device: st
                      dataset: str = "mnist") -> dict:
     """Score the images of a `sample.py --save-npz` file; sampling keys are null."""
     from difflab import evaluation as ev
-    from difflab.pipeline import select_device
+    from difflab.infra.distributed import select_device
 
     images, labels = load_samples(path)
     device = select_device(device)
@@ -174,13 +176,14 @@ def main(argv=None):
     p.add_argument("--n", type=int, default=5000,
                    help=f"images to sample, {MIN_IMAGES} to {MAX_IMAGES:,}: the test set FID compares with "
                         "(default 5000)")
-    p.add_argument("--sampler", default=None, help="ddpm | ddim | euler | heun | dpm++2m | consistency (default: the config's)")
+    p.add_argument("--sampler", default=None, help=sampler_help())
     p.add_argument("--steps", type=int, default=None,
                    help=STEPS_HELP)
     p.add_argument("--cfg-scale", type=float, default=None, help="guidance scale, finite and >= 0; 1 = no guidance")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=None,
-                   help="images per batch: bounds memory (default on a CPU, where small is fastest: 32, 8 for a transformer; 500 on a GPU)")
+                   help="images per batch: bounds memory (default on a CPU, where small is fastest: 32, "
+                        "8 for a transformer; 500 on a GPU)")
     p.add_argument("--device", default="auto")
     p.add_argument("--data-dir", default=None, help="MNIST and the classifier (default: $DIFFLAB_DATA, else data/)")
     p.add_argument("--dataset", default="mnist", choices=("mnist", "fashion_mnist"),
@@ -197,7 +200,7 @@ def main(argv=None):
     p.add_argument("--out", default=None, metavar="FILE.json", help="also write the JSON here")
     args = p.parse_args(argv)
 
-    from difflab.outputs import check_output_file, write_bytes_atomic, writing
+    from difflab.infra.outputs import check_output_file, write_bytes_atomic, writing
 
     check_sampling_args(args)
     if args.adherence_per_prompt < 0:
@@ -210,8 +213,8 @@ def main(argv=None):
         check_output_file(args.out, "--out")
 
     if args.samples:
-        scores = evaluate_samples(args.samples, batch_size=args.batch_size or 500, device=args.device, data_dir=args.data_dir,
-                                  dataset=args.dataset)
+        scores = evaluate_samples(args.samples, batch_size=args.batch_size or 500, device=args.device,
+                                  data_dir=args.data_dir, dataset=args.dataset)
     else:
         scores = evaluate_checkpoint(
             args.checkpoint, n=args.n, sampler=args.sampler, steps=args.steps, cfg_scale=args.cfg_scale,

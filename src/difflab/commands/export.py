@@ -7,7 +7,7 @@ runs no code. It cannot resume training (no optimiser state); keep the .pt for t
 import argparse
 from pathlib import Path
 
-from difflab.cli import usage
+from difflab.infra.failures import usage
 
 
 def main(argv=None):
@@ -19,10 +19,10 @@ def main(argv=None):
     if out.suffix != ".safetensors":
         usage(f"--out: expected a file name ending in .safetensors, got {out}")
 
-    from difflab.checkpoint import load_checkpoint
+    from difflab.infra.checkpoint import load_checkpoint
     from difflab.config import config_from_dict
     from difflab.pipeline import Pipeline
-    from difflab.weights import export_safetensors
+    from difflab.infra.weights import export_safetensors
 
     state = load_checkpoint(args.checkpoint)
     config_from_dict(state["config"], source=f"{args.checkpoint} (stored config)")  # a config that loads today

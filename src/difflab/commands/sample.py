@@ -9,7 +9,8 @@ import io
 from pathlib import Path
 
 
-from difflab.cli import STEPS_HELP, check_at_most, check_sampling_args, check_steps, fail, usage
+from difflab.commands.common import STEPS_HELP, check_at_most, check_sampling_args, check_steps, sampler_help
+from difflab.infra.failures import fail, usage
 
 # --n, like --steps, has a bound: 1,000 images per digit is 10,000 for all ten, the size of a FID sample
 # set (evaluate.py --samples); far more is hours of sampling and a grid PNG too wide to look at
@@ -20,7 +21,7 @@ MAX_IMAGES = 10_000  # --n x the digits or prompts asked for
 
 def check_args(args) -> list:
     """Refuse wrong command-line values before anything is loaded (exit code 2); return the digits."""
-    from difflab.untrusted import shown
+    from difflab.infra.untrusted import shown
     from difflab.visualize import image_format
 
     check_sampling_args(args)
@@ -69,7 +70,7 @@ def npz_bytes(result, texts=None) -> bytes:
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--checkpoint", required=True)
-    p.add_argument("--sampler", default=None, help="ddpm | ddim | euler | heun | dpm++2m | consistency (default: the config's)")
+    p.add_argument("--sampler", default=None, help=sampler_help())
     p.add_argument("--steps", type=int, default=None,
                    help=STEPS_HELP)
     p.add_argument("--cfg-scale", type=float, default=None, help="guidance scale, finite and >= 0; 1 = no guidance")
@@ -81,7 +82,8 @@ def main(argv=None):
                    help='a model trained on prompts: a row of --n images per prompt, e.g. "a thin 3" (repeatable)')
     p.add_argument("--out", default=None, help="PNG path (default: beside the experiment's samples)")
     p.add_argument("--save-npz", default=None, metavar="PATH", help="also write x (uint8 N x 28 x 28) and y")
-    p.add_argument("--batch-size", type=int, default=None, help="images per batch (default: 32 on a CPU, 8 for a transformer; 500 on a GPU)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="images per batch (default: 32 on a CPU, 8 for a transformer; 500 on a GPU)")
     p.add_argument("--device", default="auto")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument("--set", action="append", default=[], metavar="sampling.KEY=VALUE", dest="sampling",
@@ -91,7 +93,7 @@ def main(argv=None):
 
     from tqdm import tqdm
 
-    from difflab.outputs import check_output_file, write_bytes_atomic, writing
+    from difflab.infra.outputs import check_output_file, write_bytes_atomic, writing
     from difflab.pipeline import Pipeline
     from difflab.visualize import save_grid
 

@@ -1,7 +1,7 @@
 """Download MNIST (or Fashion-MNIST) into the data folder, checked: `python setup_mnist.py`.
 
 The data folder is --data-dir, else $DIFFLAB_DATA, else ./data. All the work is in
-`difflab.download.fetch`; this file only reads the command line and reports errors.
+`difflab.commands.download.fetch`; this file only reads the command line and reports errors.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import sys
 
 
 from difflab.data import DATASETS, DataError
-from difflab.download import fetch, one_line
+from difflab.commands.download import fetch, one_line
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -27,7 +27,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Fetch the dataset; on an expected failure print why in one line (no traceback) and return 1.
 
-    The exit codes are difflab.cli.run_main's (1: the data or the disk failed, 130: Ctrl-C), without
+    The exit codes are difflab.commands.common.run_main's (1: the data or the disk failed, 130: Ctrl-C), without
     importing it: that would import PyTorch, which downloading never needs.
     """
     args = parse_args(argv)

@@ -5,7 +5,7 @@ import json
 import sys
 from pathlib import Path
 
-from difflab.cli import usage
+from difflab.infra.failures import usage
 
 
 def make_trainer(cfg):
@@ -20,7 +20,8 @@ def start_line(trainer) -> str:
     cfg = trainer.cfg
     ranks = f" x {trainer.dist.world} ranks" if trainer.dist.enabled else ""
     return (f"training {cfg.name}: {cfg.model.architecture}, {trainer.what()}, {trainer.params:,} parameters, "
-            f"{trainer.total_steps} steps of {trainer.batch_size}{ranks} on {trainer.device}; writing to {trainer.out_dir}")
+            f"{trainer.total_steps} steps of {trainer.batch_size}{ranks} on {trainer.device}; "
+            f"writing to {trainer.out_dir}")
 
 
 def main(argv=None):
@@ -30,23 +31,24 @@ def main(argv=None):
     parser.add_argument("--resume", nargs="?", const="last", default=None,
                         help="continue from experiments/<config>/checkpoints/last.pt (or a given checkpoint)")
     parser.add_argument("--overwrite", action="store_true",
-                        help="start afresh in a folder that holds an earlier run, deleting its checkpoints, samples and log")
+                        help="start afresh in a folder that holds an earlier run, deleting its checkpoints, "
+                             "samples and log")
     parser.add_argument("--dry-run", action="store_true", help="build everything, print one JSON line, exit")
     args = parser.parse_args(argv)
     if args.resume and args.overwrite:
         usage("--resume continues a run and --overwrite deletes it: give one of them")
 
     from difflab.config import load_config
-    from difflab.distributed import shutdown
-    from difflab.checkpoint import resume
+    from difflab.infra.distributed import shutdown
+    from difflab.infra.checkpoint import resume
 
     cfg = load_config(args.config, args.overrides)
     if args.dry_run:
-        from difflab.dryrun import describe
+        from difflab.commands.dryrun import describe
 
         print(json.dumps(describe(cfg)))
         return 0
-    from difflab.dryrun import check_memory
+    from difflab.commands.dryrun import check_memory
 
     check_memory(cfg)  # a model or a batch too large for this machine: one line now, not a traceback at step 1
     if cfg.data.vae_checkpoint and cfg.data.vae_config and not Path(cfg.data.vae_checkpoint).is_file():

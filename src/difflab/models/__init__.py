@@ -6,7 +6,7 @@ from __future__ import annotations
 from torch import nn
 
 from ..settings import ModelConfig
-from ..validation import ConfigError
+from ..infra.validation import ConfigError
 from .layers import NULL_CLASS, NUM_CLASSES, count_parameters
 from .unet import build_unet
 

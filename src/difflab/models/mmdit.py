@@ -180,7 +180,8 @@ class MMDiT(nn.Module):
         else:
             # a prompt, as in SD3 (Esser et al. 2024, Sec. 5.1): the text encoder's pooled vector
             # through an MLP into c, and its tokens, projected to the width, as the conditioning stream
-            self.pooled_embed = nn.Sequential(nn.Linear(text.dim, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size))
+            self.pooled_embed = nn.Sequential(nn.Linear(text.dim, hidden_size), nn.SiLU(),
+                                              nn.Linear(hidden_size, hidden_size))
             self.cond_embed = nn.Linear(text.dim, hidden_size)
         # the last joint block drops the conditioning stream's output unless single blocks read it
         self.blocks = nn.ModuleList(

@@ -92,7 +92,8 @@ class CrossAttention(nn.Module):
         b, c, h, w = x.shape
         heads, L = self.num_heads, context.shape[1]
         q = self.q(self.norm(x)).reshape(b, heads, c // heads, h * w).transpose(-1, -2)  # (B, heads, HW, c/heads)
-        k, v = self.kv(context).reshape(b, L, 2, heads, c // heads).permute(2, 0, 3, 1, 4)  # each (B, heads, L, c/heads)
+        # each (B, heads, L, c/heads)
+        k, v = self.kv(context).reshape(b, L, 2, heads, c // heads).permute(2, 0, 3, 1, 4)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None, :])  # words only, no padding
         out = out.transpose(-1, -2).reshape(b, c, h, w)
         return x + self.proj(out)
@@ -148,7 +149,8 @@ class UNet(nn.Module):
         self.pooled_embed = nn.Linear(text.dim, emb_dim) if text is not None and pooled_text else None
 
         def reads_prompt(level, ch):  # a cross-attention layer where this level reads the prompt
-            return [CrossAttention(ch, text.dim, num_heads)] if text is not None and level in cross_attention_levels else []
+            return ([CrossAttention(ch, text.dim, num_heads)] if text is not None and level in cross_attention_levels
+                    else [])
 
         def level_block(c_in, c_out, level):  # a ResBlock, then the attention this level has (made in this order)
             block = nn.ModuleList([ResBlock(c_in, c_out, emb_dim, dropout)])

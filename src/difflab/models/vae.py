@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..settings import ModelConfig
-from ..validation import ConfigError
+from ..infra.validation import ConfigError
 from .unet import Downsample, Upsample, norm, zero_init
 
 

@@ -24,13 +24,13 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from . import report  # noqa: E402
-from .checkpoint import CheckpointError, epoch_checkpoints  # noqa: E402
-from .evaluation import evaluate_pipeline  # noqa: E402
-from .outputs import write_bytes_atomic, writing  # noqa: E402
-from .pipeline import Pipeline, is_unconditional  # noqa: E402
-from .runs import lock_folder  # noqa: E402
+from ..infra.checkpoint import CheckpointError, epoch_checkpoints  # noqa: E402
+from ..evaluation import evaluate_pipeline  # noqa: E402
+from ..infra.outputs import write_bytes_atomic, writing  # noqa: E402
+from ..pipeline import Pipeline, is_unconditional  # noqa: E402
+from ..infra.runs import lock_folder  # noqa: E402
 from .score_cache import ScoreCache  # noqa: E402
-from .visualize import grid_array  # noqa: E402
+from ..visualize import grid_array  # noqa: E402
 
 
 def architecture(config: Path) -> str:
@@ -294,7 +294,8 @@ def load_pipelines(checkpoints: Sequence[Path], device: str = "auto") -> tuple[d
 
 
 def run_comparison(checkpoints: Sequence[Path], out_dir: Path, classifier, n: int = 1000, seed: int = 0,
-                   steps_list: Optional[Sequence[int]] = (10, 25, 50), scales: Optional[Sequence[float]] = (1.0, 3.0, 7.5),
+                   steps_list: Optional[Sequence[int]] = (10, 25, 50),
+                   scales: Optional[Sequence[float]] = (1.0, 3.0, 7.5),
                    sweep_n: Optional[int] = None, device: str = "auto", note: str = "",
                    other_seeds: Sequence[Sequence[Path]] = ()) -> dict:
     """Write every figure and RESULTS.md into out_dir; return the rows and the sweeps.
@@ -376,7 +377,8 @@ def _compare(checkpoints, out_dir: Path, classifier, n, seed, steps_list, scales
     save()
     # Steps are plotted as network calls per image (NFE): Heun's step makes two, a few-step model's one.
     for what, values, name, label, x in [
-            ("steps", steps_list, "fid_vs_steps.png", "network calls per image (NFE; a guided call counts once)", "nfe"),
+            ("steps", steps_list, "fid_vs_steps.png", "network calls per image (NFE; a guided call counts once)",
+             "nfe"),
             ("cfg_scale", scales, "fid_vs_guidance.png", "guidance scale", "cfg_scale")]:
         if values:
             sweeps[what] = sweep(pipes, classifier, sweep_n or n, what, values, seed, cache)

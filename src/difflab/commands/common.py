@@ -4,30 +4,13 @@ from __future__ import annotations
 
 import sys
 
-from .checkpoint import CheckpointError
-from .config import ConfigError
-from .data import DataError
-from .outputs import OutputError
-from .training import NonFiniteLoss
-from .validation import MAX_STEPS, cfg_scale_ok, steps_ok
-
-
-class UsageError(RuntimeError):
-    """A bad command-line value; the message says which and what is expected (exit code 2)."""
-
-
-class InputError(RuntimeError):
-    """A file the command was pointed at cannot be used (missing, unreadable, the wrong kind; exit code 1)."""
-
-
-def usage(message: str):
-    """A value on the command line is wrong: nothing was done (exit code 2, as argparse's own errors)."""
-    raise UsageError(message)
-
-
-def fail(message: str):
-    """Something the command works with is missing or broken: a file, the data, a checkpoint (exit code 1)."""
-    raise InputError(message)
+from ..infra.checkpoint import CheckpointError
+from ..infra.failures import InputError, UsageError, usage
+from ..config import ConfigError
+from ..data import DataError
+from ..infra.outputs import OutputError
+from ..loop import NonFiniteLoss
+from ..infra.validation import MAX_STEPS, cfg_scale_ok, steps_ok
 
 
 def run_main(main) -> int:
@@ -56,7 +39,7 @@ def run_main(main) -> int:
 
 def check_sampling_args(args) -> None:
     """--sampler, --batch-size, --steps and --cfg-scale, as sample.py and evaluate.py take them (exit code 2)."""
-    from .samplers import SAMPLERS
+    from ..samplers import SAMPLERS
 
     if args.sampler is not None and args.sampler not in SAMPLERS:
         usage(f"--sampler: expected one of {', '.join(SAMPLERS)}, got {args.sampler!r}")
@@ -87,6 +70,14 @@ def check_cfg_scale(scale) -> None:
     """--cfg-scale by validation.cfg_scale_ok: a finite number >= 0 (exit code 2)."""
     if scale is not None and not cfg_scale_ok(scale):
         usage(f"--cfg-scale: expected a finite number >= 0, got {scale}")
+
+
+def sampler_help() -> str:
+    """--sampler's help, built from the registry (samplers.SAMPLERS), so a new sampler is listed without editing it."""
+    from ..samplers import SAMPLERS, describe
+
+    listed = "; ".join(f"{name}: {describe(name)}" for name in SAMPLERS)
+    return f"{listed} (default: the config's)".replace("%", "%%")  # argparse %-formats help strings
 
 
 STEPS_HELP = (f"sampling steps, 1 to {MAX_STEPS} (default: the config's); {MAX_STEPS} is the training's "

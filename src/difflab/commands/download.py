@@ -37,7 +37,7 @@ from typing import Callable, Mapping, Optional
 
 import numpy as np
 
-from difflab.untrusted import shown
+from difflab.infra.untrusted import shown
 from difflab.data import (
     IMAGE_SIZE,
     KEYS,

@@ -1,4 +1,4 @@
-"""The demo's web page: a Gradio page around the plain functions of demo.py, served on this machine.
+"""The demo's web page: a Gradio page around the plain functions of session.py, served on this machine.
 
 The page must work with no internet: no analytics, and a theme that uses the fonts already on the
 student's machine instead of fetching web fonts. And it must keep what it shows honest:
@@ -34,13 +34,13 @@ from contextlib import contextmanager
 from typing import Iterator, Optional
 from urllib.parse import urlsplit
 
-from .cli import UsageError, fail
-from .samplers import SAMPLERS
-from .demo import (GIF_IMAGES, MAX_CFG, MAX_IMAGES, MAX_WORK, DemoInputError, Panel, check_request,
+from ..infra.failures import UsageError, fail
+from ..samplers import SAMPLERS
+from .session import (GIF_IMAGES, MAX_CFG, MAX_IMAGES, MAX_WORK, DemoInputError, Panel, check_request,
                    evaluations_per_step, max_steps, model_defaults, plural, sample_panel)
-from .pipeline import Pipeline
-from .untrusted import shown
-from .validation import MAX_STEPS
+from ..pipeline import Pipeline
+from ..infra.untrusted import shown
+from ..infra.validation import MAX_STEPS
 
 # Set before Gradio is imported anywhere: no usage reports, no check for a newer version.
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
@@ -78,13 +78,16 @@ def steps_label(n_images, sampler) -> str:
     limit = max_steps(int(n_images), sampler)
     if limit == MAX_STEPS:
         return f"Steps (1-{MAX_STEPS})"
-    return f"Steps (1-{limit} for {plural(int(n_images), 'image')}{f' with {sampler.capitalize()}' if evaluations_per_step(sampler) > 1 else ''})"
+    return (f"Steps (1-{limit} for {plural(int(n_images), 'image')}"
+            f"{f' with {sampler.capitalize()}' if evaluations_per_step(sampler) > 1 else ''})")
 
 
 def _gif_html(panel: Panel) -> str:
     """The animation inline as a data: URL (no file to write or serve), its caption saying which steps it shows."""
-    shown = "Every step" if panel.gif_steps == panel.steps else f"{panel.gif_steps} of the {panel.steps} steps, evenly spaced"
-    return (f'<figure><img alt="denoising animation" src="data:image/gif;base64,{base64.b64encode(panel.gif).decode()}">'
+    shown = ("Every step" if panel.gif_steps == panel.steps
+             else f"{panel.gif_steps} of the {panel.steps} steps, evenly spaced")
+    return ('<figure><img alt="denoising animation" '
+            f'src="data:image/gif;base64,{base64.b64encode(panel.gif).decode()}">'
             f"<figcaption>{shown}, animated (up to {GIF_IMAGES} images): x_t above, predicted x0 below"
             "</figcaption></figure>")
 
@@ -178,7 +181,7 @@ def _controls(first: dict, any_prompts: bool) -> dict:
 
 
 def build_app(models: dict[str, Pipeline]):
-    """The Gradio page around demo.py. Returns (blocks, theme): Gradio 6 takes the theme at launch."""
+    """The Gradio page around session.py. Returns (blocks, theme): Gradio 6 takes the theme at launch."""
     import gradio as gr
 
     names = list(models)

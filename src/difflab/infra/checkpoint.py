@@ -85,7 +85,8 @@ def load_checkpoint(path: Union[str, Path], map_location: Any = "cpu") -> dict:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         if "weights only" in str(e).lower() or "weights_only" in str(e).lower():
-            raise CheckpointError(f"{path}: refused, the file holds Python objects beyond weights (code could run)") from None
+            raise CheckpointError(f"{path}: refused, the file holds Python objects beyond weights "
+                                  "(code could run)") from None
         raise CheckpointError(f"{path}: corrupted or not a PyTorch checkpoint") from None
     except Exception as e:  # damaged bytes fail in many ways: RuntimeError, EOFError, BadZipFile, KeyError, TypeError
         first = str(e).splitlines()[0].split(". ")[0] if str(e) else ""  # PyTorch's first sentence says it
@@ -107,7 +108,7 @@ def load_checkpoint(path: Union[str, Path], map_location: Any = "cpu") -> dict:
 
 
 def bounded(value: Any, path: Union[str, Path]) -> None:
-    """Refuse, in one line, nested data too large or too deep to walk (difflab.untrusted)."""
+    """Refuse, in one line, nested data too large or too deep to walk (difflab.infra.untrusted)."""
     try:
         check_structure(value)
     except StructureError as e:

@@ -7,7 +7,8 @@ the tensors in the header's metadata, so the file alone rebuilds and checks the 
 
     difflab export --checkpoint experiments/unified_sd1_unet_eps/checkpoints/model_epoch_1.pt
 
-`checkpoint.load_checkpoint` reads either format (checkpoint.load_safetensors), so sample.py, evaluate.py and the demo take both.
+`checkpoint.load_checkpoint` reads either format (checkpoint.load_safetensors), so sample.py, evaluate.py and the
+demo take both.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Two layers, so that the part that matters can be tested without a browser:
 
 - this file: `generate(models, model=..., digit=..., ...)` is a plain function. It checks every
   value (anything can arrive from a web page), samples, and returns pictures and numbers;
-- demo_page.py: `build_app(models)` wraps it in a Gradio page; `launch(...)` serves that page locally.
+- page.py: `build_app(models)` wraps it in a Gradio page; `launch(...)` serves that page locally.
 """
 
 from __future__ import annotations
@@ -20,15 +20,15 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .checkpoint import epoch_checkpoints
-from .samplers import SAMPLERS, TWO_EVALUATIONS
-from .models import NULL_CLASS
-from .prompts import PromptError, parse, tokenize
-from .pipeline import Pipeline, sample_shape
-from .schedules import time_grid
-from .untrusted import shown
-from .validation import MAX_STEPS, cfg_scale_ok, steps_ok
-from .visualize import grid_array, trajectory_frames
+from ..infra.checkpoint import epoch_checkpoints
+from ..samplers import SAMPLERS, TWO_EVALUATIONS
+from ..models import NULL_CLASS
+from ..prompts import PromptError, parse, tokenize
+from ..pipeline import Pipeline, sample_shape
+from ..schedules import time_grid
+from ..infra.untrusted import shown
+from ..infra.validation import MAX_STEPS, cfg_scale_ok, steps_ok
+from ..visualize import grid_array, trajectory_frames
 
 # Limits that keep one request from occupying the server for minutes (steps: validation.MAX_STEPS, as for
 # the commands). The unit of work is one image through the model once: images x steps, doubled for Heun

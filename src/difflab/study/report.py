@@ -15,8 +15,9 @@ Kinds of block: `table` (one row per model), `orderings` (one sentence per step 
 present, saying whether the two models' seed spreads overlap), `effect <config name>` (a
 milestone page's measured effect against the step before it), `sweeps` (FID and accuracy against
 the guidance scale and the number of steps, first seed), `timing` (where the study's time went),
-and a page's own measurements, `evaluations`, `adherence` and `adherence over seeds` (src/difflab/page_tables.py).
-tests/test_docs.py renders every block again from the committed json and checks it against the page, and checks each row's sampler, steps, guidance and parameter count
+and a page's own measurements, `evaluations`, `adherence` and `adherence over seeds` (src/difflab/study/page_tables.py).
+tests/test_docs.py renders every block again from the committed json and checks it against the page, and checks
+each row's sampler, steps, guidance and parameter count
 against the config of the same name: a page cannot quote a number the json does not hold,
 and the json cannot describe a config that has changed since it was measured.
 
@@ -36,9 +37,9 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Optional
 
-from .outputs import write_error
+from ..infra.outputs import write_error
 from .page_tables import adherence, adherence_over_seeds, evaluations, spread_text  # a page's own measurements
-from .untrusted import StructureError, check_structure, shown
+from ..infra.untrusted import StructureError, check_structure, shown
 
 # The story's order, and the name each config goes by in a table.
 HISTORY = {
@@ -76,7 +77,8 @@ GOAL = 2.0  # issue 25: FID at most 2x the floor, mean over seeds
 TARGET = 3.0  # the study's bar: FID at most 3x the floor, accuracy at least 95%
 
 BLOCK = re.compile(
-    r"(<!-- generated from (?P<source>\S+\.json): (?P<kind>[^>]*?) -->\n)(?P<body>.*?)(<!-- end of generated block -->)",
+    r"(<!-- generated from (?P<source>\S+\.json): (?P<kind>[^>]*?) -->\n)(?P<body>.*?)"
+    r"(<!-- end of generated block -->)",
     re.S,
 )
 
@@ -160,7 +162,8 @@ def compare_sentence(a: dict, b: dict, change: str) -> str:
 
 def orderings(rows: list[dict]) -> str:
     by_name = {r["model"]: r for r in rows}
-    lines = [compare_sentence(by_name[a], by_name[b], change) for a, b, change in STEPS if a in by_name and b in by_name]
+    lines = [compare_sentence(by_name[a], by_name[b], change) for a, b, change in STEPS
+             if a in by_name and b in by_name]
     for r in sorted(rows, key=order):
         lines.append(bar_sentence(r))
     return "\n".join(lines) + "\n"
@@ -282,7 +285,8 @@ def render(kind: str, results: dict) -> str:
         return adherence_over_seeds(results)
     if kind.startswith("effect "):
         return effect(rows, kind.removeprefix("effect ").strip())
-    raise ValueError(f"unknown kind of generated block {kind!r} (table, orderings, sweeps, fewstep, timing, evaluations, adherence, adherence over seeds, effect <config>)")
+    raise ValueError(f"unknown kind of generated block {kind!r} (table, orderings, sweeps, fewstep, timing, "
+                     "evaluations, adherence, adherence over seeds, effect <config>)")
 
 
 def blocks(text: str):
@@ -370,7 +374,8 @@ def rendered(page: Path, root: Path, source: str, results: dict, label: str) -> 
 
 
 def publish(results_json, name: str, root: Path) -> list[Path]:
-    """Copy results.json (a path, or the results themselves) to docs/results/<name>.json; rewrite the blocks generated from it.
+    """Copy results.json (a path, or the results themselves) to docs/results/<name>.json; rewrite the blocks
+    generated from it.
 
     Everything is checked and rendered before any file is written (ValueError, one line: nothing changed);
     then every file is written at once (write_together).

@@ -23,8 +23,8 @@ TRAIN_IMAGES = {"mnist": 60_000, "fashion_mnist": 60_000}
 MAX_STEPS = 1000
 
 
-# The one rule for each sampling value, wherever it arrives: a config (below), a command line (cli.py), the
-# demo's page (demo.py). Each caller words its own message; the rule and its bounds are these two functions.
+# The one rule for each sampling value, wherever it arrives: a config (below), a command line (commands/common.py), the
+# demo's page (demo/session.py). Each caller words its own message; the rule and its bounds are these two functions.
 
 
 def steps_ok(steps, most: Optional[int] = MAX_STEPS) -> bool:
@@ -64,17 +64,17 @@ def validate(cfg, source: str, choices: dict) -> None:
 
 def _validate_ranges(cfg, bad) -> None:
     """Numbers that must be positive, non-negative or in [0, 1]; optional limits that must be >= 1."""
-    m, d, t, s = cfg.model, cfg.diffusion, cfg.training, cfg.sampling
+    m, d, tc, s = cfg.model, cfg.diffusion, cfg.training, cfg.sampling
     positive = {
         "model.channels": m.channels, "model.hidden_size": m.hidden_size, "model.depth": m.depth,
         "model.num_heads": m.num_heads, "model.patch_size": m.patch_size,
         "model.mlp_ratio": m.mlp_ratio, "model.cond_tokens": m.cond_tokens,
         "model.latent_channels": m.latent_channels,
         "diffusion.num_timesteps": d.num_timesteps, "diffusion.beta_start": d.beta_start,
-        "diffusion.logit_std": d.logit_std, "training.epochs": t.epochs,
-        "training.max_batch_size": t.max_batch_size, "training.lr": t.lr,
-        "training.text_lr_scale": t.text_lr_scale,
-        "training.log_every": t.log_every, "training.checkpoint_every": t.checkpoint_every,
+        "diffusion.logit_std": d.logit_std, "training.epochs": tc.epochs,
+        "training.max_batch_size": tc.max_batch_size, "training.lr": tc.lr,
+        "training.text_lr_scale": tc.text_lr_scale,
+        "training.log_every": tc.log_every, "training.checkpoint_every": tc.checkpoint_every,
         "sampling.shift": s.shift, "sampling.n_per_class": s.n_per_class,
     }
     for key, value in positive.items():
@@ -84,25 +84,25 @@ def _validate_ranges(cfg, bad) -> None:
         bad("sampling.steps", "a number > 0")
     if not d.beta_start < d.beta_end < 1:
         bad("diffusion.beta_end", f"a number in (beta_start={d.beta_start}, 1)")
-    if isinstance(t.batch_size, str) and t.batch_size != "auto":
+    if isinstance(tc.batch_size, str) and tc.batch_size != "auto":
         bad("training.batch_size", 'a positive integer or "auto"')
-    if isinstance(t.batch_size, int) and t.batch_size < 1:
+    if isinstance(tc.batch_size, int) and tc.batch_size < 1:
         bad("training.batch_size", 'a positive integer or "auto"')
     for key, value in {
         "model.dropout": m.dropout,
-        "training.cfg_dropout_prob": t.cfg_dropout_prob,
-        "training.ema_decay": t.ema_decay,
+        "training.cfg_dropout_prob": tc.cfg_dropout_prob,
+        "training.ema_decay": tc.ema_decay,
         "sampling.eta": s.eta,
         "sampling.cfg_rescale": s.cfg_rescale,
     }.items():
         if not 0 <= value <= 1:
             bad(key, "a number in [0, 1]")
-    if not 0 <= t.adam_beta2 < 1:
+    if not 0 <= tc.adam_beta2 < 1:
         bad("training.adam_beta2", "a number in [0, 1)")
     for key, value in {
-        "training.weight_decay": t.weight_decay, "training.warmup_steps": t.warmup_steps,
-        "training.grad_clip": t.grad_clip, "training.sample_every": t.sample_every,
-        "training.keep_last": t.keep_last,
+        "training.weight_decay": tc.weight_decay, "training.warmup_steps": tc.warmup_steps,
+        "training.grad_clip": tc.grad_clip, "training.sample_every": tc.sample_every,
+        "training.keep_last": tc.keep_last,
         "model.kl_weight": m.kl_weight,
     }.items():
         if value < 0:
@@ -111,13 +111,13 @@ def _validate_ranges(cfg, bad) -> None:
         bad("sampling.cfg_scale", "a number >= 0")
     if cfg.data.limit is not None and cfg.data.limit < 1:
         bad("data.limit", "a positive integer or null")
-    if t.threads is not None and t.threads < 1:
+    if tc.threads is not None and tc.threads < 1:
         bad("training.threads", "a positive integer or null")
-    if t.max_steps is not None and t.max_steps < 1:
+    if tc.max_steps is not None and tc.max_steps < 1:
         bad("training.max_steps", "a positive integer or null")
-    if t.max_images is not None and t.max_images < 1:
+    if tc.max_images is not None and tc.max_images < 1:
         bad("training.max_images", "a positive integer or null")
-    if t.min_snr_gamma is not None and not t.min_snr_gamma > 0:
+    if tc.min_snr_gamma is not None and not tc.min_snr_gamma > 0:
         bad("training.min_snr_gamma", "a number > 0 or null")
     gi = s.guidance_interval
     if not (len(gi) == 2 and all(isinstance(v, (int, float)) for v in gi) and 0 <= gi[0] <= gi[1] <= 1):
@@ -126,7 +126,7 @@ def _validate_ranges(cfg, bad) -> None:
 
 def _validate_sizes(cfg, bad) -> None:
     """Sizes with an upper bound (see MAX_TIMESTEPS and the others above): each names its reason."""
-    d, t, s = cfg.diffusion, cfg.training, cfg.sampling
+    d, tc, s = cfg.diffusion, cfg.training, cfg.sampling
     if d.num_timesteps > MAX_TIMESTEPS:
         bad("diffusion.num_timesteps",
             f"at most {MAX_TIMESTEPS:,} (the schedules are arrays of that length; DDPM used 1000)")
@@ -137,7 +137,7 @@ def _validate_sizes(cfg, bad) -> None:
         images, named = cfg.data.limit, f"data.limit = {cfg.data.limit:,}"
     else:
         named = f"the {images:,} training images of {cfg.data.dataset}"
-    if isinstance(t.batch_size, int) and t.batch_size > images:
+    if isinstance(tc.batch_size, int) and tc.batch_size > images:
         bad("training.batch_size", f"at most {named}: a batch is drawn from the training images")
 
 
@@ -163,7 +163,8 @@ def _validate_model(cfg, bad) -> None:
     if m.step_conditioning and m.architecture != "mmdit":
         bad("model.step_conditioning", "false except for the MMDiT (shortcut models)")
     if m.step_conditioning and (s.spacing, s.shift) != ("trailing", 1.0):
-        bad("sampling.spacing", "trailing with sampling.shift 1 for a model that reads its jump size (equal jumps 1/steps)")
+        bad("sampling.spacing",
+            "trailing with sampling.shift 1 for a model that reads its jump size (equal jumps 1/steps)")
 
 
 def _validate_prompt_model(m, bad) -> None:
@@ -184,7 +185,8 @@ def _validate_prompt_model(m, bad) -> None:
             if width % m.num_heads:
                 bad("model.num_heads", f"a divisor of every U-Net width that reads the prompt (here {width})")
     elif m.architecture == "dit":
-        bad("model.conditioning", "class for the DiT (prompts: the U-Net's cross-attention or the MMDiT's joint attention)")
+        bad("model.conditioning",
+            "class for the DiT (prompts: the U-Net's cross-attention or the MMDiT's joint attention)")
 
 
 def _validate_fewstep(cfg, bad) -> None:

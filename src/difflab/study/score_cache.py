@@ -34,7 +34,7 @@ from typing import Callable, Optional
 
 import torch
 
-from .outputs import write_bytes_atomic, writing
+from ..infra.outputs import write_bytes_atomic, writing
 
 try:
     import fcntl  # POSIX; on Windows saves are not locked
@@ -43,9 +43,11 @@ except ImportError:  # pragma: no cover
 
 # Files that do not change a score: the comparison's own report, the demo, and what only trains
 # (a checkpoint's file digest already covers what training produced) or only parses commands.
-NOT_SCORING = {"compare.py", "report.py", "page_tables.py", "score_cache.py", "demo.py", "demo_page.py", "runs.py", "download.py",
-               "loop.py", "training.py", "vae_training.py", "fewstep.py", "board.py", "optim.py", "speed.py",
-               "dryrun.py", "trainers.py", "validation.py", "untrusted.py", "cli.py", "__main__.py", "train.py", "setup_data.py", "export.py"}
+# A name counts wherever it is in the package: "demo.py" is commands/demo.py, "session.py" and "page.py" are demo/'s.
+NOT_SCORING = {"compare.py", "report.py", "page_tables.py", "score_cache.py", "session.py", "page.py", "runs.py",
+               "download.py", "loop.py", "training.py", "vae_training.py", "fewstep.py", "board.py", "optim.py",
+               "speed.py", "dryrun.py", "trainers.py", "validation.py", "untrusted.py", "common.py", "failures.py",
+               "__main__.py", "train.py", "demo.py", "setup_data.py", "export.py"}
 
 # Classes of a module that scores which only training reads: left out of that module's digest.
 TRAINING_ONLY = {"settings.py": {"TrainingConfig"}}
@@ -58,14 +60,19 @@ def source_digest(path: Path, skip=()) -> bytes:
     return ast.dump(tree).encode()
 
 
+def scoring_files(root: Path) -> list:
+    """The source files under `root` that sampling and scoring run through, subpackages included, in a fixed order."""
+    return [path for path in sorted(root.rglob("*.py")) if path.name not in NOT_SCORING]
+
+
 def code_digest(root: Optional[Path] = None) -> str:
-    """SHA-256 over difflab's source files (under `root`, default this package) that sampling and scoring run through."""
-    root = Path(root or Path(__file__).resolve().parent)
+    """SHA-256 over the source files (under `root`, default the difflab package) that sampling and scoring
+    run through."""
+    root = Path(root or Path(__file__).resolve().parents[1])  # this file is difflab/study/score_cache.py
     h = hashlib.sha256()
-    for path in sorted(root.rglob("*.py")):
-        if path.name not in NOT_SCORING:
-            h.update(str(path.relative_to(root)).encode())
-            h.update(source_digest(path, TRAINING_ONLY.get(path.name, ())))
+    for path in scoring_files(root):
+        h.update(str(path.relative_to(root)).encode())
+        h.update(source_digest(path, TRAINING_ONLY.get(path.name, ())))
     return h.hexdigest()
 
 

@@ -8,7 +8,7 @@ from typing import Callable
 
 import torch
 
-from .config import ConfigError
+from .validation import ConfigError
 
 
 def _sync(device: torch.device) -> None:

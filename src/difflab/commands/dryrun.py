@@ -13,11 +13,12 @@ from typing import Optional
 
 import torch
 
-from .config import Config, ConfigError
-from .trainers import trainer_name
-from .models import build_model, count_parameters
-from .models.vae import VAE
-from .validation import TRAIN_IMAGES
+from ..config import ConfigError
+from ..settings import Config
+from ..trainers import trainer_name
+from ..models import build_model, count_parameters
+from ..models.vae import VAE
+from ..infra.validation import TRAIN_IMAGES
 
 # Per parameter, in fp32: the weights, their gradients, AdamW's two moments and the EMA copy.
 BYTES_PER_PARAMETER = 4 * 5
@@ -40,12 +41,12 @@ def _on_meta(build):
 def _network(cfg: Config) -> tuple[torch.nn.Module, tuple[int, int, int], dict]:
     """(the network on the meta device, the (C, H, W) it trains on, what describe() adds about a VAE)."""
     if trainer_name(cfg) == "vae":  # latent diffusion's first stage: it trains on the pixels
-        from .models.vae import build_vae
+        from ..models.vae import build_vae
 
         return _on_meta(lambda: build_vae(cfg.model)), (1, 28, 28), {}
     c, size, extra = 1, 28, {}
     if cfg.data.vae_checkpoint:
-        from .latent import describe_vae
+        from ..latent import describe_vae
 
         extra = describe_vae(cfg)  # vae_params: reported apart from the diffusion model's
         c, size, _ = extra["latent_shape"]
@@ -88,7 +89,7 @@ def activation_bytes(model: torch.nn.Module, cfg: Config, shape: tuple, batch: i
 
     Measured against a real step on a CPU (configs/unified_sd1_unet_eps.yaml): 167 MiB here for a batch
     of 32 where the process grew by 208 MiB, 1.3 GiB for a batch of 256 where it grew by 1.4 GiB."""
-    from .prompts import MAX_TOKENS
+    from ..prompts import MAX_TOKENS
 
     saved = []
 
@@ -193,7 +194,7 @@ def _size(n: int) -> str:
 def check_memory(cfg: Config, device: Optional[torch.device] = None, network: Optional[tuple] = None) -> dict:
     """Refuse (ConfigError) a training run whose estimate exceeds the memory available, in one line that
     names both and the settings to lower; else the estimate, for --dry-run's line."""
-    from .distributed import select_device
+    from ..infra.distributed import select_device
 
     device = device or select_device(cfg.training.device)
     need = estimate_training_memory(cfg, network)
@@ -203,7 +204,8 @@ def check_memory(cfg: Config, device: Optional[torch.device] = None, network: Op
                        if need["activations_known"] else "activations not estimated")
         raise ConfigError(
             f"{cfg.name}: training needs at least {_size(need['total'])} ({need['params']:,} parameters "
-            f"x {BYTES_PER_PARAMETER} bytes for weights, gradients, AdamW's moments and the EMA {_size(need['states'])}; {activations}; "
+            f"x {BYTES_PER_PARAMETER} bytes for weights, gradients, AdamW's moments and the EMA "
+            f"{_size(need['states'])}; {activations}; "
             f"data {_size(need['data'])}), more than the {_size(have[0])} {have[1]} on {device.type}: "
             f"lower training.batch_size, or the model's size (model.channels, hidden_size, depth)")
     # Not what is available: that changes from one moment to the next, and --dry-run's line is read by scripts.

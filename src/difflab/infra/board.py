@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from .config import ConfigError
+from .validation import ConfigError
 
 
 class Board:
@@ -45,7 +45,8 @@ class Board:
             elif key == "loss_by_t":
                 for i, v in enumerate(value):
                     if v is not None:
-                        self.writer.add_scalar(f"loss_by_t/{i / len(value):.1f}-{(i + 1) / len(value):.1f}", v, record["step"])
+                        self.writer.add_scalar(f"loss_by_t/{i / len(value):.1f}-{(i + 1) / len(value):.1f}", v,
+                                               record["step"])
 
     def image(self, png: Optional[Path], step: int) -> None:
         """A picture draw() saved, as TensorBoard's image at this step."""

@@ -71,7 +71,8 @@ def adherence(results: dict) -> str:
                           lambda r, a, n=name: f"{100 * a['attributes'][n]['hit_rate']:.1f}% / "
                                                f"{a['attributes'][n]['correlation']:.2f}"))
     for key, what in (("common_combinations", "most common"), ("rare_combinations", "rarest")):
-        lines.append(line(f"all three bins, the digit's {what} combination: hit (chance {100 * first[key]['chance']:.1f}%)",
+        lines.append(line(f"all three bins, the digit's {what} combination: "
+                          f"hit (chance {100 * first[key]['chance']:.1f}%)",
                           lambda r, a, k=key: f"{100 * a[k]['all_three_hit']:.1f}%"))
     lines.append(line(f"seconds per 1000 samples ({rows[0]['steps']} steps)",
                       lambda r, a: f"{1000 * r['seconds'] / r['n']:.0f} (CFG {r['cfg_scale']:g})"))

@@ -1,0 +1,1 @@
+"""The machinery: files, runs, processes, failures; a student can skip it."""
