@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from difflab.infra.checkpoint import weights_problem
+from difflab.infra.checkpoint import CheckpointError, load_weights
 from difflab.data import DATASETS, DataError, load_split, resolve_data_dir, sha256_file
 from difflab.evaluation import conditional_accuracy
 from difflab.infra.outputs import write_bytes_atomic, write_error
@@ -190,13 +190,10 @@ def _load_cached(model: nn.Module, weights: Path) -> Optional[str]:
         state = torch.load(weights, map_location="cpu", weights_only=True)
     except Exception as err:  # damaged or foreign bytes fail in many ways (as in checkpoint.load_checkpoint)
         return f"unreadable {weights.name} ({type(err).__name__})"
-    problem = weights_problem(model, state)
-    if problem is not None:
-        return f"{weights.name}: {problem}"
     try:
-        model.load_state_dict(state)
-    except RuntimeError as err:
-        return f"{weights.name} does not fit the classifier ({str(err).splitlines()[0][:80]})"
+        load_weights(model, state, weights.name, what="classifier")  # names, shapes and dtypes checked
+    except CheckpointError as err:
+        return str(err)
     return None
 
 

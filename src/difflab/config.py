@@ -127,20 +127,18 @@ class _BoundedLoader(yaml.SafeLoader):
         return self.construct_document(node)
 
 
+def _yaml_children(node: yaml.Node) -> list:
+    """What a YAML node holds: a sequence's items, a mapping's keys and values (an alias is the same node again)."""
+    if isinstance(node, yaml.SequenceNode):
+        return node.value
+    if isinstance(node, yaml.MappingNode):
+        return [child for pair in node.value for child in pair]
+    return []
+
+
 def _check_nodes(root: yaml.Node) -> None:
     """Raise StructureError if the YAML node graph, unfolded, has too many nodes or levels."""
-    count, stack = 0, [(root, 1)]
-    while stack:
-        node, depth = stack.pop()
-        count += 1
-        if count > MAX_CONFIG_NODES:
-            raise StructureError(f"more than {MAX_CONFIG_NODES:,} nested values (anchors and aliases repeated?)")
-        if depth > MAX_CONFIG_DEPTH:
-            raise StructureError(f"nested more than {MAX_CONFIG_DEPTH} levels deep")
-        if isinstance(node, yaml.SequenceNode):
-            stack.extend((child, depth + 1) for child in node.value)
-        elif isinstance(node, yaml.MappingNode):
-            stack.extend((child, depth + 1) for pair in node.value for child in pair)
+    check_structure(root, MAX_CONFIG_NODES, MAX_CONFIG_DEPTH, children=_yaml_children, why="anchors and aliases")
 
 
 def _safe_load(text: Union[str, bytes]) -> Any:

@@ -28,7 +28,8 @@ def main(argv=None):
     args = p.parse_args(argv)
 
     from difflab.demo.session import find_checkpoints, load_models
-    from difflab.demo.page import exposure_warning, launch
+    from difflab.demo.guard import exposure_warning
+    from difflab.demo.page import launch
 
     if args.port is not None and not 1 <= args.port <= 65535:
         usage(f"--port: expected a number from 1 to 65535, got {args.port}")

@@ -37,7 +37,7 @@ from typing import Callable, Mapping, Optional
 
 import numpy as np
 
-from difflab.infra.untrusted import shown
+from difflab.infra.untrusted import one_line, shown
 from difflab.data import (
     IMAGE_SIZE,
     KEYS,
@@ -363,9 +363,3 @@ def fetch(
         return path
     tried = "; ".join(one_line(failure) for failure in failures)
     raise DataError(f"could not get {dataset} into {path}; tried: {tried}")
-
-
-def one_line(text: str, width: int = 300) -> str:
-    """A failure's text as one line, at most `width` characters (a server's or pip's reply may hold many)."""
-    flat = " ".join(str(text).split())
-    return flat if len(flat) <= width else flat[: width - 3] + "..."

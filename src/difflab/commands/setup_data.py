@@ -11,7 +11,8 @@ import sys
 
 
 from difflab.data import DATASETS, DataError
-from difflab.commands.download import fetch, one_line
+from difflab.commands.download import fetch
+from difflab.infra.untrusted import one_line
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

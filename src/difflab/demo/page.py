@@ -11,10 +11,9 @@ student's machine instead of fetching web fonts. And it must keep what it shows 
 
 Through the HTTP API, /generate returns the status and the first model's panel.
 
-The server has no password, so it opens no more than the page needs (see `Guard` and `serving`):
-- only the POST routes the page and the HTTP API use; uploads, recordings, streams and /monitoring are refused;
-- no request body over MAX_BODY bytes, nothing from another web site (Origin), and, on a loopback address,
-  nothing for another host name (a DNS-rebinding page);
+The server has no password, so it opens no more than the page needs (guard.py's `Guard`, and `serving`):
+- only the POST routes the page and the HTTP API use, no body over guard.MAX_BODY bytes, nothing from
+  another web site, and on a loopback address nothing for another host name (guard.py);
 - at most MAX_WAITING requests wait in the queue, one samples at a time, and none skips the queue;
 - Gradio's files (the PNGs it serves) live in a folder of the demo's own: files older than
   CACHE_CLEANUP[1] seconds are deleted, and the folder is removed when the server stops.
@@ -23,7 +22,6 @@ The server has no password, so it opens no more than the page needs (see `Guard`
 from __future__ import annotations
 
 import base64
-import ipaddress
 import os
 import shutil
 import signal
@@ -32,23 +30,19 @@ import threading
 import traceback
 from contextlib import contextmanager
 from typing import Iterator, Optional
-from urllib.parse import urlsplit
 
 from ..infra.failures import UsageError, fail
 from ..samplers import SAMPLERS
 from .session import (GIF_IMAGES, MAX_CFG, MAX_IMAGES, MAX_WORK, DemoInputError, Panel, check_request,
                    evaluations_per_step, max_steps, model_defaults, plural, sample_panel)
 from ..pipeline import Pipeline
-from ..infra.untrusted import shown
+from .guard import Guard, is_loopback
 from ..infra.validation import MAX_STEPS
 
 # Set before Gradio is imported anywhere: no usage reports, no check for a newer version.
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 
-# What one client may ask of the server. The largest request the page sends (ten values and a prompt of at
-# most demo.MAX_PROMPT_CHARS) is under 2 KB; Gradio would otherwise read a body of any size into memory.
-MAX_BODY = 64 * 1024
 # Requests waiting for their turn (one samples at a time). The slowest request allowed (demo.MAX_WORK image
 # evaluations) takes about 35 s on a laptop CPU, so one client can queue at most (4 + 1) x 35 s, about
 # 3 minutes of work; the next request is told "Queue is full" (HTTP 503 through the API).
@@ -57,12 +51,6 @@ MAX_WAITING = 4
 # be. One request writes 2 or 4 PNGs (tens of KB); a page fetches them at once, and 5 minutes still leave
 # time to press a picture's download button.
 CACHE_CLEANUP = (60, 300)
-# Gradio's POST routes that the page uses (queue/join for sampling, run/ for its small unqueued updates, cancel,
-# reset) and the HTTP API's call/. The others (upload, process_recording, stream, component_server, vibe-edit,
-# run-history, the old api/, ...) take files or edit the app; they are refused before their body is read.
-POST_ROUTES = ("/gradio_api/queue/join", "/gradio_api/run/", "/gradio_api/cancel", "/gradio_api/reset",
-               "/gradio_api/call/")
-
 INTRO = """# difflab: watch diffusion happen
 Pick a digit and press **Generate**. Below the images, the *trajectory* shows one sample on its
 way from noise (left) to a digit (right): the top row is the noisy image x_t at each step, the bottom
@@ -248,111 +236,6 @@ def free_port(host: str) -> int:
         return s.getsockname()[1]
 
 
-def is_loopback(host: str) -> bool:
-    """Whether `host` is this machine only (127.0.0.1, ::1, localhost), not an address others can reach."""
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:  # a host name: it may resolve to any address
-        return False
-
-
-def refusal(scope: dict, loopback: bool) -> Optional[tuple[int, str]]:
-    """(HTTP status, reason) for a request the demo does not serve, or None for one it does.
-
-    A browser sends an Origin header with every cross-site POST. Another web site open in the student's
-    browser could otherwise run requests here (Gradio only withholds the answer from it, the work is done).
-    A page that points its own host name at 127.0.0.1 (DNS rebinding) sends a matching Origin, but its Host
-    header then names that site: on a loopback address, only loopback host names are served.
-    """
-    headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
-    host, origin, path = headers.get("host", ""), headers.get("origin"), scope.get("path", "")
-    if loopback and not is_loopback(urlsplit(f"//{host}").hostname or ""):
-        return 403, f"refused: this demo serves only localhost, not Host {shown(host, 60)}"
-    if origin is not None and urlsplit(origin).netloc.lower() != host.lower():
-        return 403, f"refused: a request from another site (Origin {shown(origin, 60)})"
-    if path.startswith(("/monitoring", "/gradio_api/monitoring")):
-        return 404, "not found: monitoring is off"
-    if scope.get("method") == "POST" and not path.startswith(POST_ROUTES):
-        return 404, "not found: the demo takes no uploads and offers no such route"
-    length = headers.get("content-length", "0")
-    if "transfer-encoding" in headers:  # a body of unknown length: the page never sends one
-        return 411, "refused: send a Content-Length"
-    if not length.isdigit() or int(length) > MAX_BODY:
-        return 413, f"refused: a request body of at most {MAX_BODY} bytes"
-    return None
-
-
-def names_a_file(body: bytes) -> bool:
-    """Whether a JSON body holds a Gradio file reference ({"path": ..., "meta": {"_type": "gradio.FileData"}}).
-
-    The page sends none. Gradio would copy the file it names into its cache before the demo's own code
-    sees the value, or fail there with a traceback in the log (a path it does not allow, such as /etc/passwd).
-    The body is at most MAX_BODY bytes (checked first), so this walk is short.
-    """
-    import json
-
-    try:
-        stack = [json.loads(body)]
-    except (ValueError, RecursionError):  # not JSON: Gradio answers 400 itself
-        return False
-    while stack:
-        node = stack.pop()
-        if isinstance(node, dict):
-            meta = node.get("meta")
-            if isinstance(meta, dict) and meta.get("_type") == "gradio.FileData":
-                return True
-            stack.extend(node.values())
-        elif isinstance(node, list):
-            stack.extend(node)
-    return False
-
-
-class Guard:
-    """ASGI middleware in front of Gradio's routes: answers `refusal`'s status for what the demo does not serve,
-    before any of the request's body is read; then refuses a body that names a file."""
-
-    def __init__(self, app, loopback: bool):
-        self.app, self.loopback = app, loopback
-
-    async def __call__(self, scope, receive, send):
-        refused = refusal(scope, self.loopback) if scope["type"] in ("http", "websocket") else None
-        if refused is None and scope["type"] == "http" and scope["method"] == "POST":
-            body, receive = await _read_body(receive)
-            if names_a_file(body):
-                refused = 422, "refused: the demo takes no files"
-        if refused is None:
-            return await self.app(scope, receive, send)
-        if scope["type"] == "websocket":  # closed before it is accepted: the browser sees HTTP 403
-            return await send({"type": "websocket.close", "code": 1008})
-        from starlette.responses import PlainTextResponse
-
-        await PlainTextResponse(refused[1], status_code=refused[0])(scope, receive, send)
-
-
-async def _read_body(receive):
-    """The whole body (at most MAX_BODY bytes: its Content-Length was checked), and a `receive` that hands it
-    on to Gradio as if it came from the client."""
-    chunks, more = [], True
-    while more:
-        message = await receive()
-        if message["type"] != "http.request":  # the client went away
-            return b"", receive
-        chunks.append(message.get("body", b""))
-        more = message.get("more_body", False)
-    body, sent = b"".join(chunks), False
-
-    async def replay():
-        nonlocal sent
-        if sent:
-            return await receive()
-        sent = True
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    return body, replay
-
-
 @contextmanager
 def serving(models: dict[str, Pipeline], host: str = "127.0.0.1", port: Optional[int] = None) -> Iterator[tuple]:
     """Serve the page in the background: yields (Gradio app, URL); on leaving, stops the server and removes
@@ -406,11 +289,3 @@ def launch(models: dict[str, Pipeline], host: str = "127.0.0.1", port: Optional[
     with serving(models, host, port) as (app, url):
         print(f"difflab demo: {url} ({plural(len(models), 'model')}; Ctrl-C to stop)", flush=True)
         app.block_thread()  # until Ctrl-C, which closes the server
-
-
-def exposure_warning(host: str) -> str:
-    """One line for a host other machines can reach ('' for this machine only): the page has no password."""
-    if is_loopback(host):
-        return ""
-    return (f"warning: --host {host} serves the demo unauthenticated to every machine that can reach this one: "
-            "anyone there can run models on this computer; use 127.0.0.1 unless you trust the network")

@@ -2,14 +2,16 @@
 
 Every command writes something at the end (a checkpoint, a PNG, an .npz, a JSON file); a path
 that cannot be written should fail before minutes of work, and a disk that fills on the way
-should say what, where and how much space is left, never print a traceback.
+should say what, where and how much space is left, never print a traceback. Several files that
+belong together (the docs' pages) are written all or nothing, Ctrl-C held back (write_together).
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-from contextlib import contextmanager
+import signal
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Union
 
@@ -102,3 +104,63 @@ def _discard(path: Path) -> None:
         path.unlink(missing_ok=True)
     except OSError:
         pass
+
+
+# ---------------------------------------------------------------------- Ctrl-C around writes
+
+
+@contextmanager
+def sigint_handler(handle):
+    """`handle(signum, frame)` answers Ctrl-C inside the block; the previous handler comes back after it.
+
+    (Outside the main thread signals cannot be caught: the block runs with the handler it had.)
+    """
+    try:
+        previous = signal.signal(signal.SIGINT, handle)
+    except ValueError:  # not the main thread
+        previous = None
+    try:
+        yield
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+
+
+@contextmanager
+def ctrl_c_held():
+    """Ctrl-C inside the block waits for its end, then interrupts: a set of renames is never cut in two.
+
+    (Outside the main thread signals cannot be caught, and the block runs as it is.)
+    """
+    pressed = []
+    with sigint_handler(lambda signum, frame: pressed.append(signum)):
+        yield
+    if pressed:
+        raise KeyboardInterrupt
+
+
+def write_together(files: dict) -> None:
+    """Write {path: text} all or nothing: every text to a temporary beside its file, then every rename.
+
+    A full disk, a refused write or Ctrl-C before the renames changes no file (the temporaries are
+    removed); a rename needs no space, and Ctrl-C during the renames waits for the last one. Only a
+    crash (power, SIGKILL) or a refused rename in those few milliseconds can leave some files new and
+    some old; each file is always whole, old or new, with its contents (the docs' pages: their generated-block markers).
+    """
+    temporaries = {path: path.with_name(f".{path.name}.{os.getpid()}.tmp") for path in files}
+    try:
+        for path, text in files.items():
+            try:
+                temporaries[path].write_bytes(text.encode())
+            except OSError as e:
+                raise write_error(path, e, "no file was changed") from None
+        with ctrl_c_held():
+            for path, tmp in temporaries.items():
+                try:
+                    os.replace(tmp, path)
+                except OSError as e:
+                    raise write_error(path, e) from None
+    finally:
+        for tmp in temporaries.values():
+            with suppress(OSError):
+                tmp.unlink(missing_ok=True)  # written but not renamed: a failure or Ctrl-C part-way

@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
-from .outputs import OutputError, free_space
+from .outputs import OutputError, free_space, sigint_handler
 
 try:
     import fcntl  # POSIX; on Windows runs are not locked
@@ -131,12 +130,5 @@ def sigint_sets_flag(trainer):
             raise KeyboardInterrupt
         trainer.interrupted = True
 
-    try:
-        previous = signal.signal(signal.SIGINT, handle)
-    except ValueError:  # not the main thread: leave signals alone
-        previous = None
-    try:
+    with sigint_handler(handle):
         yield
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)

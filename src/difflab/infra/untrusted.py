@@ -14,7 +14,7 @@ validation pass) would then run for hours or fill the memory. So:
 from __future__ import annotations
 
 import reprlib
-from typing import Any
+from typing import Any, Callable, Iterable
 
 # A real checkpoint is a few thousand nodes (weights, optimizer state, config) and about 6
 # levels deep; a config a few hundred nodes and 3 levels. These bounds are far above both.
@@ -38,21 +38,36 @@ def shown(value: Any, width: int = 80) -> str:
     return text if len(text) <= width else text[: width - 3] + "..."
 
 
-def check_structure(value: Any, max_nodes: int = MAX_NODES, max_depth: int = MAX_DEPTH) -> int:
-    """Count the nodes of nested dicts, lists and tuples as a walk visits them; raise StructureError
-    past `max_nodes` or `max_depth`. Iterative, so depth alone never raises RecursionError."""
-    count = 0
-    stack = [(value, 1)]
+def one_line(text: Any, width: int = 300) -> str:
+    """An error's (or a server's) text as one line of at most `width` characters: whitespace runs become
+    one space, the rest is cut with '...'."""
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= width else flat[: width - 3] + "..."
+
+
+def python_children(node: Any) -> Iterable:
+    """The values nested in a dict (its keys too), list, tuple or set; nothing for anything else."""
+    if isinstance(node, dict):
+        return [*node.keys(), *node.values()]
+    return node if isinstance(node, (list, tuple, set, frozenset)) else ()
+
+
+def check_structure(value: Any, max_nodes: int = MAX_NODES, max_depth: int = MAX_DEPTH,
+                    children: Callable[[Any], Iterable] = python_children, why: str = "shared references") -> int:
+    """Count the nodes of a nested value as a walk visits them (a shared node once per path to it); raise
+    StructureError past `max_nodes` or `max_depth`. Iterative, so depth alone never raises RecursionError.
+    `children`: what a node holds (Python containers by default; config.py passes YAML's node graph)."""
+    too_many = f"more than {max_nodes:,} nested values ({why} repeated?)"
+    count, stack = 0, [(value, 1)]
     while stack:
         node, depth = stack.pop()
         count += 1
         if count > max_nodes:
-            raise StructureError(f"more than {max_nodes:,} nested values (shared references repeated?)")
+            raise StructureError(too_many)
         if depth > max_depth:
             raise StructureError(f"nested more than {max_depth} levels deep")
-        if isinstance(node, (dict, list, tuple, set, frozenset)):
-            if count + len(stack) + 2 * len(node) > max_nodes:  # before copying a huge container's items
-                raise StructureError(f"more than {max_nodes:,} nested values (shared references repeated?)")
-            items = [*node.keys(), *node.values()] if isinstance(node, dict) else node
-            stack.extend((v, depth + 1) for v in items)
+        inside = children(node)
+        if count + len(stack) + len(inside) > max_nodes:  # before copying a huge container's items
+            raise StructureError(too_many)
+        stack.extend((v, depth + 1) for v in inside)
     return count

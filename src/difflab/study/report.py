@@ -30,16 +30,13 @@ over the old ones, with Ctrl-C held back until the last rename (write_together).
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
-from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Optional
 
-from ..infra.outputs import write_error
+from ..infra.outputs import write_error, write_together
 from .page_tables import adherence, adherence_over_seeds, evaluations, spread_text  # a page's own measurements
-from ..infra.untrusted import StructureError, check_structure, shown
+from ..infra.untrusted import StructureError, check_structure, one_line, shown
 
 # The story's order, and the name each config goes by in a table.
 HISTORY = {
@@ -368,7 +365,7 @@ def rendered(page: Path, root: Path, source: str, results: dict, label: str) -> 
         return regenerate(text, root, only=source, loaded={source: results})
     except Exception as e:  # noqa: BLE001 - see the docstring: the results file is untrusted
         kinds = ", ".join(sorted({kind for s, kind, _ in blocks(text) if s == source}))
-        reason = " ".join(str(e).split())[:100]  # one line, bounded: it may quote names from the file
+        reason = one_line(e, 100)  # bounded: it may quote names from the file
         raise ValueError(f"{label}: {page.relative_to(root)}'s generated block(s) ({kinds}) cannot be rendered "
                          f"from it ({type(e).__name__}: {reason})") from None
 
@@ -398,50 +395,3 @@ def publish(results_json, name: str, root: Path) -> list[Path]:
         raise write_error(target.parent, e, "no file was changed") from None
     write_together(files)
     return changed
-
-
-@contextmanager
-def ctrl_c_held():
-    """Ctrl-C inside the block waits for its end, then interrupts: a set of renames is never cut in two.
-
-    (Outside the main thread signals cannot be caught, and the block runs as it is.)
-    """
-    pressed = []
-    try:
-        previous = signal.signal(signal.SIGINT, lambda signum, frame: pressed.append(signum))
-    except ValueError:  # not the main thread
-        previous = None
-    try:
-        yield
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
-    if pressed:
-        raise KeyboardInterrupt
-
-
-def write_together(files: dict) -> None:
-    """Write {path: text} all or nothing: every text to a temporary beside its file, then every rename.
-
-    A full disk, a refused write or Ctrl-C before the renames changes no file (the temporaries are
-    removed); a rename needs no space, and Ctrl-C during the renames waits for the last one. Only a
-    crash (power, SIGKILL) or a refused rename in those few milliseconds can leave some files new and
-    some old; each file is always whole, old or new, with its generated-block markers.
-    """
-    temporaries = {path: path.with_name(f".{path.name}.{os.getpid()}.tmp") for path in files}
-    try:
-        for path, text in files.items():
-            try:
-                temporaries[path].write_bytes(text.encode())
-            except OSError as e:
-                raise write_error(path, e, "no file was changed") from None
-        with ctrl_c_held():
-            for path, tmp in temporaries.items():
-                try:
-                    os.replace(tmp, path)
-                except OSError as e:
-                    raise write_error(path, e) from None
-    finally:
-        for tmp in temporaries.values():
-            with suppress(OSError):
-                tmp.unlink(missing_ok=True)  # written but not renamed: a failure or Ctrl-C part-way
