@@ -10,6 +10,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
 from difflab.config import config_from_dict  # noqa: E402
+from difflab.models import ARCHITECTURES, model_keys  # noqa: E402
 
 # Two threads fight with everything else on a 2-core CI machine; one stays steady.
 torch.set_num_threads(1)
@@ -26,6 +27,9 @@ def tiny_config(tmp_path, **sections):
                      "output_dir": str(tmp_path / "experiments"), "seed": 0, "device": "cpu"},
         "sampling": {"sampler": "ddim", "steps": 4, "cfg_scale": 2.0, "n_per_class": 1},
     }
+    architecture = sections.get("model", {}).get("architecture", "unet")
+    if architecture in ARCHITECTURES:  # another network keeps those of the tiny U-Net's settings it has (num_heads)
+        raw["model"] = {k: v for k, v in raw["model"].items() if k in model_keys(architecture)}
     for section, values in sections.items():
         raw.setdefault(section, {}).update(values)
     return config_from_dict(raw)

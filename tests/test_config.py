@@ -47,7 +47,7 @@ def test_the_milestones_have_the_same_parameter_budget(path):
         ("training:\n  batch_size: many\n", "training.batch_size", "auto"),
         ("model:\n  use_ema: yes\n", "model.use_ema", "unknown key"),
         ("training:\n  lr: [1, 2]\n", "training.lr", "expected float"),
-        ("model:\n  single_depth: -1\n", "model.single_depth", ">= 0"),
+        ("model:\n  architecture: mmdit\n  single_depth: -1\n", "model.single_depth", ">= 0"),
     ],
 )
 def test_bad_configs_name_file_key_and_expectation(tmp_path, text, key, expected):
@@ -64,7 +64,7 @@ def test_overrides_are_typed_and_checked(tmp_path):
     cfg = load_config(path, ["training.lr=3e-4", "model.channel_mult=[1,2]", "model.attention_levels=[1]",
                              "sampling.cfg_scale=5"])
     assert cfg.training.lr == pytest.approx(3e-4)
-    assert cfg.model.channel_mult == [1, 2]
+    assert cfg.model.net.channel_mult == [1, 2]
     assert isinstance(cfg.sampling.cfg_scale, float)
     assert parse_override("a.b=c") == ("a", "b", "c")
     with pytest.raises(ConfigError, match="section.key=value"):

@@ -112,7 +112,7 @@ def test_a_missing_teacher_names_the_command_that_makes_it(tmp_path):
 def test_a_teacher_of_another_architecture_is_refused(tmp_path):
     _, ckpt = teacher_checkpoint(tmp_path)
     cfg = student_config(tmp_path, ckpt)
-    cfg.model.channels = 16
+    cfg.model.net.channels = 16
     with pytest.raises(ConfigError, match="'model' section differs from the teacher's"):
         ConsistencyTrainer(cfg, data=tiny_data(32), quiet=True)
 

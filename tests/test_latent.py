@@ -14,9 +14,8 @@ from faults._support import entry_main, needs_mnist
 from difflab import latent
 from difflab.infra.checkpoint import CheckpointError, load_checkpoint
 from difflab.config import ConfigError, load_config
-from difflab.settings import ModelConfig
 from difflab.commands.dryrun import describe
-from difflab.models import build_model, count_parameters
+from difflab.models import build_model, count_parameters, model_config
 from difflab.models.vae import build_vae
 from difflab.pipeline import Pipeline
 from difflab.training import Trainer
@@ -46,7 +45,7 @@ def vae_path(trainer: VAETrainer) -> Path:
 
 
 def test_vae_round_trip_shapes():
-    vae = build_vae(ModelConfig(**VAE_MODEL))
+    vae = build_vae(model_config(**VAE_MODEL))
     x = tiny_data(3)[0]  # (3, 1, 28, 28)
     mean, logvar = vae.encode(x)
     assert mean.shape == logvar.shape == (3, 4, 7, 7) and vae.latent_shape == (4, 7, 7)
@@ -56,9 +55,9 @@ def test_vae_round_trip_shapes():
     assert z.shape == (3, *vae.latent_shape)
     images = vae.decode_latents(z)
     assert images.shape == x.shape and images.min() >= -1 and images.max() <= 1
-    assert build_vae(ModelConfig(**{**VAE_MODEL, "channel_mult": [1, 2]})).latent_shape == (4, 14, 14)
+    assert build_vae(model_config(**{**VAE_MODEL, "channel_mult": [1, 2]})).latent_shape == (4, 14, 14)
     with pytest.raises(ConfigError, match="channel_mult"):  # factor 8 does not divide 28
-        build_vae(ModelConfig(**{**VAE_MODEL, "channel_mult": [1, 1, 1, 1]}))
+        build_vae(model_config(**{**VAE_MODEL, "channel_mult": [1, 1, 1, 1]}))
 
 
 def test_vae_training_improves_reconstructions(tiny_vae):

@@ -260,7 +260,7 @@ def test_the_pooled_prompt_can_join_the_u_nets_time_embedding_as_in_sdxl():
     plain = build_model(load_config(ROOT / "configs/prompt/sd1_unet_crossattn.yaml").model)
     cfg = load_config(ROOT / "configs/prompt/sd1_unet_crossattn.yaml", ["model.pooled_text=true"])
     model = build_model(cfg.model)
-    emb = 4 * cfg.model.channels
+    emb = 4 * cfg.model.net.channels
     assert count_parameters(model) - count_parameters(plain) == cfg.model.text_dim * emb + emb
     for p in model.parameters():  # as after training: the zero-initialised layers have moved
         torch.nn.init.normal_(p, std=0.05)

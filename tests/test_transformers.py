@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from difflab.settings import ModelConfig
+from difflab.models import model_config, model_keys
 from difflab.models.dit import DiTBlock, build_dit
 from difflab.models.layers import apply_rope, rope_2d, sincos_pos_embed_2d, unpatchify
 from difflab.models.layers import NULL_CLASS, count_parameters
@@ -20,6 +20,11 @@ from difflab.models.mmdit import MMDiTBlock, build_mmdit
 torch.set_num_threads(1)
 
 BUILDERS = {"dit": build_dit, "mmdit": build_mmdit}
+
+
+def settings(name: str, **values):
+    """The `model:` section of architecture `name` from those of `values` it has (the DiT has no cond_tokens)."""
+    return model_config(name, **{k: v for k, v in values.items() if k in model_keys(name)})
 
 # The ~1.7M-parameter settings (C=1, 28x28): same width for both, an MMDiT block ~ two DiT blocks.
 SETTINGS = {
@@ -52,7 +57,7 @@ def perturb(model: torch.nn.Module, std: float = 0.05, seed: int = 0) -> None:
     "channels,size,patch", [(1, 28, 2), (1, 28, 4), (4, 7, 1)]  # pixels, two patch sizes; latent
 )
 def test_output_shape(name, channels, size, patch):
-    model = BUILDERS[name](ModelConfig(patch_size=patch, **TINY), channels, size)
+    model = BUILDERS[name](settings(name, patch_size=patch, **TINY), channels, size)
     perturb(model)  # the untrained output is exactly 0; make it depend on the input
     x, t, y = inputs(3, channels, size)
     out = model(x, t, y)
@@ -63,13 +68,13 @@ def test_output_shape(name, channels, size, patch):
 @pytest.mark.parametrize("name", ["dit", "mmdit"])
 def test_untrained_model_outputs_zero(name):
     """The zero-initialised final layer makes the first prediction exactly 0 (DiT Sec. 3.2)."""
-    model = BUILDERS[name](ModelConfig(patch_size=4, **TINY), 1, 28)
+    model = BUILDERS[name](settings(name, patch_size=4, **TINY), 1, 28)
     assert torch.equal(model(*inputs(2, 1, 28)), torch.zeros(2, 1, 28, 28))
 
 
 def test_bad_patch_size_fails_loudly():
     with pytest.raises(ValueError, match="divisible"):
-        build_dit(ModelConfig(patch_size=3, **TINY), 1, 28)
+        build_dit(settings("dit", patch_size=3, **TINY), 1, 28)
 
 
 def test_unpatchify_inverts_cutting_into_patches():
@@ -84,7 +89,7 @@ def test_position_embedding_is_fixed_and_distinct():
     assert pos.shape == (1, 49, 32)
     distances = torch.cdist(pos[0], pos[0]) + torch.eye(49)
     assert distances.min() > 1e-3  # every position gets its own code
-    model = build_dit(ModelConfig(patch_size=4, **TINY), 1, 28)
+    model = build_dit(settings("dit", patch_size=4, **TINY), 1, 28)
     assert not any(p is model.pos_embed for p in model.parameters())  # not learned
 
 
@@ -109,8 +114,8 @@ def test_rope_attention_scores_depend_only_on_the_offset():
 
 @pytest.mark.parametrize("name", ["dit", "mmdit"])
 def test_rope_replaces_the_position_table_without_new_parameters(name):
-    sincos = BUILDERS[name](ModelConfig(patch_size=4, **TINY), 1, 28)
-    rope = BUILDERS[name](ModelConfig(patch_size=4, pos_embed="rope", **TINY), 1, 28)
+    sincos = BUILDERS[name](settings(name, patch_size=4, **TINY), 1, 28)
+    rope = BUILDERS[name](settings(name, patch_size=4, pos_embed="rope", **TINY), 1, 28)
     assert rope.pos_embed is None and rope.rope.shape == (49, TINY["hidden_size"] // TINY["num_heads"] // 2)
     assert count_parameters(rope) == count_parameters(sincos)
     perturb(rope)
@@ -146,8 +151,8 @@ def test_mmdit_block_is_identity_at_init_on_both_streams(qk_norm):
 
 def test_models_start_as_identity_blocks():
     """The builders keep adaLN-Zero after their own initialisation pass."""
-    dit = build_dit(ModelConfig(patch_size=4, **TINY), 1, 28)
-    mmdit = build_mmdit(ModelConfig(patch_size=4, **TINY), 1, 28)
+    dit = build_dit(settings("dit", patch_size=4, **TINY), 1, 28)
+    mmdit = build_mmdit(settings("mmdit", patch_size=4, **TINY), 1, 28)
     x, ctx, c = torch.randn(2, 49, 32), torch.randn(2, 2, 32), torch.randn(2, 32)
     assert all(torch.equal(block(x, c), x) for block in dit.blocks)
     x_out, ctx_out = mmdit.blocks[0](x, ctx, c)
@@ -156,7 +161,7 @@ def test_models_start_as_identity_blocks():
 
 def test_single_stream_blocks_start_as_identity_and_read_the_class_tokens():
     """Flux's single-stream blocks: identity at init; afterwards the image reads the class tokens there."""
-    model = build_mmdit(ModelConfig(patch_size=4, single_depth=2, pos_embed="rope", **TINY), 1, 28)
+    model = build_mmdit(settings("mmdit", patch_size=4, single_depth=2, pos_embed="rope", **TINY), 1, 28)
     assert not model.blocks[-1].cond.pre_only  # the joint blocks' last cond output is read now
     h, c = torch.randn(2, 2 + 49, 32), torch.randn(2, 32)
     assert all(torch.equal(block(h, c), h) for block in model.single_blocks)
@@ -184,7 +189,7 @@ def mmdit_outputs(model, y_a: int, y_b: int):
 
 @pytest.mark.parametrize("qk_norm", [False, True])
 def test_mmdit_label_reaches_image_through_both_routes(qk_norm):
-    model = build_mmdit(ModelConfig(patch_size=4, qk_norm=qk_norm, **TINY), 1, 28)
+    model = build_mmdit(settings("mmdit", patch_size=4, qk_norm=qk_norm, **TINY), 1, 28)
     perturb(model)
     # the null class and a real class give different outputs
     out_null, out_3 = mmdit_outputs(model, NULL_CLASS, 3)
@@ -212,14 +217,14 @@ def test_mmdit_label_reaches_image_through_both_routes(qk_norm):
 @pytest.mark.parametrize("patch", [2, 4])
 def test_parameter_budget(name, patch):
     """The chosen settings land within 5% of 1.7M parameters for 1x28x28 images."""
-    model = BUILDERS[name](ModelConfig(patch_size=patch, **SETTINGS[name]), 1, 28)
+    model = BUILDERS[name](settings(name, patch_size=patch, **SETTINGS[name]), 1, 28)
     assert 1.615e6 <= count_parameters(model) <= 1.785e6
 
 
 @pytest.mark.parametrize("name", ["dit", "mmdit"])
 def test_a_few_steps_reduce_the_loss(name):
     torch.manual_seed(0)
-    model = BUILDERS[name](ModelConfig(patch_size=4, **TINY), 1, 28)
+    model = BUILDERS[name](settings(name, patch_size=4, **TINY), 1, 28)
     x, t, y = inputs(8, 1, 28, seed=1)
     target = torch.randn(8, 1, 28, 28, generator=torch.Generator().manual_seed(2))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)

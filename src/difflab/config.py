@@ -7,6 +7,7 @@ points turn into one line on stderr and exit code 2 (see `exit_on_config_error`)
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import typing
 from pathlib import Path
@@ -62,18 +63,28 @@ _CHOICES = {
 def choices() -> dict:
     """Every key whose value must come from a fixed set, with that set; the registries' names read
     when a config is checked (importing them here, at the top, would import this module in a circle)."""
-    from .models import MODELS
-    from .models.layers import POS_EMBEDS
+    from .models import ARCHITECTURES
     from .objectives import OBJECTIVES
     from .samplers import SAMPLERS
     from .schedules import PATHS
 
     return {**_CHOICES,
-            ("model", "architecture"): (*MODELS, "vae"),  # vae: latent diffusion's autoencoder, its own trainer
-            ("model", "pos_embed"): POS_EMBEDS,
+            ("model", "architecture"): tuple(ARCHITECTURES),
             ("diffusion", "target"): tuple(OBJECTIVES),
             ("diffusion", "schedule"): tuple(PATHS),
             ("sampling", "sampler"): tuple(SAMPLERS)}
+
+
+def yaml_keys() -> dict[str, dict[str, Any]]:
+    """Every key a config file may hold, by section, with its type: model's holds every architecture's own."""
+    from .models import ARCHITECTURES
+
+    keys = {section: typing.get_type_hints(cls) for section, cls in _SECTION_CLASSES.items()}
+    del keys["model"]["net"]
+    for arch in ARCHITECTURES.values():
+        hints = typing.get_type_hints(arch.settings)
+        keys["model"].update({f.name: hints[f.name] for f in dataclasses.fields(arch.settings)})
+    return keys
 
 
 def _check_type(value: Any, hint: Any) -> bool:
@@ -165,10 +176,45 @@ def _yaml_float(text: str) -> Any:
         return text
 
 
-def _build_section(section: str, values: Any, source: str):
-    cls = _SECTION_CLASSES[section]
+def _build_section(section: str, values: Any, source: str, stored: bool = False):
     if not isinstance(values, dict):
         raise ConfigError(f"{source}: {section}: expected a mapping of keys, got {shown(values)}")
+    if section == "model":
+        return _build_model(values, source, stored)
+    return _build_dataclass(_SECTION_CLASSES[section], section, values, source)
+
+
+def _build_model(values: dict, source: str, stored: bool) -> ModelConfig:
+    """`model:` in two parts: the keys every model has (ModelConfig) and its architecture's own (the NetConfig
+    dataclass that models.ARCHITECTURES names). A key of another architecture is refused, as a typo is: it
+    would change nothing. A checkpoint's stored config is the exception: before issue 43 every checkpoint
+    stored every architecture's keys, unused but the network's own; those are dropped (`stored`)."""
+    from .models import ARCHITECTURES, model_keys
+
+    architecture = values.get("architecture", "unet")
+    if not isinstance(architecture, str) or architecture not in ARCHITECTURES:
+        raise ConfigError(f"{source}: model.architecture: expected one of {', '.join(ARCHITECTURES)}, "
+                          f"got {shown(architecture)}")
+    settings = ARCHITECTURES[architecture].settings
+    known, own = model_keys(architecture), [f.name for f in dataclasses.fields(settings)]
+    for key in values:
+        if key in known:
+            continue
+        others = [name for name in ARCHITECTURES if key in model_keys(name)]
+        if not others:
+            raise ConfigError(f"{source}: model.{_shown(key)}: unknown key (known for {architecture}: "
+                              f"{', '.join(known)})")
+        if not stored:
+            raise ConfigError(f"{source}: model.{key}: a setting of {' and '.join(others)}, not of {architecture} "
+                              f"(its own: {', '.join(own)})")
+    model = _build_dataclass(ModelConfig, "model", {k: v for k, v in values.items() if k in known and k not in own},
+                             source)
+    model.net = _build_dataclass(settings, "model", {k: v for k, v in values.items() if k in own}, source)
+    return model
+
+
+def _build_dataclass(cls: type, section: str, values: dict, source: str):
+    """cls(**values), each value checked against the field's type first (YAML 1.1's 3e-4 read as a float)."""
     hints = typing.get_type_hints(cls)
     for key, value in values.items():
         if key in hints and isinstance(value, str) and _accepts_float(hints[key]):
@@ -204,9 +250,9 @@ def parse_override(text: str) -> tuple[str, str, Any]:
     return section, name, value
 
 
-def config_from_dict(raw: Any, source: str = "<dict>", name: Optional[str] = None) -> Config:
+def config_from_dict(raw: Any, source: str = "<dict>", name: Optional[str] = None, stored: bool = False) -> Config:
     """Build and validate a Config from a plain dict (a YAML file's contents, or a checkpoint's stored config:
-    bounded first, as a file someone else wrote may be)."""
+    bounded first, as a file someone else wrote may be). `stored`: the dict is a checkpoint's (see _build_model)."""
     _check_structure(raw, source)
     if raw is None:
         raw = {}
@@ -221,7 +267,8 @@ def config_from_dict(raw: Any, source: str = "<dict>", name: Optional[str] = Non
         if key not in _SECTION_CLASSES:
             known = ", ".join(["name", *_SECTION_CLASSES])
             raise ConfigError(f"{source}: {_shown(key)}: unknown section (known: {known})")
-        sections[key] = _build_section(key, values, source)
+        sections[key] = _build_section(key, values, source, stored)
+    sections.setdefault("model", _build_model({}, source, stored))  # the default architecture's settings
     cfg = Config(name=cfg_name, **sections)
     validate(cfg, source, choices())
     return cfg

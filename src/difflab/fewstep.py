@@ -65,7 +65,7 @@ def load_teacher(cfg: Config, device: torch.device) -> tuple[torch.nn.Module, Co
                if cfg.fewstep.teacher_config else "train the teacher first with train.py")
         raise ConfigError(f"{cfg.name}: fewstep.teacher: {path} does not exist; {how}")
     state = load_checkpoint(path, map_location=device)
-    teacher_cfg = config_from_dict(state["config"], source=str(path))
+    teacher_cfg = config_from_dict(state["config"], source=str(path), stored=True)
     for section in ("model", "diffusion"):  # the student starts from the teacher's weights
         if getattr(teacher_cfg, section) != getattr(cfg, section):
             raise ConfigError(f"{cfg.name}: the '{section}' section differs from the teacher's ({path}); "

@@ -57,7 +57,7 @@ def load_vae(path: Union[str, Path], device: Union[str, torch.device]) -> VAE:
         raise CheckpointError(f"{path}: no VAE checkpoint there; train the VAE first: {train_command(path)}")
     state = load_checkpoint(path)
     try:
-        cfg = config_from_dict(state["config"], source=f"{path} (stored config)")
+        cfg = config_from_dict(state["config"], source=f"{path} (stored config)", stored=True)
     except ConfigError as e:
         raise CheckpointError(str(e)) from None
     if cfg.model.architecture != "vae" or "scale_factor" not in state:

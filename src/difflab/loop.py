@@ -374,7 +374,7 @@ class TrainingLoop:
         state = load_checkpoint(path, map_location=self.device)
         ema = {"ema": dict} if self.ema is not None else {}
         check_resume_fields(state, path, {**RESUME_FIELDS, **ema, **self.resume_fields})
-        saved = config_from_dict(state["config"], source=str(path))
+        saved = config_from_dict(state["config"], source=str(path), stored=True)
         for section in self.resume_sections:
             if getattr(saved, section) != getattr(self.cfg, section):
                 raise ConfigError(f"{path}: the checkpoint's '{section}' section differs from the config; "

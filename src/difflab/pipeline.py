@@ -17,7 +17,7 @@ from .infra.distributed import select_device
 from .config import ConfigError, config_from_dict, parse_override
 from .settings import Config
 from .guidance import make_denoiser
-from .models import NULL_CLASS, build_model, count_parameters
+from .models import ARCHITECTURES, NULL_CLASS, build_model, count_parameters
 from .prompts import encode, write
 from .objectives import build_objective
 from .samplers import SAMPLERS, sampler_options
@@ -37,7 +37,7 @@ def sampling_batch_size(device: Union[str, torch.device], architecture: str = "u
     """
     if torch.device(device).type != "cpu":
         return 500
-    return 8 if architecture in ("dit", "mmdit") else 32
+    return ARCHITECTURES[architecture].settings.CPU_SAMPLING_BATCH
 
 
 def image_generators(seed: int, start: int, stop: int) -> list[torch.Generator]:
@@ -127,7 +127,7 @@ class Pipeline:
         device = select_device(device) if isinstance(device, str) else device
         state = load_checkpoint(path)
         try:
-            cfg = config_from_dict(state["config"], source=f"{path} (stored config)")
+            cfg = config_from_dict(state["config"], source=f"{path} (stored config)", stored=True)
         except ConfigError as e:
             raise CheckpointError(str(e)) from None
         if sampling:
@@ -137,7 +137,7 @@ class Pipeline:
                 if section != "sampling":
                     raise ConfigError(f"override {text!r}: only sampling.* can change after training")
                 raw["sampling"][key] = value
-            cfg = config_from_dict(raw, source=f"{path} with {' '.join(sampling)}")
+            cfg = config_from_dict(raw, source=f"{path} with {' '.join(sampling)}", stored=True)
         # The config's paths were valid where the checkpoint was written; here they are a stranger's
         # choice. The VAE is looked for only in this user's folders (latent.checkpoint_vae), and the data
         # folder is this user's own (data.resolve_data_dir: $DIFFLAB_DATA or ./data), never the stored one.
@@ -225,7 +225,7 @@ class Pipeline:
         run = self.settings(sampler, steps, cfg_scale, batch_size)
         times, options = self._plan(run.sampler, run.steps, options)
         model = self.model
-        if self.cfg.model.step_conditioning:  # a shortcut model jumps 1/steps at each of its equal steps
+        if self.cfg.model.net.reads_jump_size():  # a shortcut model jumps 1/steps at each of its equal steps
             model = functools.partial(self.model, d=1000.0 / run.steps)
         x_all = self.initial_noise(len(labels), seed) if noise is None else noise.cpu()
         start, outs, nfe, traj = time.perf_counter(), [], 0, []

@@ -1,4 +1,6 @@
-"""The sections of a config as dataclasses: every key, its type and its default, commented.
+"""The sections of a config as dataclasses: every key, its type and its default, commented. The settings of
+each network (model.channels, model.depth...) are the one exception: they live beside the network, in the
+NetConfig dataclass of models/<architecture>.py, so that a new backbone is one file and one registry line.
 
 config.py reads YAML into these (and checks every value); everything else reads them. This module
 imports nothing of difflab's, so the registries of models, paths and samplers can name these types
@@ -9,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Optional, Union
+from typing import ClassVar, Iterator, Optional, Union
 
 
 @dataclass
@@ -23,37 +25,48 @@ class DataConfig:
     limit: Optional[int] = None  # use only the first N training images (quick experiments, tests)
 
 
+class NetConfig:
+    """What every architecture's own settings share: models/<architecture>.py subclasses it as a dataclass
+    (UNetConfig, DiTConfig, MMDiTConfig, VAEConfig), and `model.architecture` picks which one a config fills.
+
+    In a YAML file those settings stay beside `architecture` under `model:`; config.py sorts them into this
+    section, and refuses a key that belongs to another architecture.
+    """
+
+    # Images per sampling batch on a CPU (pipeline.sampling_batch_size): small batches keep activations in cache.
+    CPU_SAMPLING_BATCH: ClassVar[int] = 32
+
+    def problems(self, model: "ModelConfig") -> Iterator[tuple[str, str]]:
+        """(key, what was expected) for each setting the network cannot be built with; none by default."""
+        return iter(())
+
+    def reads_jump_size(self) -> bool:
+        """Whether the network reads the jump size d beside t (shortcut models, Frans et al. 2024)."""
+        return False
+
+
+def positive(**values) -> Iterator[tuple[str, str]]:
+    """The (key, expected) problems of settings that must be > 0 (for NetConfig.problems)."""
+    return ((key, "a number > 0") for key, value in values.items() if not value > 0)
+
+
+def level_indices(levels, widths: list) -> bool:
+    """True if `levels` is a list of indices into a U-Net's levels (model.channel_mult)."""
+    return all(isinstance(a, int) and not isinstance(a, bool) and 0 <= a < len(widths) for a in levels)
+
+
 @dataclass
 class ModelConfig:
-    architecture: str = "unet"
-    # U-Net (Ronneberger et al. 2015; as used by Ho et al. 2020 and SD)
-    channels: int = 16
-    channel_mult: list = field(default_factory=lambda: [1, 4, 6])
-    num_res_blocks: int = 1
-    attention_levels: list = field(default_factory=lambda: [2])  # indices into channel_mult
-    dropout: float = 0.0
-    # Transformers (DiT, MMDiT)
-    hidden_size: int = 192
-    depth: int = 6
-    num_heads: int = 4
-    patch_size: int = 4
-    mlp_ratio: float = 4.0
-    cond_tokens: int = 4  # MMDiT: learned conditioning tokens per class
-    qk_norm: bool = False  # MMDiT: RMS-normalise queries and keys (SD3.5)
-    pos_embed: str = "sincos"  # MMDiT: sincos (SD3: added to the tokens) | rope (Flux: rotates q and k)
-    single_depth: int = 0  # MMDiT: Flux's single-stream blocks after the `depth` joint blocks
-    step_conditioning: bool = False  # MMDiT: also read the jump size d (shortcut models, Frans et al. 2024)
+    architecture: str = "unet"  # unet | dit | mmdit | vae: the registry models.ARCHITECTURES
+    # The architecture's own settings (channels, depth, patch size...): its NetConfig dataclass, in the same
+    # models/<architecture>.py file as the network. config.py always fills it; None only before that.
+    net: Optional[NetConfig] = None
     # What the model is conditioned on: "class" (one label per image) or "prompt" (a sentence about
     # the image, difflab.prompts, read by a tiny text encoder trained with the model; issue 26)
     conditioning: str = "class"
-    text_dim: int = 64  # the text encoder's width, depth and heads (models/text.py)
+    text_dim: int = 64  # the text encoder's width, depth and heads (models/text.py), for any architecture
     text_depth: int = 2
     text_heads: int = 4
-    cross_attention_levels: list = field(default_factory=lambda: [2])  # U-Net levels that read the prompt
-    pooled_text: bool = False  # U-Net: also add the pooled prompt to the time embedding (SDXL; SD1 did not)
-    # VAE (latent diffusion's first stage, Rombach et al. 2022): channels, channel_mult, num_res_blocks above
-    latent_channels: int = 4
-    kl_weight: float = 1e-4  # weight of the per-element KL term against the per-pixel MSE
 
 
 @dataclass
@@ -138,4 +151,8 @@ class Config:
     fewstep: FewStepConfig = field(default_factory=FewStepConfig)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """Plain values, as config.json and checkpoints store them: the architecture's settings sit beside
+        `architecture` under `model`, as in the YAML file (config.py reads them back)."""
+        values = dataclasses.asdict(self)
+        values["model"].update(values["model"].pop("net") or {})
+        return values

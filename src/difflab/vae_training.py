@@ -91,7 +91,7 @@ class VAETrainer(TrainingLoop):
         self.x_test, self.y_test = test_data if test_data is not None else data  # given data only: judge on it
         torch.manual_seed(tc.seed)  # the initial weights
         model = build_vae(cfg.model, in_channels=data[0].shape[1], image_size=data[0].shape[2]).to(self.device)
-        loss = partial(vae_loss, model=model, kl_weight=cfg.model.kl_weight)
+        loss = partial(vae_loss, model=model, kl_weight=cfg.model.net.kl_weight)
         self.prepare(model, data, tc.batch_size if isinstance(tc.batch_size, int) else tc.max_batch_size, loss)
         self.final: dict = {}
 

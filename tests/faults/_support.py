@@ -38,6 +38,7 @@ def _root_conftest():
 
 _conftest = _root_conftest()
 tiny_config, tiny_data, synthetic_split = _conftest.tiny_config, _conftest.tiny_data, _conftest.synthetic_split
+ARCHITECTURES, model_keys = _conftest.ARCHITECTURES, _conftest.model_keys
 
 needs_mnist = pytest.mark.skipif(not MNIST.is_file(), reason=f"{MNIST} is missing; run `python setup_mnist.py`")
 
@@ -63,6 +64,9 @@ def tiny_yaml(tmp_path: Path, name: str = "tiny", **sections) -> Path:
                      "checkpoint_every": 1},
         "sampling": {"sampler": "ddim", "steps": 2, "cfg_scale": 2.0, "n_per_class": 1},
     }
+    architecture = sections.get("model", {}).get("architecture", "unet")
+    if architecture in ARCHITECTURES:  # another network keeps those of the tiny U-Net's settings it has (num_heads)
+        raw["model"] = {k: v for k, v in raw["model"].items() if k in model_keys(architecture)}
     for section, values in sections.items():
         raw.setdefault(section, {}).update(values)
     path = tmp_path / f"{name}.yaml"

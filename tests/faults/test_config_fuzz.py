@@ -11,11 +11,11 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from difflab.config import _SECTION_CLASSES, ConfigError, choices, config_from_dict, load_config
+from difflab.config import ConfigError, choices, config_from_dict, load_config, yaml_keys
 
 from ._support import ROOT, entry_main, env, record
 
-FIELDS = {section: typing.get_type_hints(cls) for section, cls in _SECTION_CLASSES.items()}
+FIELDS = yaml_keys()
 WORDS = sorted({w for names in choices().values() for w in names} | {"auto", "null", "1e-3", "3e999", ".nan", ""})
 SETTINGS = settings(max_examples=200, deadline=None, derandomize=True, database=None,
                     suppress_health_check=list(HealthCheck))

@@ -25,7 +25,7 @@ def main(argv=None):
     from difflab.infra.weights import export_safetensors
 
     state = load_checkpoint(args.checkpoint)
-    config_from_dict(state["config"], source=f"{args.checkpoint} (stored config)")  # a config that loads today
+    config_from_dict(state["config"], source=f"{args.checkpoint} (stored config)", stored=True)  # loads today
     Pipeline.from_checkpoint(args.checkpoint, "cpu")  # and weights that fit it: refused here, not when shared
     export_safetensors(state, out, source=Path(args.checkpoint).name)
     size = out.stat().st_size / 2**20

@@ -49,8 +49,10 @@ def validate(cfg, source: str, choices: dict) -> None:
 
     def bad(key: str, expected: str):
         section, name = key.split(".")
-        got = getattr(getattr(cfg, section), name)
-        raise ConfigError(f"{source}: {key}: expected {expected}, got {shown(got)}")
+        values = getattr(cfg, section)
+        if section == "model" and not hasattr(values, name):  # the architecture's own settings
+            values = values.net
+        raise ConfigError(f"{source}: {key}: expected {expected}, got {shown(getattr(values, name))}")
 
     for (section, key), allowed in choices.items():
         if getattr(getattr(cfg, section), key) not in allowed:
@@ -58,18 +60,15 @@ def validate(cfg, source: str, choices: dict) -> None:
     _validate_ranges(cfg, bad)
     _validate_sizes(cfg, bad)
     _validate_model(cfg, bad)
-    _validate_prompt_model(cfg.model, bad)
+    for key, expected in cfg.model.net.problems(cfg.model):  # each architecture checks its own (models/*.py)
+        bad(f"model.{key}", expected)
     _validate_fewstep(cfg, bad)
 
 
 def _validate_ranges(cfg, bad) -> None:
     """Numbers that must be positive, non-negative or in [0, 1]; optional limits that must be >= 1."""
-    m, d, tc, s = cfg.model, cfg.diffusion, cfg.training, cfg.sampling
+    d, tc, s = cfg.diffusion, cfg.training, cfg.sampling
     positive = {
-        "model.channels": m.channels, "model.hidden_size": m.hidden_size, "model.depth": m.depth,
-        "model.num_heads": m.num_heads, "model.patch_size": m.patch_size,
-        "model.mlp_ratio": m.mlp_ratio, "model.cond_tokens": m.cond_tokens,
-        "model.latent_channels": m.latent_channels,
         "diffusion.num_timesteps": d.num_timesteps, "diffusion.beta_start": d.beta_start,
         "diffusion.logit_std": d.logit_std, "training.epochs": tc.epochs,
         "training.max_batch_size": tc.max_batch_size, "training.lr": tc.lr,
@@ -89,7 +88,6 @@ def _validate_ranges(cfg, bad) -> None:
     if isinstance(tc.batch_size, int) and tc.batch_size < 1:
         bad("training.batch_size", 'a positive integer or "auto"')
     for key, value in {
-        "model.dropout": m.dropout,
         "training.cfg_dropout_prob": tc.cfg_dropout_prob,
         "training.ema_decay": tc.ema_decay,
         "sampling.eta": s.eta,
@@ -103,7 +101,6 @@ def _validate_ranges(cfg, bad) -> None:
         "training.weight_decay": tc.weight_decay, "training.warmup_steps": tc.warmup_steps,
         "training.grad_clip": tc.grad_clip, "training.sample_every": tc.sample_every,
         "training.keep_last": tc.keep_last,
-        "model.kl_weight": m.kl_weight,
     }.items():
         if value < 0:
             bad(key, "a number >= 0")
@@ -142,51 +139,20 @@ def _validate_sizes(cfg, bad) -> None:
 
 
 def _validate_model(cfg, bad) -> None:
-    """Shapes the networks can be built with, and settings that only some networks or data take."""
+    """Settings that only some networks or data take (each network's own sizes: NetConfig.problems)."""
     m, s = cfg.model, cfg.sampling
-    if not m.channel_mult or not all(isinstance(c, int) and c > 0 for c in m.channel_mult):
-        bad("model.channel_mult", "a non-empty list of positive integers")
-    if not all(isinstance(a, int) and 0 <= a < len(m.channel_mult) for a in m.attention_levels):
-        bad("model.attention_levels", f"indices in 0..{len(m.channel_mult) - 1}")
-    if not (isinstance(m.single_depth, int) and m.single_depth >= 0):
-        bad("model.single_depth", "an integer >= 0")
-    if m.num_res_blocks < 1:
-        bad("model.num_res_blocks", "an integer >= 1")
-    if m.architecture == "unet":  # U-Net attention splits each attended width (and the middle's) into heads
-        for width in {m.channels * m.channel_mult[a] for a in [*m.attention_levels, -1]}:
-            if width % m.num_heads:
-                bad("model.num_heads", f"a divisor of every attended U-Net width (here {width})")
-    if m.hidden_size % m.num_heads:
-        bad("model.hidden_size", f"a multiple of model.num_heads ({m.num_heads})")
     if s.clip_x0 and cfg.data.vae_checkpoint:
         bad("sampling.clip_x0", "false for latent diffusion (latents are not bounded to [-1, 1])")
-    if m.step_conditioning and m.architecture != "mmdit":
-        bad("model.step_conditioning", "false except for the MMDiT (shortcut models)")
-    if m.step_conditioning and (s.spacing, s.shift) != ("trailing", 1.0):
+    if m.net.reads_jump_size() and (s.spacing, s.shift) != ("trailing", 1.0):
         bad("sampling.spacing",
             "trailing with sampling.shift 1 for a model that reads its jump size (equal jumps 1/steps)")
-
-
-def _validate_prompt_model(m, bad) -> None:
-    """The text encoder's sizes and where the U-Net reads the prompt (model.conditioning: prompt)."""
-    if m.conditioning != "prompt":
-        return
-    for key, value in {"model.text_dim": m.text_dim, "model.text_depth": m.text_depth,
-                       "model.text_heads": m.text_heads}.items():
-        if not (isinstance(value, int) and value > 0):
-            bad(key, "a positive integer")
-    if m.text_dim % m.text_heads:
-        bad("model.text_dim", f"a multiple of model.text_heads ({m.text_heads})")
-    if m.architecture == "unet":
-        levels = m.cross_attention_levels
-        if not levels or not all(isinstance(a, int) and 0 <= a < len(m.channel_mult) for a in levels):
-            bad("model.cross_attention_levels", f"a non-empty list of indices in 0..{len(m.channel_mult) - 1}")
-        for width in {m.channels * m.channel_mult[a] for a in levels}:
-            if width % m.num_heads:
-                bad("model.num_heads", f"a divisor of every U-Net width that reads the prompt (here {width})")
-    elif m.architecture == "dit":
-        bad("model.conditioning",
-            "class for the DiT (prompts: the U-Net's cross-attention or the MMDiT's joint attention)")
+    if m.conditioning == "prompt":
+        for key, value in {"model.text_dim": m.text_dim, "model.text_depth": m.text_depth,
+                           "model.text_heads": m.text_heads}.items():
+            if not (isinstance(value, int) and value > 0):
+                bad(key, "a positive integer")
+        if m.text_dim % m.text_heads:
+            bad("model.text_dim", f"a multiple of model.text_heads ({m.text_heads})")
 
 
 def _validate_fewstep(cfg, bad) -> None:
@@ -207,7 +173,9 @@ def _validate_fewstep(cfg, bad) -> None:
     if dc.method == "shortcut":
         if (cfg.diffusion.target, cfg.diffusion.schedule) != ("flow", "flow"):
             bad("diffusion.target", "flow, with schedule flow, for a shortcut model (it learns jumps along the flow)")
-        if not cfg.model.step_conditioning:
+        if not hasattr(cfg.model.net, "step_conditioning"):
+            bad("model.architecture", "mmdit for a shortcut model (with step_conditioning: true)")
+        if not cfg.model.net.reads_jump_size():
             bad("model.step_conditioning", "true for a shortcut model (the network reads the jump size)")
         if dc.steps < 2 or dc.steps & (dc.steps - 1):
             bad("fewstep.steps", "a power of two >= 2 for a shortcut model (jumps of 1/N, 2/N, 4/N ... 1)")

@@ -1,42 +1,62 @@
-"""Backbones. Each maps (x_t, 1000 t, y) -> out of the shape of x_t; none knows the noise schedule."""
+"""Backbones. Each maps (x_t, 1000 t, y) -> out of the shape of x_t; none knows the noise schedule.
+
+A new backbone is one file here, holding the network, its settings (a NetConfig dataclass: what a config's
+`model:` section may set for it, and the checks on them) and its builder, and one line in ARCHITECTURES.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, fields
+from typing import Callable, Optional
 
 from torch import nn
 
-from ..settings import ModelConfig
+from ..settings import ModelConfig, NetConfig
 from ..infra.validation import ConfigError
+from .dit import DiTConfig, build_dit
 from .layers import NULL_CLASS, NUM_CLASSES, count_parameters
-from .unet import build_unet
+from .mmdit import MMDiTConfig, build_mmdit
+from .unet import UNetConfig, build_unet
+from .vae import VAEConfig
 
 
-def _build_dit(cfg, in_channels, image_size):
-    from .dit import build_dit
-
-    return build_dit(cfg, in_channels, image_size)
-
-
-def _build_mmdit(cfg, in_channels, image_size):
-    from .mmdit import build_mmdit
-
-    return build_mmdit(cfg, in_channels, image_size)
+@dataclass(frozen=True)
+class Architecture:
+    settings: type[NetConfig]  # its own keys of `model:`, their defaults and their checks
+    build: Optional[Callable[[ModelConfig, int, int], nn.Module]]  # (cfg, in_channels, image_size); None: no denoiser
 
 
-# The one registry: architecture name -> builder(cfg, in_channels, image_size).
-MODELS = {
-    "unet": build_unet,
-    "dit": _build_dit,
-    "mmdit": _build_mmdit,
+# The one registry: model.architecture -> its settings and its builder.
+ARCHITECTURES: dict[str, Architecture] = {
+    "unet": Architecture(UNetConfig, build_unet),
+    "dit": Architecture(DiTConfig, build_dit),
+    "mmdit": Architecture(MMDiTConfig, build_mmdit),
+    # Latent diffusion's autoencoder: trained by its own trainer (vae_training.py), built by models.vae.build_vae.
+    "vae": Architecture(VAEConfig, None),
 }
+MODELS = [name for name, arch in ARCHITECTURES.items() if arch.build]  # the denoisers
+
+
+def model_keys(architecture: str) -> list[str]:
+    """The keys a config's `model:` section may hold for this architecture: every model's, then its own."""
+    shared = [f.name for f in fields(ModelConfig) if f.name != "net"]
+    return shared + [f.name for f in fields(ARCHITECTURES[architecture].settings)]
+
+
+def model_config(architecture: str = "unet", **settings) -> ModelConfig:
+    """A `model:` section from keywords, as a config file lists them: model_config("dit", patch_size=2).
+    Unchecked (config.py checks files); for notebooks and tests that build a network without a file."""
+    shared = {key: settings.pop(key) for key in list(settings) if hasattr(ModelConfig, key)}
+    return ModelConfig(architecture, ARCHITECTURES[architecture].settings(**settings), **shared)
 
 
 def build_model(cfg: ModelConfig, in_channels: int = 1, image_size: int = 28) -> nn.Module:
-    if cfg.architecture not in MODELS:  # "vae": latent diffusion's autoencoder (models/vae.py), not a denoiser
+    build = ARCHITECTURES[cfg.architecture].build if cfg.architecture in ARCHITECTURES else None
+    if build is None:
         raise ConfigError(f"model.architecture: {cfg.architecture!r} is not a denoiser (known: {', '.join(MODELS)}); "
                           "a VAE is used through a diffusion config's data.vae_checkpoint")
     try:
-        return MODELS[cfg.architecture](cfg, in_channels, image_size)
+        return build(cfg, in_channels, image_size)
     except ConfigError:
         raise
     except ValueError as e:  # sizes the architecture cannot take (GroupNorm groups, patch size, levels)
@@ -47,4 +67,5 @@ def build_model(cfg: ModelConfig, in_channels: int = 1, image_size: int = 28) ->
         raise ConfigError(f"model: too large to build ({str(e).splitlines()[0][:120]})") from None
 
 
-__all__ = ["MODELS", "build_model", "count_parameters", "NULL_CLASS", "NUM_CLASSES"]
+__all__ = ["ARCHITECTURES", "Architecture", "MODELS", "build_model", "model_config", "model_keys", "count_parameters",
+           "NULL_CLASS", "NUM_CLASSES"]

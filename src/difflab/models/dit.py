@@ -11,14 +11,58 @@ MLP, patch embedding, unpatchify, final layer) live in `layers.py`, shared with 
 
 from __future__ import annotations
 
-from typing import Optional
+import dataclasses
+from dataclasses import dataclass
+from typing import Iterator, Optional
 
 import torch
 from torch import nn
 
-from ..settings import ModelConfig
-from .layers import (QKV, FinalLayer, LabelEmbedder, Modulation, PatchEmbed, TimestepEmbedder, apply_rope, attention,
-                     check_shapes, init_linears, layer_norm, mlp, register_positions, unpatchify, zero_modulations)
+from ..settings import ModelConfig, NetConfig, positive
+from .layers import (POS_EMBEDS, QKV, FinalLayer, LabelEmbedder, Modulation, PatchEmbed, TimestepEmbedder, apply_rope,
+                     attention, init_linears, layer_norm, mlp, register_positions, unpatchify, zero_modulations)
+
+
+@dataclass
+class DiTConfig(NetConfig):
+    """model: settings of `architecture: dit` (Peebles & Xie 2023); the MMDiT's extend them (mmdit.py)."""
+
+    hidden_size: int = 192
+    depth: int = 6
+    num_heads: int = 4
+    patch_size: int = 4
+    mlp_ratio: float = 4.0
+    dropout: float = 0.0
+    qk_norm: bool = False  # RMS-normalise queries and keys (SD3.5)
+    pos_embed: str = "sincos"  # sincos (SD3: added to the tokens) | rope (Flux: rotates q and k)
+
+    # Transformers sample fastest in batches of 8 on a CPU; see pipeline.sampling_batch_size for the measurement.
+    CPU_SAMPLING_BATCH = 8
+
+    def problems(self, model: ModelConfig) -> Iterator[tuple[str, str]]:
+        yield from self.transformer_problems()
+        if model.conditioning == "prompt":
+            yield "conditioning", ("class for the DiT (prompts: the U-Net's cross-attention or the MMDiT's "
+                                   "joint attention)")
+
+    def transformer_problems(self) -> Iterator[tuple[str, str]]:
+        """The checks the DiT and the MMDiT share."""
+        yield from positive(hidden_size=self.hidden_size, depth=self.depth, num_heads=self.num_heads,
+                            patch_size=self.patch_size, mlp_ratio=self.mlp_ratio)
+        if self.pos_embed not in POS_EMBEDS:
+            yield "pos_embed", "one of " + ", ".join(POS_EMBEDS)
+        if not 0 <= self.dropout <= 1:
+            yield "dropout", "a number in [0, 1]"
+        if self.num_heads > 0 and self.hidden_size % self.num_heads:
+            yield "hidden_size", f"a multiple of model.num_heads ({self.num_heads})"
+
+
+def check_shapes(d: DiTConfig, image_size: int) -> None:
+    """Fail early, with a readable message, on settings the model cannot run."""
+    if image_size % d.patch_size:
+        raise ValueError(f"image_size {image_size} is not divisible by patch_size {d.patch_size}")
+    if d.hidden_size % d.num_heads:
+        raise ValueError(f"hidden_size {d.hidden_size} is not a multiple of num_heads {d.num_heads}")
 
 
 class DiTBlock(nn.Module):
@@ -102,17 +146,6 @@ class DiT(nn.Module):
 
 
 def build_dit(cfg: ModelConfig, in_channels: int, image_size: int) -> DiT:
-    """DiT from the `model:` section of a config."""
-    check_shapes(cfg, image_size)
-    return DiT(
-        in_channels=in_channels,
-        image_size=image_size,
-        patch_size=cfg.patch_size,
-        hidden_size=cfg.hidden_size,
-        depth=cfg.depth,
-        num_heads=cfg.num_heads,
-        mlp_ratio=cfg.mlp_ratio,
-        qk_norm=cfg.qk_norm,
-        dropout=cfg.dropout,
-        pos_embed=cfg.pos_embed,
-    )
+    """DiT from the `model:` section of a config: its settings are the constructor's arguments."""
+    check_shapes(cfg.net, image_size)
+    return DiT(in_channels=in_channels, image_size=image_size, **dataclasses.asdict(cfg.net))

@@ -10,7 +10,6 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
-from ..settings import ModelConfig
 
 
 POS_EMBEDS = ("sincos", "rope")  # model.pos_embed: SD3's table added once, or Flux's rotary positions
@@ -280,16 +279,6 @@ def init_linears(module: nn.Module) -> None:
             nn.init.xavier_uniform_(m.weight)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
-
-
-def check_shapes(cfg: ModelConfig, image_size: int) -> None:
-    """Fail early, with a readable message, on settings the model cannot run."""
-    if image_size % cfg.patch_size:
-        raise ValueError(f"image_size {image_size} is not divisible by patch_size {cfg.patch_size}")
-    if cfg.hidden_size % cfg.num_heads:
-        raise ValueError(
-            f"hidden_size {cfg.hidden_size} is not a multiple of num_heads {cfg.num_heads}"
-        )
 
 
 # ----------------------------------------------------------------------------

@@ -19,13 +19,15 @@ set of weights (`model.single_depth`; 0 = SD3, no single-stream blocks).
 
 from __future__ import annotations
 
-from typing import Optional
+import dataclasses
+from dataclasses import dataclass
+from typing import Iterator, Optional
 
 import torch
 from torch import nn
 
-from ..settings import ModelConfig
-from .dit import DiTBlock
+from ..settings import ModelConfig, positive
+from .dit import DiTBlock, DiTConfig, check_shapes
 from .layers import (
     NUM_CLASSES,
     QKV,
@@ -37,7 +39,6 @@ from .layers import (
     TimestepEmbedder,
     apply_rope,
     attention,
-    check_shapes,
     init_linears,
     layer_norm,
     mlp,
@@ -46,6 +47,24 @@ from .layers import (
     zero_modulations,
 )
 from .text import TextEncoder, build_text_encoder
+
+
+@dataclass
+class MMDiTConfig(DiTConfig):
+    """model: settings of `architecture: mmdit`: the DiT's (dit.py), and these."""
+
+    cond_tokens: int = 4  # learned conditioning tokens per class
+    single_depth: int = 0  # Flux's single-stream blocks after the `depth` joint blocks
+    step_conditioning: bool = False  # also read the jump size d (shortcut models, Frans et al. 2024)
+
+    def problems(self, model: ModelConfig) -> Iterator[tuple[str, str]]:
+        yield from self.transformer_problems()  # and prompts are welcome: they are the text stream
+        yield from positive(cond_tokens=self.cond_tokens)
+        if not (isinstance(self.single_depth, int) and self.single_depth >= 0):
+            yield "single_depth", "an integer >= 0"
+
+    def reads_jump_size(self) -> bool:
+        return self.step_conditioning
 
 
 class Stream(nn.Module):
@@ -259,21 +278,7 @@ class MMDiT(nn.Module):
 
 
 def build_mmdit(cfg: ModelConfig, in_channels: int, image_size: int) -> MMDiT:
-    """MMDiT from the `model:` section of a config."""
-    check_shapes(cfg, image_size)
-    return MMDiT(
-        in_channels=in_channels,
-        image_size=image_size,
-        patch_size=cfg.patch_size,
-        hidden_size=cfg.hidden_size,
-        depth=cfg.depth,
-        num_heads=cfg.num_heads,
-        mlp_ratio=cfg.mlp_ratio,
-        cond_tokens=cfg.cond_tokens,
-        qk_norm=cfg.qk_norm,
-        dropout=cfg.dropout,
-        pos_embed=cfg.pos_embed,
-        single_depth=cfg.single_depth,
-        text=build_text_encoder(cfg),
-        step_conditioning=cfg.step_conditioning,
-    )
+    """MMDiT from the `model:` section of a config: its settings, and the text encoder, are the constructor's."""
+    check_shapes(cfg.net, image_size)
+    return MMDiT(in_channels=in_channels, image_size=image_size, text=build_text_encoder(cfg),
+                 **dataclasses.asdict(cfg.net))

@@ -13,15 +13,55 @@ Shapes for the default config (channels 16, channel_mult [1, 4, 6]):
 
 from __future__ import annotations
 
-from typing import Optional
+from dataclasses import dataclass, field
+from typing import Iterator, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..settings import ModelConfig
+from ..settings import ModelConfig, NetConfig, level_indices, positive
 from .layers import LabelEmbedder, TimestepEmbedder
 from .text import TextEncoder, build_text_encoder
+
+
+@dataclass
+class UNetConfig(NetConfig):
+    """model: settings of `architecture: unet` (Ronneberger et al. 2015; as used by Ho et al. 2020 and SD)."""
+
+    channels: int = 16
+    channel_mult: list = field(default_factory=lambda: [1, 4, 6])  # width of each level, times channels
+    num_res_blocks: int = 1
+    attention_levels: list = field(default_factory=lambda: [2])  # indices into channel_mult
+    dropout: float = 0.0
+    num_heads: int = 4
+    cross_attention_levels: list = field(default_factory=lambda: [2])  # levels that read the prompt
+    pooled_text: bool = False  # also add the pooled prompt to the time embedding (SDXL; SD1 did not)
+
+    def problems(self, model: ModelConfig) -> Iterator[tuple[str, str]]:
+        yield from positive(channels=self.channels, num_heads=self.num_heads)
+        mult = self.channel_mult
+        if not mult or not all(isinstance(c, int) and c > 0 for c in mult):
+            yield "channel_mult", "a non-empty list of positive integers"
+            return
+        if not level_indices(self.attention_levels, mult):
+            yield "attention_levels", f"indices in 0..{len(mult) - 1}"
+        if self.num_res_blocks < 1:
+            yield "num_res_blocks", "an integer >= 1"
+        if not 0 <= self.dropout <= 1:
+            yield "dropout", "a number in [0, 1]"
+        read = model.conditioning == "prompt"
+        if read and not (self.cross_attention_levels and level_indices(self.cross_attention_levels, mult)):
+            yield "cross_attention_levels", f"a non-empty list of indices in 0..{len(mult) - 1}"
+            return
+        # Attention splits each attended width (the middle's included) into heads; so does cross-attention.
+        attended = {self.channels * mult[a] for a in [*self.attention_levels, -1]}
+        for width in sorted(attended):
+            if self.num_heads > 0 and width % self.num_heads:
+                yield "num_heads", f"a divisor of every attended U-Net width (here {width})"
+        for width in sorted({self.channels * mult[a] for a in self.cross_attention_levels} if read else ()):
+            if self.num_heads > 0 and width % self.num_heads:
+                yield "num_heads", f"a divisor of every U-Net width that reads the prompt (here {width})"
 
 
 def norm(channels: int) -> nn.GroupNorm:
@@ -222,18 +262,19 @@ class UNet(nn.Module):
 
 
 def build_unet(cfg: ModelConfig, in_channels: int, image_size: int) -> UNet:
-    levels = len(cfg.channel_mult)
+    u: UNetConfig = cfg.net
+    levels = len(u.channel_mult)
     if image_size % (2 ** (levels - 1)):
         raise ValueError(f"image size {image_size} is not divisible by 2^{levels - 1} for {levels} U-Net levels")
     return UNet(
         in_channels=in_channels,
-        channels=cfg.channels,
-        channel_mult=tuple(cfg.channel_mult),
-        num_res_blocks=cfg.num_res_blocks,
-        attention_levels=tuple(cfg.attention_levels),
-        dropout=cfg.dropout,
-        num_heads=cfg.num_heads,
+        channels=u.channels,
+        channel_mult=tuple(u.channel_mult),
+        num_res_blocks=u.num_res_blocks,
+        attention_levels=tuple(u.attention_levels),
+        dropout=u.dropout,
+        num_heads=u.num_heads,
         text=build_text_encoder(cfg),
-        cross_attention_levels=tuple(cfg.cross_attention_levels),
-        pooled_text=cfg.pooled_text,
+        cross_attention_levels=tuple(u.cross_attention_levels),
+        pooled_text=u.pooled_text,
     )

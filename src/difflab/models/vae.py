@@ -20,14 +20,36 @@ scale is applied.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..settings import ModelConfig
+from ..settings import ModelConfig, NetConfig, positive
 from ..infra.validation import ConfigError
 from .unet import Downsample, Upsample, norm, zero_init
+
+
+@dataclass
+class VAEConfig(NetConfig):
+    """model: settings of `architecture: vae`, latent diffusion's first stage (trained by vae_training.py)."""
+
+    channels: int = 16
+    channel_mult: list = field(default_factory=lambda: [1, 4, 6])  # width of each level, times channels
+    num_res_blocks: int = 1
+    latent_channels: int = 4
+    kl_weight: float = 1e-4  # weight of the per-element KL term against the per-pixel MSE
+
+    def problems(self, model: ModelConfig) -> Iterator[tuple[str, str]]:
+        yield from positive(channels=self.channels, latent_channels=self.latent_channels)
+        if not self.channel_mult or not all(isinstance(c, int) and c > 0 for c in self.channel_mult):
+            yield "channel_mult", "a non-empty list of positive integers"
+        if self.num_res_blocks < 1:
+            yield "num_res_blocks", "an integer >= 1"
+        if self.kl_weight < 0:
+            yield "kl_weight", "a number >= 0"
 
 
 class ResBlock(nn.Module):
@@ -135,13 +157,14 @@ def kl_divergence(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
 
 def build_vae(cfg: ModelConfig, in_channels: int = 1, image_size: int = 28) -> VAE:
     """The VAE of a `model:` section with `architecture: vae`."""
-    factor = 2 ** (len(cfg.channel_mult) - 1)
+    v: VAEConfig = cfg.net
+    factor = 2 ** (len(v.channel_mult) - 1)
     if image_size % factor:
         raise ConfigError(
-            f"model.channel_mult: {len(cfg.channel_mult)} levels downsample by {factor}, "
+            f"model.channel_mult: {len(v.channel_mult)} levels downsample by {factor}, "
             f"which does not divide the image size {image_size}; use at most 3 levels for 28x28"
         )
-    for width in (cfg.channels * m for m in cfg.channel_mult):
+    for width in (v.channels * m for m in v.channel_mult):
         if width % min(8, width):
-            raise ConfigError(f"model.channels: {cfg.channels} x channel_mult must give multiples of 8 (GroupNorm)")
-    return VAE(in_channels, image_size, cfg.channels, tuple(cfg.channel_mult), cfg.num_res_blocks, cfg.latent_channels)
+            raise ConfigError(f"model.channels: {v.channels} x channel_mult must give multiples of 8 (GroupNorm)")
+    return VAE(in_channels, image_size, v.channels, tuple(v.channel_mult), v.num_res_blocks, v.latent_channels)
