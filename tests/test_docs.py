@@ -84,3 +84,77 @@ def test_published_results_describe_the_configs_as_they_are(published):
             assert r["cfg_scale"] == s.cfg_scale, f"{r['model']}: guidance {r['cfg_scale']}, config {s.cfg_scale}"
         # --dry-run's count: a latent model's network is built on the VAE's latents
         assert r["params"] == describe(cfg)["params"], f"{r['model']}: the network has changed"
+
+
+# Anchor links (issue 44, item 7): a `](#heading)` or `](page.md#heading)` link in docs/ or the README must name a
+# heading that exists, by GitHub's rule for heading ids (below); five such links to renamed headings had broken.
+HEADING = re.compile(r"^#{1,6}\s+(.*?)\s*#*\s*$")
+ANCHOR_LINK = re.compile(r"\]\(([^)\s#]*)#([^)\s]+)\)")
+
+
+def outside_code(text: str):
+    """(line number, line) of the lines not inside a fenced code block."""
+    fenced = False
+    for number, line in enumerate(text.splitlines(), 1):
+        if line.lstrip().startswith(("```", "~~~")):
+            fenced = not fenced
+        elif not fenced:
+            yield number, line
+
+
+def heading_id(heading: str) -> str:
+    """GitHub's id for a heading: its text (links and tags reduced to their words) in lower case, every character
+    but letters, digits, '_', '-' and spaces dropped, spaces made '-'.
+    "Flux's rotary positions" -> "fluxs-rotary-positions"."""
+    text = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", heading)  # [words](url) -> words
+    text = re.sub(r"<[^>]+>", "", text).strip().lower()
+    return re.sub(r"[^\w\- ]", "", text).replace(" ", "-")
+
+
+def heading_ids(text: str) -> set:
+    """Every heading id of a page; a repeated heading gets -1, -2, ... as on GitHub."""
+    seen: dict = {}
+    ids = set()
+    for _, line in outside_code(text):
+        found = HEADING.match(line)
+        if found:
+            base = heading_id(found.group(1))
+            ids.add(base if base not in seen else f"{base}-{seen[base]}")
+            seen[base] = seen.get(base, 0) + 1
+    return ids
+
+
+def broken_anchors(page: Path) -> list:
+    """'page:line: target#anchor' for each anchor link of a markdown page that names no heading of its target."""
+    broken = []
+    for number, line in outside_code(page.read_text()):
+        for target, anchor in ANCHOR_LINK.findall(line):
+            if "://" in target:
+                continue  # another site's page: not ours to check
+            dest = (page.parent / target).resolve() if target else page
+            if dest.suffix != ".md" or not dest.is_file():
+                broken.append(f"{page.name}:{number}: {target}#{anchor} (no such markdown file)")
+            elif anchor not in heading_ids(dest.read_text()):
+                broken.append(f"{page.name}:{number}: {target}#{anchor}")
+    return broken
+
+
+def test_heading_ids_follow_githubs_rule():
+    assert heading_id("Where a token is: Flux's rotary positions") == "where-a-token-is-fluxs-rotary-positions"
+    assert heading_id("Fresh noise at every step: the sampler that closed most of the gap (floor 5.21)") == (
+        "fresh-noise-at-every-step-the-sampler-that-closed-most-of-the-gap-floor-521")
+    assert heading_id("`training.lr`, [linked](x.md) and <b>tagged</b>") == "traininglr-linked-and-tagged"
+    assert heading_ids("# A\n## A\n```\n# not a heading\n```\n") == {"a", "a-1"}
+
+
+def test_a_broken_anchor_is_found(tmp_path):
+    (tmp_path / "other.md").write_text("# Other page\n\n## Flux's blocks\n")
+    page = tmp_path / "page.md"
+    page.write_text("# Top\n\n[ok](#top) [ok](other.md#fluxs-blocks) [old](other.md#flux-s-blocks) [gone](#nowhere)\n"
+                    "```\n[in code](#not-checked)\n```\n")
+    assert broken_anchors(page) == ["page.md:3: other.md#flux-s-blocks", "page.md:3: #nowhere"]
+
+
+@pytest.mark.parametrize("page", report.pages(ROOT), ids=[p.name for p in report.pages(ROOT)])
+def test_every_anchor_link_names_a_heading(page):
+    assert not broken_anchors(page), "links to headings that do not exist: " + "; ".join(broken_anchors(page))

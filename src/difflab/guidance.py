@@ -22,7 +22,8 @@ Tensor = torch.Tensor
 
 
 def cfg_mix(cond: Tensor, uncond: Tensor, w: float) -> Tensor:
-    """Classifier-free guidance (Ho & Salimans 2022, Eq. 6): d = d_u + w (d_c - d_u).
+    """Classifier-free guidance: d = d_u + w (d_c - d_u), which is Ho & Salimans 2022, Eq. 6,
+    (1 + w') d_c - w' d_u, rewritten with our w = 1 + their w' (their w' = 0 is our w = 1).
 
     w = 1 is the conditional prediction, w = 0 the unconditional one, w > 1 pushes past the
     conditional one, away from the unconditional. (Validation's cfg_scale_ok: w finite, >= 0.)
@@ -41,8 +42,9 @@ def both_halves(model: torch.nn.Module, x: Tensor, t: Tensor, y: Tensor) -> tupl
 class Denoiser:
     """(x_t, t) -> (x0_hat, eps_hat) for fixed labels y, with optional CFG: the samplers' DenoiserFn.
 
-    Classifier-free guidance (Ho & Salimans 2022, Eq. 6) mixes the conditional and
-    unconditional predictions: d = d_u + w (d_c - d_u). Because the objective's
+    Classifier-free guidance mixes the conditional and unconditional predictions:
+    d = d_u + w (d_c - d_u), Ho & Salimans 2022's Eq. 6 rewritten with our w = 1 + their w
+    (see cfg_mix). Because the objective's
     conversion is affine, mixing (x0, eps) equals mixing the raw outputs.
     Options from later work:
     - guidance interval (Kynkäänniemi et al. 2024): guide only for t in [lo, hi];

@@ -158,7 +158,7 @@ def diffusion_loss(model: torch.nn.Module, path: NoisePath, objective: Objective
     a, s = broadcast(path.alpha(t), x0), broadcast(path.sigma(t), x0)
     x_t = a * x0 + s * eps  # the forward process, Ho et al. 2020, Eq. 4
     target = objective.target(x0, eps, a, s)  # eps, x0, v or eps - x0
-    out = model(x_t, t * 1000, y)  # every network sees t scaled to [0, 1000] (DESIGN.md)
+    out = model(x_t, t * 1000, y)  # every network sees t scaled to [0, 1000] (docs/00_paths.md)
     per_sample = (out.float() - target).pow(2).flatten(1).mean(1)  # (B,)
     if min_snr_gamma is None:
         return per_sample.mean(), per_sample.detach()

@@ -34,8 +34,9 @@ def steps_ok(steps, most: Optional[int] = MAX_STEPS) -> bool:
 
 
 def cfg_scale_ok(scale, most: float = math.inf) -> bool:
-    """A guidance scale w (Ho & Salimans 2022, Eq. 6: d = d_u + w (d_c - d_u)): finite, at least 0 (w = 0 is
-    the unconditional prediction alone, 1 no guidance), at most `most` where the caller caps it (the demo).
+    """A guidance scale w of d = d_u + w (d_c - d_u) (Ho & Salimans 2022, Eq. 6, rewritten with our w = 1 + their
+    w): finite, at least 0 (w = 0 is the unconditional prediction alone, 1 no guidance), at most `most` where the
+    caller caps it (the demo).
     `nan < 0` is False, so a range check alone would let NaN through (and all-black images out): finiteness first."""
     return math.isfinite(scale) and 0 <= scale <= most
 
