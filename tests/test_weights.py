@@ -75,3 +75,29 @@ def test_the_export_command_writes_beside_the_checkpoint(checkpoint, capsys):
     out = checkpoint.with_suffix(".safetensors")
     assert str(out) in capsys.readouterr().out
     assert load_checkpoint(out)["config"] == load_checkpoint(checkpoint)["config"]  # readable back
+
+
+def test_a_float16_export_is_half_the_size_and_loads_into_the_float32_model(checkpoint, tmp_path):
+    state = load_checkpoint(checkpoint)
+    full = export_safetensors(state, tmp_path / "full.safetensors")
+    half = export_safetensors(state, tmp_path / "half.safetensors", half=True)
+    assert half.stat().st_size < 0.6 * full.stat().st_size
+    back = load_checkpoint(half)
+    for k, v in state["ema"].items():
+        assert back["model"][k].dtype == torch.float16
+        assert torch.allclose(back["model"][k].float(), v, rtol=1e-3, atol=1e-4), k  # float16: 11 significant bits
+    pipe = Pipeline.from_checkpoint(half, "cpu")
+    assert all(p.dtype == torch.float32 for p in pipe.model.parameters())
+    labels = torch.arange(4)
+    a = Pipeline.from_checkpoint(full, "cpu").generate(labels, steps=3, seed=1).images
+    b = pipe.generate(labels, steps=3, seed=1).images
+    assert (a - b).abs().max() < 0.05  # rounding the weights moves the pixels by little
+
+
+def test_a_value_beyond_float16_is_refused_rather_than_shipped_as_inf(checkpoint, tmp_path):
+    state = load_checkpoint(checkpoint)
+    name = next(iter(state["ema"]))
+    state["ema"] = {**state["ema"], name: state["ema"][name] + 1e6}
+    with pytest.raises(CheckpointError, match="beyond float16's range"):
+        export_safetensors(state, tmp_path / "half.safetensors", half=True)
+    assert not (tmp_path / "half.safetensors").exists()

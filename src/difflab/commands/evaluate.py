@@ -171,7 +171,8 @@ def main(argv=None):
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     what = p.add_mutually_exclusive_group(required=True)
-    what.add_argument("--checkpoint", help="sample from this checkpoint and score the images")
+    what.add_argument("--checkpoint", help="sample from this checkpoint (or a shipped model: sd1, sd2, sd3) and score "
+                                           "the images")
     what.add_argument("--samples", metavar="FILE.npz", help="score saved samples (x uint8 N x 28 x 28, y labels)")
     p.add_argument("--n", type=int, default=5000,
                    help=f"images to sample, {MIN_IMAGES} to {MAX_IMAGES:,}: the test set FID compares with "
@@ -216,8 +217,11 @@ def main(argv=None):
         scores = evaluate_samples(args.samples, batch_size=args.batch_size or 500, device=args.device,
                                   data_dir=args.data_dir, dataset=args.dataset)
     else:
+        from difflab.infra.weights import checkpoint_path
+
         scores = evaluate_checkpoint(
-            args.checkpoint, n=args.n, sampler=args.sampler, steps=args.steps, cfg_scale=args.cfg_scale,
+            checkpoint_path(args.checkpoint), n=args.n, sampler=args.sampler, steps=args.steps,
+            cfg_scale=args.cfg_scale,
             seed=args.seed, batch_size=args.batch_size, device=args.device, data_dir=args.data_dir,
             use_ema=not args.no_ema, sampling=args.sampling, adherence_per_prompt=args.adherence_per_prompt,
             fid_prompts=args.fid_prompts,

@@ -14,6 +14,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="a model_epoch_<N>.pt or last.pt")
     p.add_argument("--out", default=None, help="the .safetensors to write (default: beside the checkpoint)")
+    p.add_argument("--fp16", action="store_true", help="store the weights as float16: half the size (weights/)")
     args = p.parse_args(argv)
     out = Path(args.out) if args.out else Path(args.checkpoint).with_suffix(".safetensors")
     if out.suffix != ".safetensors":
@@ -27,7 +28,8 @@ def main(argv=None):
     state = load_checkpoint(args.checkpoint)
     config_from_dict(state["config"], source=f"{args.checkpoint} (stored config)", stored=True)  # loads today
     Pipeline.from_checkpoint(args.checkpoint, "cpu")  # and weights that fit it: refused here, not when shared
-    export_safetensors(state, out, source=Path(args.checkpoint).name)
+    export_safetensors(state, out, source=Path(args.checkpoint).name, half=args.fp16)
     size = out.stat().st_size / 2**20
-    print(f"wrote {out} ({size:.1f} MiB, {'EMA' if state.get('ema') is not None else 'raw'} weights and the config)")
+    kind = f"{'EMA' if state.get('ema') is not None else 'raw'}{' float16' if args.fp16 else ''}"
+    print(f"wrote {out} ({size:.1f} MiB, {kind} weights and the config)")
     return 0

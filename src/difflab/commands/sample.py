@@ -69,7 +69,9 @@ def npz_bytes(result, texts=None) -> bytes:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--checkpoint", default="sd1",
+                   help="a checkpoint (.pt) or an export (.safetensors), or a model shipped in weights/: sd1, sd2 or "
+                        "sd3 (default: sd1, so a fresh clone samples before training anything)")
     p.add_argument("--sampler", default=None, help=sampler_help())
     p.add_argument("--steps", type=int, default=None,
                    help=STEPS_HELP)
@@ -97,7 +99,10 @@ def main(argv=None):
     from difflab.pipeline import Pipeline
     from difflab.visualize import save_grid
 
-    pipe = Pipeline.from_checkpoint(args.checkpoint, args.device, use_ema=not args.no_ema, sampling=args.sampling)
+    from difflab.infra.weights import SHIPPED, checkpoint_path
+
+    ckpt = checkpoint_path(args.checkpoint)
+    pipe = Pipeline.from_checkpoint(ckpt, args.device, use_ema=not args.no_ema, sampling=args.sampling)
     texts = None
     if args.prompt:
         if not pipe.reads_prompts:
@@ -109,8 +114,8 @@ def main(argv=None):
         labels = pipe.default_labels(digits, args.n)
     run = pipe.settings(args.sampler, args.steps, args.cfg_scale, args.batch_size)
     check_steps(run.steps, "sampling.steps (the checkpoint's, or --set)")
-    ckpt = Path(args.checkpoint)
-    default_out = ckpt.parent.parent / "samples" / f"sample_{ckpt.stem}_{run.sampler}_{run.steps}.png"
+    beside = Path("samples") if args.checkpoint in SHIPPED else ckpt.parent.parent / "samples"  # not into weights/
+    default_out = beside / f"sample_{ckpt.stem}_{run.sampler}_{run.steps}.png"
     out = Path(args.out) if args.out else default_out
     # Every file this run writes is tried now: a path that cannot be written fails before the sampling.
     check_output_file(out, "--out")
