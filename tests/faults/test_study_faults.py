@@ -327,6 +327,9 @@ def test_ctrl_c_while_publishing_leaves_every_page_whole_and_all_old_or_all_new(
     old = snapshot(repository(tmp_path / "old"))
     assert new != old
     real_open, real_io_open, real_replace = builtins.open, io.open, os.replace
+    # Ctrl-C as a user's terminal sends it: Python's own handler, even where this process was started with SIGINT
+    # ignored (a background job of a non-interactive shell inherits SIG_IGN, and then no Ctrl-C arrives at all).
+    previous_handler = signal.signal(signal.SIGINT, signal.default_int_handler)
     results = []
     # Three files change: study.json, README.md, docs/sd2.md. Ctrl-C after the k-th is opened to be
     # written, or after the k-th rename over one (publish may write in place, or rename temporaries).
@@ -365,6 +368,7 @@ def test_ctrl_c_while_publishing_leaves_every_page_whole_and_all_old_or_all_new(
         now = snapshot(root)
         whole = now in (old, new)  # also: no temporary left, no page cut short
         results.append((when, k, code, whole, [n for n in now if old.get(n) != now[n] and new.get(n) != now[n]]))
+    signal.signal(signal.SIGINT, previous_handler)
     ok = sum(1 for _, _, code, whole, _ in results if code == 130 and whole)
     record("Ctrl-C while --publish writes (after the 1st-3rd file opened, after the 1st-2nd rename)", len(results),
            ok, "exit code 130; every page and study.json all old or all new, each whole with its block markers")
