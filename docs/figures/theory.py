@@ -117,6 +117,16 @@ def eps_weight(name: str, a: Tensor, s: Tensor) -> Tensor:
     return (s / a) ** 2 / c**2
 
 
+def _log_snr_axes(ax, ylim: tuple, title: str) -> None:
+    """A log-scale panel over log-SNR, with its limits, title, legend and grid."""
+    ax.set_yscale("log")
+    ax.set_ylim(*ylim)
+    ax.set_xlabel("log-SNR lambda")
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+
+
 def figure_weights(out: Path) -> None:
     lam = torch.linspace(-10, 10, 401, dtype=torch.float64)
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
@@ -129,12 +139,7 @@ def figure_weights(out: Path) -> None:
     a, s = vp_at(lam)
     w = min_snr_weight(build_objective("eps"), a, s, gamma=5.0) * eps_weight("eps", a, s)
     ax.plot(lam, w, "k--", label="Min-SNR-5 (eps or v): min(SNR, 5) / SNR")
-    ax.set_yscale("log")
-    ax.set_ylim(1e-4, 1e4)
-    ax.set_xlabel("log-SNR lambda")
-    ax.set_title("weight w(lambda) on ||eps_hat - eps||^2")
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
+    _log_snr_axes(ax, (1e-4, 1e4), "weight w(lambda) on ||eps_hat - eps||^2")
 
     # What training actually weights: w(lambda) times the density of lambda that the t-sampling gives.
     ax = axes[1]
@@ -155,12 +160,7 @@ def figure_weights(out: Path) -> None:
         w = eps_weight(target, a[inside], s[inside])
         hist = torch.histogram(lam_t[inside], bins=bins, weight=w).hist
         ax.plot(centres, hist / hist.sum() / (bins[1] - bins[0]), label=label)
-    ax.set_yscale("log")
-    ax.set_ylim(1e-3, 1)
-    ax.set_xlabel("log-SNR lambda")
-    ax.set_title("w(lambda) p(lambda): the weighting training applies")
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
+    _log_snr_axes(ax, (1e-3, 1), "w(lambda) p(lambda): the weighting training applies")
     fig.tight_layout()
     save(fig, out / "theory_weights.png")
 
