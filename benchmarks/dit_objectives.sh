@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Why the DiT drew blobs (docs/dit.md): the same DiT trained one epoch (60,000 images) per row,
+# Why the DiT drew blobs (docs/lab/dit.md): the same DiT trained one epoch (60,000 images) per row,
 # changing only what the network predicts, then scored at N = 1000 with that objective's sampler.
 # About 15 minutes a row on one core of a 2-core CPU (training ~8, scoring ~4-7).
 #   bash benchmarks/dit_objectives.sh [ROW ...]     rows: eps_lr001 eps v flow flow_rope flow_p2 (default: all)

@@ -8,7 +8,7 @@ how alike the encoder's output vectors of that word are (cosine similarity, 1 = 
 the two words' input embeddings are, and how alike the pooled prompt vectors are. A denoiser can
 only follow a word its encoder keeps apart from the others: an output similarity near 1 for two
 opposite words means the word is lost before any attention in the denoiser sees it
-(docs/prompts.md, section 8). No sampling: a second per checkpoint.
+(docs/lab/prompts.md, section 8). No sampling: a second per checkpoint.
 """
 
 import argparse

@@ -7,13 +7,15 @@ from pathlib import Path
 
 import pytest
 
+from difflab.study import report
+
 ROOT = Path(__file__).resolve().parent.parent
 DIFF = re.compile(r"diff (\S+\.yaml) (\S+\.yaml)")
 
 
 def quoted_diffs():
     """(page, line number, old config, new config, the quoted '-' and '+' lines) for each diff block."""
-    for page in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+    for page in report.pages(ROOT):
         lines = page.read_text().splitlines()
         starts = [i for i, line in enumerate(lines) if line.startswith("```")]
         for open_, close in zip(starts[::2], starts[1::2]):
@@ -51,19 +53,19 @@ def test_a_quoted_config_diff_matches_the_configs(page, line, old, new, quoted):
 
 # The study's numbers (issue 25, item 5): blocks generated from docs/results/*.json by
 # `python compare_models.py --publish ...` (src/difflab/study/report.py).
-from difflab.study import report  # noqa: E402
 from difflab.config import load_config  # noqa: E402
 from difflab.commands.dryrun import describe  # noqa: E402
 
-BLOCKS = [(page, source, kind, body) for page in report.pages(ROOT)
-          for source, kind, body in report.blocks(page.read_text())]
+PAGES = report.pages(ROOT)
+BLOCKS = [(page, source, kind, body) for page in PAGES for source, kind, body in report.blocks(page.read_text())]
 PUBLISHED = sorted((ROOT / "docs" / "results").glob("*.json"))
 # A study's rows describe configs as they are now; a page's own measurements (kind "evaluations") are
 # evaluate.py outputs with sampling changed on purpose, and keep their checkpoint and settings instead.
 STUDIES = [p for p in PUBLISHED if json.loads(p.read_text()).get("kind") != "evaluations"]
 
 
-@pytest.mark.parametrize("page, source, kind, body", BLOCKS, ids=[f"{b[0].name}:{b[2]}" for b in BLOCKS])
+@pytest.mark.parametrize("page, source, kind, body", BLOCKS,
+                         ids=[f"{b[0].relative_to(ROOT)}:{b[2]}" for b in BLOCKS])
 def test_a_generated_block_is_what_its_results_json_renders(page, source, kind, body):
     results = json.loads((ROOT / source).read_text())
     assert body == report.render(kind, results), (
@@ -155,6 +157,6 @@ def test_a_broken_anchor_is_found(tmp_path):
     assert broken_anchors(page) == ["page.md:3: other.md#flux-s-blocks", "page.md:3: #nowhere"]
 
 
-@pytest.mark.parametrize("page", report.pages(ROOT), ids=[p.name for p in report.pages(ROOT)])
+@pytest.mark.parametrize("page", PAGES, ids=[str(p.relative_to(ROOT)) for p in PAGES])
 def test_every_anchor_link_names_a_heading(page):
     assert not broken_anchors(page), "links to headings that do not exist: " + "; ".join(broken_anchors(page))

@@ -8,7 +8,6 @@ in the notebook: with the answers in place they must pass, and an exercise left 
 
 import json
 import os
-import re
 import subprocess
 import sys
 import time
@@ -17,41 +16,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
-EXERCISE = re.compile(r"#\s*YOUR TURN:\s*(\S+)")
-
-
-def cells(path: Path) -> list[dict]:
-    return json.loads(path.read_text())["cells"]
-
-
-def source(cell: dict) -> str:
-    return "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
-
-
-def exercise_key(cell: dict):
-    if cell["cell_type"] != "code":
-        return None
-    match = EXERCISE.match(source(cell).lstrip())
-    return match.group(1) if match else None
-
-
-def solutions(path: Path) -> dict[str, str]:
-    """notebooks/solutions/<stem>.py: `# %% <key>` sections, each the answer cell of one exercise."""
-    text = (ROOT / "notebooks" / "solutions" / f"{path.stem}.py").read_text()
-    parts = re.split(r"^# %% (\S+)\s*$", text, flags=re.M)
-    return {key: body.strip() + "\n" for key, body in zip(parts[1::2], parts[2::2])}
-
-
-def solved_script(path: Path) -> str:
-    answers = solutions(path)
-    code = []
-    for cell in cells(path):
-        if cell["cell_type"] != "code":
-            continue
-        key = exercise_key(cell)
-        code.append(answers[key] if key else source(cell))
-    return "\n\n".join(code)
+sys.path.insert(0, str(ROOT / "notebooks"))
+from solved import NOTEBOOKS, cells, exercise_key, solutions, solved_script, source  # noqa: E402
 
 
 def test_there_is_a_notebook_for_every_step_of_the_history():

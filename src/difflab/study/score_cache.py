@@ -44,10 +44,11 @@ except ImportError:  # pragma: no cover
 # Files that do not change a score: the comparison's own report, the demo, and what only trains
 # (a checkpoint's file digest already covers what training produced) or only parses commands.
 # A name counts wherever it is in the package: "demo.py" is commands/demo.py; session, page and guard are demo/'s.
-NOT_SCORING = {"compare.py", "report.py", "page_tables.py", "score_cache.py", "session.py", "page.py", "guard.py",
-               "runs.py", "download.py", "loop.py", "training.py", "vae_training.py", "fewstep.py", "board.py",
-               "optim.py", "speed.py", "dryrun.py", "trainers.py", "validation.py", "untrusted.py", "common.py",
-               "failures.py", "__main__.py", "train.py", "demo.py", "setup_data.py", "export.py"}
+NOT_SCORING = {"compare.py", "config_diff.py", "report.py", "page_tables.py", "score_cache.py", "session.py",
+               "page.py", "guard.py", "runs.py", "download.py", "loop.py", "training.py", "vae_training.py",
+               "fewstep.py", "board.py", "optim.py", "speed.py", "dryrun.py", "trainers.py", "validation.py",
+               "untrusted.py", "common.py", "failures.py", "__main__.py", "train.py", "demo.py", "setup_data.py",
+               "export.py"}
 
 # Classes of a module that scores which only training reads: left out of that module's digest.
 TRAINING_ONLY = {"settings.py": {"TrainingConfig"}}
