@@ -48,6 +48,7 @@ def test_the_milestones_have_the_same_parameter_budget(path):
         ("model:\n  use_ema: yes\n", "model.use_ema", "unknown key"),
         ("training:\n  lr: [1, 2]\n", "training.lr", "expected float"),
         ("model:\n  architecture: mmdit\n  single_depth: -1\n", "model.single_depth", ">= 0"),
+        ("sampling:\n  midpoint: 1.5\n", "sampling.midpoint", "(0, 1) or null"),
     ],
 )
 def test_bad_configs_name_file_key_and_expectation(tmp_path, text, key, expected):

@@ -87,3 +87,29 @@ def test_time_grids():
     shifted = time_grid(10, "trailing", shift=3.0)
     assert shifted[0] == 1 and shifted[-1] == 0 and (shifted[1:-1] > trail[::5][1:-1]).all()
     assert float(shift_time(torch.tensor(0.5), 3.0)) == pytest.approx(0.75)
+
+
+def test_a_two_step_grid_takes_its_midpoint():
+    assert time_grid(2, "trailing").tolist() == [1.0, 0.5, 0.0]
+    assert time_grid(2, "trailing", midpoint=0.8).tolist() == pytest.approx([1.0, 0.8, 0.0])
+    assert time_grid(4, "trailing", midpoint=0.8).tolist() == time_grid(4, "trailing").tolist()  # 2 steps only
+    assert time_grid(2, "trailing", shift=3.0, midpoint=0.3)[1].item() == pytest.approx(0.3)  # the final time
+    with pytest.raises(ValueError, match="midpoint"):
+        time_grid(2, "leading", midpoint=0.6)  # leading 2 steps start at 0.501: the midpoint must lie below
+
+
+def test_the_pipeline_samples_two_steps_through_the_configs_midpoint(tmp_path):
+    """sampling.midpoint reaches the sampler's grid (config or per call), and changes the images it draws."""
+    from conftest import tiny_config
+    from difflab.models import build_model
+    from difflab.pipeline import Pipeline
+
+    cfg = tiny_config(tmp_path, sampling={"sampler": "ddim", "steps": 2, "spacing": "trailing", "midpoint": 0.7})
+    torch.manual_seed(0)
+    pipe = Pipeline(build_model(cfg.model).eval(), cfg, torch.device("cpu"))
+    seen = []
+    result = pipe.generate(torch.tensor([3]), steps=2, cfg_scale=1.0, seed=0,
+                           callback=lambda i, t, x_t, x0: seen.append(round(float(t), 6)))
+    assert seen == [1.0, 0.7]
+    even = pipe.generate(torch.tensor([3]), steps=2, cfg_scale=1.0, seed=0, midpoint=0.5)
+    assert not torch.equal(result.images, even.images)

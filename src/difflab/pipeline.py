@@ -252,10 +252,11 @@ class Pipeline:
         """The time grid, and the sampler's own options (DDIM's eta): each as asked, else the config's."""
         s, options = self.cfg.sampling, dict(options)
         spacing, shift = options.pop("spacing", s.spacing), options.pop("shift", s.shift)
+        midpoint = options.pop("midpoint", s.midpoint)
         for name in sampler_options(sampler):
             if hasattr(s, name):
                 options.setdefault(name, getattr(s, name))
-        return time_grid(steps, spacing, shift, self.cfg.diffusion.num_timesteps).tolist(), options
+        return time_grid(steps, spacing, shift, self.cfg.diffusion.num_timesteps, midpoint).tolist(), options
 
     def decode(self, x: torch.Tensor) -> torch.Tensor:
         """Latents -> pixels through the VAE; pixels pass through."""

@@ -16,7 +16,7 @@ The first three are variance preserving (alpha^2 + sigma^2 = 1); flow is not.
 from __future__ import annotations
 
 import math
-from typing import Callable, Union
+from typing import Callable, Optional, Union
 
 import torch
 from .settings import DiffusionConfig
@@ -192,13 +192,16 @@ def shift_time(t: torch.Tensor, shift: float) -> torch.Tensor:
     return shift * t / (1 + (shift - 1) * t)
 
 
-def time_grid(steps: int, spacing: str = "leading", shift: float = 1.0, num_timesteps: int = 1000) -> torch.Tensor:
+def time_grid(steps: int, spacing: str = "leading", shift: float = 1.0, num_timesteps: int = 1000,
+              midpoint: Optional[float] = None) -> torch.Tensor:
     """steps + 1 decreasing times from the start of sampling down to exactly 0.
 
     - leading (DDIM, SD1/SD2 samplers): t_i = (i * (T // steps) + 1) / T, so the first step
       starts below t = 1 and never sees pure noise (the flaw Lin et al. 2023, Table 2, point out);
     - trailing (Lin et al. 2023, Sec. 3.3): evenly spaced from t = 1 down.
     A shift (SD3) then bends the grid. With steps = T, leading visits every k / T: DDPM.
+    With 2 steps, `midpoint` (below the start) replaces the one time between start and end: the grid's
+    even split is not the best place for it (tuned per model in docs/fewstep.md; ignored for other step counts).
     """
     if spacing == "leading":
         stride = max(num_timesteps // steps, 1)
@@ -208,4 +211,8 @@ def time_grid(steps: int, spacing: str = "leading", shift: float = 1.0, num_time
         ts = torch.linspace(1, 0, steps + 1, dtype=torch.float64)
     if shift != 1.0:
         ts = shift_time(ts, shift)
+    if midpoint is not None and steps == 2:
+        if not 0 < midpoint < ts[0]:
+            raise ValueError(f"midpoint {midpoint}: expected a time between 0 and the grid's start {ts[0].item():g}")
+        ts[1] = midpoint
     return ts.float()

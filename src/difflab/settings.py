@@ -120,6 +120,7 @@ class SamplingConfig:
     eta: float = 0.0  # DDIM stochasticity (Song et al. 2021, Eq. 16)
     spacing: str = "leading"
     shift: float = 1.0  # SD3/Flux timestep shift (Esser et al. 2024, Eq. 23)
+    midpoint: Optional[float] = None  # 2 steps only: the one intermediate time (None: the grid's own; docs/fewstep.md)
     guidance_interval: list = field(default_factory=lambda: [0.0, 1.0])
     cfg_rescale: float = 0.0  # Lin et al. 2023, Sec. 3.4
     clip_x0: bool = False  # clamp the predicted x0 to [-1, 1] each step (DDPM's sampler); pixels only

@@ -117,6 +117,8 @@ def _validate_ranges(cfg, bad) -> None:
         bad("training.max_images", "a positive integer or null")
     if tc.min_snr_gamma is not None and not tc.min_snr_gamma > 0:
         bad("training.min_snr_gamma", "a number > 0 or null")
+    if s.midpoint is not None and not (isinstance(s.midpoint, (int, float)) and 0 < s.midpoint < 1):
+        bad("sampling.midpoint", "a number in (0, 1) or null")
     gi = s.guidance_interval
     if not (len(gi) == 2 and all(isinstance(v, (int, float)) for v in gi) and 0 <= gi[0] <= gi[1] <= 1):
         bad("sampling.guidance_interval", "[lo, hi] with 0 <= lo <= hi <= 1")
@@ -144,9 +146,9 @@ def _validate_model(cfg, bad) -> None:
     m, s = cfg.model, cfg.sampling
     if s.clip_x0 and cfg.data.vae_checkpoint:
         bad("sampling.clip_x0", "false for latent diffusion (latents are not bounded to [-1, 1])")
-    if m.net.reads_jump_size() and (s.spacing, s.shift) != ("trailing", 1.0):
+    if m.net.reads_jump_size() and ((s.spacing, s.shift) != ("trailing", 1.0) or s.midpoint is not None):
         bad("sampling.spacing",
-            "trailing with sampling.shift 1 for a model that reads its jump size (equal jumps 1/steps)")
+            "trailing with sampling.shift 1 and no midpoint for a model that reads its jump size (equal jumps 1/steps)")
     if m.conditioning == "prompt":
         for key, value in {"model.text_dim": m.text_dim, "model.text_depth": m.text_depth,
                            "model.text_heads": m.text_heads}.items():

@@ -315,8 +315,9 @@ def regenerate(text: str, root: Path, only: Optional[str] = None, loaded: Option
 
 
 def pages(root: Path) -> list[Path]:
-    """The pages that may hold generated blocks: the README, docs/ and the lab notes in docs/lab/."""
-    return [root / "README.md", *sorted((root / "docs").glob("*.md")), *sorted((root / "docs" / "lab").glob("*.md"))]
+    """The pages that may hold generated blocks: the README, docs/, the lab notes in docs/lab/ and weights/README.md."""
+    return [root / "README.md", *sorted((root / "docs").glob("*.md")), *sorted((root / "docs" / "lab").glob("*.md")),
+            *sorted((root / "weights").glob("README.md"))]
 
 
 # A published name becomes docs/results/<name>.json: a plain name, so it cannot point elsewhere ("../../x").
