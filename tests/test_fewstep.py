@@ -9,8 +9,8 @@ from conftest import tiny_config, tiny_data
 from difflab.config import ConfigError, config_from_dict
 from difflab.settings import DiffusionConfig
 from difflab import fewstep
-from difflab.fewstep import (ConsistencyTrainer, ShortcutTrainer, consistency_loss, pseudo_huber, shortcut_loss,
-                             two_jumps)
+from difflab.fewstep import (ConsistencyTrainer, ShortcutTrainer, consistency_loss, ect_pairs, grid_pairs,
+                             pseudo_huber, shortcut_loss, two_jumps)
 from difflab.guidance import make_denoiser
 from difflab.pipeline import Pipeline
 from difflab.samplers import sample_consistency, sample_ddim
@@ -75,7 +75,8 @@ def test_consistency_training_targets_x0_itself_at_the_first_grid_step(tmp_path)
     with torch.no_grad():  # with N = 1 every pair is (t, s) = (1, 0): the loss is ||f(x_1, 1) - x0||
         f = partial(trainer.consistency, trainer.model)
         _, per_sample, t = consistency_loss(x0, y, trainer.draws(), f=f, f_target=f, teacher_step=None,
-                                            path=trainer.path, steps=1, huber_c=trainer.huber_c)
+                                            path=trainer.path, pairs=partial(grid_pairs, steps=1),
+                                            huber_c=trainer.huber_c)
     assert (t == 1).all()
     trainer.noise_gen.manual_seed(cfg.training.seed + 1)  # the same draws again, to rebuild x_1
     torch.randint(0, 1, (16,), generator=trainer.noise_gen)
@@ -215,3 +216,78 @@ def test_impossible_shortcut_configs_are_refused(tmp_path, change, key):
         cfg[section].update(values)
     with pytest.raises(ConfigError, match=key):
         config_from_dict(cfg)
+
+
+# --- ECT: consistency tuning from the teacher (Geng et al. 2024) ------------------------------------------------
+from difflab.loop import Draws  # noqa: E402
+from difflab.schedules import time_at_ratio  # noqa: E402
+
+
+@pytest.mark.parametrize("diffusion", [{"target": "v", "schedule": "scaled_linear", "beta_start": 0.00085,
+                                        "beta_end": 0.012}, {"target": "flow", "schedule": "flow"}])
+def test_the_time_of_a_noise_ratio_inverts_the_ratio(diffusion):
+    path = build_path(DiffusionConfig(**diffusion))
+    t = torch.linspace(0.01, 0.99, 50, dtype=torch.float64)
+    back = time_at_ratio(path, fewstep.noise_ratio(path, t))
+    torch.testing.assert_close(back, t, atol=2e-4, rtol=0)
+    ends = time_at_ratio(path, torch.tensor([0.0, 1e9], dtype=torch.float64))
+    assert ends[0] == 0 and ends[1] > 0.999  # a ratio beyond the path's last (inf where alpha(1) = 0): t near 1
+
+
+def ect_draws(n=4096, seed=0):
+    return Draws(torch.Generator().manual_seed(seed), n, slice(0, n), torch.device("cpu"))
+
+
+def test_ect_starts_as_diffusion_training_and_halves_the_gap_each_stage():
+    path = build_path(DiffusionConfig(target="v", schedule="scaled_linear", beta_start=0.00085, beta_end=0.012))
+    kw = dict(stages=4, noise_mean=-1.1, noise_std=2.0)
+    t, r = ect_pairs(ect_draws(), path, 0.0, **kw)
+    assert (r == 0).all() and (t > 0).any()  # stage 0: the target is the data itself
+    rho = torch.exp(-1.1 + 2.0 * torch.randn(4096, generator=torch.Generator().manual_seed(0)))
+    inside = rho < 0.9 * float(fewstep.noise_ratio(path, torch.ones(1)))  # away from the clamp at t = 1
+    gaps, rs = [], []
+    for progress in (0.5, 0.99):  # stages 2 and 3
+        t, r = ect_pairs(ect_draws(), path, progress, **kw)
+        assert (r <= t).all()
+        gaps.append(fewstep.noise_ratio(path, t) - fewstep.noise_ratio(path, r))
+        rs.append(r)
+    both = inside & (rs[0] > 0) & (rs[1] > 0)  # neither gap clamped at r = 0
+    ratio = gaps[1][both] / gaps[0][both]
+    assert ratio.median().item() == pytest.approx(0.5, rel=0.02)  # the same draws, half the gap a stage later
+    torch.testing.assert_close(t[inside], time_at_ratio(path, rho[inside]).float(), atol=1e-5, rtol=0)
+
+
+def test_inverse_gap_weighting_weighs_each_sample_by_one_over_its_gap(tmp_path):
+    cfg = tiny_config(tmp_path, diffusion={"target": "v", "schedule": "scaled_linear"},
+                      fewstep={"method": "consistency_training", "schedule": "ect", "target_ema": 0.0,
+                               "weighting": "inverse_gap"})
+    trainer = ConsistencyTrainer(cfg, data=tiny_data(64), quiet=True)
+    x0, y = tiny_data(16)
+    f = partial(trainer.consistency, trainer.model)
+    pairs = partial(ect_pairs, path=trainer.path, progress=0.9, stages=8, noise_mean=-1.1, noise_std=2.0)
+    with torch.no_grad():
+        kw = dict(f=f, f_target=f, teacher_step=None, path=trainer.path, pairs=pairs, huber_c=trainer.huber_c)
+        loss, per_sample, t = consistency_loss(x0, y, ect_draws(16), weighting="inverse_gap", **kw)
+        plain, same, _ = consistency_loss(x0, y, ect_draws(16), **kw)
+    torch.testing.assert_close(per_sample, same)
+    t2, r2 = pairs(ect_draws(16))
+    w = 1 / (fewstep.noise_ratio(trainer.path, t2) - fewstep.noise_ratio(trainer.path, r2))
+    torch.testing.assert_close(loss, (per_sample * w / w.mean()).mean())
+    assert not torch.isclose(loss, plain)
+
+
+def test_consistency_tuning_starts_from_a_shipped_teacher_whose_dropout_it_may_change(tmp_path):
+    """ECT's student: the shipped SD2 named as `teacher: sd2`, dropout added, its weights the teacher's."""
+    from difflab.config import load_config
+    from difflab.infra.checkpoint import load_checkpoint
+    from difflab.infra.weights import shipped
+
+    raw = load_config("configs/unified_sd2_unet_v.yaml").to_dict()
+    raw["model"]["dropout"] = 0.1
+    raw["fewstep"] = {"method": "consistency_training", "teacher": "sd2", "schedule": "ect", "target_ema": 0.0}
+    raw["training"].update(output_dir=str(tmp_path), device="cpu")
+    trainer = ConsistencyTrainer(config_from_dict(raw), data=tiny_data(64), quiet=True)
+    assert trainer.teacher is None  # consistency training only starts from it
+    want = load_checkpoint(shipped("sd2"))["model"]
+    got = trainer.model.state_dict()
+    assert all(torch.equal(got[k], want[k].float()) for k in want)

@@ -57,6 +57,8 @@ _CHOICES = {
     ("training", "precision"): PRECISIONS,
     ("training", "on_nonfinite"): ("stop", "skip"),
     ("fewstep", "method"): FEW_STEP_METHODS,
+    ("fewstep", "schedule"): ("grid", "ect"),
+    ("fewstep", "weighting"): ("uniform", "inverse_gap"),
 }
 
 

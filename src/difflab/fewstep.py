@@ -22,6 +22,11 @@ teach one flow model to take jumps of any size, from scratch and with no teacher
 
 From Song & Dhariwal 2023 (improved consistency training) we take the pseudo-Huber distance in
 place of LPIPS (no downloaded network), d(a, b) = sqrt(||a - b||^2 + c^2) - c, c = 0.00054 sqrt(dims).
+From ECT (Geng et al. 2024, "Consistency models made easy"; `fewstep.schedule: ect`) the pairs (t, r) the loss
+compares: t drawn from a lognormal over the noise-to-signal ratio, and r = t less a gap that starts at t itself
+(the target is the data: ordinary diffusion training) and halves stage by stage, with the loss weighted by
+1 / (ratio(t) - ratio(r)) (`fewstep.weighting: inverse_gap`); a student named with a teacher starts from its weights
+in either method, which is what makes consistency *tuning* cheap.
 Guidance is distilled into the student as in latent consistency models (Luo et al. 2023): the
 teacher's step is guided with fewstep.teacher_cfg_scale; the student then samples unguided.
 """
@@ -29,6 +34,7 @@ teacher's step is guided with fewstep.teacher_cfg_scale; the student then sample
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from functools import partial
 from pathlib import Path
@@ -44,7 +50,8 @@ from .models import build_model
 from .models.text import drop_condition
 from .objectives import broadcast
 from .loop import Draws
-from .schedules import sample_training_t
+from .infra.weights import checkpoint_path
+from .schedules import sample_training_t, time_at_ratio
 from .settings import Config, DiffusionConfig
 from .training import Trainer, logged_by_t
 
@@ -58,8 +65,9 @@ def pseudo_huber(diff: Tensor, c: float) -> Tensor:
 
 
 def load_teacher(cfg: Config, device: torch.device) -> tuple[torch.nn.Module, Config]:
-    """The teacher named by fewstep.teacher: its EMA weights, frozen; a missing file names the command to make it."""
-    path = Path(cfg.fewstep.teacher)
+    """The teacher named by fewstep.teacher (a checkpoint, or a shipped model: sd1, sd2, sd3): its EMA weights,
+    frozen; a missing file names the command to make it."""
+    path = checkpoint_path(cfg.fewstep.teacher)
     if not path.is_file():
         how = (f"train the teacher first: python train.py --config {cfg.fewstep.teacher_config}"
                if cfg.fewstep.teacher_config else "train the teacher first with train.py")
@@ -67,7 +75,7 @@ def load_teacher(cfg: Config, device: torch.device) -> tuple[torch.nn.Module, Co
     state = load_checkpoint(path, map_location=device)
     teacher_cfg = config_from_dict(state["config"], source=str(path), stored=True)
     for section in ("model", "diffusion"):  # the student starts from the teacher's weights
-        if getattr(teacher_cfg, section) != getattr(cfg, section):
+        if _without_dropout(getattr(teacher_cfg, section)) != _without_dropout(getattr(cfg, section)):
             raise ConfigError(f"{cfg.name}: the '{section}' section differs from the teacher's ({path}); "
                               f"a student starts from its teacher's weights, so copy that section")
     teacher = build_model(teacher_cfg.model).to(device)
@@ -75,19 +83,55 @@ def load_teacher(cfg: Config, device: torch.device) -> tuple[torch.nn.Module, Co
     return teacher.eval().requires_grad_(False), teacher_cfg
 
 
+def _without_dropout(section):
+    """A model section with its dropout left out: a student may train with dropout its teacher did not (iCT, ECT)."""
+    return dataclasses.replace(section, net=dataclasses.replace(section.net, dropout=0.0)) if (
+        getattr(getattr(section, "net", None), "dropout", None) is not None) else section
+
+
+def grid_pairs(draws: Draws, steps: int) -> tuple[Tensor, Tensor]:
+    """Neighbours on the grid t_n = n / N (Song et al. 2023, Algorithms 2-3): n ~ U{0, ..., N - 1}, (t, r) =
+    ((n + 1) / N, n / N)."""
+    n = draws.randint(steps)
+    return (n + 1).float() / steps, n.float() / steps
+
+
+def noise_ratio(path, t: Tensor) -> Tensor:
+    """sigma(t) / alpha(t): EDM's sigma, the noise level ECT's schedule is written in."""
+    return path.sigma(t) / path.alpha(t).clamp(min=1e-12)
+
+
+def ect_pairs(draws: Draws, path, progress: float, *, stages: int, noise_mean: float, noise_std: float,
+              k: float = 8.0, b: float = 1.0) -> tuple[Tensor, Tensor]:
+    """ECT's pairs (Geng et al. 2024, Sec. 3.3 and 4), in the noise-to-signal ratio rho = sigma / alpha:
+
+    rho_t = exp(noise_mean + noise_std z), z ~ N(0, 1)   (EDM's lognormal, Karras et al. 2022, Sec. 5)
+    rho_r = max(rho_t - rho_t n(rho_t) / 2^a, 0),   n(rho) = 1 + k sigmoid(-b rho)
+    where a (0 ... stages - 1) is the stage of the run `progress` (0 ... 1) is in. At stage 0 the gap
+    n(rho_t) rho_t exceeds rho_t, so r = 0 and the target is the data: diffusion training, where the
+    student (the teacher's weights) already is; each later stage halves the gap towards the continuous-time
+    consistency condition. Both returned as times of this path (schedules.time_at_ratio).
+    """
+    rho_t = torch.exp(noise_mean + noise_std * draws.randn())
+    a = min(int(progress * stages), stages - 1)
+    rho_r = (rho_t - rho_t * (1 + k * torch.sigmoid(-b * rho_t)) / 2 ** a).clamp(min=0)
+    return time_at_ratio(path, rho_t), time_at_ratio(path, rho_r)
+
+
 def consistency_loss(x0: Tensor, y: Tensor, draws: Draws, *, f: Callable, f_target: Callable,
-                     teacher_step: Optional[Callable], path, steps: int,
-                     huber_c: float) -> tuple[Tensor, Tensor, Tensor]:
+                     teacher_step: Optional[Callable], path, pairs: Callable[[Draws], tuple[Tensor, Tensor]],
+                     huber_c: float, weighting: str = "uniform") -> tuple[Tensor, Tensor, Tensor]:
     """One step of Song et al. 2023, Algorithm 2 (a teacher) or 3 (none): (loss, per-sample distance, t).
 
     f and f_target are the consistency functions (x, t, y) -> x0 of the student (theta) and of its
     target network (theta^-); teacher_step(x_t, t, s, y) is one ODE step of the teacher (Algorithm 2),
-    or None for consistency training (Algorithm 3).
+    or None for consistency training (Algorithm 3). pairs(draws) -> (t, s), the two times compared:
+    grid_pairs or ect_pairs. weighting "inverse_gap" weighs each sample by 1 / (rho(t) - rho(s))
+    (Geng et al. 2024, Eq. 9's w(t, r)), divided by the batch's mean weight so the loss keeps its scale as
+    the gap shrinks (Adam would rescale it anyway).
     """
-    N = steps
-    n = draws.randint(N)  # n ~ U{0, ..., N - 1}
+    t, s = pairs(draws)  # drawn first, as before ECT: the grid's draws are unchanged
     eps = draws.randn(*x0.shape[1:])  # z ~ N(0, I)
-    t, s = (n + 1).float() / N, n.float() / N  # neighbours on the grid t_n = n / N
     x_t = broadcast(path.alpha(t), x0) * x0 + broadcast(path.sigma(t), x0) * eps
     with torch.no_grad():
         if teacher_step is not None:  # Algorithm 2: the teacher's ODE step from t_{n+1} to t_n
@@ -96,6 +140,9 @@ def consistency_loss(x0: Tensor, y: Tensor, draws: Draws, *, f: Callable, f_targ
             x_s = broadcast(path.alpha(s), x0) * x0 + broadcast(path.sigma(s), x0) * eps
         target = f_target(x_s, s, y)
     per_sample = pseudo_huber(f(x_t, t, y) - target, huber_c)  # d(f_theta(x_{t_{n+1}}), f_theta^-(x_{t_n}))
+    if weighting == "inverse_gap":
+        w = 1 / (noise_ratio(path, t) - noise_ratio(path, s)).clamp(min=1e-6)
+        return (per_sample * w / w.mean()).mean(), per_sample.detach(), t
     return per_sample.mean(), per_sample.detach(), t
 
 
@@ -109,17 +156,23 @@ class ConsistencyTrainer(Trainer):
         super().__init__(cfg, data, device, quiet, dist)
         dc = self.cfg.fewstep
         self.teacher = None
-        if dc.method == "consistency_distillation":
-            self.teacher, _ = load_teacher(cfg, self.device)
-            self.model.load_state_dict(self.teacher.state_dict())  # Song et al. 2023, Sec. 6: start from the teacher
-            self.ema.model.load_state_dict(self.teacher.state_dict())
+        if dc.teacher:  # a student starts from its teacher (Song et al. 2023, Sec. 6; ECT); a resume then loads its own
+            teacher, _ = load_teacher(cfg, self.device)
+            self.model.load_state_dict(teacher.state_dict())
+            self.ema.model.load_state_dict(teacher.state_dict())
+            self.teacher = teacher if dc.method == "consistency_distillation" else None  # only distillation asks it
         self.target = copy.deepcopy(self.model).requires_grad_(False)  # theta^-: the network the student chases
         self.huber_c = dc.huber_c or 0.00054 * math.sqrt(self.x[0].numel())
         # The loop's loss: Algorithm 2 or 3 in place of diffusion's Algorithm 1.
         f, f_target = partial(self.consistency, self.forward), partial(self.consistency, self.target)
         teacher_step = self.teacher_step if self.teacher is not None else None
+        if dc.schedule == "ect":
+            pairs = lambda draws: ect_pairs(draws, self.path, self.step / self.total_steps,  # noqa: E731
+                                            stages=dc.stages, noise_mean=dc.noise_mean, noise_std=dc.noise_std)
+        else:
+            pairs = partial(grid_pairs, steps=dc.steps)
         self.loss = logged_by_t(partial(consistency_loss, f=f, f_target=f_target, teacher_step=teacher_step,
-                                        path=self.path, steps=dc.steps, huber_c=self.huber_c))
+                                        path=self.path, pairs=pairs, huber_c=self.huber_c, weighting=dc.weighting))
 
     def after_step(self, step: int) -> None:
         """theta^- <- mu theta^- + (1 - mu) theta (Song et al. 2023, Alg. 2), then the sampling EMA."""

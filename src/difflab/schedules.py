@@ -183,6 +183,21 @@ def sample_training_t(cfg: DiffusionConfig, n: int, generator: torch.Generator,
 # ---------------------------------------------------------------- sampling grids
 
 
+def time_at_ratio(path, ratio: torch.Tensor, points: int = 4097) -> torch.Tensor:
+    """The time t at which the path's noise-to-signal ratio sigma(t) / alpha(t) equals `ratio` (clamped to [0, 1]).
+
+    That ratio is EDM's sigma (Karras et al. 2022, Sec. 2: x_t / alpha = x0 + (sigma / alpha) eps), the noise level
+    consistency models are written in; it increases with t on every path, so a table of it inverts by interpolation.
+    """
+    ts = torch.linspace(0, 1, points, dtype=torch.float64, device=ratio.device)
+    table = (path.sigma(ts) / path.alpha(ts).clamp(min=1e-12)).double()  # increasing; inf at a zero-SNR end
+    r = ratio.double().clamp(min=0, max=float(table[-1]))
+    hi = torch.searchsorted(table, r).clamp(1, points - 1)
+    lo = hi - 1
+    frac = ((r - table[lo]) / (table[hi] - table[lo]).clamp(min=1e-30)).clamp(0, 1)
+    return (ts[lo] + frac * (ts[hi] - ts[lo])).to(ratio.dtype)
+
+
 def shift_time(t: torch.Tensor, shift: float) -> torch.Tensor:
     """SD3/Flux timestep shift: t' = s t / (1 + (s - 1) t) (Esser et al. 2024, Eq. 23).
 

@@ -139,6 +139,13 @@ class FewStepConfig:
     teacher_cfg_scale: float = 1.0  # guidance baked into the student (Luo et al. 2023, LCM)
     target_ema: float = 0.95  # mu: the target network's EMA of the student (0: the student itself, iCT)
     huber_c: Optional[float] = None  # pseudo-Huber constant (Song & Dhariwal 2023); None: 0.00054 sqrt(dims)
+    # Which pairs (t, r) the consistency loss compares: grid = neighbours n+1, n of N (Song et al. 2023); ect =
+    # Geng et al. 2024: t from a lognormal over the noise-to-signal ratio, r = t less a gap that halves each stage
+    schedule: str = "grid"
+    stages: int = 8  # ect: the gap starts at t itself (r = 0: denoising) and halves stages - 1 times
+    noise_mean: float = -1.1  # ect: ln(sigma / alpha) ~ N(noise_mean, noise_std^2) (Geng et al. 2024, Sec. 4)
+    noise_std: float = 2.0
+    weighting: str = "uniform"  # uniform | inverse_gap: w(t, r) = 1 / (ratio(t) - ratio(r)) (Geng et al. 2024)
 
 
 @dataclass

@@ -171,6 +171,10 @@ def _validate_fewstep(cfg, bad) -> None:
         bad("fewstep.target_ema", "a number in [0, 1)")
     if dc.huber_c is not None and not dc.huber_c > 0:
         bad("fewstep.huber_c", "a number > 0 or null")
+    if dc.stages < 1:
+        bad("fewstep.stages", "an integer >= 1")
+    if not dc.noise_std > 0:
+        bad("fewstep.noise_std", "a number > 0")
     if not cfg_scale_ok(dc.teacher_cfg_scale):
         bad("fewstep.teacher_cfg_scale", "a number >= 0")
     if dc.method == "shortcut":
