@@ -238,13 +238,17 @@ def ect_draws(n=4096, seed=0):
     return Draws(torch.Generator().manual_seed(seed), n, slice(0, n), torch.device("cpu"))
 
 
-def test_ect_starts_as_diffusion_training_and_halves_the_gap_each_stage():
+def test_ect_starts_near_diffusion_training_and_halves_the_gap_each_stage():
     path = build_path(DiffusionConfig(target="v", schedule="scaled_linear", beta_start=0.00085, beta_end=0.012))
     kw = dict(stages=4, noise_mean=-1.1, noise_std=2.0)
-    t, r = ect_pairs(ect_draws(), path, 0.0, **kw)
-    assert (r == 0).all() and (t > 0).any()  # stage 0: the target is the data itself
-    rho = torch.exp(-1.1 + 2.0 * torch.randn(4096, generator=torch.Generator().manual_seed(0)))
+    rho = torch.exp(-1.1 + 2.0 * torch.randn(4096, generator=torch.Generator().manual_seed(0)))  # the same draws
     inside = rho < 0.9 * float(fewstep.noise_ratio(path, torch.ones(1)))  # away from the clamp at t = 1
+    t, r = ect_pairs(ect_draws(), path, 0.0, **kw)
+    torch.testing.assert_close(t[inside], time_at_ratio(path, rho[inside]).float(), atol=1e-5, rtol=0)
+    assert (r[rho < 0.5] == 0).all()  # stage 0, low noise: the gap reaches the data, the target is x0 itself
+    high = inside & (rho > 8)  # there n(rho) is about 1: half the ratio
+    half = fewstep.noise_ratio(path, r[high]).double() / rho[high].double()
+    assert half.min().item() == pytest.approx(0.5, abs=0.01) and half.max().item() == pytest.approx(0.5, abs=0.01)
     gaps, rs = [], []
     for progress in (0.5, 0.99):  # stages 2 and 3
         t, r = ect_pairs(ect_draws(), path, progress, **kw)
@@ -254,24 +258,30 @@ def test_ect_starts_as_diffusion_training_and_halves_the_gap_each_stage():
     both = inside & (rs[0] > 0) & (rs[1] > 0)  # neither gap clamped at r = 0
     ratio = gaps[1][both] / gaps[0][both]
     assert ratio.median().item() == pytest.approx(0.5, rel=0.02)  # the same draws, half the gap a stage later
-    torch.testing.assert_close(t[inside], time_at_ratio(path, rho[inside]).float(), atol=1e-5, rtol=0)
 
 
-def test_inverse_gap_weighting_weighs_each_sample_by_one_over_its_gap(tmp_path):
+def test_both_calls_of_a_consistency_loss_draw_the_same_dropout_masks():
+    drop = torch.nn.Dropout(0.5)
+    x = torch.ones(1000)
+    with fewstep.same_dropout(x):
+        first = drop(x)
+    assert torch.equal(drop(x), first) and not torch.equal(drop(x), first)  # the next draws are new again
+
+
+def test_snr_weighting_weighs_each_sample_by_its_snr_plus_k(tmp_path):
     cfg = tiny_config(tmp_path, diffusion={"target": "v", "schedule": "scaled_linear"},
                       fewstep={"method": "consistency_training", "schedule": "ect", "target_ema": 0.0,
-                               "weighting": "inverse_gap"})
+                               "weighting": "snr"})
     trainer = ConsistencyTrainer(cfg, data=tiny_data(64), quiet=True)
     x0, y = tiny_data(16)
     f = partial(trainer.consistency, trainer.model)
     pairs = partial(ect_pairs, path=trainer.path, progress=0.9, stages=8, noise_mean=-1.1, noise_std=2.0)
     with torch.no_grad():
         kw = dict(f=f, f_target=f, teacher_step=None, path=trainer.path, pairs=pairs, huber_c=trainer.huber_c)
-        loss, per_sample, t = consistency_loss(x0, y, ect_draws(16), weighting="inverse_gap", **kw)
+        loss, per_sample, t = consistency_loss(x0, y, ect_draws(16), weighting="snr", **kw)
         plain, same, _ = consistency_loss(x0, y, ect_draws(16), **kw)
     torch.testing.assert_close(per_sample, same)
-    t2, r2 = pairs(ect_draws(16))
-    w = 1 / (fewstep.noise_ratio(trainer.path, t2) - fewstep.noise_ratio(trainer.path, r2))
+    w = 1 / fewstep.noise_ratio(trainer.path, t) ** 2 + 4
     torch.testing.assert_close(loss, (per_sample * w / w.mean()).mean())
     assert not torch.isclose(loss, plain)
 

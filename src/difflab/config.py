@@ -58,7 +58,7 @@ _CHOICES = {
     ("training", "on_nonfinite"): ("stop", "skip"),
     ("fewstep", "method"): FEW_STEP_METHODS,
     ("fewstep", "schedule"): ("grid", "ect"),
-    ("fewstep", "weighting"): ("uniform", "inverse_gap"),
+    ("fewstep", "weighting"): ("uniform", "snr"),
 }
 
 

@@ -23,16 +23,17 @@ teach one flow model to take jumps of any size, from scratch and with no teacher
 From Song & Dhariwal 2023 (improved consistency training) we take the pseudo-Huber distance in
 place of LPIPS (no downloaded network), d(a, b) = sqrt(||a - b||^2 + c^2) - c, c = 0.00054 sqrt(dims).
 From ECT (Geng et al. 2024, "Consistency models made easy"; `fewstep.schedule: ect`) the pairs (t, r) the loss
-compares: t drawn from a lognormal over the noise-to-signal ratio, and r = t less a gap that starts at t itself
-(the target is the data: ordinary diffusion training) and halves stage by stage, with the loss weighted by
-1 / (ratio(t) - ratio(r)) (`fewstep.weighting: inverse_gap`); a student named with a teacher starts from its weights
-in either method, which is what makes consistency *tuning* cheap.
+compares: t drawn from a lognormal over the noise-to-signal ratio, and r = t less a gap that at first reaches the
+data at low noise (ordinary diffusion training) and halves stage by stage, with both calls under one dropout mask
+and the loss weighted by SNR(t) + k (`fewstep.weighting: snr`); a student named with a teacher starts from its
+weights in either method, which is what makes consistency *tuning* cheap.
 Guidance is distilled into the student as in latent consistency models (Luo et al. 2023): the
 teacher's step is guided with fewstep.teacher_cfg_scale; the student then samples unguided.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import math
@@ -57,6 +58,7 @@ from .training import Trainer, logged_by_t
 
 Tensor = torch.Tensor
 SELF_CONSISTENT_SHARE = 0.25  # shortcut models: Frans et al. 2024, Sec. 4: k = 1/4 of each batch
+SIGMA_DATA = 0.5  # the data's standard deviation EDM and ECT assume for images in [-1, 1]
 
 
 def pseudo_huber(diff: Tensor, c: float) -> Tensor:
@@ -102,20 +104,34 @@ def noise_ratio(path, t: Tensor) -> Tensor:
 
 
 def ect_pairs(draws: Draws, path, progress: float, *, stages: int, noise_mean: float, noise_std: float,
-              k: float = 8.0, b: float = 1.0) -> tuple[Tensor, Tensor]:
-    """ECT's pairs (Geng et al. 2024, Sec. 3.3 and 4), in the noise-to-signal ratio rho = sigma / alpha:
+              q: float = 2.0, k: float = 8.0, b: float = 1.0) -> tuple[Tensor, Tensor]:
+    """ECT's pairs (Geng et al. 2024, Sec. 3), in the noise-to-signal ratio rho = sigma / alpha (EDM's sigma):
 
     rho_t = exp(noise_mean + noise_std z), z ~ N(0, 1)   (EDM's lognormal, Karras et al. 2022, Sec. 5)
-    rho_r = max(rho_t - rho_t n(rho_t) / 2^a, 0),   n(rho) = 1 + k sigmoid(-b rho)
-    where a (0 ... stages - 1) is the stage of the run `progress` (0 ... 1) is in. At stage 0 the gap
-    n(rho_t) rho_t exceeds rho_t, so r = 0 and the target is the data: diffusion training, where the
-    student (the teacher's weights) already is; each later stage halves the gap towards the continuous-time
-    consistency condition. Both returned as times of this path (schedules.time_at_ratio).
+    rho_r = max(rho_t (1 - n(rho_t) / q^(a + 1)), 0),   n(rho) = 1 + k sigmoid(-b rho)   (the "mapping function")
+    where a (0 ... stages - 1) is the stage of the run `progress` (0 ... 1) is in, and q = 2: each stage halves
+    the gap towards the continuous-time consistency condition. n(rho) widens the gap at low noise, where at first
+    it reaches past 0: r = 0, the target is the data itself, diffusion training, where the student (the teacher's
+    weights) already is. Both returned as times of this path (schedules.time_at_ratio).
     """
     rho_t = torch.exp(noise_mean + noise_std * draws.randn())
     a = min(int(progress * stages), stages - 1)
-    rho_r = (rho_t - rho_t * (1 + k * torch.sigmoid(-b * rho_t)) / 2 ** a).clamp(min=0)
+    rho_r = (rho_t * (1 - (1 + k * torch.sigmoid(-b * rho_t)) / q ** (a + 1))).clamp(min=0)
     return time_at_ratio(path, rho_t), time_at_ratio(path, rho_r)
+
+
+@contextlib.contextmanager
+def same_dropout(x: Tensor):
+    """Run the block, then put the random state back: the next network call draws the same dropout masks
+    (ECT compares f(x_t) and f(x_r) under one mask, Geng et al. 2024, Sec. 4). A model without dropout draws
+    nothing here, so nothing changes for it."""
+    cuda = x.is_cuda
+    state = torch.cuda.get_rng_state(x.device) if cuda else torch.get_rng_state()
+    yield
+    if cuda:
+        torch.cuda.set_rng_state(state, x.device)
+    else:
+        torch.set_rng_state(state)
 
 
 def consistency_loss(x0: Tensor, y: Tensor, draws: Draws, *, f: Callable, f_target: Callable,
@@ -126,22 +142,22 @@ def consistency_loss(x0: Tensor, y: Tensor, draws: Draws, *, f: Callable, f_targ
     f and f_target are the consistency functions (x, t, y) -> x0 of the student (theta) and of its
     target network (theta^-); teacher_step(x_t, t, s, y) is one ODE step of the teacher (Algorithm 2),
     or None for consistency training (Algorithm 3). pairs(draws) -> (t, s), the two times compared:
-    grid_pairs or ect_pairs. weighting "inverse_gap" weighs each sample by 1 / (rho(t) - rho(s))
-    (Geng et al. 2024, Eq. 9's w(t, r)), divided by the batch's mean weight so the loss keeps its scale as
-    the gap shrinks (Adam would rescale it anyway).
+    grid_pairs or ect_pairs. weighting "snr" weighs each sample by SNR(t) + k = 1 / rho(t)^2 + 1 / sigma_data^2
+    (Geng et al. 2024's weighting, with sigma_data = 0.5 as theirs; EDM's loss weight, Karras et al. 2022,
+    Table 1), divided by the batch's mean weight so the loss keeps its scale (Adam would rescale it anyway).
     """
     t, s = pairs(draws)  # drawn first, as before ECT: the grid's draws are unchanged
     eps = draws.randn(*x0.shape[1:])  # z ~ N(0, I)
     x_t = broadcast(path.alpha(t), x0) * x0 + broadcast(path.sigma(t), x0) * eps
-    with torch.no_grad():
+    with torch.no_grad(), same_dropout(x0):
         if teacher_step is not None:  # Algorithm 2: the teacher's ODE step from t_{n+1} to t_n
             x_s = teacher_step(x_t, t, s, y)
         else:  # Algorithm 3: the same noise one step earlier on the path (Theorem 2)
             x_s = broadcast(path.alpha(s), x0) * x0 + broadcast(path.sigma(s), x0) * eps
         target = f_target(x_s, s, y)
     per_sample = pseudo_huber(f(x_t, t, y) - target, huber_c)  # d(f_theta(x_{t_{n+1}}), f_theta^-(x_{t_n}))
-    if weighting == "inverse_gap":
-        w = 1 / (noise_ratio(path, t) - noise_ratio(path, s)).clamp(min=1e-6)
+    if weighting == "snr":
+        w = 1 / noise_ratio(path, t).clamp(min=1e-6) ** 2 + 1 / SIGMA_DATA ** 2
         return (per_sample * w / w.mean()).mean(), per_sample.detach(), t
     return per_sample.mean(), per_sample.detach(), t
 

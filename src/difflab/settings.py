@@ -142,10 +142,10 @@ class FewStepConfig:
     # Which pairs (t, r) the consistency loss compares: grid = neighbours n+1, n of N (Song et al. 2023); ect =
     # Geng et al. 2024: t from a lognormal over the noise-to-signal ratio, r = t less a gap that halves each stage
     schedule: str = "grid"
-    stages: int = 8  # ect: the gap starts at t itself (r = 0: denoising) and halves stages - 1 times
+    stages: int = 8  # ect: the gap halves at each of the stages (q = 2), starting from half of t
     noise_mean: float = -1.1  # ect: ln(sigma / alpha) ~ N(noise_mean, noise_std^2) (Geng et al. 2024, Sec. 4)
     noise_std: float = 2.0
-    weighting: str = "uniform"  # uniform | inverse_gap: w(t, r) = 1 / (ratio(t) - ratio(r)) (Geng et al. 2024)
+    weighting: str = "uniform"  # uniform | snr: w(t) = SNR(t) + 1 / 0.5^2, ECT's (Geng et al. 2024)
 
 
 @dataclass
