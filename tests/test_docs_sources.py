@@ -13,7 +13,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
-TEXTBOOK = [ROOT / "README.md", *sorted(p for p in DOCS.glob("*.md") if p.name != "references.md")]
+TEXTBOOK = [ROOT / "README.md", *sorted(p for p in DOCS.glob("*.md") if p.name != "references.md"),
+            ROOT / "weights" / "README.md", ROOT / "notebooks" / "README.md"]
 LAB = sorted((DOCS / "lab").glob("*.md"))
 
 

@@ -1,5 +1,6 @@
 """Consistency models (fewstep.py): the boundary condition, the teacher's step, the sampler, the checks, resume."""
 
+import math
 from functools import partial
 
 import pytest
@@ -301,3 +302,56 @@ def test_consistency_tuning_starts_from_a_shipped_teacher_whose_dropout_it_may_c
     want = load_checkpoint(shipped("sd2"))["model"]
     got = trainer.model.state_dict()
     assert all(torch.equal(got[k], want[k].float()) for k in want)
+
+
+# --- progressive distillation (Salimans & Ho 2022) ------------------------------------------------------------------
+from difflab.fewstep import ProgressiveTrainer, guided_ddim_step, progressive_loss, two_step_target  # noqa: E402
+from difflab.objectives import build_objective  # noqa: E402
+
+
+@pytest.mark.parametrize("target,schedule", [("eps", "linear"), ("v", "scaled_linear"), ("flow", "flow")])
+def test_one_student_step_with_the_target_lands_where_two_teacher_steps_did(tmp_path, target, schedule):
+    """The regression target is exact: a network that outputs it takes x_t to the teacher's x_end in one step."""
+    teacher, _ = teacher_checkpoint(tmp_path, target, schedule)
+    path, objective = teacher.path, build_objective(teacher.cfg.diffusion.target)
+    x0, y = tiny_data(6)
+    t, end = torch.full((6,), 0.75), torch.full((6,), 0.25)
+    x_t = path.alpha(t)[0] * x0 + path.sigma(t)[0] * torch.randn_like(x0)
+    step = partial(guided_ddim_step, teacher.ema.model, objective, path, 2.0)
+    x_end = step(step(x_t, t, torch.full((6,), 0.5), y), torch.full((6,), 0.5), end, y)
+    x0_tilde, eps_tilde = two_step_target(x_t, x_end, t, end, path)
+    a, s = path.alpha(t)[:, None, None, None], path.sigma(t)[:, None, None, None]
+    raw = objective.target(x0_tilde, eps_tilde, a, s)  # what a perfect student outputs
+    x0_hat, eps_hat = objective.to_x0_eps(raw, x_t, a, s)
+    one_step = path.alpha(end)[:, None, None, None] * x0_hat + path.sigma(end)[:, None, None, None] * eps_hat
+    torch.testing.assert_close(one_step, x_end, atol=1e-4, rtol=1e-4)
+
+
+def test_progressive_loss_asks_the_teacher_twice_on_the_students_grid(tmp_path):
+    teacher, _ = teacher_checkpoint(tmp_path, "flow", "flow")
+    calls = []
+
+    def step(x, t, s, y):
+        calls.append((t[0].item(), s[0].item()))
+        return x
+
+    draws = Draws(torch.Generator().manual_seed(0), 8, slice(0, 8), torch.device("cpu"))
+    x0, y = tiny_data(8)
+    _, _, t = progressive_loss(x0, y, draws, model=teacher.ema.model, teacher_step=step, path=teacher.path,
+                               objective=build_objective(teacher.cfg.diffusion.target), steps=4)
+    assert set(t.tolist()) <= {0.25, 0.5, 0.75, 1.0}
+    (t1, m1), (m2, e2) = calls
+    assert m1 == m2 and t1 - m1 == pytest.approx(0.125) and m2 - e2 == pytest.approx(0.125)
+
+
+def test_a_progressive_student_starts_as_its_teacher_and_trains(tmp_path):
+    teacher, ckpt = teacher_checkpoint(tmp_path, "flow", "flow")
+    cfg = student_config(tmp_path, ckpt, "flow", "flow", method="progressive_distillation", steps=2,
+                         teacher_cfg_scale=1.5)
+    student = ProgressiveTrainer(cfg, data=tiny_data(64), quiet=True)
+    for a, b in zip(student.model.state_dict().values(), teacher.ema.model.state_dict().values()):
+        torch.testing.assert_close(a, b)
+    record = student.fit()
+    assert record["loss"] is not None and math.isfinite(record["loss"])
+    with pytest.raises(ConfigError, match="fewstep.teacher"):
+        config_from_dict({**cfg.to_dict(), "fewstep": {"method": "progressive_distillation"}})

@@ -204,3 +204,17 @@ def test_models_of_prompts_over_seeds_are_a_column_each_with_the_seeds_mean_and_
     assert "| slant: hit (chance 33.2%) | 80.0% |" in one  # one seed: no spread to quote
     with pytest.raises(ValueError, match="no prompt adherence in: labels, seed 0"):
         report.render("adherence over seeds", page_tables.gather_evaluations({"labels, seed 0": evaluation(5.0, 0.97)}))
+
+
+def test_curves_put_each_models_steps_on_one_row():
+    def row(label, fid, acc, n=1000, seconds=10.0):
+        return {"label": label, "fid": fid, "accuracy": acc, "fid_floor": 2.26, "n": n, "seconds": seconds}
+
+    rows = [row("teacher @ 1", 277.48, 0.998), row("teacher @ 2", 45.26, 0.993, seconds=12.0),
+            row("student, 180,000 images @ 2", 9.5, None), row("teacher @ 8", 5.64, 0.984)]
+    results = {"kind": "evaluations", "rows": rows}
+    text = report.render("curves", results)
+    lines = text.splitlines()
+    assert lines[2] == "| teacher | 277.48 (100%) | 45.26 (99%) |  | 5.64 (98%) | 12 |"
+    assert lines[3] == "| student, 180,000 images |  | 9.50 |  |  | 10 |"
+    assert "N = 1000; floor 2.26" in text

@@ -36,7 +36,7 @@ SPACINGS = ("leading", "trailing")
 DATASETS = ("mnist", "fashion_mnist")
 PRECISIONS = ("fp32", "bf16")
 CONDITIONINGS = ("class", "prompt")
-FEW_STEP_METHODS = ("none", "consistency_distillation", "consistency_training", "shortcut")
+FEW_STEP_METHODS = ("none", "consistency_distillation", "consistency_training", "shortcut", "progressive_distillation")
 
 
 _SECTION_CLASSES = {

@@ -202,15 +202,10 @@ class ConsistencyTrainer(Trainer):
         a, s = broadcast(self.path.alpha(t), x_t), broadcast(self.path.sigma(t), x_t)
         return self.objective.to_x0_eps(model(x_t, t * 1000, y).float(), x_t, a, s)[0]
 
-    @torch.no_grad()
     def teacher_step(self, x_t: Tensor, t: Tensor, s: Tensor, y: Tensor) -> Tensor:
         """One guided DDIM (Euler) step of the teacher's ODE from t to s (Song et al. 2023, Eq. 7)."""
-        a_t, s_t = broadcast(self.path.alpha(t), x_t), broadcast(self.path.sigma(t), x_t)
-        cond, uncond = both_halves(self.teacher, x_t, t, y)
-        # Guidance (Ho & Salimans 2022) on the raw outputs: the conversion is affine, so this is mixing x0 and eps
-        guided = cfg_mix(cond, uncond, self.cfg.fewstep.teacher_cfg_scale)
-        x0, eps = self.objective.to_x0_eps(guided, x_t, a_t, s_t)
-        return broadcast(self.path.alpha(s), x_t) * x0 + broadcast(self.path.sigma(s), x_t) * eps
+        return guided_ddim_step(self.teacher, self.objective, self.path, self.cfg.fewstep.teacher_cfg_scale,
+                                x_t, t, s, y)
 
     def extra_state(self) -> dict:
         return {**super().extra_state(), "target": self.target.state_dict()}
@@ -220,6 +215,71 @@ class ConsistencyTrainer(Trainer):
             raise ConfigError(f"{path}: not a consistency model's checkpoint (no target network); cannot resume")
         self.target.load_state_dict(state["target"])
 
+
+
+@torch.no_grad()
+def guided_ddim_step(teacher, objective, path, cfg_scale: float, x_t: Tensor, t: Tensor, s: Tensor,
+                     y: Tensor) -> Tensor:
+    """One deterministic DDIM step of a teacher from t to s (Song, Meng & Ermon 2021, Eq. 12 with eta = 0; on the
+    flow path, an Euler step), guided with cfg_scale (1: the conditional model alone, one forward pass)."""
+    a_t, s_t = broadcast(path.alpha(t), x_t), broadcast(path.sigma(t), x_t)
+    if cfg_scale == 1.0:
+        out = teacher(x_t, t * 1000, y).float()
+    else:  # guidance (Ho & Salimans 2022) on the raw outputs: the conversion is affine, so this mixes x0 and eps
+        out = cfg_mix(*both_halves(teacher, x_t, t, y), cfg_scale)
+    x0, eps = objective.to_x0_eps(out, x_t, a_t, s_t)
+    return broadcast(path.alpha(s), x_t) * x0 + broadcast(path.sigma(s), x_t) * eps
+
+
+def two_step_target(x_t: Tensor, x_end: Tensor, t: Tensor, end: Tensor, path) -> tuple[Tensor, Tensor]:
+    """The (x0, eps) with which ONE DDIM step from x_t at t lands exactly on x_end at `end`
+    (Salimans & Ho 2022, Algorithm 2: x0~ = (x_end - (s_end / s_t) x_t) / (a_end - (s_end / s_t) a_t))."""
+    a_t, s_t = broadcast(path.alpha(t), x_t), broadcast(path.sigma(t), x_t)
+    a_e, s_e = broadcast(path.alpha(end), x_t), broadcast(path.sigma(end), x_t)
+    ratio = s_e / s_t
+    x0 = (x_end - ratio * x_t) / (a_e - ratio * a_t)
+    return x0, (x_t - a_t * x0) / s_t
+
+
+def progressive_loss(x0: Tensor, y: Tensor, draws: Draws, *, model: Callable, teacher_step: Callable, path,
+                     objective, steps: int) -> tuple[Tensor, Tensor, Tensor]:
+    """One step of progressive distillation (Salimans & Ho 2022, Algorithm 2): (loss, per-sample error, t).
+
+    The student takes `steps` steps where its teacher takes 2 x steps: from t = i / steps (i ~ U{1, ..., steps})
+    the teacher takes two DDIM steps, to t - 1 / (2 steps) and to t - 1 / steps; the student learns the (x0, eps)
+    with which one step lands where those two did (two_step_target), in its own objective's output (eps, v or the
+    flow's velocity), with a squared error, as in diffusion training. A guided teacher bakes its guidance in.
+    """
+    i = draws.randint(steps) + 1
+    eps = draws.randn(*x0.shape[1:])
+    t = i.float() / steps
+    mid, end = t - 0.5 / steps, t - 1.0 / steps
+    a_t, s_t = broadcast(path.alpha(t), x0), broadcast(path.sigma(t), x0)
+    x_t = a_t * x0 + s_t * eps  # the forward process: at t = 1 on the flow path, pure noise
+    x_end = teacher_step(teacher_step(x_t, t, mid, y), mid, end, y)
+    x0_target, eps_target = two_step_target(x_t, x_end, t, end, path)
+    target = objective.target(x0_target, eps_target, a_t, s_t)
+    per_sample = (model(x_t, t * 1000, y).float() - target).pow(2).flatten(1).mean(1)
+    return per_sample.mean(), per_sample.detach(), t
+
+
+class ProgressiveTrainer(Trainer):
+    """Progressive distillation (Salimans & Ho 2022): a student that samples in fewstep.steps steps what its
+    teacher samples in twice as many; run again with the student as the teacher to halve once more (8 -> 4 ->
+    2 -> 1). It starts from the teacher's weights (Algorithm 2). With fewstep.teacher_cfg_scale above 1 the
+    first round's teacher is guided, so the student draws guided images at one network call a step."""
+
+    def __init__(self, cfg: Config, data: Optional[tuple] = None, device: Optional[torch.device] = None,
+                 quiet: bool = False, dist: Optional[DistInfo] = None):
+        if cfg.data.vae_checkpoint:
+            raise ConfigError(f"{cfg.name}: fewstep: pixel-space models only (data.vae_checkpoint must be null)")
+        super().__init__(cfg, data, device, quiet, dist)
+        self.teacher, _ = load_teacher(cfg, self.device)
+        self.model.load_state_dict(self.teacher.state_dict())
+        self.ema.model.load_state_dict(self.teacher.state_dict())
+        step = partial(guided_ddim_step, self.teacher, self.objective, self.path, cfg.fewstep.teacher_cfg_scale)
+        self.loss = logged_by_t(partial(progressive_loss, model=self.forward, teacher_step=step, path=self.path,
+                                        objective=self.objective, steps=cfg.fewstep.steps))
 
 
 class ShortcutTrainer(Trainer):

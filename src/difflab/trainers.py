@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Callable
 
 from .settings import Config
-from .fewstep import ConsistencyTrainer, ShortcutTrainer
+from .fewstep import ConsistencyTrainer, ProgressiveTrainer, ShortcutTrainer
 from .loop import TrainingLoop
 from .training import Trainer
 from .vae_training import VAETrainer
@@ -22,6 +22,7 @@ TRAINERS: dict[str, Callable[[Config], TrainingLoop]] = {
     "consistency_distillation": ConsistencyTrainer,  # Song et al. 2023, Algorithm 2 (fewstep.py)
     "consistency_training": ConsistencyTrainer,  # Song et al. 2023, Algorithm 3 (fewstep.py)
     "shortcut": ShortcutTrainer,  # Frans et al. 2024 (fewstep.py)
+    "progressive_distillation": ProgressiveTrainer,  # Salimans & Ho 2022, Algorithm 2 (fewstep.py)
     "vae": VAETrainer,  # latent diffusion's autoencoder, the negative ELBO (vae_training.py)
 }
 

@@ -163,7 +163,7 @@ def _validate_fewstep(cfg, bad) -> None:
     dc = cfg.fewstep
     if dc.method == "none":
         return
-    if dc.method == "consistency_distillation" and not dc.teacher:
+    if dc.method in ("consistency_distillation", "progressive_distillation") and not dc.teacher:
         bad("fewstep.teacher", "the path of a trained checkpoint to distil")
     if dc.steps < 1:
         bad("fewstep.steps", "an integer >= 1")

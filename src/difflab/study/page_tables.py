@@ -35,6 +35,34 @@ def evaluations(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+CURVE_STEPS = (1, 2, 4, 8)
+
+
+def curves(results: dict) -> str:
+    """Few-step curves from evaluate.py outputs labelled "<model> @ <steps>": a row per model, FID (accuracy) at
+    1, 2, 4 and 8 network calls, and the seconds per 1000 samples of its 2-call row (sampling only, this machine).
+
+    The model's label carries what a reader needs beside the numbers (its sampler, its total training images).
+    """
+    models: dict = {}
+    for r in results["rows"]:
+        name, _, steps = r["label"].rpartition(" @ ")
+        models.setdefault(name.strip(), {})[int(steps)] = r
+    lines = ["| model | NFE 1 | NFE 2 | NFE 4 | NFE 8 | s / 1000 samples at 2 |", "|---|---|---|---|---|---|"]
+    for name, by_steps in models.items():
+        cells = []
+        for steps in CURVE_STEPS:
+            r = by_steps.get(steps)
+            accuracy = "" if r is None or r["accuracy"] is None else f" ({100 * r['accuracy']:.0f}%)"
+            cells.append("" if r is None else f"{r['fid']:.2f}{accuracy}")
+        two = by_steps.get(2)
+        cost = "" if two is None else f"{1000 * two['seconds'] / two['n']:.0f}"
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {cost} |")
+    floors = sorted({f"{r['fid_floor']:.2f}" for r in results["rows"]})
+    ns = sorted({r["n"] for r in results["rows"]})
+    return "\n".join(lines) + f"\n\nFID (accuracy) at N = {', '.join(map(str, ns))}; floor {', '.join(floors)}.\n"
+
+
 def spread_text(mean: float, spread: float, seeds: int, percent: bool = False) -> str:
     """A mean over training seeds and its spread: "82.4% +- 2.1", "9.31 +- 2.08"; one seed: the mean alone."""
     scale, unit, digits = (100, "%", 1) if percent else (1, "", 2)

@@ -16,7 +16,8 @@ present, saying whether the two models' seed spreads overlap and naming every se
 their configs differ), `effect <config name>` (a milestone page's measured effect against the step
 before it), `sweeps` (FID and accuracy against
 the guidance scale and the number of steps, first seed), `timing` (where the study's time went),
-and a page's own measurements, `evaluations`, `adherence` and `adherence over seeds` (src/difflab/study/page_tables.py).
+and a page's own measurements, `evaluations`, `curves` (few-step curves), `adherence` and `adherence over seeds`
+(src/difflab/study/page_tables.py).
 tests/test_docs.py renders every block again from the committed json and checks it against the page, and checks
 each row's sampler, steps, guidance and parameter count
 against the config of the same name: a page cannot quote a number the json does not hold,
@@ -37,7 +38,7 @@ from typing import Optional
 
 from ..infra.outputs import write_error, write_together
 from .config_diff import config_changes  # every setting two configs differ in
-from .page_tables import adherence, adherence_over_seeds, evaluations, spread_text  # a page's own measurements
+from .page_tables import adherence, adherence_over_seeds, curves, evaluations, spread_text  # a page's own measurements
 from ..infra.untrusted import StructureError, check_structure, one_line, shown
 
 # The story's order, and the name each config goes by in a table.
@@ -280,6 +281,8 @@ def render(kind: str, results: dict) -> str:
         return fewstep(results)
     if kind == "evaluations":
         return evaluations(results)
+    if kind == "curves":
+        return curves(results)
     if kind == "adherence":
         return adherence(results)
     if kind == "adherence over seeds":
@@ -287,7 +290,7 @@ def render(kind: str, results: dict) -> str:
     if kind.startswith("effect "):
         return effect(rows, kind.removeprefix("effect ").strip())
     raise ValueError(f"unknown kind of generated block {kind!r} (table, orderings, sweeps, fewstep, timing, "
-                     "evaluations, adherence, adherence over seeds, effect <config>)")
+                     "evaluations, curves, adherence, adherence over seeds, effect <config>)")
 
 
 def blocks(text: str):
