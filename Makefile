@@ -5,7 +5,7 @@ CONFIG ?= configs/unified_sd1_unet_eps.yaml
 QUICK_IMAGES ?= 38400
 DATASET ?= mnist   # or fashion_mnist: `make quickstart DATASET=fashion_mnist` (Debian's dataset-fashion-mnist)
 
-.PHONY: install install-test install-demo install-browser data classifier quickstart test compare compare-all fewstep demo weights
+.PHONY: install install-test install-demo install-browser data classifier quickstart test compare compare-all fewstep fewstep-shipped demo weights
 
 install:
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install "torch==$(TORCH_VERSION)"
@@ -110,6 +110,12 @@ compare: install data
 compare-all:
 	$(MAKE) compare COMPARE_CONFIGS="$(wildcard configs/*.yaml) $(REFERENCE_CONFIGS)"
 
+# Few-step models from the shipped teachers (issue 45), nothing to train first: ECT from sd2, progressive
+# distillation of sd3 (8 -> 4 -> 2 -> 1), every teacher and student scored at 1, 2, 4 and 8 calls, published as
+# docs/results/fewstep_shipped.json (docs/fewstep.md). About two hours on 2 CPU cores; run again to resume.
+fewstep-shipped: install data
+	bash benchmarks/fewstep_shipped.sh
+
 # The few-step study (issue 27), after `make compare`: the SD2 U-Net it trained is the teacher of
 # consistency distillation; consistency training and the shortcut MMDiT train from scratch. Each
 # trains on COMPARE_IMAGES; then every model is scored at 1, 2, 4 and 8 steps (N = COMPARE_N) beside
@@ -119,7 +125,8 @@ FEWSTEP_TEACHER = $(COMPARE_DIR)/unified_sd2_unet_v/checkpoints/last.pt
 fewstep: install data
 	@test -f $(FEWSTEP_TEACHER) || { echo "no teacher at $(FEWSTEP_TEACHER): run make compare first"; exit 1; }
 	@epochs=$$(( ($(COMPARE_IMAGES) + 59999) / 60000 )); \
-	for c in configs/fewstep/*.yaml; do \
+	for c in configs/fewstep/sd2_consistency_distill.yaml configs/fewstep/sd2_consistency_training.yaml \
+			configs/fewstep/sd3_shortcut.yaml; do \
 		teacher=; grep -q "method: consistency_distillation" $$c && teacher=fewstep.teacher=$(FEWSTEP_TEACHER); \
 		resume=; [ -f $(FEWSTEP_DIR)/$$(basename $$c .yaml)/checkpoints/last.pt ] && resume=--resume; \
 		$(PYTHON) train.py --config $$c training.output_dir=$(FEWSTEP_DIR) training.epochs=$$epochs \

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Few-step models from the shipped teachers (issue 45; docs/fewstep.md, "From the shipped teachers"): nothing to
+# train first. Trains ECT from the shipped SD2 (2 epochs) and progressive distillation of the shipped SD3
+# (8 -> 4 -> 2 -> 1 Euler steps, ROUND_IMAGES each), then scores every teacher and student at 1, 2, 4 and 8
+# network calls (evaluate.py, N images, seed 0; 2 calls at each model's tuned midpoint) and publishes the table:
+#   bash benchmarks/fewstep_shipped.sh              (about two hours on 2 CPU cores; resumable: run it again)
+#   ROUND_IMAGES=640 ECT_IMAGES=640 N=40 OUT=/tmp/fs bash benchmarks/fewstep_shipped.sh     a smoke test
+# The midpoints were tuned with benchmarks/midpoint_sweep.py on seed 1 (N = 500), never on the reported seed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-experiments/fewstep_shipped}
+SCORES=${SCORES:-results/fewstep_shipped}
+N=${N:-1000}
+ECT_IMAGES=${ECT_IMAGES:-120000}
+ROUND_IMAGES=${ROUND_IMAGES:-20000}
+SD2_MID=${SD2_MID:-0.5}
+SD3_MID=${SD3_MID:-0.5}
+ECT_MID=${ECT_MID:-0.5}
+PUBLISH=${PUBLISH:-fewstep_shipped}
+PYTHON=${PYTHON:-python3}
+mkdir -p "$OUT" "$SCORES"
+
+train() {  # name config overrides...: train once; a run that stopped is resumed
+  local name=$1 config=$2; shift 2
+  local last=$OUT/$name/$(basename "$config" .yaml)/checkpoints/last.pt resume=
+  [ -f "$OUT/$name/done" ] && return 0
+  [ -f "$last" ] && resume=--resume
+  $PYTHON train.py --config "$config" training.output_dir="$OUT/$name" "$@" $resume > "$OUT/$name.train.log" 2>&1 \
+    || { echo "$name: training failed, see $OUT/$name.train.log" >&2; exit 1; }
+  touch "$OUT/$name/done"
+}
+
+train ect configs/fewstep/sd2_ect.yaml training.max_images="$ECT_IMAGES" training.threads=2
+train pd4 configs/fewstep/sd3_progressive.yaml training.max_images="$ROUND_IMAGES" training.threads=2
+train pd2 configs/fewstep/sd3_progressive.yaml training.max_images="$ROUND_IMAGES" training.threads=2 fewstep.steps=2 \
+  fewstep.teacher="$OUT/pd4/sd3_progressive/checkpoints/last.pt" fewstep.teacher_cfg_scale=1.0 sampling.steps=2
+train pd1 configs/fewstep/sd3_progressive.yaml training.max_images="$ROUND_IMAGES" training.threads=2 fewstep.steps=1 \
+  fewstep.teacher="$OUT/pd2/sd3_progressive/checkpoints/last.pt" fewstep.teacher_cfg_scale=1.0 sampling.steps=1
+
+labels=()
+score() {  # label steps checkpoint [evaluate.py options...]: one point of a curve, kept if scored already
+  local label=$1 steps=$2 ckpt=$3; shift 3
+  local file=$SCORES/$(echo "$label" | tr -c 'A-Za-z0-9' _)_$steps.json
+  [ -s "$file" ] || $PYTHON evaluate.py --checkpoint "$ckpt" --n "$N" --steps "$steps" "$@" --out "$file" \
+    > /dev/null 2> "$file.log" || { echo "$label @ $steps: evaluation failed, see $file.log" >&2; exit 1; }
+  labels+=("$label @ $steps=$file")
+}
+
+SD2_T="SD2 U-Net v teacher, DDIM on a trailing grid (60,000 images)"
+SD3_T="SD3 MMDiT flow teacher, Euler (60,000 images)"
+ECT="SD2 ECT student, consistency sampling (60,000 + 120,000 images)"
+PD="SD3 progressive distillation, Euler, no CFG (60,000 + 20,000 per round: NFE 4, 2, 1 = rounds 1, 2, 3)"
+for s in 1 2 4 8; do
+  mid=(); [ $s = 2 ] && mid=(--set sampling.midpoint=$SD2_MID)
+  score "$SD2_T" $s sd2 --set sampling.spacing=trailing "${mid[@]}"
+done
+for s in 1 2 4 8; do
+  mid=(); [ $s = 2 ] && mid=(--set sampling.midpoint=$SD3_MID)
+  score "$SD3_T" $s sd3 "${mid[@]}"
+done
+for s in 1 2 4 8; do
+  mid=(); [ $s = 2 ] && mid=(--set sampling.midpoint=$ECT_MID)
+  score "$ECT" $s "$OUT/ect/sd2_ect/checkpoints/last.pt" "${mid[@]}"
+done
+score "$PD" 4 "$OUT/pd4/sd3_progressive/checkpoints/last.pt"
+score "$PD" 2 "$OUT/pd2/sd3_progressive/checkpoints/last.pt"
+score "$PD" 1 "$OUT/pd1/sd3_progressive/checkpoints/last.pt"
+$PYTHON compare_models.py --evaluations "${labels[@]}" --as "$PUBLISH"
