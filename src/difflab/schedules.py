@@ -183,7 +183,7 @@ def sample_training_t(cfg: DiffusionConfig, n: int, generator: torch.Generator,
 # ---------------------------------------------------------------- sampling grids
 
 
-def time_at_ratio(path, ratio: torch.Tensor, points: int = 4097) -> torch.Tensor:
+def time_at_ratio(path: "NoisePath", ratio: torch.Tensor, points: int = 4097) -> torch.Tensor:
     """The time t at which the path's noise-to-signal ratio sigma(t) / alpha(t) equals `ratio` (clamped to [0, 1]).
 
     That ratio is EDM's sigma (Karras et al. 2022, Sec. 2: x_t / alpha = x0 + (sigma / alpha) eps), the noise level
