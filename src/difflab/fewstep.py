@@ -52,7 +52,7 @@ from .models.text import drop_condition
 from .objectives import broadcast
 from .loop import Draws
 from .infra.weights import checkpoint_path
-from .schedules import sample_training_t, time_at_ratio
+from .schedules import noise_ratio, sample_training_t, time_at_ratio
 from .settings import Config, DiffusionConfig
 from .training import Trainer, logged_by_t
 
@@ -96,11 +96,6 @@ def grid_pairs(draws: Draws, steps: int) -> tuple[Tensor, Tensor]:
     ((n + 1) / N, n / N)."""
     n = draws.randint(steps)
     return (n + 1).float() / steps, n.float() / steps
-
-
-def noise_ratio(path, t: Tensor) -> Tensor:
-    """sigma(t) / alpha(t): EDM's sigma, the noise level ECT's schedule is written in."""
-    return path.sigma(t) / path.alpha(t).clamp(min=1e-12)
 
 
 def ect_pairs(draws: Draws, path, progress: float, *, stages: int, noise_mean: float, noise_std: float,

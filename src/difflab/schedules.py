@@ -183,6 +183,11 @@ def sample_training_t(cfg: DiffusionConfig, n: int, generator: torch.Generator,
 # ---------------------------------------------------------------- sampling grids
 
 
+def noise_ratio(path: "NoisePath", t: torch.Tensor) -> torch.Tensor:
+    """sigma(t) / alpha(t): EDM's sigma (Karras et al. 2022, Sec. 2), the noise level consistency models use."""
+    return path.sigma(t) / path.alpha(t).clamp(min=1e-12)
+
+
 def time_at_ratio(path: "NoisePath", ratio: torch.Tensor, points: int = 4097) -> torch.Tensor:
     """The time t at which the path's noise-to-signal ratio sigma(t) / alpha(t) equals `ratio` (clamped to [0, 1]).
 
@@ -190,7 +195,7 @@ def time_at_ratio(path: "NoisePath", ratio: torch.Tensor, points: int = 4097) ->
     consistency models are written in; it increases with t on every path, so a table of it inverts by interpolation.
     """
     ts = torch.linspace(0, 1, points, dtype=torch.float64, device=ratio.device)
-    table = (path.sigma(ts) / path.alpha(ts).clamp(min=1e-12)).double()  # increasing; inf at a zero-SNR end
+    table = noise_ratio(path, ts).double()  # increasing; very large at a zero-SNR end
     r = ratio.double().clamp(min=0, max=float(table[-1]))
     hi = torch.searchsorted(table, r).clamp(1, points - 1)
     lo = hi - 1

@@ -267,30 +267,20 @@ def fewstep(results: dict) -> str:
     return head + "\n".join(lines) + f"\n\nFID (accuracy) at N = {results['n']} samples per point; floor {floor:.2f}.\n"
 
 
+# Each kind of generated block and what renders it from a results json.
+RENDERERS = {
+    "table": lambda r: table(r["rows"]), "orderings": lambda r: orderings(r["rows"]), "timing": timing,
+    "sweeps": sweeps, "fewstep": fewstep, "evaluations": evaluations, "curves": curves, "adherence": adherence,
+    "adherence over seeds": adherence_over_seeds,
+}
+
+
 def render(kind: str, results: dict) -> str:
-    rows = results["rows"]
-    if kind == "table":
-        return table(rows)
-    if kind == "orderings":
-        return orderings(rows)
-    if kind == "timing":
-        return timing(results)
-    if kind == "sweeps":
-        return sweeps(results)
-    if kind == "fewstep":
-        return fewstep(results)
-    if kind == "evaluations":
-        return evaluations(results)
-    if kind == "curves":
-        return curves(results)
-    if kind == "adherence":
-        return adherence(results)
-    if kind == "adherence over seeds":
-        return adherence_over_seeds(results)
+    if kind in RENDERERS:
+        return RENDERERS[kind](results)
     if kind.startswith("effect "):
-        return effect(rows, kind.removeprefix("effect ").strip())
-    raise ValueError(f"unknown kind of generated block {kind!r} (table, orderings, sweeps, fewstep, timing, "
-                     "evaluations, curves, adherence, adherence over seeds, effect <config>)")
+        return effect(results["rows"], kind.removeprefix("effect ").strip())
+    raise ValueError(f"unknown kind of generated block {kind!r} ({', '.join(RENDERERS)}, effect <config>)")
 
 
 def blocks(text: str):
