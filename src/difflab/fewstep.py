@@ -216,12 +216,10 @@ class ConsistencyTrainer(Trainer):
 def guided_ddim_step(teacher, objective, path, cfg_scale: float, x_t: Tensor, t: Tensor, s: Tensor,
                      y: Tensor) -> Tensor:
     """One deterministic DDIM step of a teacher from t to s (Song, Meng & Ermon 2021, Eq. 12 with eta = 0; on the
-    flow path, an Euler step), guided with cfg_scale (1: the conditional model alone, one forward pass)."""
+    flow path, an Euler step), guided with cfg_scale by the sampler's own mix (guidance.cfg_mix)."""
     a_t, s_t = broadcast(path.alpha(t), x_t), broadcast(path.sigma(t), x_t)
-    if cfg_scale == 1.0:
-        out = teacher(x_t, t * 1000, y).float()
-    else:  # guidance (Ho & Salimans 2022) on the raw outputs: the conversion is affine, so this mixes x0 and eps
-        out = cfg_mix(*both_halves(teacher, x_t, t, y), cfg_scale)
+    # Guidance (Ho & Salimans 2022) on the raw outputs: the conversion is affine, so this mixes x0 and eps
+    out = cfg_mix(*both_halves(teacher, x_t, t, y), cfg_scale)
     x0, eps = objective.to_x0_eps(out, x_t, a_t, s_t)
     return broadcast(path.alpha(s), x_t) * x0 + broadcast(path.sigma(s), x_t) * eps
 
