@@ -33,9 +33,11 @@ def _shapes_digest(model: nn.Module) -> str:
     return hashlib.sha256(shapes.encode()).hexdigest()
 
 
-# Configs added after the record (issue 45): the SD2 U-Net and the SD3 MMDiT of the record, as few-step students.
+# Configs added after the record (issue 45): networks of the record, as few-step students (MeanFlow's is the
+# shortcut model's: the MMDiT that also reads the jump size).
 NEWER = {"configs/fewstep/sd2_ect.yaml": "configs/unified_sd2_unet_v.yaml",
-         "configs/fewstep/sd3_progressive.yaml": "configs/unified_sd3_mmdit_flow.yaml"}
+         "configs/fewstep/sd3_progressive.yaml": "configs/unified_sd3_mmdit_flow.yaml",
+         "configs/fewstep/sd3_meanflow.yaml": "configs/fewstep/sd3_shortcut.yaml"}
 
 
 def test_every_config_of_the_repository_is_in_the_record():

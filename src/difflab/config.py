@@ -36,7 +36,8 @@ SPACINGS = ("leading", "trailing")
 DATASETS = ("mnist", "fashion_mnist")
 PRECISIONS = ("fp32", "bf16")
 CONDITIONINGS = ("class", "prompt")
-FEW_STEP_METHODS = ("none", "consistency_distillation", "consistency_training", "shortcut", "progressive_distillation")
+FEW_STEP_METHODS = ("none", "consistency_distillation", "consistency_training", "shortcut", "progressive_distillation",
+                    "meanflow")
 
 
 _SECTION_CLASSES = {

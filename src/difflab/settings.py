@@ -133,6 +133,7 @@ class FewStepConfig:
 
     # consistency_distillation (Song et al. 2023, Alg. 2) | consistency_training (Alg. 3) | shortcut (Frans et al. 2024)
     # | progressive_distillation (Salimans & Ho 2022: fewstep.steps student steps learn 2 x steps teacher steps)
+    # | meanflow (Geng et al. 2025: the average velocity over [r, t], from scratch; teacher_cfg_scale = its omega)
     method: str = "none"
     teacher: Optional[str] = None  # the trained checkpoint to distil (its model section must be this config's)
     teacher_config: Optional[str] = None  # the config that trains it, named when the checkpoint is missing

@@ -13,6 +13,7 @@ from typing import Callable
 from .settings import Config
 from .fewstep import ConsistencyTrainer, ProgressiveTrainer, ShortcutTrainer
 from .loop import TrainingLoop
+from .meanflow import MeanFlowTrainer
 from .training import Trainer
 from .vae_training import VAETrainer
 
@@ -23,6 +24,7 @@ TRAINERS: dict[str, Callable[[Config], TrainingLoop]] = {
     "consistency_training": ConsistencyTrainer,  # Song et al. 2023, Algorithm 3 (fewstep.py)
     "shortcut": ShortcutTrainer,  # Frans et al. 2024 (fewstep.py)
     "progressive_distillation": ProgressiveTrainer,  # Salimans & Ho 2022, Algorithm 2 (fewstep.py)
+    "meanflow": MeanFlowTrainer,  # Geng et al. 2025, Algorithm 1 (meanflow.py)
     "vae": VAETrainer,  # latent diffusion's autoencoder, the negative ELBO (vae_training.py)
 }
 

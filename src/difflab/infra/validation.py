@@ -177,14 +177,15 @@ def _validate_fewstep(cfg, bad) -> None:
         bad("fewstep.noise_std", "a number > 0")
     if not cfg_scale_ok(dc.teacher_cfg_scale):
         bad("fewstep.teacher_cfg_scale", "a number >= 0")
-    if dc.method == "shortcut":
+    if dc.method in ("shortcut", "meanflow"):
+        what = {"shortcut": "a shortcut model", "meanflow": "MeanFlow"}[dc.method]
         if (cfg.diffusion.target, cfg.diffusion.schedule) != ("flow", "flow"):
-            bad("diffusion.target", "flow, with schedule flow, for a shortcut model (it learns jumps along the flow)")
+            bad("diffusion.target", f"flow, with schedule flow, for {what} (it learns jumps along the flow)")
         if not hasattr(cfg.model.net, "step_conditioning"):
-            bad("model.architecture", "mmdit for a shortcut model (with step_conditioning: true)")
+            bad("model.architecture", f"mmdit for {what} (with step_conditioning: true)")
         if not cfg.model.net.reads_jump_size():
-            bad("model.step_conditioning", "true for a shortcut model (the network reads the jump size)")
-        if dc.steps < 2 or dc.steps & (dc.steps - 1):
+            bad("model.step_conditioning", f"true for {what} (the network reads the jump size)")
+        if dc.method == "shortcut" and (dc.steps < 2 or dc.steps & (dc.steps - 1)):
             bad("fewstep.steps", "a power of two >= 2 for a shortcut model (jumps of 1/N, 2/N, 4/N ... 1)")
         return
     if cfg.diffusion.target == "x0":  # f = c_skip x + c_out F needs c_skip(0) = 1; x0-prediction has c_skip = 0
