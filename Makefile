@@ -111,8 +111,9 @@ compare-all:
 	$(MAKE) compare COMPARE_CONFIGS="$(wildcard configs/*.yaml) $(REFERENCE_CONFIGS)"
 
 # Few-step models from the shipped teachers (issue 45), nothing to train first: ECT from sd2, progressive
-# distillation of sd3 (8 -> 4 -> 2 -> 1), every teacher and student scored at 1, 2, 4 and 8 calls, published as
-# docs/results/fewstep_shipped.json (docs/fewstep.md). About two hours on 2 CPU cores; run again to resume.
+# distillation of sd3 (8 -> 4 -> 2 -> 1) and of sd2 (16 -> 8 -> 4 -> 2 -> 1), MeanFlow from scratch; every teacher
+# and student scored at 1, 2, 4 and 8 calls, published as docs/results/fewstep_shipped.json (docs/fewstep.md).
+# About two and a half hours on 2 CPU cores; run again to resume.
 fewstep-shipped: install data
 	bash benchmarks/fewstep_shipped.sh
 

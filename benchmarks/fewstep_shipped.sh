@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Few-step models from the shipped teachers (issue 45; docs/fewstep.md, "From the shipped teachers"): nothing to
-# train first. Trains ECT from the shipped SD2 (2 epochs) and progressive distillation of the shipped SD3
-# (8 -> 4 -> 2 -> 1 Euler steps, ROUND_IMAGES each), then scores every teacher and student at 1, 2, 4 and 8
-# network calls (evaluate.py, N images, seed 0; 2 calls at each model's tuned midpoint) and publishes the table:
+# train first. Trains ECT from the shipped SD2 (2 epochs), progressive distillation of the shipped SD3 (8 -> 4 -> 2
+# -> 1 Euler steps) and SD2 (16 -> 8 -> 4 -> 2 -> 1 DDIM steps), ROUND_IMAGES a round, and MeanFlow from scratch
+# (MF_IMAGES), then scores every teacher
+# and student at 1, 2, 4 and 8 network calls (evaluate.py, N images, seed 0; 2 calls at each model's tuned midpoint,
+# equal jumps for MeanFlow, whose network is told its jump) and publishes the table:
 #   bash benchmarks/fewstep_shipped.sh              (about two hours on 2 CPU cores; resumable: run it again)
-#   ROUND_IMAGES=640 ECT_IMAGES=640 N=40 OUT=/tmp/fs bash benchmarks/fewstep_shipped.sh     a smoke test
+#   ROUND_IMAGES=640 ECT_IMAGES=640 MF_IMAGES=640 N=40 OUT=/tmp/fs SCORES=/tmp/fs/scores PUBLISH= \
+#     bash benchmarks/fewstep_shipped.sh                                                       a smoke test
 # The midpoints were tuned with benchmarks/midpoint_sweep.py on seed 1 (N = 500), never on the reported seed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,10 +16,11 @@ SCORES=${SCORES:-results/fewstep_shipped}
 N=${N:-1000}
 ECT_IMAGES=${ECT_IMAGES:-120000}
 ROUND_IMAGES=${ROUND_IMAGES:-20000}
+MF_IMAGES=${MF_IMAGES:-60000}
 SD2_MID=${SD2_MID:-0.5}
 SD3_MID=${SD3_MID:-0.5}
 ECT_MID=${ECT_MID:-0.5}
-PUBLISH=${PUBLISH:-fewstep_shipped}
+PUBLISH=${PUBLISH-fewstep_shipped}  # empty: list the scores, publish nothing
 PYTHON=${PYTHON:-python3}
 mkdir -p "$OUT" "$SCORES"
 
@@ -36,6 +40,14 @@ train pd2 configs/fewstep/sd3_progressive.yaml training.max_images="$ROUND_IMAGE
   fewstep.teacher="$OUT/pd4/sd3_progressive/checkpoints/last.pt" fewstep.teacher_cfg_scale=1.0 sampling.steps=2
 train pd1 configs/fewstep/sd3_progressive.yaml training.max_images="$ROUND_IMAGES" training.threads=2 fewstep.steps=1 \
   fewstep.teacher="$OUT/pd2/sd3_progressive/checkpoints/last.pt" fewstep.teacher_cfg_scale=1.0 sampling.steps=1
+SD2_PD=configs/fewstep/sd2_progressive.yaml
+train sd2_pd8 $SD2_PD training.max_images="$ROUND_IMAGES" training.threads=2
+for s in 4 2 1; do
+  train sd2_pd$s $SD2_PD training.max_images="$ROUND_IMAGES" training.threads=2 fewstep.steps=$s sampling.steps=$s \
+    fewstep.teacher="$OUT/sd2_pd$((s * 2))/sd2_progressive/checkpoints/last.pt" fewstep.teacher_cfg_scale=1.0
+done
+train meanflow configs/fewstep/sd3_meanflow.yaml training.max_images="$MF_IMAGES" training.threads=2 \
+  training.epochs=$(( (MF_IMAGES + 59999) / 60000 ))
 
 labels=()
 score() {  # label steps checkpoint [evaluate.py options...]: one point of a curve, kept if scored already
@@ -50,6 +62,8 @@ SD2_T="SD2 U-Net v teacher, DDIM on a trailing grid (60,000 images)"
 SD3_T="SD3 MMDiT flow teacher, Euler (60,000 images)"
 ECT="SD2 ECT student, consistency sampling (60,000 + 120,000 images)"
 PD="SD3 progressive distillation, Euler, no CFG (60,000 + 20,000 per round: NFE 4, 2, 1 = rounds 1, 2, 3)"
+SD2_PDL="SD2 progressive distillation, deterministic DDIM, no CFG (60,000 + 20,000 per round: NFE 8, 4, 2, 1 = rounds 1-4)"
+MF="SD3 MeanFlow from scratch, guidance trained in, equal jumps ($(echo "$MF_IMAGES" | sed -e ':a' -e 's/\B[0-9]\{3\}\>/,&/' -e 'ta') images)"
 for s in 1 2 4 8; do
   mid=(); [ $s = 2 ] && mid=(--set sampling.midpoint=$SD2_MID)
   score "$SD2_T" $s sd2 --set sampling.spacing=trailing "${mid[@]}"
@@ -65,4 +79,14 @@ done
 score "$PD" 4 "$OUT/pd4/sd3_progressive/checkpoints/last.pt"
 score "$PD" 2 "$OUT/pd2/sd3_progressive/checkpoints/last.pt"
 score "$PD" 1 "$OUT/pd1/sd3_progressive/checkpoints/last.pt"
-$PYTHON compare_models.py --evaluations "${labels[@]}" --as "$PUBLISH"
+for s in 8 4 2 1; do
+  score "$SD2_PDL" $s "$OUT/sd2_pd$s/sd2_progressive/checkpoints/last.pt"
+done
+for s in 1 2 4 8; do
+  score "$MF" $s "$OUT/meanflow/sd3_meanflow/checkpoints/last.pt"
+done
+if [ -n "$PUBLISH" ]; then
+  $PYTHON compare_models.py --evaluations "${labels[@]}" --as "$PUBLISH"
+else  # a smoke test: what would be published
+  printf '%s\n' "${labels[@]}"
+fi

@@ -28,7 +28,7 @@ def test_a_shipped_model_is_float16_its_milestone_and_samples(name):
     state = load_checkpoint(path)
     assert path.stat().st_size < 4 * 2**20  # a few MB: float16 EMA weights, nothing to resume
     assert all(v.dtype == torch.float16 for v in state["model"].values() if v.is_floating_point())
-    config = ROOT / "configs" / f"{state['config']['name']}.yaml"  # trained from a milestone config as it is now
+    config, = (ROOT / "configs").rglob(f"{state['config']['name']}.yaml")  # trained from a config as it is now
     pipe = Pipeline.from_checkpoint(path, "cpu")
     assert pipe.cfg.model == load_config(config).model and pipe.cfg.diffusion == load_config(config).diffusion
     images = pipe.generate(torch.tensor([3, 7]), steps=4, seed=0).images

@@ -25,12 +25,14 @@ SHIPPED = {
     "sd1": "sd1_unet_eps.safetensors",
     "sd2": "sd2_unet_v.safetensors",
     "sd3": "sd3_mmdit_flow.safetensors",
+    # the best few-step student of each path (docs/fewstep.md): progressive distillation of the shipped teacher
+    "sd3_distilled": "sd3_distilled.safetensors",
 }
 WEIGHTS_DIR = Path(__file__).resolve().parents[3] / "weights"  # src/difflab/infra/weights.py -> the checkout
 
 
 def shipped(name: str) -> Path:
-    """The file of a shipped model, by name (sd1, sd2, sd3); CheckpointError if this copy of difflab lacks it."""
+    """The file of a shipped model, by name (sd1, sd2, sd3, ...: SHIPPED); CheckpointError if this copy of difflab lacks it."""
     path = WEIGHTS_DIR / SHIPPED[name]
     if not path.is_file():
         raise CheckpointError(f"{path}: the shipped {name} weights are not here (a git checkout of difflab has them; "
@@ -39,7 +41,7 @@ def shipped(name: str) -> Path:
 
 
 def checkpoint_path(value: str) -> Path:
-    """What a command's --checkpoint names: a shipped model's name (sd1, sd2, sd3), or a file."""
+    """What a command's --checkpoint names: a shipped model's name (SHIPPED: sd1, sd2, sd3, ...), or a file."""
     return shipped(value) if value in SHIPPED else Path(value)
 
 
