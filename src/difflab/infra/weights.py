@@ -32,7 +32,9 @@ WEIGHTS_DIR = Path(__file__).resolve().parents[3] / "weights"  # src/difflab/inf
 
 
 def shipped(name: str) -> Path:
-    """The file of a shipped model, by name (sd1, sd2, sd3, ...: SHIPPED); CheckpointError if this copy of difflab lacks it."""
+    """The file of a shipped model, by name (sd1, sd2, sd3, ...: SHIPPED).
+
+    CheckpointError if this copy of difflab lacks it."""
     path = WEIGHTS_DIR / SHIPPED[name]
     if not path.is_file():
         raise CheckpointError(f"{path}: the shipped {name} weights are not here (a git checkout of difflab has them; "
