@@ -61,8 +61,8 @@ score() {  # label steps checkpoint [evaluate.py options...]: one point of a cur
 SD2_T="SD2 U-Net v teacher, DDIM on a trailing grid (60,000 images)"
 SD3_T="SD3 MMDiT flow teacher, Euler (60,000 images)"
 ECT="SD2 ECT student, consistency sampling (60,000 + 120,000 images)"
-PD="SD3 progressive distillation, Euler, no CFG (60,000 + 20,000 per round: NFE 4, 2, 1 = rounds 1, 2, 3)"
-SD2_PDL="SD2 progressive distillation, deterministic DDIM, no CFG (60,000 + 20,000 per round: NFE 8, 4, 2, 1 = rounds 1-4)"
+PD="SD3 progressive distillation, Euler, CFG 1.5 distilled in (60,000 + 20,000 per round: NFE 4, 2, 1 = rounds 1, 2, 3)"
+SD2_PDL="SD2 progressive distillation, deterministic DDIM, CFG 2.0 distilled in (60,000 + 20,000 per round: NFE 8, 4, 2, 1 = rounds 1-4)"
 MF="SD3 MeanFlow from scratch, guidance trained in, equal jumps ($(echo "$MF_IMAGES" | sed -e ':a' -e 's/\B[0-9]\{3\}\>/,&/' -e 'ta') images)"
 for s in 1 2 4 8; do
   mid=(); [ $s = 2 ] && mid=(--set sampling.midpoint=$SD2_MID)

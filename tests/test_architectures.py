@@ -37,6 +37,7 @@ def _shapes_digest(model: nn.Module) -> str:
 # shortcut model's: the MMDiT that also reads the jump size).
 NEWER = {"configs/fewstep/sd2_ect.yaml": "configs/unified_sd2_unet_v.yaml",
          "configs/fewstep/sd3_progressive.yaml": "configs/unified_sd3_mmdit_flow.yaml",
+         "configs/fewstep/sd2_progressive.yaml": "configs/unified_sd2_unet_v.yaml",
          "configs/fewstep/sd3_meanflow.yaml": "configs/fewstep/sd3_shortcut.yaml"}
 
 

@@ -27,6 +27,7 @@ SHIPPED = {
     "sd3": "sd3_mmdit_flow.safetensors",
     # the best few-step student of each path (docs/fewstep.md): progressive distillation of the shipped teacher
     "sd3_distilled": "sd3_distilled.safetensors",
+    "sd2_distilled": "sd2_distilled.safetensors",
 }
 WEIGHTS_DIR = Path(__file__).resolve().parents[3] / "weights"  # src/difflab/infra/weights.py -> the checkout
 
