@@ -5,7 +5,7 @@ CONFIG ?= configs/unified_sd1_unet_eps.yaml
 QUICK_IMAGES ?= 38400
 DATASET ?= mnist   # or fashion_mnist: `make quickstart DATASET=fashion_mnist` (Debian's dataset-fashion-mnist)
 
-.PHONY: install install-test install-demo install-browser data classifier quickstart test compare compare-all fewstep fewstep-shipped demo weights
+.PHONY: install install-test install-demo install-browser data classifier quickstart test compare compare-all fewstep fewstep-shipped fewstep-seeds demo weights
 
 install:
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install "torch==$(TORCH_VERSION)"
@@ -116,6 +116,11 @@ compare-all:
 # About two and a half hours on 2 CPU cores; run again to resume.
 fewstep-shipped: install data
 	bash benchmarks/fewstep_shipped.sh
+
+# The two distillation chains of fewstep-shipped over training seeds 0, 1 and 2 (seed 0: the table's own run),
+# published as docs/results/fewstep_seeds.json. About an hour of training per new seed; run again to resume.
+fewstep-seeds: install data
+	bash benchmarks/fewstep_seeds.sh
 
 # The few-step study (issue 27), after `make compare`: the SD2 U-Net it trained is the teacher of
 # consistency distillation; consistency training and the shortcut MMDiT train from scratch. Each

@@ -218,3 +218,18 @@ def test_curves_put_each_models_steps_on_one_row():
     assert lines[2] == "| teacher | 277.48 (100%) | 45.26 (99%) |  | 5.64 (98%) | 12 |"
     assert lines[3] == "| student, 180,000 images |  | 9.50 |  |  | 10 |"
     assert "N = 1000; floor 2.26" in text
+
+
+def test_curves_over_seeds_put_each_models_seeds_mean_and_spread_in_one_cell():
+    def row(label, fid, acc):
+        return {"label": label, "fid": fid, "accuracy": acc, "fid_floor": 2.26, "n": 1000, "seconds": 10.0}
+
+    rows = [row("student @ 2, seed 0", 7.0, 0.99), row("student @ 1, seed 0", 9.0, 0.98),
+            row("student @ 2, seed 1", 9.0, 0.97), row("student @ 2, seed 2", 8.0, 0.98),
+            row("student @ 1, seed 1", 11.0, 0.96), row("other @ 4, seed 0", 5.0, None)]
+    text = report.render("curves over seeds", {"kind": "evaluations", "rows": rows})
+    lines = text.splitlines()
+    # NFE 2: mean 8.00, sample std 1.00; accuracy 98.0% +- 1.0; NFE 1 has two seeds only, so the row says 2
+    assert lines[2] == "| student | 2 | 10.00 +- 1.41 (97.0% +- 1.4) | 8.00 +- 1.00 (98.0% +- 1.0) |  |  |"
+    assert lines[3] == "| other | 1 |  |  | 5.00 |  |"  # one seed: no spread; no accuracy: none shown
+    assert "over training seeds" in text and "floor 2.26" in text

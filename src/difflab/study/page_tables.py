@@ -10,6 +10,7 @@ which writes docs/results/latent_guidance.json (report.publish) and fills the pa
     <!-- generated from docs/results/latent_guidance.json: evaluations -->   a row per output
     <!-- generated from docs/results/latent_guidance.json: adherence -->     a column per model of prompts
     <!-- generated from docs/results/x.json: adherence over seeds -->         a column per model, its seeds' mean
+    <!-- generated from docs/results/x.json: curves over seeds -->            few-step curves, each seed's mean
 
 so its numbers are checked by tests/test_docs.py like the study's (report.py renders every kind).
 """
@@ -61,6 +62,38 @@ def curves(results: dict) -> str:
     floors = sorted({f"{r['fid_floor']:.2f}" for r in results["rows"]})
     ns = sorted({r["n"] for r in results["rows"]})
     return "\n".join(lines) + f"\n\nFID (accuracy) at N = {', '.join(map(str, ns))}; floor {', '.join(floors)}.\n"
+
+
+def curves_over_seeds(results: dict) -> str:
+    """Few-step curves over training seeds: outputs labelled "<model> @ <steps>, seed <k>", a row per model with
+    FID (accuracy) as mean +- sample standard deviation over its seeds at 1, 2, 4 and 8 network calls.
+
+    The seeds column counts the seeds of the model's fewest-scored point, so a half-finished run shows as such.
+    """
+    models: dict = {}
+    for r in results["rows"]:
+        name, _, steps = SEED.sub("", r["label"]).rpartition(" @ ")
+        models.setdefault(name.strip(), {}).setdefault(int(steps), []).append(r)
+    lines = ["| model | seeds | NFE 1 | NFE 2 | NFE 4 | NFE 8 |", "|---|---|---|---|---|---|"]
+    for name, by_steps in models.items():
+        cells = []
+        for steps in CURVE_STEPS:
+            seeds = by_steps.get(steps, [])
+            fids, accuracies = [r["fid"] for r in seeds], [r["accuracy"] for r in seeds]
+            if not seeds:
+                cells.append("")
+                continue
+            cell = spread_text(statistics.fmean(fids), statistics.stdev(fids) if len(fids) > 1 else 0.0, len(fids))
+            if None not in accuracies:
+                spread = statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0
+                cell += f" ({spread_text(statistics.fmean(accuracies), spread, len(accuracies), percent=True)})"
+            cells.append(cell)
+        seeds = min(len(v) for v in by_steps.values())
+        lines.append(f"| {name} | {seeds} | " + " | ".join(cells) + " |")
+    floors = sorted({f"{r['fid_floor']:.2f}" for r in results["rows"]})
+    ns = sorted({r["n"] for r in results["rows"]})
+    return ("\n".join(lines) + f"\n\nFID (accuracy): mean +- sample standard deviation over training seeds, each "
+            f"scored at N = {', '.join(map(str, ns))} with sampling seed 0; floor {', '.join(floors)}.\n")
 
 
 def spread_text(mean: float, spread: float, seeds: int, percent: bool = False) -> str:
