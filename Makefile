@@ -5,7 +5,7 @@ CONFIG ?= configs/unified_sd1_unet_eps.yaml
 QUICK_IMAGES ?= 38400
 DATASET ?= mnist   # or fashion_mnist: `make quickstart DATASET=fashion_mnist` (Debian's dataset-fashion-mnist)
 
-.PHONY: install install-test install-demo install-browser data classifier quickstart test compare compare-all fewstep fewstep-shipped fewstep-seeds demo weights
+.PHONY: install install-test install-demo install-browser data classifier quickstart test compare compare-all fewstep fewstep-shipped fewstep-seeds curves demo weights
 
 install:
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install "torch==$(TORCH_VERSION)"
@@ -121,6 +121,12 @@ fewstep-shipped: install data
 # published as docs/results/fewstep_seeds.json. About an hour of training per new seed; run again to resume.
 fewstep-seeds: install data
 	bash benchmarks/fewstep_seeds.sh
+
+# Learning curves (issue 46): the three milestones and the DiT, one 10-epoch run each, scored at epochs 1, 2, 5
+# and 10 (N = 1000), round-robin; published as docs/results/curves.json and docs/images/learning_curves.png after
+# each round. About nine hours on 2 CPU cores: run it again to continue where it stopped (--status: how far).
+curves: install data
+	$(PYTHON) benchmarks/curves.py
 
 # The few-step study (issue 27), after `make compare`: the SD2 U-Net it trained is the teacher of
 # consistency distillation; consistency training and the shortcut MMDiT train from scratch. Each

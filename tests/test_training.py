@@ -9,6 +9,7 @@ import torch
 
 from conftest import tiny_config, tiny_data
 from difflab.infra.checkpoint import CheckpointError, load_checkpoint
+from difflab.infra.failures import UsageError
 from difflab.pipeline import Pipeline
 from difflab.optim import lr_at
 from difflab.training import Trainer, diffusion_batch_loss
@@ -206,3 +207,36 @@ def test_tensorboard_without_its_package_is_one_clear_line(tmp_path, monkeypatch
     cfg = tiny_config(tmp_path, training={"max_steps": 2, "tensorboard": True})
     with pytest.raises(ConfigError, match="pip install tensorboard"):
         Trainer(cfg, data=tiny_data(32), quiet=True).fit()
+
+
+def test_until_epoch_trains_a_slice_that_resume_continues_on_the_same_schedule(tmp_path, monkeypatch, capsys):
+    """train.py --until-epoch K stops after epoch K of the configured run (the LR schedule is the whole run's)
+    and --resume continues it: the slices end where one uninterrupted run ends."""
+    import yaml
+
+    from difflab.commands import train as train_cmd
+
+    data = tiny_data(64)  # 4 steps an epoch
+    monkeypatch.setattr(train_cmd, "make_trainer", lambda cfg: Trainer(cfg, data=data, quiet=True))
+    monkeypatch.setattr("difflab.commands.dryrun.check_memory", lambda cfg: None)
+    cfg = tiny_config(tmp_path / "sliced", training={"epochs": 3})
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(cfg.to_dict()))
+    checkpoints = Path(cfg.training.output_dir) / "tiny" / "checkpoints"
+
+    assert train_cmd.main(["--config", str(path), "--until-epoch", "1"]) == 0
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["last.pt", "model_epoch_1.pt"]
+    state = load_checkpoint(checkpoints / "last.pt")
+    assert state["step"] == 4
+    assert "paused at the end of epoch 1 (step 4 of 12)" in capsys.readouterr().out
+    assert train_cmd.main(["--config", str(path), "--until-epoch", "1", "--resume"]) == 0  # nothing left to do
+    assert "nothing to do" in capsys.readouterr().out
+    assert train_cmd.main(["--config", str(path), "--resume"]) == 0  # the rest of the run
+    sliced = load_checkpoint(checkpoints / "model_epoch_3.pt")
+
+    straight = Trainer(tiny_config(tmp_path / "straight", training={"epochs": 3}), data=data, quiet=True)
+    straight.fit()
+    for (name, p), q in zip(straight.model.state_dict().items(), sliced["model"].values()):
+        assert torch.allclose(p, q, atol=1e-6), name
+    with pytest.raises(UsageError, match="--until-epoch must be 1 or more"):
+        train_cmd.main(["--config", str(path), "--until-epoch", "0"])

@@ -33,10 +33,15 @@ def main(argv=None):
     parser.add_argument("--overwrite", action="store_true",
                         help="start afresh in a folder that holds an earlier run, deleting its checkpoints, "
                              "samples and log")
+    parser.add_argument("--until-epoch", type=int, default=None, metavar="K",
+                        help="stop at the end of epoch K of the run (its learning-rate schedule unchanged), saving "
+                             "last.pt: a long run in slices, each continued with --resume (benchmarks/curves.py)")
     parser.add_argument("--dry-run", action="store_true", help="build everything, print one JSON line, exit")
     args = parser.parse_args(argv)
     if args.resume and args.overwrite:
         usage("--resume continues a run and --overwrite deletes it: give one of them")
+    if args.until_epoch is not None and args.until_epoch < 1:
+        usage(f"--until-epoch must be 1 or more, not {args.until_epoch}")
 
     from difflab.config import load_config
     from difflab.infra.distributed import shutdown
@@ -62,8 +67,12 @@ def main(argv=None):
             print(f"resuming from {path} at step {trainer.step} of {trainer.total_steps}")
     if trainer.dist.is_main:
         print(start_line(trainer))
+    stop_after = None if args.until_epoch is None else args.until_epoch * trainer.steps_per_epoch
+    if stop_after is not None and trainer.step >= min(stop_after, trainer.total_steps):
+        print(f"nothing to do: the run is at step {trainer.step}, past the end of epoch {args.until_epoch}")
+        return 0
     try:
-        trainer.fit(overwrite=args.overwrite)
+        trainer.fit(stop_after=stop_after, overwrite=args.overwrite)
     finally:
         shutdown(trainer.dist)
     if trainer.interrupted:
@@ -71,6 +80,11 @@ def main(argv=None):
         print(f"interrupted at step {trainer.step}: saved {trainer.out_dir / 'checkpoints' / 'last.pt'}\n"
               f"resume with: {resume}", file=sys.stderr)
         return 130
+    if trainer.step < trainer.total_steps and trainer.dist.is_main:  # --until-epoch: a slice of the run
+        resume = f"python train.py --config {args.config} {' '.join(args.overrides)} --resume".replace("  ", " ")
+        print(f"paused at the end of epoch {args.until_epoch} (step {trainer.step} of {trainer.total_steps}): "
+              f"saved {trainer.out_dir / 'checkpoints' / 'last.pt'}\ncontinue with: {resume}")
+        return 0
     if trainer.dist.is_main:
         pictures = trainer.pictures
         print(f"done: checkpoints in {trainer.out_dir / 'checkpoints'}, {pictures} in {trainer.out_dir / pictures}")

@@ -11,6 +11,7 @@ which writes docs/results/latent_guidance.json (report.publish) and fills the pa
     <!-- generated from docs/results/latent_guidance.json: adherence -->     a column per model of prompts
     <!-- generated from docs/results/x.json: adherence over seeds -->         a column per model, its seeds' mean
     <!-- generated from docs/results/x.json: curves over seeds -->            few-step curves, each seed's mean
+    <!-- generated from docs/results/x.json: learning curves -->             quality against training, a row per model
 
 so its numbers are checked by tests/test_docs.py like the study's (report.py renders every kind).
 """
@@ -94,6 +95,36 @@ def curves_over_seeds(results: dict) -> str:
     ns = sorted({r["n"] for r in results["rows"]})
     return ("\n".join(lines) + f"\n\nFID (accuracy): mean +- sample standard deviation over training seeds, each "
             f"scored at N = {', '.join(map(str, ns))} with sampling seed 0; floor {', '.join(floors)}.\n")
+
+
+def learning_curves(results: dict) -> str:
+    """Quality against training (benchmarks/curves.py): outputs labelled "<model> @ epoch <k>", each with the
+    "training" record curves.py adds (images, seconds, GFLOP per image); a row per model, FID (accuracy) per epoch.
+
+    The last columns say what the model's longest scored run cost: its training FLOPs and hours on this machine.
+    """
+    models: dict = {}
+    for r in results["rows"]:
+        if "training" not in r:
+            raise ValueError(f"{r['label']}: no training record (score it with benchmarks/curves.py)")
+        name, _, epoch = r["label"].rpartition(" @ epoch ")
+        models.setdefault(name.strip(), {})[int(epoch)] = r
+    epochs = sorted({e for by_epoch in models.values() for e in by_epoch})
+    lines = ["| model | GFLOP / training image | " + " | ".join(f"epoch {e}" for e in epochs)
+             + " | training at the last point |", "|---" * (len(epochs) + 3) + "|"]
+    for name, by_epoch in models.items():
+        cells = []
+        for e in epochs:
+            r = by_epoch.get(e)
+            accuracy = "" if r is None or r["accuracy"] is None else f" ({100 * r['accuracy']:.1f}%)"
+            cells.append("" if r is None else f"{r['fid']:.2f}{accuracy}")
+        last = by_epoch[max(by_epoch)]["training"]
+        cost = f"{last['images']:,} images, {last['pflop']:.2f} PFLOP, {last['seconds'] / 3600:.1f} h"
+        first = next(iter(by_epoch.values()))["training"]
+        lines.append(f"| {name} | {first['gflop_per_image']:.2f} | " + " | ".join(cells) + f" | {cost} |")
+    r0 = results["rows"][0]
+    return ("\n".join(lines) + f"\n\nFID (accuracy) at N = {r0['n']}, sampling seed 0, each config's own sampler and "
+            f"guidance; floor {r0['fid_floor']:.2f}. Hours: training only, {r0['training']['threads']} CPU threads.\n")
 
 
 def spread_text(mean: float, spread: float, seeds: int, percent: bool = False) -> str:
