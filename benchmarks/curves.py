@@ -12,7 +12,8 @@ first point and is scored, then the second, ... so a run stopped at any time lea
 `train.py --until-epoch K --resume` slice continues where the last one stopped. Points before the last are
 mid-run: their learning rate has not decayed, so they sit above what a run of that length alone would reach.
 
-Each score file gains a "training" record (epoch, images, seconds of training from the checkpoint, GFLOP per
+Each score file gains a "training" record (epoch, images, wall and CPU seconds of training from the checkpoint:
+CPU seconds, summed over the process's threads, do not count the time a run was paused; GFLOP per
 training image from torch.utils.flop_counter) before the scores are published as docs/results/<--publish>.json
 (block `learning curves`) with the figure docs/images/learning_curves.png.
 """
@@ -100,6 +101,7 @@ def score(out: Path, scores: Path, label: str, epoch: int, args, gflop: float) -
     result = json.loads(path.read_text())
     images = int(state["images_seen"])
     result["training"] = {"epoch": epoch, "images": images, "seconds": round(float(state.get("seconds") or 0.0), 1),
+                          "cpu_seconds": round(float(state.get("cpu_seconds") or 0.0), 1),
                           "gflop_per_image": round(gflop, 4), "pflop": round(gflop * images / 1e6, 4),
                           "threads": args.threads}
     path.write_text(json.dumps(result, indent=2) + "\n")

@@ -236,16 +236,20 @@ def test_curves_over_seeds_put_each_models_seeds_mean_and_spread_in_one_cell():
 
 
 def test_learning_curves_put_each_models_epochs_on_one_row_with_the_cost_of_its_last_point():
-    def row(label, fid, acc, epoch, seconds):
+    def row(label, fid, acc, epoch, seconds, cpu_seconds=None):
         training = {"epoch": epoch, "images": 60000 * epoch, "seconds": seconds, "gflop_per_image": 1.08,
                     "pflop": 1.08 * 60000 * epoch / 1e6, "threads": 2}
+        if cpu_seconds is not None:
+            training["cpu_seconds"] = cpu_seconds
         return {"label": label, "fid": fid, "accuracy": acc, "fid_floor": 2.26, "n": 1000, "training": training}
 
-    rows = [row("SD2 @ epoch 1", 4.14, 0.985, 1, 500.0), row("DiT @ epoch 1", 5.38, 0.97, 1, 900.0),
-            row("SD2 @ epoch 2", 3.50, 0.99, 2, 1000.0)]
+    # SD2's record has CPU seconds (a paused run's wall seconds overstate it); the DiT's older record has only wall
+    # seconds, read as every thread busy
+    rows = [row("SD2 @ epoch 1", 4.14, 0.985, 1, 500.0, 900.0), row("DiT @ epoch 1", 5.38, 0.97, 1, 900.0),
+            row("SD2 @ epoch 2", 3.50, 0.99, 2, 5000.0, 1800.0)]
     lines = report.render("learning curves", {"kind": "evaluations", "rows": rows}).splitlines()
     assert lines[0] == "| model | GFLOP / training image | epoch 1 | epoch 2 | training at the last point |"
-    assert lines[2] == "| SD2 | 1.08 | 4.14 (98.5%) | 3.50 (99.0%) | 120,000 images, 0.13 PFLOP, 0.3 h |"
-    assert lines[3] == "| DiT | 1.08 | 5.38 (97.0%) |  | 60,000 images, 0.06 PFLOP, 0.2 h |"  # not yet at epoch 2
+    assert lines[2] == "| SD2 | 1.08 | 4.14 (98.5%) | 3.50 (99.0%) | 120,000 images, 0.13 PFLOP, 0.5 CPU h |"
+    assert lines[3] == "| DiT | 1.08 | 5.38 (97.0%) |  | 60,000 images, 0.06 PFLOP, 0.5 CPU h |"  # not yet at epoch 2
     with pytest.raises(ValueError, match="no training record"):
         report.render("learning curves", {"kind": "evaluations", "rows": [{"label": "x @ epoch 1", "fid": 1.0}]})

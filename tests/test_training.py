@@ -233,6 +233,8 @@ def test_until_epoch_trains_a_slice_that_resume_continues_on_the_same_schedule(t
     assert "nothing to do" in capsys.readouterr().out
     assert train_cmd.main(["--config", str(path), "--resume"]) == 0  # the rest of the run
     sliced = load_checkpoint(checkpoints / "model_epoch_3.pt")
+    # training CPU time carries across the slices (benchmarks/curves.py plots quality against it)
+    assert 0 < state["cpu_seconds"] < sliced["cpu_seconds"]
 
     straight = Trainer(tiny_config(tmp_path / "straight", training={"epochs": 3}), data=data, quiet=True)
     straight.fit()

@@ -9,7 +9,7 @@ teacher (fewstep.py) both call it.
 
 from __future__ import annotations
 
-from typing import Sequence, Union
+from typing import Optional, Sequence, Union
 
 import torch
 
@@ -48,6 +48,9 @@ class Denoiser:
     conversion is affine, mixing (x0, eps) equals mixing the raw outputs.
     Options from later work:
     - guidance interval (Kynkäänniemi et al. 2024): guide only for t in [lo, hi];
+    - autoguidance (Karras et al. 2024, Eq. 2 with D_0 a weaker model): `guide`, a worse version of the
+      same model (an early checkpoint), conditioned like the model, replaces the unconditional branch:
+      d = d_guide + w (d_c - d_guide). Its call is counted with the model's, as CFG's doubled batch is;
     - CFG rescale (Lin et al. 2023, Sec. 3.4, Eq. 15-16): scale the guided x0 back to
       the standard deviation of the conditional one, blended by `rescale`;
     - clipping x0_hat to the data range [-1, 1], as DDPM's own sampler does (Ho et al.
@@ -65,8 +68,9 @@ class Denoiser:
         interval: Sequence[float] = (0.0, 1.0),
         rescale: float = 0.0,
         clip_x0: bool = False,
+        guide: Optional[torch.nn.Module] = None,
     ) -> None:
-        self.model, self.objective, self.path = model, objective, path
+        self.model, self.objective, self.path, self.guide = model, objective, path, guide
         self.y = y
         self.cfg_scale, self.interval, self.rescale = cfg_scale, tuple(interval), rescale
         self.clip_x0 = clip_x0
@@ -95,7 +99,11 @@ class Denoiser:
         if not self.guided(t):
             out = self.model(x, tt * 1000, self.y)
             return self._convert(out.float(), x, tt)
-        out_c, out_u = both_halves(self.model, x, tt, self.y)
+        if self.guide is None:
+            out_c, out_u = both_halves(self.model, x, tt, self.y)
+        else:  # autoguidance: the weaker model, asked the same condition, is what the mix steers away from
+            out_c = self.model(x, tt * 1000, self.y).float()
+            out_u = self.guide(x, tt * 1000, self.y).float()
         x0_c, eps_c = self._convert(out_c, x, tt)
         x0_u, eps_u = self._convert(out_u, x, tt)
         x0 = cfg_mix(x0_c, x0_u, self.cfg_scale)
@@ -119,9 +127,11 @@ class Denoiser:
 
 
 def make_denoiser(model: torch.nn.Module, objective: Objective, path: NoisePath, y: Tensor,
-                  sampling_cfg: SamplingConfig, cfg_scale: float) -> Denoiser:
+                  sampling_cfg: SamplingConfig, cfg_scale: float,
+                  guide: Optional[torch.nn.Module] = None) -> Denoiser:
     """A Denoiser with the guidance options of a SamplingConfig, at the guidance scale the caller resolved
-    (Pipeline.settings: the one asked for, else the config's; 1 for an unconditional model)."""
+    (Pipeline.settings: the one asked for, else the config's; 1 for an unconditional model); `guide`: the
+    weaker model of autoguidance, loaded from sampling.guide (Pipeline.from_checkpoint)."""
     return Denoiser(
         model,
         objective,
@@ -131,4 +141,5 @@ def make_denoiser(model: torch.nn.Module, objective: Objective, path: NoisePath,
         interval=sampling_cfg.guidance_interval,
         rescale=sampling_cfg.cfg_rescale,
         clip_x0=sampling_cfg.clip_x0,
+        guide=guide,
     )

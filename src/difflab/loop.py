@@ -109,6 +109,9 @@ class TrainingLoop:
         self.device = device or select_device(tc.device, self.dist.local_rank)
         self.out_dir = Path(tc.output_dir) / cfg.name
         self.step, self.images_seen, self.elapsed, self.skipped = 0, 0, 0.0, 0
+        # CPU seconds of this process (all its threads) spent training: unlike wall seconds, a paused run or an
+        # evaluation in between does not count (the learning curves of benchmarks/curves.py plot it)
+        self.cpu_elapsed = 0.0
         self.interrupted, self.train_images_per_s = False, None
         self.noise_gen = torch.Generator(device=self.device).manual_seed(tc.seed + 1)
         self._perm = None  # (epoch, that epoch's permutation of the dataset)
@@ -245,7 +248,7 @@ class TrainingLoop:
         folder = (runs.claim(self.out_dir, fresh=self.step == 0, overwrite=overwrite) if self.dist.is_main
                   else nullcontext())
         sums: dict = {}  # the logged tensors, summed on the device between log lines
-        n_since, n_good, t_last, last_log = 0, 0, time.perf_counter(), {}
+        n_since, n_good, t_last, cpu_last, last_log = 0, 0, time.perf_counter(), time.process_time(), {}
         kept = f"checkpoints already in {self.out_dir / 'checkpoints'} are intact"
         self.board = Board(self.out_dir / "tensorboard" if tc.tensorboard and self.dist.is_main else None)
         # the bar starts once the folder is ours
@@ -267,18 +270,19 @@ class TrainingLoop:
                     # The only host-device synchronisation: once every log_every steps.
                     now = time.perf_counter()
                     self.elapsed += now - t_last
+                    self.cpu_elapsed += time.process_time() - cpu_last
                     self.train_images_per_s = n_since * self.global_batch / max(now - t_last, 1e-9)
                     last_log = self.log(self.mean_over_ranks(sums), n_good)
                     self.check_loss(last_log.get("loss"))
                     bar.set_postfix(**self.postfix(last_log), img_s=f"{self.train_images_per_s:.0f}",
                                     epoch=self.step // self.steps_per_epoch)
                     sums = {}
-                    n_since, n_good, t_last = 0, 0, time.perf_counter()
+                    n_since, n_good, t_last, cpu_last = 0, 0, time.perf_counter(), time.process_time()
                 if tc.sample_every and self.step % tc.sample_every == 0 and self.dist.is_main:
                     self.board.image(self.draw(f"step_{self.step:07d}"), self.step)
                 if epoch_done or self.step == self.total_steps:
                     self.end_of_epoch()
-                    t_last = time.perf_counter()  # drawing and saving are not training time
+                    t_last, cpu_last = time.perf_counter(), time.process_time()  # drawing and saving are not training
             if self.step < self.total_steps:  # stopped early: keep everything needed to resume
                 self.save("last.pt")
             else:
@@ -343,6 +347,7 @@ class TrainingLoop:
             "epoch": self.step / self.steps_per_epoch,
             "images_seen": self.images_seen,
             "seconds": self.elapsed,
+            "cpu_seconds": self.cpu_elapsed,
             "noise_rng": self.noise_gen.get_state(),
             "params": self.params,
             "train_images_per_s": self.train_images_per_s,
@@ -389,5 +394,6 @@ class TrainingLoop:
         self.step = state["step"]
         self.images_seen = state.get("images_seen", self.step * self.global_batch)
         self.elapsed = float(state.get("seconds") or 0.0)
+        self.cpu_elapsed = float(state.get("cpu_seconds") or 0.0)
         set_rng_state(self.noise_gen, state["noise_rng"], path)
         self.load_extra_state(state, path)

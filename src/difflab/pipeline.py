@@ -111,8 +111,9 @@ class Pipeline:
     """Everything needed to turn noise into digits."""
 
     def __init__(self, model: torch.nn.Module, cfg: Config, device: torch.device, vae=None,
-                 info: Optional[dict] = None):
+                 info: Optional[dict] = None, guide: Optional[torch.nn.Module] = None):
         self.model, self.cfg, self.device, self.vae = model.eval(), cfg, device, vae
+        self.guide = None if guide is None else guide.eval()  # autoguidance's weaker model (sampling.guide)
         self.objective = build_objective(cfg.diffusion.target)
         self.path = build_path(cfg.diffusion)
         self.info = info or {}
@@ -130,8 +131,11 @@ class Pipeline:
             cfg = config_from_dict(state["config"], source=f"{path} (stored config)", stored=True)
         except ConfigError as e:
             raise CheckpointError(str(e)) from None
-        if sampling:
+        # A guide (autoguidance) is a file on this user's machine, named here: one a stored config names is not loaded
+        stored_guide = isinstance(state["config"].get("sampling"), dict) and "guide" in state["config"]["sampling"]
+        if sampling or stored_guide:
             raw = {**state["config"], "sampling": dict(state["config"].get("sampling") or {})}
+            raw["sampling"].pop("guide", None)
             for text in sampling:
                 section, key, value = parse_override(text)
                 if section != "sampling":
@@ -164,7 +168,28 @@ class Pipeline:
         info = run_info(state)
         info["params"] = count_parameters(model)
         info["checkpoint"] = str(path)
-        return cls(model.to(device), cfg, device, vae=vae, info=info)
+        guide = None
+        if cfg.sampling.guide:
+            guide = cls.guide_model(cfg, Path(cfg.sampling.guide), device, use_ema, vae)
+            info["guide"] = cfg.sampling.guide
+        return cls(model.to(device), cfg, device, vae=vae, info=info, guide=guide)
+
+    @classmethod
+    def guide_model(cls, cfg: Config, path: Path, device: torch.device, use_ema: bool, vae) -> torch.nn.Module:
+        """Autoguidance's weaker model (Karras et al. 2024): another checkpoint that draws the same kind of sample
+        from the same noise path and condition (its architecture and size may differ, as in the paper)."""
+        guide = cls.from_checkpoint(path, device, use_ema, vae_path=None if vae is None else cfg.data.vae_checkpoint)
+        mismatch = [what for what, same in (
+            ("diffusion section (objective and noise path)", guide.cfg.diffusion == cfg.diffusion),
+            ("conditioning", guide.cfg.model.conditioning == cfg.model.conditioning),
+            ("sample shape", sample_shape(guide.cfg, guide.vae) == sample_shape(cfg, vae)),
+        ) if not same]
+        if mismatch:
+            raise ConfigError(f"sampling.guide={path}: its {', '.join(mismatch)} differ from the model's; autoguidance "
+                              "needs a weaker version of the same model (an earlier checkpoint of the run, say)")
+        if cfg.model.net.reads_jump_size() or guide.cfg.model.net.reads_jump_size():
+            raise ConfigError(f"sampling.guide={path}: autoguidance of a model told its jump size is not supported")
+        return guide.model
 
     def default_labels(self, digits: Sequence[int], n_per_digit: int) -> torch.Tensor:
         """A row of `n_per_digit` for each digit; only the null class if the model is unconditional.
@@ -232,7 +257,8 @@ class Pipeline:
         for lo in range(0, len(labels), run.batch_size):
             y = labels[lo : lo + run.batch_size].to(self.device)
             x = x_all[lo : lo + run.batch_size].to(self.device)
-            denoiser = make_denoiser(model, self.objective, self.path, y, self.cfg.sampling, run.cfg_scale)
+            denoiser = make_denoiser(model, self.objective, self.path, y, self.cfg.sampling, run.cfg_scale,
+                                     guide=self.guide)
 
             def cb(i, t, x_t, x0):
                 if trajectory and lo == 0:

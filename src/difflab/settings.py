@@ -123,6 +123,9 @@ class SamplingConfig:
     midpoint: Optional[float] = None  # 2 steps only: the one intermediate time (None: the grid's own; docs/fewstep.md)
     guidance_interval: list = field(default_factory=lambda: [0.0, 1.0])
     cfg_rescale: float = 0.0  # Lin et al. 2023, Sec. 3.4
+    # autoguidance (Karras et al. 2024): a weaker checkpoint of the same model (fewer epochs, say) takes the
+    # unconditional branch's place in the guidance mix; only as a sampling override (--set sampling.guide=CKPT)
+    guide: Optional[str] = None
     clip_x0: bool = False  # clamp the predicted x0 to [-1, 1] each step (DDPM's sampler); pixels only
     n_per_class: int = 8
 

@@ -3,7 +3,8 @@
 Pick a digit, a sampler, the steps and the guidance, and watch the noise turn into a digit.
 Several models: repeat --checkpoint, or --experiments DIR for the newest checkpoint of every run
 there; the page then offers a model picker and a side-by-side mode (two models, the same noise).
-With neither, it serves the models shipped in weights/ (SD1, SD2, SD3): nothing to train first.
+With neither, it serves the models shipped in weights/ (SD1, SD2, SD3 and the two distilled few-step students):
+nothing to train first.
 Needs Gradio: pip install -r requirements-demo.txt
 """
 
@@ -18,7 +19,8 @@ from difflab.infra.failures import fail, usage
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", action="append", default=[], metavar="CKPT",
-                   help="a model_epoch_<N>.pt, last.pt, .safetensors or a shipped model (sd1, sd2, sd3); repeatable")
+                   help="a model_epoch_<N>.pt, last.pt, .safetensors or a shipped model (sd1, sd2, sd3, "
+                        "sd3_distilled, sd2_distilled); repeatable")
     p.add_argument("--experiments", default=None, metavar="DIR",
                    help="offer the newest checkpoint of each run in DIR (e.g. experiments/)")
     p.add_argument("--host", default="127.0.0.1",

@@ -171,8 +171,8 @@ def main(argv=None):
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     what = p.add_mutually_exclusive_group(required=True)
-    what.add_argument("--checkpoint", help="sample from this checkpoint (or a shipped model: sd1, sd2, sd3) and score "
-                                           "the images")
+    what.add_argument("--checkpoint", help="sample from this checkpoint (or a shipped model: sd1, sd2, sd3, "
+                                           "sd3_distilled, sd2_distilled) and score the images")
     what.add_argument("--samples", metavar="FILE.npz", help="score saved samples (x uint8 N x 28 x 28, y labels)")
     p.add_argument("--n", type=int, default=5000,
                    help=f"images to sample, {MIN_IMAGES} to {MAX_IMAGES:,}: the test set FID compares with "

@@ -122,6 +122,8 @@ def _validate_ranges(cfg, bad) -> None:
     gi = s.guidance_interval
     if not (len(gi) == 2 and all(isinstance(v, (int, float)) for v in gi) and 0 <= gi[0] <= gi[1] <= 1):
         bad("sampling.guidance_interval", "[lo, hi] with 0 <= lo <= hi <= 1")
+    if s.guide is not None and not (isinstance(s.guide, str) and s.guide.strip()):
+        bad("sampling.guide", "a checkpoint's path (autoguidance's weaker model) or null")
 
 
 def _validate_sizes(cfg, bad) -> None:

@@ -101,7 +101,8 @@ def learning_curves(results: dict) -> str:
     """Quality against training (benchmarks/curves.py): outputs labelled "<model> @ epoch <k>", each with the
     "training" record curves.py adds (images, seconds, GFLOP per image); a row per model, FID (accuracy) per epoch.
 
-    The last columns say what the model's longest scored run cost: its training FLOPs and hours on this machine.
+    The last columns say what the model's longest scored run cost: its training FLOPs and CPU hours on this machine
+    (the process's CPU time over all its threads, which a paused run does not add to).
     """
     models: dict = {}
     for r in results["rows"]:
@@ -119,12 +120,14 @@ def learning_curves(results: dict) -> str:
             accuracy = "" if r is None or r["accuracy"] is None else f" ({100 * r['accuracy']:.1f}%)"
             cells.append("" if r is None else f"{r['fid']:.2f}{accuracy}")
         last = by_epoch[max(by_epoch)]["training"]
-        cost = f"{last['images']:,} images, {last['pflop']:.2f} PFLOP, {last['seconds'] / 3600:.1f} h"
+        cpu = last.get("cpu_seconds") or last["seconds"] * last["threads"]  # records older than cpu_seconds
+        cost = f"{last['images']:,} images, {last['pflop']:.2f} PFLOP, {cpu / 3600:.1f} CPU h"
         first = next(iter(by_epoch.values()))["training"]
         lines.append(f"| {name} | {first['gflop_per_image']:.2f} | " + " | ".join(cells) + f" | {cost} |")
     r0 = results["rows"][0]
     return ("\n".join(lines) + f"\n\nFID (accuracy) at N = {r0['n']}, sampling seed 0, each config's own sampler and "
-            f"guidance; floor {r0['fid_floor']:.2f}. Hours: training only, {r0['training']['threads']} CPU threads.\n")
+            f"guidance; floor {r0['fid_floor']:.2f}. CPU hours: training only, summed over "
+            f"{r0['training']['threads']} threads.\n")
 
 
 def spread_text(mean: float, spread: float, seeds: int, percent: bool = False) -> str:
