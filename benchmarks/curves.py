@@ -109,13 +109,13 @@ def score(out: Path, scores: Path, label: str, epoch: int, args, gflop: float) -
 
 
 def figure(rows: list[dict], png: Path) -> None:
-    """FID against training images and against training compute (PFLOP), a line per model."""
+    """FID against training images, training compute (PFLOP) and CPU hours, a line per model."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
     models: dict = {}
     for r in rows:
         models.setdefault(r["label"].rpartition(" @ ")[0], []).append(r)
@@ -124,8 +124,11 @@ def figure(rows: list[dict], png: Path) -> None:
         fid = [r["fid"] for r in points]
         axes[0].plot([r["training"]["images"] for r in points], fid, "o-", label=name)
         axes[1].plot([r["training"]["pflop"] for r in points], fid, "o-", label=name)
+        axes[2].plot([r["training"].get("cpu_seconds", 0) / 3600 for r in points], fid, "o-", label=name)
     floor = rows[0]["fid_floor"]
-    for ax, what in zip(axes, ("training images", "training compute (PFLOP, forward + backward)")):
+    threads = rows[0]["training"]["threads"]
+    for ax, what in zip(axes, ("training images", "training compute (PFLOP, forward + backward)",
+                               f"training CPU hours (this machine, {threads} threads)")):
         ax.axhline(floor, color="grey", ls=":", lw=1, label=f"floor ({floor:.2f})")
         ax.set_xscale("log"), ax.set_yscale("log"), ax.set_xlabel(what), ax.set_ylabel(f"FID (N = {rows[0]['n']})")
         ax.grid(alpha=0.3, which="both")

@@ -236,3 +236,70 @@ def test_a_few_steps_reduce_the_loss(name):
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.7 * losses[0]  # about 0.98 -> 0.4 for both models
+
+
+def test_hourglass_merges_2x2_neighbours_and_splits_them_back_in_place():
+    """layers.Hourglass (HDiT, Crowson et al. 2024): a coarse token holds exactly its 2x2 fine neighbours, and `up`
+    puts each of the four back where it came from."""
+    from difflab.models.layers import Hourglass
+
+    hg = Hourglass(dim=3, grid=4, head_dim=None)
+    fine = torch.arange(16 * 3, dtype=torch.float32).reshape(1, 16, 3)  # token (r, c) at index 4 r + c
+    with torch.no_grad():  # merge: keep the concatenated features (4 x 3 -> 12 -> first 3 of them), split: copy
+        hg.merge = torch.nn.Linear(12, 3, bias=False)
+        hg.merge.weight.copy_(torch.eye(12)[:3])
+        hg.split.weight.zero_(), hg.split.bias.zero_()
+    coarse = hg.down(fine)
+    assert coarse.shape == (1, 4, 3)
+    # coarse token 1 (row 0, column 1) starts with the features of fine token (0, 2) = index 2
+    assert torch.equal(coarse[0, 1], fine[0, 2])
+    assert torch.equal(coarse[0, 2], fine[0, 8])  # coarse (1, 0) <- fine (2, 0)
+
+    hg.split = torch.nn.Linear(3, 12, bias=False)
+    probe = torch.zeros(1, 4, 3)
+    probe[0, 3] = torch.tensor([1.0, 2.0, 3.0])  # only coarse token (1, 1) is non-zero
+    with torch.no_grad():
+        hg.split.weight.copy_(torch.eye(12)[:, :3].repeat(1, 1))  # its four children get [1, 2, 3], then zeros
+        hg.skip_mix.fill_(1.0)  # the split tokens alone, no skip
+    out = hg.up(probe, torch.zeros(1, 16, 3))
+    nonzero = out[0].abs().sum(-1).nonzero().flatten().tolist()
+    assert nonzero == [10]  # child (0, 0) of coarse (1, 1) is fine token (2, 2): index 10
+
+
+@pytest.mark.parametrize("name", ["dit", "mmdit"])
+def test_hourglass_runs_the_middle_blocks_on_a_quarter_of_the_tokens(name):
+    depth = {"dit": dict(depth=4), "mmdit": dict(depth=2, single_depth=2)}[name]
+    model = BUILDERS[name](settings(name, patch_size=2, hourglass=True, pos_embed="rope",
+                                    **{**TINY, **depth}), 1, 28)
+    perturb(model)
+    seen = []
+    blocks = [*model.blocks, *getattr(model, "single_blocks", [])]
+    for block in blocks:
+        block.register_forward_hook(lambda m, args, out: seen.append(args[0].shape[1]))
+    x, t, y = inputs(2, 1, 28)
+    out = model(x, t, y)
+    assert out.shape == x.shape and torch.isfinite(out).all()
+    cond = 0 if name == "dit" else TINY["cond_tokens"]
+    image_tokens = [n if i < 2 and name == "mmdit" else n - cond for i, n in enumerate(seen)]  # joint: image only
+    assert image_tokens == [196, 49, 49, 196]
+    plain = BUILDERS[name](settings(name, patch_size=2, pos_embed="rope", **{**TINY, **depth}), 1, 28)
+    extra = count_parameters(model) - count_parameters(plain)
+    assert extra == 2 * 4 * TINY["hidden_size"] ** 2 + 5 * TINY["hidden_size"] + 1  # merge, split, the skip's mix
+
+
+@pytest.mark.parametrize("name", ["dit", "mmdit"])
+def test_an_hourglass_needs_an_even_token_grid_and_three_blocks(name):
+    from difflab.config import ConfigError
+
+    with pytest.raises(ValueError, match="token grid of patch_size 4 is odd"):
+        BUILDERS[name](settings(name, patch_size=4, hourglass=True, **{**TINY, "depth": 3}), 1, 28)
+    from difflab.config import load_config
+
+    root = Path(__file__).resolve().parent.parent
+    config, blocks = {"dit": ("configs/reference/dit_transformer.yaml", ["model.depth=2"]),
+                      "mmdit": ("configs/unified_sd3_mmdit_flow.yaml", ["model.depth=1", "model.single_depth=1"])}[name]
+    with pytest.raises(ConfigError, match="model.hourglass: expected false with fewer than 3 blocks"):
+        load_config(root / config, ["model.hourglass=true", *blocks])
+    with pytest.raises(ConfigError, match="model.hourglass: expected bool, got 2"):
+        load_config(root / config, ["model.hourglass=2"])
+    assert load_config(root / config, ["model.hourglass=true"]).model.net.hourglass is True

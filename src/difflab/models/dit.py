@@ -19,8 +19,9 @@ import torch
 from torch import nn
 
 from ..settings import ModelConfig, NetConfig, positive
-from .layers import (POS_EMBEDS, QKV, FinalLayer, LabelEmbedder, Modulation, PatchEmbed, TimestepEmbedder, apply_rope,
-                     attention, init_linears, layer_norm, mlp, register_positions, unpatchify, zero_modulations)
+from .layers import (POS_EMBEDS, QKV, FinalLayer, Hourglass, LabelEmbedder, Modulation, PatchEmbed, TimestepEmbedder,
+                     apply_rope, attention, hourglass_level, init_linears, layer_norm, mlp, register_positions,
+                     unpatchify, zero_modulations)
 
 
 @dataclass
@@ -35,9 +36,16 @@ class DiTConfig(NetConfig):
     dropout: float = 0.0
     qk_norm: bool = False  # RMS-normalise queries and keys (SD3.5)
     pos_embed: str = "sincos"  # sincos (SD3: added to the tokens) | rope (Flux: rotates q and k)
+    # HDiT (Crowson et al. 2024): the first and last blocks on the patch grid, the blocks between on a grid
+    # of 2x2-merged tokens, a quarter as many (layers.Hourglass)
+    hourglass: bool = False
 
     # Transformers sample fastest in batches of 8 on a CPU; see pipeline.sampling_batch_size for the measurement.
     CPU_SAMPLING_BATCH = 8
+
+    def num_blocks(self) -> int:
+        """Transformer blocks in all (the MMDiT adds its single-stream ones)."""
+        return self.depth
 
     def problems(self, model: ModelConfig) -> Iterator[tuple[str, str]]:
         yield from self.transformer_problems()
@@ -55,6 +63,8 @@ class DiTConfig(NetConfig):
             yield "dropout", "a number in [0, 1]"
         if self.num_heads > 0 and self.hidden_size % self.num_heads:
             yield "hidden_size", f"a multiple of model.num_heads ({self.num_heads})"
+        if self.hourglass and isinstance(self.depth, int) and self.num_blocks() < 3:
+            yield "hourglass", "false with fewer than 3 blocks (an hourglass has one on the patch grid at each end)"
 
 
 def check_shapes(d: DiTConfig, image_size: int) -> None:
@@ -63,6 +73,9 @@ def check_shapes(d: DiTConfig, image_size: int) -> None:
         raise ValueError(f"image_size {image_size} is not divisible by patch_size {d.patch_size}")
     if d.hidden_size % d.num_heads:
         raise ValueError(f"hidden_size {d.hidden_size} is not a multiple of num_heads {d.num_heads}")
+    if d.hourglass and (image_size // d.patch_size) % 2:
+        raise ValueError(f"an hourglass merges 2x2 tokens: the {image_size // d.patch_size} x "
+                         f"{image_size // d.patch_size} token grid of patch_size {d.patch_size} is odd")
 
 
 class DiTBlock(nn.Module):
@@ -106,6 +119,7 @@ class DiT(nn.Module):
         qk_norm: bool = False,
         dropout: float = 0.0,
         pos_embed: str = "sincos",
+        hourglass: bool = False,
     ):
         super().__init__()
         self.in_channels, self.patch_size = in_channels, patch_size
@@ -117,6 +131,8 @@ class DiT(nn.Module):
         self.blocks = nn.ModuleList(
             DiTBlock(hidden_size, num_heads, mlp_ratio, qk_norm, dropout) for _ in range(depth)
         )
+        self.hourglass = (Hourglass(hidden_size, self.grid, hidden_size // num_heads if pos_embed == "rope" else None)
+                          if hourglass else None)
         self.final = FinalLayer(hidden_size, patch_size, in_channels)
         self.initialize_weights()
 
@@ -125,6 +141,8 @@ class DiT(nn.Module):
         # 1. every Linear: Xavier-uniform weights, zero biases
         init_linears(self.blocks)
         init_linears(self.t_embed)
+        if self.hourglass is not None:
+            init_linears(self.hourglass)
         # 2. embeddings: small normal, like ViT
         nn.init.normal_(self.y_embed.table.weight, std=0.02)
         nn.init.normal_(self.t_embed.mlp[0].weight, std=0.02)
@@ -139,8 +157,10 @@ class DiT(nn.Module):
         if self.pos_embed is not None:
             h = h + self.pos_embed
         c = self.t_embed(t) + self.y_embed(y)  # (B, D)
-        for block in self.blocks:
-            h = block(h, c, self.rope)  # (B, T, D)
+        skip = None
+        for i, block in enumerate(self.blocks):
+            h, skip, coarse = hourglass_level(self.hourglass, i, len(self.blocks), h, skip)  # (B, T or T/4, D)
+            h = block(h, c, self.hourglass.rope if coarse else self.rope)  # (B, T or T/4, D)
         h = self.final(h, c)  # (B, T, p*p*C)
         return unpatchify(h, self.in_channels, self.patch_size, self.grid, self.grid)  # (B, C, H, W)
 

@@ -284,3 +284,55 @@ def init_linears(module: nn.Module) -> None:
 # ----------------------------------------------------------------------------
 # DiT
 # ----------------------------------------------------------------------------
+
+
+class Hourglass(nn.Module):
+    """An hourglass transformer's two resolutions (HDiT, Crowson et al. 2024, Sec. 3 and Fig. 3).
+
+    A U-Net spends most of its weights where positions are few; a plain DiT applies every weight to every
+    token. The hourglass runs its first and last blocks on the patch grid (grid x grid tokens) and every
+    block between them on a grid half as fine: `down` merges each 2x2 group of neighbouring tokens into one
+    (their features concatenated, then a Linear: HDiT's token merge, a pixel-unshuffle of tokens), so the
+    middle blocks see a quarter of the tokens; `up` splits each token back into four (a Linear, then the
+    inverse reshuffle) and mixes them with the fine tokens from before the merge by a learned
+    interpolation, as HDiT's skip connections do (lerp with a factor that starts at 0.5).
+    `rope`: the rotary angles of the coarse grid (None with a sin-cos table, which is added once at the input).
+    """
+
+    def __init__(self, dim: int, grid: int, head_dim: Optional[int]):
+        super().__init__()
+        if grid % 2:
+            raise ValueError(f"an hourglass merges 2x2 tokens: the token grid ({grid} x {grid}) must be even")
+        self.grid = grid
+        self.merge = nn.Linear(4 * dim, dim)
+        self.split = nn.Linear(dim, 4 * dim)
+        self.skip_mix = nn.Parameter(torch.tensor(0.5))
+        self.register_buffer("rope", None if head_dim is None else rope_2d(head_dim, grid // 2, grid // 2),
+                             persistent=False)
+
+    def down(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, g*g, D) fine tokens -> (B, g/2 * g/2, D): each 2x2 neighbourhood becomes one token."""
+        B, _, D = x.shape
+        g = self.grid // 2
+        x = x.reshape(B, g, 2, g, 2, D).permute(0, 1, 3, 2, 4, 5)  # (B, g/2, g/2, 2, 2, D)
+        return self.merge(x.reshape(B, g * g, 4 * D))  # (B, g/2 * g/2, D)
+
+    def up(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        """(B, g/2 * g/2, D) coarse tokens and the (B, g*g, D) fine ones before `down` -> (B, g*g, D)."""
+        B, _, D = x.shape
+        g = self.grid // 2
+        x = self.split(x).reshape(B, g, g, 2, 2, D).permute(0, 1, 3, 2, 4, 5)  # (B, g/2, 2, g/2, 2, D)
+        return torch.lerp(skip, x.reshape(B, 4 * g * g, D), self.skip_mix.to(x.dtype))  # (B, g*g, D)
+
+
+def hourglass_level(hourglass: Optional[Hourglass], i: int, n: int, img: torch.Tensor,
+                    skip: Optional[torch.Tensor]) -> tuple[torch.Tensor, Optional[torch.Tensor], bool]:
+    """Before block i of n: merge after the first block, split before the last (a no-op without an hourglass).
+    Returns the image tokens, the fine tokens kept for the skip, and whether block i runs on the coarse grid."""
+    if hourglass is None:
+        return img, skip, False
+    if i == 1:
+        return hourglass.down(img), img, True
+    if i == n - 1:
+        return hourglass.up(img, skip), None, False
+    return img, skip, 0 < i < n - 1

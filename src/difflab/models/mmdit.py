@@ -35,10 +35,12 @@ from .layers import (
     LabelEmbedder,
     Modulation,
     ModulationOut,
+    Hourglass,
     PatchEmbed,
     TimestepEmbedder,
     apply_rope,
     attention,
+    hourglass_level,
     init_linears,
     layer_norm,
     mlp,
@@ -62,6 +64,9 @@ class MMDiTConfig(DiTConfig):
         yield from positive(cond_tokens=self.cond_tokens)
         if not (isinstance(self.single_depth, int) and self.single_depth >= 0):
             yield "single_depth", "an integer >= 0"
+
+    def num_blocks(self) -> int:
+        return self.depth + (self.single_depth if isinstance(self.single_depth, int) else 0)
 
     def reads_jump_size(self) -> bool:
         return self.step_conditioning
@@ -178,6 +183,7 @@ class MMDiT(nn.Module):
         single_depth: int = 0,
         text: Optional[TextEncoder] = None,
         step_conditioning: bool = False,
+        hourglass: bool = False,
     ):
         super().__init__()
         self.in_channels, self.patch_size = in_channels, patch_size
@@ -216,6 +222,9 @@ class MMDiT(nn.Module):
         self.single_blocks = nn.ModuleList(
             DiTBlock(hidden_size, num_heads, mlp_ratio, qk_norm, dropout) for _ in range(single_depth)
         )
+        # HDiT's hourglass (layers.Hourglass): only the image tokens are merged; the conditioning tokens stay
+        self.hourglass = (Hourglass(hidden_size, self.grid, hidden_size // num_heads if pos_embed == "rope" else None)
+                          if hourglass else None)
         self.final = FinalLayer(hidden_size, patch_size, in_channels)
         self.initialize_weights()
 
@@ -224,6 +233,8 @@ class MMDiT(nn.Module):
         # 1. every Linear: Xavier-uniform weights, zero biases
         init_linears(self.blocks)
         init_linears(self.single_blocks)
+        if self.hourglass is not None:
+            init_linears(self.hourglass)
         init_linears(self.t_embed)
         # 2. embeddings: small normal, like ViT (for a prompt: Xavier, like every Linear)
         if self.text is None:
@@ -252,7 +263,7 @@ class MMDiT(nn.Module):
         img = self.patch_embed(x)  # (B, N, D)
         if self.pos_embed is not None:
             img = img + self.pos_embed
-        keys = None  # every token may be attended to, except a prompt's padding
+        mask = None  # every token may be attended to, except a prompt's padding
         if self.text is None:
             ctx = self.cond_embed(y).view(B, self.cond_tokens, self.hidden_size)  # (B, M, D)
             c = self.t_embed(t) + self.pooled_embed(y)  # (B, D)
@@ -260,19 +271,22 @@ class MMDiT(nn.Module):
             words, mask, pooled = self.text(y)  # (B, M, text_dim), (B, M), (B, text_dim)
             ctx = self.cond_embed(words)  # (B, M, D)
             c = self.t_embed(t) + self.pooled_embed(pooled)  # (B, D)
-            keys = torch.cat([mask, mask.new_ones(B, img.shape[1])], dim=1)  # (B, M+N): [prompt; image]
         if self.d_embed is not None:
             c = c + self.d_embed(torch.zeros_like(t) + (0.0 if d is None else d))  # (B, D)
-        for block in self.blocks:
-            img, ctx = block(img, ctx, c, self.rope, keys)  # (B, N, D), (B, M, D); ctx is None after the last block
-        if self.single_blocks:
-            M = ctx.shape[1]
-            h = torch.cat([ctx, img], dim=1)  # (B, M+N, D): one sequence from here on
-            # the conditioning tokens keep position (0, 0): a rotation by zero
-            rope = None if self.rope is None else torch.cat([self.rope.new_zeros(M, self.rope.shape[1]), self.rope])
-            for block in self.single_blocks:
-                h = block(h, c, rope, keys)  # (B, M+N, D)
-            img = h[:, M:]  # (B, N, D): only the image tokens are decoded
+        blocks, skip = [*self.blocks, *self.single_blocks], None
+        for i, block in enumerate(blocks):
+            img, skip, coarse = hourglass_level(self.hourglass, i, len(blocks), img, skip)  # (B, N or N/4, D)
+            rope = self.hourglass.rope if coarse else self.rope
+            # a prompt's padding is never attended to: keys (B, M+N) over [prompt; image]
+            keys = None if mask is None else torch.cat([mask, mask.new_ones(B, img.shape[1])], dim=1)
+            if i < len(self.blocks):  # joint: (B, N, D), (B, M, D); ctx is None after the last joint block
+                img, ctx = block(img, ctx, c, rope, keys)
+            else:  # single stream: one sequence [cond; image] and one set of weights
+                M = ctx.shape[1]
+                # the conditioning tokens keep position (0, 0): a rotation by zero
+                joined = None if rope is None else torch.cat([rope.new_zeros(M, rope.shape[1]), rope])
+                h = block(torch.cat([ctx, img], dim=1), c, joined, keys)  # (B, M+N, D)
+                ctx, img = h[:, :M], h[:, M:]
         out = self.final(img, c)  # image stream only: (B, N, p*p*C)
         return unpatchify(out, self.in_channels, self.patch_size, self.grid, self.grid)  # (B, C, H, W)
 
