@@ -58,6 +58,7 @@ score "SD1 U-Net eps (before), DDIM 50 steps, eta 1, CFG 1.5" $SD1
 score "SD2 U-Net v, DDIM 50 steps, eta 1, CFG 1.25" $SD2
 score "U-Net rectified flow, Euler 50 steps, CFG 1.5" $FLOW
 score "U-Net rectified flow, Euler 20 steps, CFG 1.5" $FLOW --steps 20
+score "U-Net rectified flow, Euler 20 steps, CFG 1.75" $FLOW --steps 20 --cfg-scale 1.75
 score "U-Net rectified flow, Euler 20 steps, CFG 2.0" $FLOW --steps 20 --cfg-scale 2.0
 score "SD2 U-Net v, DDIM 20 steps, eta 1, CFG 1.25" $SD2 --steps 20
 score "SD2 U-Net v, DDIM 50 steps, eta 1, CFG 2.0" $SD2 --cfg-scale 2.0
