@@ -63,6 +63,7 @@ def train_until(out: Path, label: str, epoch: int, args) -> None:
     if args.max_images:  # a smoke test: epochs of the first max_images training images
         overrides.append(f"data.limit={args.max_images}")
     resume = ["--resume"] if (run_dir(out, label) / "checkpoints" / "last.pt").exists() else []
+    out.mkdir(parents=True, exist_ok=True)
     log = out / f"{slug(label)}.train.log"
     command = [sys.executable, "train.py", "--config", MODELS[label], *overrides, "--until-epoch", str(epoch), *resume]
     print(f"{label}: training to epoch {epoch} of {args.epochs} (log: {log})", flush=True)
