@@ -19,9 +19,9 @@ import torch
 from torch import nn
 
 from ..settings import ModelConfig, NetConfig, positive
-from .layers import (POS_EMBEDS, QKV, FinalLayer, Hourglass, LabelEmbedder, Modulation, PatchEmbed, TimestepEmbedder,
-                     apply_rope, attention, hourglass_level, init_linears, layer_norm, mlp, register_positions,
-                     unpatchify, zero_modulations)
+from .layers import (POS_EMBEDS, QKV, FinalLayer, LabelEmbedder, Modulation, PatchEmbed, TimestepEmbedder,
+                     apply_rope, attention, build_hourglass, hourglass_level, init_linears, layer_norm, mlp,
+                     register_positions, unpatchify, zero_modulations)
 
 
 @dataclass
@@ -131,8 +131,7 @@ class DiT(nn.Module):
         self.blocks = nn.ModuleList(
             DiTBlock(hidden_size, num_heads, mlp_ratio, qk_norm, dropout) for _ in range(depth)
         )
-        self.hourglass = (Hourglass(hidden_size, self.grid, hidden_size // num_heads if pos_embed == "rope" else None)
-                          if hourglass else None)
+        self.hourglass = build_hourglass(hourglass, hidden_size, self.grid, num_heads, pos_embed)
         self.final = FinalLayer(hidden_size, patch_size, in_channels)
         self.initialize_weights()
 

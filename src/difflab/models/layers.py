@@ -301,9 +301,7 @@ class Hourglass(nn.Module):
 
     def __init__(self, dim: int, grid: int, head_dim: Optional[int]):
         super().__init__()
-        if grid % 2:
-            raise ValueError(f"an hourglass merges 2x2 tokens: the token grid ({grid} x {grid}) must be even")
-        self.grid = grid
+        self.grid = grid  # even: dit.check_shapes says so before a network is built
         self.merge = nn.Linear(4 * dim, dim)
         self.split = nn.Linear(dim, 4 * dim)
         self.skip_mix = nn.Parameter(torch.tensor(0.5))
@@ -325,14 +323,21 @@ class Hourglass(nn.Module):
         return torch.lerp(skip, x.reshape(B, 4 * g * g, D), self.skip_mix.to(x.dtype))  # (B, g*g, D)
 
 
+def build_hourglass(enabled: bool, dim: int, grid: int, num_heads: int, pos_embed: str) -> Optional[Hourglass]:
+    """The DiT's and the MMDiT's `model.hourglass`: an Hourglass with coarse RoPE angles if the model rotates by
+    position, None when it is off."""
+    return Hourglass(dim, grid, dim // num_heads if pos_embed == "rope" else None) if enabled else None
+
+
+def hourglass_changes_level(hourglass: Optional[Hourglass], i: int, n: int) -> bool:
+    """Whether the tokens change grid before block i of n: merged after the first block, split before the last."""
+    return hourglass is not None and i in (1, n - 1)
+
+
 def hourglass_level(hourglass: Optional[Hourglass], i: int, n: int, img: torch.Tensor,
                     skip: Optional[torch.Tensor]) -> tuple[torch.Tensor, Optional[torch.Tensor], bool]:
     """Before block i of n: merge after the first block, split before the last (a no-op without an hourglass).
     Returns the image tokens, the fine tokens kept for the skip, and whether block i runs on the coarse grid."""
-    if hourglass is None:
-        return img, skip, False
-    if i == 1:
-        return hourglass.down(img), img, True
-    if i == n - 1:
-        return hourglass.up(img, skip), None, False
-    return img, skip, 0 < i < n - 1
+    if hourglass_changes_level(hourglass, i, n):
+        return (hourglass.down(img), img, True) if i == 1 else (hourglass.up(img, skip), None, False)
+    return img, skip, hourglass is not None and 0 < i < n - 1

@@ -35,11 +35,12 @@ from .layers import (
     LabelEmbedder,
     Modulation,
     ModulationOut,
-    Hourglass,
     PatchEmbed,
     TimestepEmbedder,
     apply_rope,
     attention,
+    build_hourglass,
+    hourglass_changes_level,
     hourglass_level,
     init_linears,
     layer_norm,
@@ -223,8 +224,7 @@ class MMDiT(nn.Module):
             DiTBlock(hidden_size, num_heads, mlp_ratio, qk_norm, dropout) for _ in range(single_depth)
         )
         # HDiT's hourglass (layers.Hourglass): only the image tokens are merged; the conditioning tokens stay
-        self.hourglass = (Hourglass(hidden_size, self.grid, hidden_size // num_heads if pos_embed == "rope" else None)
-                          if hourglass else None)
+        self.hourglass = build_hourglass(hourglass, hidden_size, self.grid, num_heads, pos_embed)
         self.final = FinalLayer(hidden_size, patch_size, in_channels)
         self.initialize_weights()
 
@@ -273,22 +273,34 @@ class MMDiT(nn.Module):
             c = self.t_embed(t) + self.pooled_embed(pooled)  # (B, D)
         if self.d_embed is not None:
             c = c + self.d_embed(torch.zeros_like(t) + (0.0 if d is None else d))  # (B, D)
-        blocks, skip = [*self.blocks, *self.single_blocks], None
+        blocks, M = [*self.blocks, *self.single_blocks], ctx.shape[1]
+        levels: dict = {}  # per grid (fine, coarse): what its blocks are told of positions and padding
+        skip, h = None, None  # h: the single-stream blocks' one sequence [cond; image]
         for i, block in enumerate(blocks):
+            if h is not None and hourglass_changes_level(self.hourglass, i, len(blocks)):
+                ctx, img, h = h[:, :M], h[:, M:], None  # only the image tokens change grid
             img, skip, coarse = hourglass_level(self.hourglass, i, len(blocks), img, skip)  # (B, N or N/4, D)
-            rope = self.hourglass.rope if coarse else self.rope
-            # a prompt's padding is never attended to: keys (B, M+N) over [prompt; image]
-            keys = None if mask is None else torch.cat([mask, mask.new_ones(B, img.shape[1])], dim=1)
+            if coarse not in levels:
+                levels[coarse] = self.level_inputs(self.hourglass.rope if coarse else self.rope, M, img.shape[1], mask)
+            rope, joined_rope, keys = levels[coarse]
             if i < len(self.blocks):  # joint: (B, N, D), (B, M, D); ctx is None after the last joint block
                 img, ctx = block(img, ctx, c, rope, keys)
             else:  # single stream: one sequence [cond; image] and one set of weights
-                M = ctx.shape[1]
-                # the conditioning tokens keep position (0, 0): a rotation by zero
-                joined = None if rope is None else torch.cat([rope.new_zeros(M, rope.shape[1]), rope])
-                h = block(torch.cat([ctx, img], dim=1), c, joined, keys)  # (B, M+N, D)
-                ctx, img = h[:, :M], h[:, M:]
+                h = block(torch.cat([ctx, img], dim=1) if h is None else h, c, joined_rope, keys)  # (B, M+N, D)
+        if h is not None:
+            img = h[:, M:]  # (B, N, D): only the image tokens are decoded
         out = self.final(img, c)  # image stream only: (B, N, p*p*C)
         return unpatchify(out, self.in_channels, self.patch_size, self.grid, self.grid)  # (B, C, H, W)
+
+
+    @staticmethod
+    def level_inputs(rope: Optional[torch.Tensor], M: int, N: int, mask: Optional[torch.Tensor]) -> tuple:
+        """For the blocks on one grid of N image tokens: the image tokens' RoPE angles, those of the single-stream
+        sequence [cond; image] (the conditioning tokens keep position (0, 0): a rotation by zero), and the keys
+        (B, M+N) over [prompt; image], False for a prompt's padding, which is never attended to (None: no prompt)."""
+        joined = None if rope is None else torch.cat([rope.new_zeros(M, rope.shape[1]), rope])
+        keys = None if mask is None else torch.cat([mask, mask.new_ones(mask.shape[0], N)], dim=1)
+        return rope, joined, keys
 
 
 def build_mmdit(cfg: ModelConfig, in_channels: int, image_size: int) -> MMDiT:
