@@ -127,8 +127,8 @@ fewstep-seeds: install data
 	bash benchmarks/fewstep_seeds.sh
 
 # Learning curves (issue 46): the three milestones and the DiT, one 10-epoch run each, scored at epochs 1, 2, 5
-# and 10 (N = 1000), round-robin; published as docs/results/curves.json and docs/images/learning_curves.png after
-# each round. About nine hours on 2 CPU cores: run it again to continue where it stopped (--status: how far).
+# and 10 (N = 1000), model by model; published as docs/results/curves.json and docs/images/learning_curves.png after
+# each point. About 1.5 hours a U-Net on 2 CPU cores: run it again to continue (models published are not retrained).
 curves: install data
 	$(PYTHON) benchmarks/curves.py
 

@@ -7,15 +7,19 @@
 
 Each model trains ONE run of --epochs epochs (its config's recipe; the learning rate's cosine decay spans the
 whole run) and is scored with evaluate.py at the end of each epoch in --points (N images, sampling seed 0, the
-config's own sampler, steps and guidance; the study's judge). The runs go round-robin: every model reaches the
-first point and is scored, then the second, ... so a run stopped at any time leaves whole columns, and each
-`train.py --until-epoch K --resume` slice continues where the last one stopped. Points before the last are
-mid-run: their learning rate has not decayed, so they sit above what a run of that length alone would reach.
+config's own sampler, steps and guidance; the study's judge). Points before the last are mid-run: their learning
+rate has not decayed, so they sit above what a run of that length alone would reach.
 
-Each score file gains a "training" record (epoch, images, wall and CPU seconds of training from the checkpoint:
-CPU seconds, summed over the process's threads, do not count the time a run was paused; GFLOP per
+Resuming: within a machine, each `train.py --until-epoch K --resume` slice continues where the last stopped. Across
+machines (a new checkout has no checkpoints), the published docs/results/<--publish>.json is the memory: a model
+whose points are all published there is not trained again, so the study goes model by model (one model's whole
+run, then the next), and each model's run fits in one sitting (a U-Net's 10 epochs: about 1.5 hours on 2 cores).
+A model half-trained on a machine that is gone starts again from its first epoch.
+
+Each score file gains a "training" record (epoch, run length, images, wall and CPU seconds of training from the
+checkpoint: CPU seconds, summed over the process's threads, do not count the time a run was paused; GFLOP per
 training image from torch.utils.flop_counter) before the scores are published as docs/results/<--publish>.json
-(block `learning curves`) with the figure docs/images/learning_curves.png.
+(block `learning curves`) with the figure docs/images/learning_curves.png, after every scored point.
 """
 
 from __future__ import annotations
@@ -104,7 +108,7 @@ def score(out: Path, scores: Path, label: str, epoch: int, args, gflop: float) -
     result["training"] = {"epoch": epoch, "images": images, "seconds": round(float(state.get("seconds") or 0.0), 1),
                           "cpu_seconds": round(float(state.get("cpu_seconds") or 0.0), 1),
                           "gflop_per_image": round(gflop, 4), "pflop": round(gflop * images / 1e6, 4),
-                          "threads": args.threads}
+                          "threads": args.threads, "run_epochs": args.epochs}
     path.write_text(json.dumps(result, indent=2) + "\n")
     return path
 
@@ -151,7 +155,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, default=ROOT / "experiments" / "curves", help="where the runs train")
     p.add_argument("--scores", type=Path, default=None, help="where the scores go (default: results/curves)")
     p.add_argument("--max-images", type=int, default=0, help="a smoke test: epochs of this many images")
-    p.add_argument("--publish", default="curves", help="docs/results/<name>.json after each round ('': none)")
+    p.add_argument("--publish", default="curves", help="docs/results/<name>.json after each point ('': none)")
     p.add_argument("--status", action="store_true", help="print where every run stands and exit")
     args = p.parse_args(argv)
     points = sorted({int(e) for e in args.points.split(",")})
@@ -162,6 +166,8 @@ def main(argv=None) -> int:
     out = args.out if args.out.is_absolute() else ROOT / args.out
     scores = args.scores or (ROOT / "results" / "curves" if args.out == p.get_default("out") else out / "scores")
     scores.mkdir(parents=True, exist_ok=True)
+    if args.publish:
+        recover(scores, args.publish, labels, points, args)
     if args.status:
         for label in labels:
             have = [e for e in points if checkpoint(out, label, e).exists()]
@@ -169,17 +175,48 @@ def main(argv=None) -> int:
             print(f"{label}: trained to epochs {have or 'none'} of {points}; scored {scored or 'none'}")
         return 0
     torch.set_num_threads(args.threads)
-    gflop = {label: gflop_per_image(label) for label in labels}
     done: list[tuple[str, Path]] = []
-    for epoch in points:  # round-robin: whole columns first
-        for label in labels:
-            train_until(out, label, epoch, args)
-            done.append((f"{label} @ epoch {epoch}", score(out, scores, label, epoch, args, gflop[label])))
-        if args.publish:
-            publish(done, args.publish)
-    if not args.publish:
+    for label in labels:  # model by model: a whole run, then the next (see "Resuming" above)
+        todo = [e for e in points if not (scores / f"{slug(label)}_epoch{e}.json").exists()]
+        gflop = gflop_per_image(label) if todo else 0.0
+        for epoch in points:
+            if epoch in todo:
+                train_until(out, label, epoch, args)
+            done.append((f"{label} @ epoch {epoch}", score(out, scores, label, epoch, args, gflop)))
+            if args.publish and epoch in todo:
+                publish(done + later_rows(scores, labels[labels.index(label) + 1:], points), args.publish)
+    if args.publish:
+        publish(done, args.publish)
+    else:
         print("\n".join(f"{label}={path}" for label, path in done))
     return 0
+
+
+def later_rows(scores: Path, labels: list[str], points: list[int]) -> list[tuple[str, Path]]:
+    """Score files of models after the one training now (published before, recovered): kept in every publication."""
+    return [(f"{label} @ epoch {e}", scores / f"{slug(label)}_epoch{e}.json") for label in labels for e in points
+            if (scores / f"{slug(label)}_epoch{e}.json").exists()]
+
+
+def recover(scores: Path, name: str, labels: list[str], points: list[int], args) -> None:
+    """Score files from docs/results/<name>.json for each point it holds of a run of the same length and N.
+
+    A new machine has no checkpoints and no score files; the published rows carry everything a score file held
+    (evaluate.py's output and the training record), so the published points count as scored.
+    """
+    published = ROOT / "docs" / "results" / f"{name}.json"
+    if not published.exists():
+        return
+    for row in json.loads(published.read_text()).get("rows", []):
+        model, _, epoch = row["label"].rpartition(" @ epoch ")
+        training = row.get("training") or {}
+        if (model not in labels or not epoch.isdigit() or int(epoch) not in points or row.get("n") != args.n
+                or training.get("run_epochs", args.epochs) != args.epochs):
+            continue
+        path = scores / f"{slug(model)}_epoch{epoch}.json"
+        if not path.exists():
+            path.write_text(json.dumps({k: v for k, v in row.items() if k != "label"}, indent=2) + "\n")
+            print(f"{model} @ epoch {epoch}: published in {published.relative_to(ROOT)}, not trained again")
 
 
 def publish(done: list[tuple[str, Path]], name: str) -> None:
