@@ -15,6 +15,7 @@ import torch
 from difflab import classifier as clf
 from difflab import evaluation as ev
 from difflab import metrics
+from difflab.infra.outputs import sha256_file
 
 
 # --------------------------------------------------------------------------
@@ -166,7 +167,7 @@ def test_training_writes_weights_and_hash(tiny_cache):
     data_dir, model = tiny_cache
     weights, meta_path = clf.classifier_paths(data_dir)
     meta = json.loads(meta_path.read_text())
-    assert meta["sha256"] == clf.sha256_file(weights)
+    assert meta["sha256"] == sha256_file(weights)
     assert meta["settings"] == dataclasses.asdict(TINY) and 0.0 <= meta["test_accuracy"] <= 1.0
     assert not model.training and model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
     assert model.features(torch.zeros(2, 1, 28, 28)).shape == (2, clf.FEATURE_DIM)
@@ -198,7 +199,7 @@ def test_tampered_weights_are_detected_and_retrained_deterministically(tiny_cach
     clf.load_classifier(data_dir, settings=TINY)
     assert "SHA-256" in capsys.readouterr().out
     # Same seed, same data -> bit-identical weights, so the hash comes back.
-    assert clf.sha256_file(weights) == original
+    assert sha256_file(weights) == original
 
 
 def test_other_settings_trigger_retraining(tiny_cache, capsys):

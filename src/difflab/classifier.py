@@ -11,8 +11,6 @@ and cached under the data folder with the SHA-256 of its weights.
 from __future__ import annotations
 
 import dataclasses
-import io
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,10 +21,10 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from difflab.infra.checkpoint import CheckpointError, load_weights
-from difflab.data import DATASETS, DataError, load_split, resolve_data_dir, sha256_file
+from difflab.data import DATASETS, DataError, load_split, resolve_data_dir
 from difflab.evaluation import conditional_accuracy
-from difflab.infra.outputs import write_bytes_atomic, write_error
+from difflab.infra.model_cache import cache_problem, load_cached, save_cached
+from difflab.infra.outputs import write_error
 from difflab.infra.untrusted import shown
 
 CACHE_FORMAT = 1  # bump when the architecture or the file layout changes
@@ -38,7 +36,7 @@ FEATURE_DIM = 128
 # --------------------------------------------------------------------------
 
 
-def _conv_block(c_in: int, c_out: int) -> nn.Sequential:
+def conv_block(c_in: int, c_out: int) -> nn.Sequential:
     """3x3 conv -> BatchNorm -> ReLU -> 2x2 max-pool (halves the resolution)."""
     return nn.Sequential(
         nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
@@ -59,9 +57,9 @@ class MNISTClassifier(nn.Module):
         super().__init__()
         c1, c2, c3 = channels
         self.convs = nn.Sequential(
-            _conv_block(1, c1),  # (N, c1, 14, 14)
-            _conv_block(c1, c2),  # (N, c2, 7, 7)
-            _conv_block(c2, c3),  # (N, c3, 3, 3)
+            conv_block(1, c1),  # (N, c1, 14, 14)
+            conv_block(c1, c2),  # (N, c2, 7, 7)
+            conv_block(c2, c3),  # (N, c3, 3, 3)
         )
         self.fc = nn.Linear(c3 * 3 * 3, feature_dim)
         self.dropout = nn.Dropout(0.3)
@@ -166,47 +164,12 @@ def classifier_paths(data_dir: Optional[Union[str, Path]] = None, dataset: str =
 
 def _cache_problem(weights: Path, meta_path: Path, settings: TrainSettings) -> Optional[str]:
     """Why the cached classifier cannot be used, or None if it can."""
-    if not weights.exists() or not meta_path.exists():
-        return f"no cached classifier in {weights.parent}"
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (OSError, ValueError, RecursionError) as err:  # ValueError: bad JSON or bad UTF-8
-        return f"unreadable {meta_path.name} ({type(err).__name__}: {str(err)[:80]})"
-    if not isinstance(meta, dict):
-        return f"{meta_path.name} holds {type(meta).__name__} {shown(meta, 40)}, not a JSON object"
-    if meta.get("format") != CACHE_FORMAT:
-        return f"cache format {shown(meta.get('format'), 40)} != {CACHE_FORMAT}"
-    if meta.get("settings") != dataclasses.asdict(settings):
-        return "cached classifier was trained with other settings"
-    if meta.get("sha256") != sha256_file(weights):
-        return f"SHA-256 of {weights.name} does not match {meta_path.name} (file changed or corrupt)"
-    return None
-
-
-def _load_cached(model: nn.Module, weights: Path) -> Optional[str]:
-    """Load the cached weights into `model`; why they cannot be, or None. Their hash matched the JSON,
-    but whoever wrote one could write both: a list, an int8 tensor or other shapes are not a judge."""
-    try:
-        state = torch.load(weights, map_location="cpu", weights_only=True)
-    except Exception as err:  # damaged or foreign bytes fail in many ways (as in checkpoint.load_checkpoint)
-        return f"unreadable {weights.name} ({type(err).__name__})"
-    try:
-        load_weights(model, state, weights.name, what="classifier")  # names, shapes and dtypes checked
-    except CheckpointError as err:
-        return str(err)
-    return None
+    return cache_problem(weights, meta_path, CACHE_FORMAT, dataclasses.asdict(settings), "classifier")
 
 
 def _save_classifier(model: nn.Module, weights: Path, meta_path: Path, meta: dict) -> None:
-    """Save the state dict, then the JSON holding its hash; each through a temporary file and a rename,
-    so readers never see half a file. A full disk raises OSError naming the file."""
-    weights.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    buffer = io.BytesIO()
-    torch.save(state, buffer)  # into memory: on a full disk torch.save fails with no errno, a plain write with ENOSPC
-    write_bytes_atomic(weights, buffer.getvalue())
-    meta = {"format": CACHE_FORMAT, "weights": weights.name, "sha256": sha256_file(weights), **meta}
-    write_bytes_atomic(meta_path, (json.dumps(meta, indent=2) + "\n").encode())
+    """The weights, then the JSON holding their hash (infra/model_cache.py)."""
+    save_cached(model, weights, meta_path, CACHE_FORMAT, meta)
 
 
 def load_classifier(
@@ -231,7 +194,7 @@ def load_classifier(
     problem = _cache_problem(weights, meta_path, settings)
     if problem is None:
         model = MNISTClassifier()
-        problem = _load_cached(model, weights)
+        problem = load_cached(model, weights, "classifier")
         if problem is None:
             model.dataset = dataset
             return model.to(device).eval()

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Mapping, Optional, Union
 
 import numpy as np
 
+from .infra.outputs import sha256_file  # noqa: F401  (re-exported: data.sha256_file)
 from .infra.untrusted import shown
 
 if TYPE_CHECKING:  # torch is imported inside the functions that use it: importing it
@@ -105,15 +106,6 @@ def _setup_hint(dataset: str, data_dir: Optional[PathLike]) -> str:
 def array_sha256(a: np.ndarray) -> str:
     """SHA-256 hex digest of an array's bytes in C order (the digests above use this)."""
     return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
-
-
-def sha256_file(path: Path) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB chunks (a downloaded wheel, the cached classifier)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def check_sha256(arrays: Mapping[str, np.ndarray], expected: Mapping[str, str]) -> None:

@@ -8,6 +8,7 @@ belong together (the docs' pages) are written all or nothing, Ctrl-C held back (
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import signal
@@ -164,3 +165,12 @@ def write_together(files: dict) -> None:
         for tmp in temporaries.values():
             with suppress(OSError):
                 tmp.unlink(missing_ok=True)  # written but not renamed: a failure or Ctrl-C part-way
+
+
+def sha256_file(path: Union[str, Path]) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB chunks (a downloaded wheel, a cached judge or encoder)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
