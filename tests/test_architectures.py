@@ -38,10 +38,14 @@ def _shapes_digest(model: nn.Module) -> str:
 NEWER = {"configs/fewstep/sd2_ect.yaml": "configs/unified_sd2_unet_v.yaml",
          "configs/fewstep/sd3_progressive.yaml": "configs/unified_sd3_mmdit_flow.yaml",
          "configs/fewstep/sd2_progressive.yaml": "configs/unified_sd2_unet_v.yaml",
-         "configs/fewstep/sd3_meanflow.yaml": "configs/fewstep/sd3_shortcut.yaml"}
+         "configs/fewstep/sd3_meanflow.yaml": "configs/fewstep/sd3_shortcut.yaml",
+         # issue 47: the prompted U-Net reading a frozen, pretrained text encoder (same network, weight for weight)
+         "configs/prompt/sd1_unet_clip_frozen.yaml": "configs/prompt/sd1_unet_crossattn.yaml",
+         "configs/prompt/sd1_unet_mlm_frozen.yaml": "configs/prompt/sd1_unet_crossattn.yaml"}
 
 # Model keys added after the record, with the value every config of the record has (the old network).
-ADDED = {"hourglass": False}  # issue 46: HDiT's token merging in the DiT and the MMDiT
+ADDED = {"hourglass": False,  # issue 46: HDiT's token merging in the DiT and the MMDiT
+         "text_encoder": "joint"}  # issue 47: which text encoder reads the prompt (difflab.encoders)
 
 
 def test_every_config_of_the_repository_is_in_the_record():
@@ -72,7 +76,7 @@ def test_a_checkpoint_written_before_samples_as_one_written_now(tmp_path):
     path = trainer.out_dir / "checkpoints" / "last.pt"
     state = torch.load(path, weights_only=False)
     unet_before = BEFORE["configs/unified_sd1_unet_eps.yaml"]["model"]
-    assert set(state["config"]["model"]) < set(unet_before)  # written now: the U-Net's own keys only
+    assert set(state["config"]["model"]) - set(ADDED) < set(unet_before)  # written now: the U-Net's own keys only
     # The same checkpoint as the code before wrote it: every architecture's keys, at their old defaults.
     state["config"]["model"] = {**unet_before, **state["config"]["model"]}
     del state["sha256"]  # save_checkpoint writes the digest of the contents anew

@@ -23,8 +23,7 @@ from tqdm import tqdm
 
 from difflab.data import DATASETS, DataError, load_split, resolve_data_dir
 from difflab.evaluation import conditional_accuracy
-from difflab.infra.model_cache import cache_problem, load_cached, save_cached
-from difflab.infra.outputs import write_error
+from difflab.infra.model_cache import load_or_train, save_cached
 from difflab.infra.untrusted import shown
 
 CACHE_FORMAT = 1  # bump when the architecture or the file layout changes
@@ -162,11 +161,6 @@ def classifier_paths(data_dir: Optional[Union[str, Path]] = None, dataset: str =
     return folder / f"{dataset}_cnn.pt", folder / f"{dataset}_cnn.json"
 
 
-def _cache_problem(weights: Path, meta_path: Path, settings: TrainSettings) -> Optional[str]:
-    """Why the cached classifier cannot be used, or None if it can."""
-    return cache_problem(weights, meta_path, CACHE_FORMAT, dataclasses.asdict(settings), "classifier")
-
-
 def _save_classifier(model: nn.Module, weights: Path, meta_path: Path, meta: dict) -> None:
     """The weights, then the JSON holding their hash (infra/model_cache.py)."""
     save_cached(model, weights, meta_path, CACHE_FORMAT, meta)
@@ -190,32 +184,17 @@ def load_classifier(
     cannot be written (a full disk) costs one printed line, not the trained model.
     """
     settings = settings or TrainSettings()
-    weights, meta_path = classifier_paths(data_dir, dataset)
-    problem = _cache_problem(weights, meta_path, settings)
-    if problem is None:
-        model = MNISTClassifier()
-        problem = load_cached(model, weights, "classifier")
-        if problem is None:
-            model.dataset = dataset
-            return model.to(device).eval()
-    if not train_if_missing:
-        raise FileNotFoundError(f"{problem}; call load_classifier(train_if_missing=True)")
-    print(f"difflab: {problem}; training the {dataset} classifier ({settings})")
-    start = time.time()
-    model = train_classifier(load_split("train", dataset=dataset, data_dir=data_dir), settings, device)
+    weights, _ = classifier_paths(data_dir, dataset)
+
+    def train():
+        start = time.time()
+        model = train_classifier(load_split("train", dataset=dataset, data_dir=data_dir), settings, device)
+        seconds = time.time() - start
+        acc, _ = conditional_accuracy(model, *load_split("test", dataset=dataset, data_dir=data_dir))
+        print(f"difflab: classifier test accuracy {acc:.4f} after {seconds:.0f} s -> {weights}")
+        return model, {"test_accuracy": acc, "train_seconds": round(seconds, 1)}
+
+    model = load_or_train(classifier_paths(data_dir, dataset), CACHE_FORMAT, dataclasses.asdict(settings),
+                          f"{dataset} classifier", MNISTClassifier, train, train_if_missing)
     model.dataset = dataset
-    train_seconds = time.time() - start
-    acc, _ = conditional_accuracy(model, *load_split("test", dataset=dataset, data_dir=data_dir))
-    print(f"difflab: classifier test accuracy {acc:.4f} after {train_seconds:.0f} s -> {weights}")
-    meta = {
-        "test_accuracy": acc,
-        "train_seconds": round(train_seconds, 1),
-        "settings": dataclasses.asdict(settings),
-        "torch_version": torch.__version__,
-    }
-    try:
-        _save_classifier(model, weights, meta_path, meta)
-    except OSError as e:  # a cache is worth a warning, not the scores: this run goes on with the model in memory
-        kept = "the classifier is used but not cached (trained again next time)"
-        print(f"difflab: {write_error(e.filename or weights, e, kept)}")
     return model.to(device).eval()

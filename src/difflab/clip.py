@@ -43,8 +43,7 @@ from tqdm import tqdm
 from . import attributes, prompts
 from .classifier import conv_block, random_shift
 from .data import load_split, resolve_data_dir, tensor_to_uint8
-from .infra.model_cache import cache_problem, load_cached, save_cached
-from .infra.outputs import write_error
+from .infra.model_cache import load_or_train
 from .models.text import TextEncoder
 
 CACHE_FORMAT = 1  # bump when the architecture or the file layout changes
@@ -128,8 +127,7 @@ def train_clip(images: torch.Tensor, digits: torch.Tensor, settings: CLIPSetting
     """
     if settings.train_subset is not None:
         images, digits = images[: settings.train_subset], digits[: settings.train_subset]
-    measured = _measured(images, digits)
-    bins = prompts.Thresholds.fit(*measured).bin(*measured)  # as difflab.prompts bins them
+    _, bins = prompts.fit_bins(tensor_to_uint8(images), digits.numpy())  # as difflab.prompts bins them
     images = images.to(device)
     steps_per_epoch = len(images) // settings.batch_size  # whole batches: a short last batch has few negatives
     with torch.random.fork_rng(devices=[]):
@@ -245,30 +243,20 @@ def load_clip(data_dir=None, device: Union[str, torch.device] = "cpu", train_if_
               settings: Optional[CLIPSettings] = None) -> TinyCLIP:
     """The cached tiny CLIP (eval mode), trained first if missing, trained otherwise, or changed since.
 
-    train_if_missing=False raises FileNotFoundError instead of training. A cache that cannot be written
-    (a full disk) costs one printed line, not the trained model.
+    train_if_missing=False raises FileNotFoundError instead of training.
     """
     settings = settings or CLIPSettings()
-    weights, meta_path = clip_paths(data_dir)
-    problem = cache_problem(weights, meta_path, CACHE_FORMAT, dataclasses.asdict(settings), "CLIP")
-    if problem is None:
-        model = TinyCLIP()
-        problem = load_cached(model, weights, "CLIP")
-        if problem is None:
-            return model.to(device).eval()
-    if not train_if_missing:
-        raise FileNotFoundError(f"{problem}; call load_clip(train_if_missing=True)")
-    print(f"difflab: {problem}; training the tiny CLIP ({settings})")
-    start = time.time()
-    model = train_clip(*load_split("train", data_dir=data_dir), settings, device)
-    train_seconds = time.time() - start
-    measured = measure_clip(model, data_dir)
-    print(f"difflab: CLIP zero-shot digit accuracy {measured['zero_shot_digit_accuracy']:.4f} after "
-          f"{train_seconds:.0f} s -> {weights}")
-    meta = {**measured, "train_seconds": round(train_seconds, 1), "settings": dataclasses.asdict(settings),
-            "parameters": sum(p.numel() for p in model.parameters()), "torch_version": torch.__version__}
-    try:
-        save_cached(model, weights, meta_path, CACHE_FORMAT, meta)
-    except OSError as e:
-        print(f"difflab: {write_error(e.filename or weights, e, 'the CLIP is used but not cached')}")
-    return model.to(device).eval()
+
+    def train():
+        start = time.time()
+        model = train_clip(*load_split("train", data_dir=data_dir), settings, device)
+        seconds = time.time() - start
+        measured = measure_clip(model, data_dir)
+        print(f"difflab: CLIP zero-shot digit accuracy {measured['zero_shot_digit_accuracy']:.4f} after "
+              f"{seconds:.0f} s -> {clip_paths(data_dir)[0]}")
+        return model, {**measured, "train_seconds": round(seconds, 1),
+                       "parameters": sum(p.numel() for p in model.parameters())}
+
+    model = load_or_train(clip_paths(data_dir), CACHE_FORMAT, dataclasses.asdict(settings), "CLIP", TinyCLIP, train,
+                          train_if_missing)
+    return model.to(device)

@@ -36,6 +36,7 @@ SPACINGS = ("leading", "trailing")
 DATASETS = ("mnist", "fashion_mnist")
 PRECISIONS = ("fp32", "bf16")
 CONDITIONINGS = ("class", "prompt")
+TEXT_ENCODERS = ("joint", "clip", "mlm")  # difflab.encoders
 FEW_STEP_METHODS = ("none", "consistency_distillation", "consistency_training", "shortcut", "progressive_distillation",
                     "meanflow")
 
@@ -53,6 +54,7 @@ _SECTION_CLASSES = {
 _CHOICES = {
     ("data", "dataset"): DATASETS,
     ("model", "conditioning"): CONDITIONINGS,
+    ("model", "text_encoder"): TEXT_ENCODERS,
     ("diffusion", "t_sampling"): T_SAMPLINGS,
     ("sampling", "spacing"): SPACINGS,
     ("training", "precision"): PRECISIONS,

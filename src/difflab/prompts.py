@@ -188,11 +188,16 @@ class PromptData:
     thresholds: Thresholds
 
 
-def build(images: np.ndarray, digits: np.ndarray, seed: int = 0) -> PromptData:
-    """Measure, bin and write a prompt for every image (a few seconds for MNIST's 60,000)."""
+def fit_bins(images: np.ndarray, digits: np.ndarray) -> tuple[Thresholds, dict[str, np.ndarray]]:
+    """Measure uint8 images (N, 28, 28), fit the thresholds on them and bin them: (thresholds, name -> (N,))."""
     measured = attributes.measure(images)
     thresholds = Thresholds.fit(measured, digits)
-    bins = thresholds.bin(measured, digits)
+    return thresholds, thresholds.bin(measured, digits)
+
+
+def build(images: np.ndarray, digits: np.ndarray, seed: int = 0) -> PromptData:
+    """Measure, bin and write a prompt for every image (a few seconds for MNIST's 60,000)."""
+    thresholds, bins = fit_bins(images, digits)
     texts = random_prompts(digits, bins, seed)
     return PromptData(texts, encode(texts).numpy().astype(np.int16), digits, bins, thresholds)
 

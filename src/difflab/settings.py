@@ -67,6 +67,9 @@ class ModelConfig:
     text_dim: int = 64  # the text encoder's width, depth and heads (models/text.py), for any architecture
     text_depth: int = 2
     text_heads: int = 4
+    # Which text encoder reads the prompt: joint (trained with the model), or frozen and pretrained (difflab.encoders):
+    # clip (the tiny CLIP's text tower, SD1's choice) or mlm (a masked language model of the prompts, Imagen's)
+    text_encoder: str = "joint"
 
 
 @dataclass

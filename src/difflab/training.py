@@ -85,6 +85,10 @@ class Trainer(TrainingLoop):
         x = data[0]
         torch.manual_seed(tc.seed)  # the initial weights: the same on every rank
         model = build_model(cfg.model, in_channels=x.shape[1], image_size=x.shape[2]).to(self.device)
+        if cfg.model.conditioning == "prompt" and cfg.model.text_encoder != "joint":  # frozen, pretrained
+            from .encoders import load_frozen_text
+
+            load_frozen_text(model.text, cfg.model.text_encoder, cfg.data.data_dir, self.device)
         self.path, self.objective = build_path(cfg.diffusion), build_objective(cfg.diffusion.target)
         self.autocast = self._autocast_context()
         if isinstance(tc.batch_size, int):

@@ -61,6 +61,8 @@ def describe(cfg: Config) -> dict:
     memory = check_memory(cfg, network=network)
     if getattr(model, "text", None) is not None:  # a model of prompts: its text encoder is counted in params
         extra["text_encoder_params"] = count_parameters(model.text)
+        # a frozen, pretrained encoder (difflab.encoders) is counted apart, as SD1's CLIP and Imagen's T5 are
+        extra["trainable_params"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return {
         "config": cfg.name,
         "architecture": cfg.model.architecture,

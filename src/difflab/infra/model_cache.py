@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from .checkpoint import CheckpointError, load_weights
-from .outputs import sha256_file, write_bytes_atomic
+from .outputs import sha256_file, write_bytes_atomic, write_error
 from .untrusted import shown
 
 
@@ -65,3 +65,30 @@ def save_cached(model: nn.Module, weights: Path, meta_path: Path, cache_format: 
     write_bytes_atomic(weights, buffer.getvalue())
     meta = {"format": cache_format, "weights": weights.name, "sha256": sha256_file(weights), **meta}
     write_bytes_atomic(meta_path, (json.dumps(meta, indent=2) + "\n").encode())
+
+
+def load_or_train(paths: tuple[Path, Path], cache_format: int, settings: dict, what: str, build, train,
+                  train_if_missing: bool = True) -> nn.Module:
+    """The cached network (eval mode, on the CPU), or a new one from train() if the cache cannot be used.
+
+    build() makes an untrained network for the cached weights; train() returns (network, meta), meta being what
+    the JSON records beside the settings (its accuracy, its training time). train_if_missing=False raises
+    FileNotFoundError instead of training. A cache that cannot be written (a full disk) costs one printed line.
+    """
+    weights, meta_path = paths
+    problem = cache_problem(weights, meta_path, cache_format, settings, what)
+    if problem is None:
+        model = build()
+        problem = load_cached(model, weights, what)
+        if problem is None:
+            return model.eval()
+    if not train_if_missing:
+        raise FileNotFoundError(f"{problem}; load it with train_if_missing=True to train it")
+    print(f"difflab: {problem}; training the {what} ({settings})")
+    model, meta = train()
+    try:
+        save_cached(model, weights, meta_path, cache_format, {**meta, "settings": settings,
+                                                              "torch_version": torch.__version__})
+    except OSError as e:  # a cache is worth a warning, not the run: it goes on with the network in memory
+        print(f"difflab: {write_error(e.filename or weights, e, f'the {what} is used but not cached')}")
+    return model.eval()

@@ -158,6 +158,9 @@ def _validate_model(cfg, bad) -> None:
                 bad(key, "a positive integer")
         if m.text_dim % m.text_heads:
             bad("model.text_dim", f"a multiple of model.text_heads ({m.text_heads})")
+    elif m.text_encoder != "joint":
+        bad("model.text_encoder", "joint for a model of class labels (a text encoder reads prompts: model.conditioning "
+                                  "prompt)")
 
 
 def _validate_fewstep(cfg, bad) -> None:

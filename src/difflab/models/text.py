@@ -37,8 +37,12 @@ class TextEncoder(nn.Module):
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        mask = tokens != PAD_ID  # (B, L) True where a word is
-        h = self.embed(tokens) + self.pos[:, : tokens.shape[1]]  # (B, L, D)
+        return self.encode(self.embed(tokens), tokens != PAD_ID)
+
+    def encode(self, h: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Word vectors (B, L, D) and the mask (B, L) of real words -> context, mask, pooled. A masked language
+        model (difflab.encoders) enters here, with some word vectors replaced by its [MASK] vector."""
+        h = h + self.pos[:, : h.shape[1]]  # (B, L, D)
         h = self.norm(self.blocks(h, src_key_padding_mask=~mask))  # padding is never attended to
         h = h * mask[..., None]  # padded positions carry nothing
         pooled = h.sum(1) / mask.sum(1, keepdim=True).clamp(min=1)  # (B, D): mean over the real tokens
@@ -69,7 +73,15 @@ def is_prompt(y: torch.Tensor) -> bool:
 
 
 def build_text_encoder(cfg) -> "TextEncoder | None":
-    """The text encoder a ModelConfig asks for: None for class labels (model.conditioning: class)."""
+    """The text encoder a ModelConfig asks for: None for class labels (model.conditioning: class).
+
+    A frozen encoder (model.text_encoder: clip or mlm) is built the same, untrained, and marked frozen: its weights
+    come from the pretrained encoder when training starts (difflab.encoders.load_frozen_text), from the checkpoint
+    when sampling, and the optimiser never sees them.
+    """
     if cfg.conditioning != "prompt":
         return None
-    return TextEncoder(cfg.text_dim, cfg.text_depth, cfg.text_heads)
+    text = TextEncoder(cfg.text_dim, cfg.text_depth, cfg.text_heads)
+    if cfg.text_encoder != "joint":
+        text.requires_grad_(False)
+    return text
