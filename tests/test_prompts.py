@@ -179,8 +179,15 @@ def test_adherence_compares_what_was_asked_with_what_was_drawn(tmp_path, monkeyp
     x, y = tiny_data(32)
     trainer = Trainer(cfg, data=(x, prompts.encode([prompts.write(int(d), {}) for d in y])), quiet=True)
     trainer.fit()
-    result = adherence.prompt_adherence(trainer.pipeline(), fake_mnist, per_prompt=2)
+    from difflab import clip
+
+    monkeypatch.setattr(clip, "load_split", synthetic_split)
+    result = adherence.prompt_adherence(trainer.pipeline(), fake_mnist, per_prompt=2, clip_model=clip.TinyCLIP())
     assert result["prompts"] == 50 and 0 <= result["accuracy"] <= 1
+    c = result["clip"]  # CLIP score beside the hit rates: both scores in [0, 100], a correlation, a share
+    assert 0 <= c["clip_score"] <= 100 and 0 <= c["real_images"] <= 100
+    assert -1 <= c["correlation_over_prompts"] <= 1 and 0 <= c["all_asked_followed"] <= result["accuracy"]
+    assert "CLIP score" in adherence.adherence_table(result)
     for r in result["attributes"].values():
         assert 0 <= r["hit_rate"] <= 1 and 0 < r["chance"] < 1 and -1 <= r["correlation"] <= 1
     assert "| thickness |" in adherence.adherence_table(result)

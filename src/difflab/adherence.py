@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from . import attributes
-from .evaluation import conditional_accuracy, generate_with_bar
+from .evaluation import conditional_accuracy, generate_with_bar, predicted_digits
 from .data import tensor_to_uint8
 from .prompts import BINS, PromptData, training_prompt_set, write
 
@@ -55,10 +55,11 @@ def chance(data: PromptData, digit: int, name: str, b: int) -> float:
 
 def prompt_adherence(pipe, classifier, per_prompt: int = 20, seed: int = 0, data_dir=None,
                      batch_size: Optional[int] = None, *, sampler: Optional[str] = None, steps: Optional[int] = None,
-                     cfg_scale: Optional[float] = None, progress: bool = False) -> dict:
+                     cfg_scale: Optional[float] = None, progress: bool = False, clip_model=None) -> dict:
     """Sample every held-out prompt per_prompt times and score what was drawn against what was asked.
     Unset sampler, steps, cfg_scale and batch_size are resolved by Pipeline.settings (the config's;
-    evaluate.py passes the ones it scored FID with)."""
+    evaluate.py passes the ones it scored FID with). With a tiny CLIP (difflab.clip), also the CLIP score
+    of the samples, that of real images with their own prompts, and how the two kinds of number agree."""
     data = training_prompt_set(data_dir)
     asks = held_out_prompts(data)
     texts = [a["text"] for a in asks for _ in range(per_prompt)]
@@ -86,7 +87,29 @@ def prompt_adherence(pipe, classifier, per_prompt: int = 20, seed: int = 0, data
         share = [a["training_images"] / max((data.digits == a["digit"]).sum(), 1) for _, a in rows]
         result[f"{kind}_combinations"] = {"all_three_hit": float(np.mean(hits)), "chance": float(np.mean(share)),
                                           "training_images": [a["training_images"] for _, a in rows]}
+    if clip_model is not None:
+        result["clip"] = clip_agreement(clip_model, images, texts, asks, per_prompt, measured, digits, classifier,
+                                        data_dir)
     return result
+
+
+def clip_agreement(clip_model, images, texts, asks, per_prompt, measured, digits, classifier, data_dir) -> dict:
+    """CLIP score (Hessel et al. 2021) beside the measured hit rates: the samples' score, real images' score with
+    their own prompts, and the correlation over held-out prompts between a prompt's mean CLIP score and the share
+    of its images that are the digit asked for with every attribute asked (the two ways to say "followed")."""
+    from difflab.clip import clip_scores, real_clip_score
+
+    per_image = clip_scores(clip_model, images, texts).numpy()
+    right = (predicted_digits(classifier, images) == digits).numpy()
+    followed = np.array([right[i * per_prompt + k] and all(measured[n][i * per_prompt + k] == b
+                                                           for n, b in a["asked"].items())
+                         for i, a in enumerate(asks) for k in range(per_prompt)])
+    score_by_prompt = per_image.reshape(len(asks), per_prompt).mean(1)
+    followed_by_prompt = followed.reshape(len(asks), per_prompt).mean(1)
+    agree = (float(np.corrcoef(score_by_prompt, followed_by_prompt)[0, 1])
+             if score_by_prompt.std() > 0 and followed_by_prompt.std() > 0 else 0.0)
+    return {"clip_score": float(per_image.mean()), "real_images": real_clip_score(clip_model, data_dir),
+            "all_asked_followed": float(followed.mean()), "correlation_over_prompts": agree}
 
 
 def adherence_table(result: dict) -> str:
@@ -98,4 +121,10 @@ def adherence_table(result: dict) -> str:
         r = result[f"{kind}_combinations"]
         lines.append(f"| all three, {kind} combinations | {100 * r['all_three_hit']:.1f}% | "
                      f"{100 * r['chance']:.1f}% | |")
-    return "\n".join(lines) + f"\n\ndigit accuracy from the prompts: {100 * result['accuracy']:.1f}%\n"
+    text = "\n".join(lines) + f"\n\ndigit accuracy from the prompts: {100 * result['accuracy']:.1f}%\n"
+    if result.get("clip"):
+        c = result["clip"]
+        text += (f"CLIP score {c['clip_score']:.1f} (real images with their own prompts: {c['real_images']:.1f}); "
+                 f"over the held-out prompts it correlates {c['correlation_over_prompts']:.2f} with the share of "
+                 f"images that follow everything asked ({100 * c['all_asked_followed']:.1f}%)\n")
+    return text

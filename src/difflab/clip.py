@@ -207,12 +207,26 @@ def zero_shot_attributes(model: TinyCLIP, images: torch.Tensor, digits: torch.Te
 
 
 @torch.no_grad()
-def clip_score(model: TinyCLIP, images: torch.Tensor, texts: Sequence[str]) -> float:
-    """CLIP score (Hessel et al. 2021, Eq. 1 with w = 100): mean of 100 * max(cos(image, its prompt), 0)."""
+def clip_scores(model: TinyCLIP, images: torch.Tensor, texts: Sequence[str]) -> torch.Tensor:
+    """CLIP score of each image with its prompt (Hessel et al. 2021, Eq. 1 with w = 100): 100 * max(cos, 0), (N,)."""
     device = model.logit_scale.device
     text = torch.cat([model.encode_text(prompts.encode(texts[i: i + 1000]).to(device)).cpu()
                       for i in range(0, len(texts), 1000)])
-    return float((100 * (image_embeddings(model, images) * text).sum(1).clamp(min=0)).mean())
+    return 100 * (image_embeddings(model, images) * text).sum(1).clamp(min=0)
+
+
+def clip_score(model: TinyCLIP, images: torch.Tensor, texts: Sequence[str]) -> float:
+    """The CLIP score of a set of images: the mean over images of clip_scores."""
+    return float(clip_scores(model, images, texts).mean())
+
+
+def real_clip_score(model: TinyCLIP, data_dir=None, n: int = 1000) -> float:
+    """The CLIP score of n real training images with their own prompts (the ones FID's captions draw): what a
+    model that draws exactly what it is asked would score, the ceiling to read a sample's score against."""
+    data = prompts.training_prompt_set(data_dir)
+    x, _ = load_split("train", data_dir=data_dir)
+    pick = np.random.default_rng(prompts.CAPTION_SEED).permutation(len(x))[:n]
+    return clip_score(model, x[pick], [data.texts[i] for i in pick])
 
 
 def measure_clip(model: TinyCLIP, data_dir=None) -> dict:

@@ -69,8 +69,12 @@ def conditional_accuracy(
     Returns (overall accuracy, {digit: accuracy}) for the digits present in labels.
     """
     labels = _check_labels(labels, len(images))
-    predictions = _batched(classifier, classifier, images, batch_size).argmax(1)
-    return _accuracy(predictions, labels)
+    return _accuracy(predicted_digits(classifier, images, batch_size), labels)
+
+
+def predicted_digits(classifier: nn.Module, images: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
+    """The digit (N,) the classifier sees in each image."""
+    return _batched(classifier, classifier, images, batch_size).argmax(1)
 
 
 def _check_labels(labels: torch.Tensor, n: int) -> torch.Tensor:

@@ -13,7 +13,9 @@ Samples N images (evenly over the digits 0-9) and prints one JSON object on stdo
 - prompts (models of prompts only, else null): what the N images were asked, --fid-prompts:
   "digit" ("a 7", as a model of labels is asked) or "captions" (training images' own prompts);
 - adherence (models of prompts only, else null): digit accuracy and attribute hit rates on
-  held-out prompts against their chance rates (src/difflab/adherence.py), sampled as the N were.
+  held-out prompts against their chance rates (src/difflab/adherence.py), sampled as the N were;
+  its "clip" entry: their CLIP score (Hessel et al. 2021) with the tiny CLIP of src/difflab/clip.py,
+  real images' score with their own prompts, and how the score agrees with the hit rates.
 
 `--samples FILE.npz` scores images saved by `sample.py --save-npz` instead. Progress goes
 to stderr, so `python evaluate.py ... > scores.json` keeps stdout clean.
@@ -97,12 +99,13 @@ def evaluate_checkpoint(checkpoint, classifier=None, n: int = 5000, *, sampler: 
                         steps: Optional[int] = None, cfg_scale: Optional[float] = None, seed: int = 0,
                         batch_size: Optional[int] = None, device: str = "auto", data_dir=None, use_ema: bool = True,
                         progress: bool = True, sampling: Sequence[str] = (), adherence_per_prompt: int = 20,
-                        fid_prompts: str = "digit") -> dict:  # fmt: skip
+                        fid_prompts: str = "digit", clip_model=None) -> dict:  # fmt: skip
     """Sample n images from a checkpoint and score them; the dict that evaluate.py prints.
 
     A model of prompts is asked fid_prompts (difflab.evaluation.asked_for) for the N images, and
     scored for prompt adherence (difflab.adherence): adherence_per_prompt images for each
-    held-out prompt, 0 to skip, with the same sampler, steps and guidance.
+    held-out prompt, 0 to skip, with the same sampler, steps and guidance, and their CLIP score with
+    `clip_model` (default: the cached tiny CLIP of difflab.clip, trained on first use).
 
     `classifier` defaults to the cached MNIST classifier (trained on first use); tests
     pass a small untrained one. The data folder is data_dir, else the default (resolve_data_dir):
@@ -124,9 +127,14 @@ def evaluate_checkpoint(checkpoint, classifier=None, n: int = 5000, *, sampler: 
         if pipe.reads_prompts and adherence_per_prompt:  # prompts: does it draw the attributes asked for?
             from difflab.adherence import adherence_table, prompt_adherence
 
+            if clip_model is None:  # CLIP score: the tiny CLIP, trained and cached on first use like the judge
+                from difflab.clip import load_clip
+
+                with contextlib.redirect_stdout(sys.stderr):
+                    clip_model = load_clip(data_dir, pipe.device)
             scores["adherence"] = prompt_adherence(
                 pipe, classifier, adherence_per_prompt, seed, data_dir, run.batch_size, sampler=run.sampler,
-                steps=run.steps, cfg_scale=run.cfg_scale, progress=progress,
+                steps=run.steps, cfg_scale=run.cfg_scale, progress=progress, clip_model=clip_model,
             )  # fmt: skip
             print(adherence_table(scores["adherence"]), file=sys.stderr)
     except FloatingPointError as e:
