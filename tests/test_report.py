@@ -204,6 +204,18 @@ def test_models_of_prompts_over_seeds_are_a_column_each_with_the_seeds_mean_and_
     assert "| slant: hit (chance 33.2%) | 80.0% |" in one  # one seed: no spread to quote
     with pytest.raises(ValueError, match="no prompt adherence in: labels, seed 0"):
         report.render("adherence over seeds", page_tables.gather_evaluations({"labels, seed 0": evaluation(5.0, 0.97)}))
+    assert not any("CLIP score" in line for line in lines)  # scored before the tiny CLIP: no such rows
+
+    def with_clip(slant_hit, clip_score, agreement):
+        out = scored(slant_hit)
+        out["adherence"]["clip"] = {"clip_score": clip_score, "real_images": 31.25, "all_asked_followed": 0.5,
+                                    "correlation_over_prompts": agreement}
+        return out
+
+    lines = report.render("adherence over seeds", page_tables.gather_evaluations({
+        "clip, seed 0": with_clip(0.8, 20.0, 0.6), "clip, seed 1": with_clip(0.8, 22.0, 0.8)})).splitlines()
+    assert "| CLIP score (real images with their own prompts: 31.2) | 21.00 +- 1.41 |" in lines
+    assert "| CLIP score's correlation over the prompts with following everything asked | 0.70 +- 0.14 |" in lines
 
 
 def test_curves_put_each_models_steps_on_one_row():

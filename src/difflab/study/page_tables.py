@@ -169,6 +169,10 @@ def adherence(results: dict) -> str:
         lines.append(line(f"all three bins, the digit's {what} combination: "
                           f"hit (chance {100 * first[key]['chance']:.1f}%)",
                           lambda r, a, k=key: f"{100 * a[k]['all_three_hit']:.1f}%"))
+    if all(r["adherence"].get("clip") for r in rows):  # scored with the tiny CLIP (difflab.clip)
+        lines.append(line(f"CLIP score (real images: {first['clip']['real_images']:.1f}) / its correlation with "
+                          "following everything asked, over the prompts",
+                          lambda r, a: f"{a['clip']['clip_score']:.1f} / {a['clip']['correlation_over_prompts']:.2f}"))
     lines.append(line(f"seconds per 1000 samples ({rows[0]['steps']} steps)",
                       lambda r, a: f"{1000 * r['seconds'] / r['n']:.0f} (CFG {r['cfg_scale']:g})"))
     return "\n".join(lines) + f"\n\n{first['per_prompt']} images for each of {first['prompts']} held-out prompts.\n"
@@ -198,6 +202,11 @@ def adherence_over_seeds(results: dict) -> str:
         chance = f"{100 * first[key]['chance']:.1f}%"
         measures.append((f"all three bins, the digit's {what} combination: hit (chance {chance})",
                          lambda r, k=key: r["adherence"][k]["all_three_hit"], True))
+    if all(r["adherence"].get("clip") for r in rows):  # scored with the tiny CLIP (difflab.clip)
+        measures += [(f"CLIP score (real images with their own prompts: {first['clip']['real_images']:.1f})",
+                      lambda r: r["adherence"]["clip"]["clip_score"], False),
+                     ("CLIP score's correlation over the prompts with following everything asked",
+                      lambda r: r["adherence"]["clip"]["correlation_over_prompts"], False)]
 
     def cell(values: list, percent: bool) -> str:
         spread = statistics.stdev(values) if len(values) > 1 else 0.0

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Which text encoder reads prompts best at this budget? (issue 47, docs/encoders.md; Imagen's question, Saharia et
+# al. 2022, Sec. 4.4). The prompted SD1 U-Net three ways, each trained on 60,000 images with training seeds 0, 1, 2:
+#   joint  configs/prompt/sd1_unet_crossattn.yaml    its text encoder trained with it (the study's prompted SD1)
+#   clip   configs/prompt/sd1_unet_clip_frozen.yaml  the tiny CLIP's text tower, frozen (SD1 as shipped)
+#   mlm    configs/prompt/sd1_unet_mlm_frozen.yaml   a masked language model of the prompts, frozen (Imagen's T5)
+# each scored by evaluate.py at N images (sampling seed 0; the held-out prompts' hit rates and CLIP score, 20 images
+# a prompt). Publishes docs/results/encoder_study.json (block "adherence over seeds"). Resumable: a trained
+# checkpoint or a score on disk is not made again.
+#   bash benchmarks/encoder_study.sh        (about 2.5 hours on 2 CPU cores)
+#   IMAGES=640 N=20 PER_PROMPT=1 SEEDS=1 OUT=/tmp/enc PUBLISH= bash benchmarks/encoder_study.sh   a smoke test
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-experiments/encoder_study}
+IMAGES=${IMAGES:-60000}
+N=${N:-1000}
+PER_PROMPT=${PER_PROMPT:-20}
+SEEDS=${SEEDS:-3}
+PUBLISH=${PUBLISH-encoder_study}  # empty: list the scores, publish nothing
+PYTHON=${PYTHON:-python3}
+declare -A CONFIG=([joint]=sd1_unet_crossattn [clip]=sd1_unet_clip_frozen [mlm]=sd1_unet_mlm_frozen)
+declare -A LABEL=([joint]="text encoder trained with it" [clip]="CLIP text tower, frozen"
+                  [mlm]="masked language model, frozen")
+mkdir -p "$OUT"
+labels=()
+for seed in $(seq 0 $((SEEDS - 1))); do
+  for kind in joint clip mlm; do
+    name=${CONFIG[$kind]}
+    dir=$OUT/seed$seed
+    ckpt=$dir/$name/checkpoints/model_epoch_1.pt
+    if [ ! -f "$ckpt" ]; then
+      echo "$kind, seed $seed: training ($dir.$name.train.log)"
+      $PYTHON train.py --config "configs/prompt/$name.yaml" training.output_dir="$dir" training.epochs=1 \
+          training.max_images="$IMAGES" training.seed="$seed" --overwrite > "$dir.$name.train.log" 2>&1 \
+          || { echo "$kind, seed $seed: training failed, see $dir.$name.train.log"; exit 1; }
+    fi
+    scores=$dir/$name.json
+    if [ ! -s "$scores" ]; then
+      echo "$kind, seed $seed: scoring (N = $N, $PER_PROMPT images a held-out prompt)"
+      $PYTHON evaluate.py --checkpoint "$ckpt" --n "$N" --adherence-per-prompt "$PER_PROMPT" --out "$scores" \
+          > /dev/null 2> "$scores.log" || { rm -f "$scores"; echo "$kind, seed $seed: scoring failed, see $scores.log"; exit 1; }
+    fi
+    labels+=("SD1 U-Net, ${LABEL[$kind]}, seed $seed=$scores")
+  done
+done
+if [ -n "$PUBLISH" ]; then
+  $PYTHON compare_models.py --evaluations "${labels[@]}" --as "$PUBLISH"
+else
+  printf '%s\n' "${labels[@]}"
+fi
