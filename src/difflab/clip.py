@@ -44,7 +44,7 @@ from . import attributes, prompts
 from .classifier import conv_block, random_shift
 from .data import load_split, resolve_data_dir, tensor_to_uint8
 from .infra.model_cache import load_or_train
-from .models.text import TextEncoder
+from .models.text import IMAGE_EMBED_DIM, TextEncoder
 
 CACHE_FORMAT = 1  # bump when the architecture or the file layout changes
 
@@ -68,7 +68,7 @@ class ImageEncoder(nn.Module):
 class TinyCLIP(nn.Module):
     """An image tower, a text tower (models/text.py, as the prompted diffusion models use) and a temperature."""
 
-    def __init__(self, embed_dim: int = 64, text_dim: int = 64, text_depth: int = 2, text_heads: int = 4):
+    def __init__(self, embed_dim: int = IMAGE_EMBED_DIM, text_dim: int = 64, text_depth: int = 2, text_heads: int = 4):
         super().__init__()
         self.image = ImageEncoder(embed_dim=embed_dim)
         self.text = TextEncoder(text_dim, text_depth, text_heads)

@@ -35,7 +35,7 @@ T_SAMPLINGS = ("uniform_discrete", "uniform", "logit_normal")
 SPACINGS = ("leading", "trailing")
 DATASETS = ("mnist", "fashion_mnist")
 PRECISIONS = ("fp32", "bf16")
-CONDITIONINGS = ("class", "prompt")
+CONDITIONINGS = ("class", "prompt", "clip_image")
 TEXT_ENCODERS = ("joint", "clip", "mlm")  # difflab.encoders
 FEW_STEP_METHODS = ("none", "consistency_distillation", "consistency_training", "shortcut", "progressive_distillation",
                     "meanflow")

@@ -219,6 +219,10 @@ def asked_for(pipe, n: int, prompts: str = "digit", data_dir=None) -> tuple[torc
     labels = balanced_labels(n)
     if is_unconditional(pipe.cfg):
         labels = torch.full_like(labels, NULL_CLASS)
+    if pipe.cfg.model.conditioning == "clip_image":  # DALL-E 2's decoder: asked to draw real test digits' embeddings
+        from difflab.unclip import test_embeddings_of
+
+        return labels, test_embeddings_of(labels.tolist(), data_dir)
     if not pipe.reads_prompts:
         return labels, labels
     if prompts == "captions":

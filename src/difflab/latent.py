@@ -41,6 +41,10 @@ def load_training_data(cfg: Config, device: torch.device):
             from .prompts import training_prompts
 
             y = training_prompts(x, y, cfg.data).to(device)
+        elif cfg.model.conditioning == "clip_image":  # DALL-E 2's decoder: each image's CLIP embedding (unclip.py)
+            from .unclip import image_embeddings_of
+
+            y = image_embeddings_of(x, cfg.data.data_dir, device)
         return (x, y), None
     vae = load_vae(cfg.data.vae_checkpoint, device)  # first: a missing VAE fails before any data work
     x, y = load_split("train", dataset=cfg.data.dataset, data_dir=cfg.data.data_dir, device="cpu")

@@ -194,10 +194,15 @@ class Pipeline:
     def default_labels(self, digits: Sequence[int], n_per_digit: int) -> torch.Tensor:
         """A row of `n_per_digit` for each digit; only the null class if the model is unconditional.
 
-        A model that reads prompts gets the prompt naming the digit alone ("a 7"), as tokens (N, L).
+        A model that reads prompts gets the prompt naming the digit alone ("a 7"), as tokens (N, L); DALL-E 2's
+        decoder (model.conditioning: clip_image), the CLIP image embeddings (N, 64) of that many real test images.
         """
         if self.reads_prompts:
             return self.prompts([write(d, {}) for d in digits for _ in range(n_per_digit)])
+        if self.cfg.model.conditioning == "clip_image":  # a decoder: CLIP embeddings of real test images of the digit
+            from .unclip import test_embeddings_of
+
+            return test_embeddings_of([d for d in digits for _ in range(n_per_digit)], self.cfg.data.data_dir)
         labels = torch.tensor([d for d in digits for _ in range(n_per_digit)], dtype=torch.long)
         return torch.full_like(labels, NULL_CLASS) if is_unconditional(self.cfg) else labels
 

@@ -67,9 +67,15 @@ class ModelConfig:
     text_dim: int = 64  # the text encoder's width, depth and heads (models/text.py), for any architecture
     text_depth: int = 2
     text_heads: int = 4
+    # ("clip_image": a CLIP image embedding, DALL-E 2's decoder, difflab.unclip; issue 47)
     # Which text encoder reads the prompt: joint (trained with the model), or frozen and pretrained (difflab.encoders):
     # clip (the tiny CLIP's text tower, SD1's choice) or mlm (a masked language model of the prompts, Imagen's)
     text_encoder: str = "joint"
+
+    def reads_sequence(self) -> bool:
+        """Conditioned on a sequence of vectors (cross-attention, joint attention): a prompt's tokens, or the tokens
+        a CLIP image embedding is turned into (DALL-E 2's decoder); a class label is one vector instead."""
+        return self.conditioning in ("prompt", "clip_image")
 
 
 @dataclass

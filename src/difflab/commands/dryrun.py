@@ -91,6 +91,7 @@ def activation_bytes(model: torch.nn.Module, cfg: Config, shape: tuple, batch: i
 
     Measured against a real step on a CPU (configs/unified_sd1_unet_eps.yaml): 167 MiB here for a batch
     of 32 where the process grew by 208 MiB, 1.3 GiB for a batch of 256 where it grew by 1.4 GiB."""
+    from ..models.text import IMAGE_EMBED_DIM
     from ..prompts import MAX_TOKENS
 
     saved = []
@@ -107,6 +108,8 @@ def activation_bytes(model: torch.nn.Module, cfg: Config, shape: tuple, batch: i
             else:
                 prompt = cfg.model.conditioning == "prompt"
                 y = torch.zeros((batch, MAX_TOKENS) if prompt else (batch,), dtype=torch.long)
+                if cfg.model.conditioning == "clip_image":  # DALL-E 2's decoder reads a CLIP image embedding
+                    y = torch.zeros((batch, IMAGE_EMBED_DIM))
                 model(x, torch.empty(batch), y)
     except Exception:  # noqa: BLE001 -- an op meta tensors lack: the estimate is a help, never why a run fails
         return None

@@ -151,16 +151,16 @@ def _validate_model(cfg, bad) -> None:
     if m.net.reads_jump_size() and ((s.spacing, s.shift) != ("trailing", 1.0) or s.midpoint is not None):
         bad("sampling.spacing",
             "trailing with sampling.shift 1 and no midpoint for a model that reads its jump size (equal jumps 1/steps)")
-    if m.conditioning == "prompt":
+    if m.reads_sequence():
         for key, value in {"model.text_dim": m.text_dim, "model.text_depth": m.text_depth,
                            "model.text_heads": m.text_heads}.items():
             if not (isinstance(value, int) and value > 0):
                 bad(key, "a positive integer")
         if m.text_dim % m.text_heads:
             bad("model.text_dim", f"a multiple of model.text_heads ({m.text_heads})")
-    elif m.text_encoder != "joint":
-        bad("model.text_encoder", "joint for a model of class labels (a text encoder reads prompts: model.conditioning "
-                                  "prompt)")
+    if m.text_encoder != "joint" and m.conditioning != "prompt":
+        bad("model.text_encoder", "joint for a model of class labels or image embeddings (a text encoder reads "
+                                  "prompts: model.conditioning prompt)")
 
 
 def _validate_fewstep(cfg, bad) -> None:

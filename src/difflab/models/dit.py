@@ -49,9 +49,9 @@ class DiTConfig(NetConfig):
 
     def problems(self, model: ModelConfig) -> Iterator[tuple[str, str]]:
         yield from self.transformer_problems()
-        if model.conditioning == "prompt":
-            yield "conditioning", ("class for the DiT (prompts: the U-Net's cross-attention or the MMDiT's "
-                                   "joint attention)")
+        if model.reads_sequence():
+            yield "conditioning", ("class for the DiT (prompts and image embeddings: the U-Net's cross-attention "
+                                   "or the MMDiT's joint attention)")
 
     def transformer_problems(self) -> Iterator[tuple[str, str]]:
         """The checks the DiT and the MMDiT share."""

@@ -49,11 +49,38 @@ class TextEncoder(nn.Module):
         return h, mask, pooled
 
 
+IMAGE_EMBED_DIM = 64  # the tiny CLIP's embedding width (difflab.clip)
+
+
+class ImageEmbeddingCondition(nn.Module):
+    """A CLIP image embedding (B, E) read as a prompt is read: context tokens, their mask, a pooled vector.
+
+    DALL-E 2's decoder (Ramesh et al. 2022, Sec. 2.1) projects the embedding and adds it to the timestep
+    embedding (here: the pooled vector, with model.pooled_text) and projects it into four extra tokens of
+    context for attention (here: the context the U-Net's cross-attention reads). A zero vector is the null
+    condition of guidance (the decoder drops the embedding to zero 10% of the time).
+    """
+
+    def __init__(self, dim: int = 64, embed_dim: int = IMAGE_EMBED_DIM, tokens: int = 4):
+        super().__init__()
+        self.dim, self.tokens = dim, tokens
+        self.to_tokens = nn.Linear(embed_dim, tokens * dim)
+        self.to_pooled = nn.Linear(embed_dim, dim)
+
+    def forward(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        context = self.to_tokens(y).view(len(y), self.tokens, self.dim)  # (B, 4, D)
+        mask = torch.ones(context.shape[:2], dtype=torch.bool, device=y.device)  # every token is real
+        return context, mask, self.to_pooled(y)
+
+
 def null_condition(y: torch.Tensor) -> torch.Tensor:
     """The 'no condition' of classifier-free guidance, shaped like y.
 
-    Class labels (B,): the null class. Prompts (B, L): the empty prompt, the start token alone.
+    Class labels (B,): the null class. Prompts (B, L): the empty prompt, the start token alone. Image embeddings
+    (B, E), floating point: zeros.
     """
+    if y.is_floating_point():
+        return torch.zeros_like(y)
     if y.ndim == 1:
         return torch.full_like(y, NULL_CLASS)
     null = torch.full_like(y, PAD_ID)
@@ -68,17 +95,20 @@ def drop_condition(y: torch.Tensor, drop: torch.Tensor) -> torch.Tensor:
 
 
 def is_prompt(y: torch.Tensor) -> bool:
-    """A condition of prompt tokens (B, L), rather than class labels (B,)."""
-    return y.ndim == 2
+    """A condition of prompt tokens (B, L), rather than class labels (B,) or image embeddings (B, E)."""
+    return y.ndim == 2 and not y.is_floating_point()
 
 
-def build_text_encoder(cfg) -> "TextEncoder | None":
-    """The text encoder a ModelConfig asks for: None for class labels (model.conditioning: class).
+def build_text_encoder(cfg) -> "TextEncoder | ImageEmbeddingCondition | None":
+    """The text encoder a ModelConfig asks for: None for class labels (model.conditioning: class); for a CLIP
+    image embedding (clip_image), the module that turns it into tokens as a text encoder turns a prompt.
 
     A frozen encoder (model.text_encoder: clip or mlm) is built the same, untrained, and marked frozen: its weights
     come from the pretrained encoder when training starts (difflab.encoders.load_frozen_text), from the checkpoint
     when sampling, and the optimiser never sees them.
     """
+    if cfg.conditioning == "clip_image":
+        return ImageEmbeddingCondition(cfg.text_dim)
     if cfg.conditioning != "prompt":
         return None
     text = TextEncoder(cfg.text_dim, cfg.text_depth, cfg.text_heads)

@@ -50,7 +50,7 @@ class UNetConfig(NetConfig):
             yield "num_res_blocks", "an integer >= 1"
         if not 0 <= self.dropout <= 1:
             yield "dropout", "a number in [0, 1]"
-        read = model.conditioning == "prompt"
+        read = model.reads_sequence()
         if read and not (self.cross_attention_levels and level_indices(self.cross_attention_levels, mult)):
             yield "cross_attention_levels", f"a non-empty list of indices in 0..{len(mult) - 1}"
             return
