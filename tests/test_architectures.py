@@ -43,8 +43,8 @@ NEWER = {"configs/fewstep/sd2_ect.yaml": "configs/unified_sd2_unet_v.yaml",
          "configs/prompt/sd1_unet_clip_frozen.yaml": "configs/prompt/sd1_unet_crossattn.yaml",
          "configs/prompt/sd1_unet_mlm_frozen.yaml": "configs/prompt/sd1_unet_crossattn.yaml"}
 
-# Networks new since the record (no older checkpoint can hold them): DALL-E 2's decoder (issue 47).
-NEW_NETWORKS = {"configs/unclip/decoder.yaml"}
+# Networks new since the record (no older checkpoint can hold them): DALL-E 2's decoder and prior (issue 47).
+NEW_NETWORKS = {"configs/unclip/decoder.yaml", "configs/unclip/prior.yaml"}
 
 # Model keys added after the record, with the value every config of the record has (the old network).
 ADDED = {"hourglass": False,  # issue 46: HDiT's token merging in the DiT and the MMDiT
@@ -91,7 +91,7 @@ def test_a_checkpoint_written_before_samples_as_one_written_now(tmp_path):
 
 def test_a_key_of_another_architecture_is_refused_in_a_file():
     config = ROOT / "configs/unified_sd2_unet_v.yaml"
-    with pytest.raises(ConfigError, match="model.hidden_size: a setting of dit and mmdit, not of unet"):
+    with pytest.raises(ConfigError, match="model.hidden_size: a setting of dit, mmdit and prior, not of unet"):
         load_config(config, ["model.hidden_size=64"])
     with pytest.raises(ConfigError, match="model.channels: a setting of unet and vae, not of mmdit"):
         load_config(ROOT / "configs/unified_sd3_mmdit_flow.yaml", ["model.channels=8"])
@@ -99,7 +99,7 @@ def test_a_key_of_another_architecture_is_refused_in_a_file():
         load_config(config, ["model.chanels=8"])
     with pytest.raises(ConfigError, match="model.net: unknown key"):  # the section is a name in code, not in YAML
         load_config(config, ["model.net={channels: 8}"])
-    with pytest.raises(ConfigError, match="model.architecture: expected one of unet, dit, mmdit, vae, got 'resnet'"):
+    with pytest.raises(ConfigError, match="model.architecture: expected one of unet, dit, mmdit, prior, vae, got 'res"):
         load_config(config, ["model.architecture=resnet"])
 
 

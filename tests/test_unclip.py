@@ -60,3 +60,55 @@ def test_image_embeddings_need_a_network_that_reads_a_sequence(tmp_path):
                                      "patch_size": 4, "hidden_size": 32, "depth": 1})
     with pytest.raises(ConfigError, match="model.text_encoder"):
         tiny_config(tmp_path, model={**TINY_DECODER, "text_encoder": "clip"})  # no text to encode
+
+
+TINY_PRIOR = {"architecture": "prior", "hidden_size": 32, "depth": 1, "num_heads": 2, "conditioning": "prompt",
+              "text_dim": 16, "text_heads": 2}
+
+
+def test_unclip_chains_a_prior_of_embeddings_and_a_decoder_of_images(tmp_path):
+    """The prior trains on (E, 1, 1) embeddings from prompts; with sampling.decoder its samples become images,
+    given at sampling time only: a decoder named in a stored config is never loaded."""
+    from difflab import prompts
+    from difflab.pipeline import Pipeline
+
+    x, y = tiny_data(64)
+    decoder = Trainer(tiny_config(tmp_path / "d", model=TINY_DECODER, training={"max_steps": 2}),
+                      data=(x, embeddings_of(y)), quiet=True)
+    decoder.fit()
+    decoder_ckpt = decoder.out_dir / "checkpoints" / "last.pt"
+    tokens = prompts.encode([prompts.write(int(d), {}) for d in y])
+    z = unclip.embeddings_from_prior(embeddings_of(y)[:, :, None, None]) * IMAGE_EMBED_DIM ** 0.5
+    prior_cfg = tiny_config(tmp_path / "p", model=TINY_PRIOR, diffusion={"target": "x0"},
+                            sampling={"clip_x0": False}, training={"max_steps": 2})
+    prior = Trainer(prior_cfg, data=(z[:, :, None, None], tokens), quiet=True)
+    prior.fit()
+    prior_ckpt = prior.out_dir / "checkpoints" / "last.pt"
+
+    alone = Pipeline.from_checkpoint(prior_ckpt, "cpu")
+    drawn = alone.generate(alone.prompts(["a 3", "a 5"]), steps=2, seed=0).images
+    assert drawn.shape == (2, IMAGE_EMBED_DIM, 1, 1)  # embeddings, unclamped
+    chained = Pipeline.from_checkpoint(prior_ckpt, "cpu", sampling=[f"sampling.decoder={decoder_ckpt}"])
+    result = chained.generate(chained.prompts(["a 3", "a 5"]), steps=2, seed=0)
+    assert result.images.shape == (2, 1, 28, 28) and torch.isfinite(result.images).all()
+    assert result.nfe > 2  # the prior's calls and the decoder's
+    expected = chained.decoder.generate(unclip.embeddings_from_prior(drawn), seed=0).images
+    assert torch.equal(result.images, expected)  # the decoder draws exactly the prior's samples
+
+    state = torch.load(prior_ckpt, weights_only=False)
+    state["config"]["sampling"]["decoder"] = str(tmp_path / "someone-elses.pt")
+    del state["sha256"]
+    from difflab.infra.checkpoint import save_checkpoint
+
+    stored = save_checkpoint(state, tmp_path / "stored" / "checkpoints" / "last.pt")
+    assert Pipeline.from_checkpoint(stored, "cpu").decoder is None  # a stored path is never opened
+    with pytest.raises(ConfigError, match="only a prior"):
+        Pipeline.from_checkpoint(decoder_ckpt, "cpu", sampling=[f"sampling.decoder={decoder_ckpt}"])
+    with pytest.raises(ConfigError, match="clip_image"):
+        Pipeline.from_checkpoint(prior_ckpt, "cpu", sampling=[f"sampling.decoder={prior_ckpt}"])
+    from difflab import evaluation
+
+    with pytest.raises(ValueError, match="sampling.decoder"):
+        evaluation.evaluate_pipeline(alone, None, 10)
+    with pytest.raises(ConfigError, match="sampling.clip_x0"):
+        tiny_config(tmp_path, model=TINY_PRIOR, sampling={"clip_x0": True})

@@ -210,7 +210,8 @@ def _build_model(values: dict, source: str, stored: bool) -> ModelConfig:
             raise ConfigError(f"{source}: model.{_shown(key)}: unknown key (known for {architecture}: "
                               f"{', '.join(known)})")
         if not stored:
-            raise ConfigError(f"{source}: model.{key}: a setting of {' and '.join(others)}, not of {architecture} "
+            listed = " and ".join([", ".join(others[:-1]), others[-1]] if len(others) > 1 else others)
+            raise ConfigError(f"{source}: model.{key}: a setting of {listed}, not of {architecture} "
                               f"(its own: {', '.join(own)})")
     model = _build_dataclass(ModelConfig, "model", {k: v for k, v in values.items() if k in known and k not in own},
                              source)

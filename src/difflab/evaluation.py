@@ -272,6 +272,9 @@ def evaluate_pipeline(
     if pipe.cfg.data.dataset != judged_dataset(classifier):
         raise ValueError(f"{pipe.cfg.name} was trained on {pipe.cfg.data.dataset}, the judge on "
                          f"{judged_dataset(classifier)}: load_classifier(dataset={pipe.cfg.data.dataset!r})")
+    if pipe.cfg.model.architecture == "prior" and pipe.decoder is None:
+        raise ValueError(f"{pipe.cfg.name} is a prior: it draws CLIP embeddings, scored through the decoder that "
+                         "draws them (--set sampling.decoder=CKPT)")
     run = pipe.settings(sampler, steps, cfg_scale, batch_size)
     unconditional = is_unconditional(pipe.cfg)
     labels, condition = asked_for(pipe, n, prompts, data_dir)

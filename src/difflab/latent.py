@@ -45,6 +45,10 @@ def load_training_data(cfg: Config, device: torch.device):
             from .unclip import image_embeddings_of
 
             y = image_embeddings_of(x, cfg.data.data_dir, device)
+        if cfg.model.architecture == "prior":  # DALL-E 2's prior: the data are the images' CLIP embeddings
+            from .unclip import prior_data
+
+            x = prior_data(x, cfg.data.data_dir, device)
         return (x, y), None
     vae = load_vae(cfg.data.vae_checkpoint, device)  # first: a missing VAE fails before any data work
     x, y = load_split("train", dataset=cfg.data.dataset, data_dir=cfg.data.data_dir, device="cpu")

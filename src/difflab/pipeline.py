@@ -18,6 +18,7 @@ from .config import ConfigError, config_from_dict, parse_override
 from .settings import Config
 from .guidance import make_denoiser
 from .models import ARCHITECTURES, NULL_CLASS, build_model, count_parameters
+from .models.text import IMAGE_EMBED_DIM
 from .prompts import encode, write
 from .objectives import build_objective
 from .samplers import SAMPLERS, sampler_options
@@ -75,6 +76,11 @@ def run_info(state: dict) -> dict:
     return info
 
 
+# Sampling settings that name a file on this user's machine: given at sampling time (--set), never read from a
+# checkpoint's stored config (a stranger's paths): autoguidance's weaker model, DALL-E 2's decoder.
+SAMPLING_PATHS = ("guide", "decoder")
+
+
 def is_unconditional(cfg: Config) -> bool:
     """A model trained with every label dropped (DDPM 2020) knows only the null class."""
     return cfg.training.cfg_dropout_prob >= 1.0
@@ -84,6 +90,8 @@ def sample_shape(cfg: Config, vae=None) -> tuple[int, int, int]:
     """(C, H, W) of what diffusion runs on: pixels, or the VAE's latents."""
     if vae is not None:
         return vae.latent_shape
+    if cfg.model.architecture == "prior":  # DALL-E 2's prior: a CLIP image embedding (unclip.py)
+        return (IMAGE_EMBED_DIM, 1, 1)
     return (1, 28, 28)
 
 
@@ -111,8 +119,10 @@ class Pipeline:
     """Everything needed to turn noise into digits."""
 
     def __init__(self, model: torch.nn.Module, cfg: Config, device: torch.device, vae=None,
-                 info: Optional[dict] = None, guide: Optional[torch.nn.Module] = None):
+                 info: Optional[dict] = None, guide: Optional[torch.nn.Module] = None,
+                 decoder: Optional["Pipeline"] = None):
         self.model, self.cfg, self.device, self.vae = model.eval(), cfg, device, vae
+        self.decoder = decoder  # a DALL-E 2 prior's decoder pipeline, which draws its embeddings (sampling.decoder)
         self.guide = None if guide is None else guide.eval()  # autoguidance's weaker model (sampling.guide)
         self.objective = build_objective(cfg.diffusion.target)
         self.path = build_path(cfg.diffusion)
@@ -131,11 +141,14 @@ class Pipeline:
             cfg = config_from_dict(state["config"], source=f"{path} (stored config)", stored=True)
         except ConfigError as e:
             raise CheckpointError(str(e)) from None
-        # A guide (autoguidance) is a file on this user's machine, named here: one a stored config names is not loaded
-        stored_guide = isinstance(state["config"].get("sampling"), dict) and "guide" in state["config"]["sampling"]
-        if sampling or stored_guide:
+        # A guide (autoguidance) or a decoder (unCLIP) is a file on this user's machine, named here: one a stored
+        # config names is not loaded
+        stored = state["config"].get("sampling")
+        stored_paths = isinstance(stored, dict) and any(key in stored for key in SAMPLING_PATHS)
+        if sampling or stored_paths:
             raw = {**state["config"], "sampling": dict(state["config"].get("sampling") or {})}
-            raw["sampling"].pop("guide", None)
+            for key in SAMPLING_PATHS:
+                raw["sampling"].pop(key, None)
             for text in sampling:
                 section, key, value = parse_override(text)
                 if section != "sampling":
@@ -172,7 +185,13 @@ class Pipeline:
         if cfg.sampling.guide:
             guide = cls.guide_model(cfg, Path(cfg.sampling.guide), device, use_ema, vae)
             info["guide"] = cfg.sampling.guide
-        return cls(model.to(device), cfg, device, vae=vae, info=info, guide=guide)
+        decoder = None
+        if cfg.sampling.decoder:  # DALL-E 2: the prior's embeddings are drawn by this decoder (unclip.py)
+            from .unclip import load_decoder
+
+            decoder = load_decoder(cfg, Path(cfg.sampling.decoder), device, use_ema)
+            info["decoder"] = cfg.sampling.decoder
+        return cls(model.to(device), cfg, device, vae=vae, info=info, guide=guide, decoder=decoder)
 
     @classmethod
     def guide_model(cls, cfg: Config, path: Path, device: torch.device, use_ema: bool, vae) -> torch.nn.Module:
@@ -254,6 +273,9 @@ class Pipeline:
         (the config's; the images are the same for any batch_size)."""
         run = self.settings(sampler, steps, cfg_scale, batch_size)
         times, options = self._plan(run.sampler, run.steps, options)
+        prior = self.cfg.model.architecture == "prior"
+        if prior and trajectory:
+            raise ValueError("a prior's trajectory is one of embeddings, not images: sample its decoder's instead")
         model = self.model
         if self.cfg.model.net.reads_jump_size():  # a shortcut model jumps 1/steps at each of its equal steps
             model = functools.partial(self.model, d=1000.0 / run.steps)
@@ -273,11 +295,17 @@ class Pipeline:
 
             gens = image_generators(seed, lo, lo + len(y))  # a stochastic sampler's noise, per image
             x0 = SAMPLERS[run.sampler](denoiser, x, times, self.path, generator=gens, callback=cb, **options)
-            outs.append(self.decode(x0).clamp(-1, 1).cpu())
+            outs.append(x0.cpu() if prior else self.decode(x0).clamp(-1, 1).cpu())
             nfe = denoiser.calls
         if trajectory:
             traj.append((0.0, outs[0], outs[0]))
-        return GenerationResult(torch.cat(outs), labels.cpu(), nfe, time.perf_counter() - start, traj)
+        images = torch.cat(outs)
+        if prior and self.decoder is not None:  # unCLIP: text -> CLIP image embedding (this) -> image (the decoder)
+            from .unclip import embeddings_from_prior
+
+            drawn = self.decoder.generate(embeddings_from_prior(images), seed=seed)
+            images, nfe = drawn.images, nfe + drawn.nfe
+        return GenerationResult(images, labels.cpu(), nfe, time.perf_counter() - start, traj)
 
     def _plan(self, sampler: str, steps: int, options: dict) -> tuple[list, dict]:
         """The time grid, and the sampler's own options (DDIM's eta): each as asked, else the config's."""

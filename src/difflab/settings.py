@@ -57,7 +57,7 @@ def level_indices(levels, widths: list) -> bool:
 
 @dataclass
 class ModelConfig:
-    architecture: str = "unet"  # unet | dit | mmdit | vae: the registry models.ARCHITECTURES
+    architecture: str = "unet"  # unet | dit | mmdit | prior | vae: the registry models.ARCHITECTURES
     # The architecture's own settings (channels, depth, patch size...): its NetConfig dataclass, in the same
     # models/<architecture>.py file as the network. config.py always fills it; None only before that.
     net: Optional[NetConfig] = None
@@ -135,6 +135,9 @@ class SamplingConfig:
     # autoguidance (Karras et al. 2024): a weaker checkpoint of the same model (fewer epochs, say) takes the
     # unconditional branch's place in the guidance mix; only as a sampling override (--set sampling.guide=CKPT)
     guide: Optional[str] = None
+    # DALL-E 2: the decoder that draws a prior's CLIP image embeddings (unclip.py); as guide, only as a sampling
+    # override (--set sampling.decoder=CKPT), never read from a stored config
+    decoder: Optional[str] = None
     clip_x0: bool = False  # clamp the predicted x0 to [-1, 1] each step (DDPM's sampler); pixels only
     n_per_class: int = 8
 

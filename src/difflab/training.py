@@ -138,7 +138,7 @@ class Trainer(TrainingLoop):
         return Pipeline(self.ema.model, self.cfg, self.device, vae=self.vae)
 
     def save_samples(self, tag: str) -> Optional[Path]:
-        if not self.dist.is_main:
+        if not self.dist.is_main or self.cfg.model.architecture == "prior":  # a prior draws embeddings, not images
             return None
         pipe = self.pipeline()
         labels = pipe.default_labels(range(10), self.cfg.sampling.n_per_class)

@@ -17,9 +17,11 @@ embeddings, the condition a decoder is scored and shown with.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
+import torch.nn.functional as F
 
 from .data import load_split
 
@@ -50,3 +52,34 @@ def test_embeddings_of(digits: Sequence[int], data_dir=None) -> torch.Tensor:
     """The CLIP image embeddings (N, 64) of test_images_of(digits): what a decoder is asked to draw when it is
     scored (evaluate.py) or shown (the grids of training): images like these, never the same ones it trained on."""
     return image_embeddings_of(test_images_of(digits, data_dir), data_dir, torch.device("cpu"))
+
+
+# --------------------------------------------------------------------------- the prior's data, and the chain
+
+
+def prior_data(x: torch.Tensor, data_dir=None, device: Optional[torch.device] = None) -> torch.Tensor:
+    """What the prior learns to draw: the images' CLIP embeddings, scaled from unit vectors to entries of about unit
+    variance (sqrt(E) z), shaped (N, E, 1, 1) like a batch of E-channel 1x1 images, so the loop, the objectives,
+    the noise paths and the samplers run on them unchanged."""
+    z = image_embeddings_of(x, data_dir, device)  # (N, E), unit vectors
+    return (z * z.shape[1] ** 0.5)[:, :, None, None]
+
+
+def embeddings_from_prior(samples: torch.Tensor) -> torch.Tensor:
+    """A prior's samples (N, E, 1, 1) -> unit CLIP image embeddings (N, E), what the decoder was trained on."""
+    return F.normalize(samples.flatten(1), dim=-1)
+
+
+def load_decoder(prior_cfg, path: Path, device, use_ema: bool = True):
+    """The decoder pipeline a prior's embeddings go to (sampling.decoder=CKPT), checked to read CLIP embeddings."""
+    from .config import ConfigError
+    from .pipeline import Pipeline
+
+    if prior_cfg.model.architecture != "prior":
+        raise ConfigError(f"sampling.decoder={path}: only a prior (model.architecture: prior) hands its samples to a "
+                          f"decoder; {prior_cfg.name} draws images itself")
+    decoder = Pipeline.from_checkpoint(path, device, use_ema)
+    if decoder.cfg.model.conditioning != "clip_image":
+        raise ConfigError(f"sampling.decoder={path}: {decoder.cfg.name} does not draw from CLIP image embeddings "
+                          "(its model.conditioning is not clip_image; configs/unclip/decoder.yaml trains one)")
+    return decoder

@@ -45,6 +45,10 @@ def _network(cfg: Config) -> tuple[torch.nn.Module, tuple[int, int, int], dict]:
 
         return _on_meta(lambda: build_vae(cfg.model)), (1, 28, 28), {}
     c, size, extra = 1, 28, {}
+    if cfg.model.architecture == "prior":  # DALL-E 2's prior: a CLIP image embedding, (E, 1, 1)
+        from ..pipeline import sample_shape
+
+        c, size, _ = sample_shape(cfg)
     if cfg.data.vae_checkpoint:
         from ..latent import describe_vae
 

@@ -124,6 +124,8 @@ def _validate_ranges(cfg, bad) -> None:
         bad("sampling.guidance_interval", "[lo, hi] with 0 <= lo <= hi <= 1")
     if s.guide is not None and not (isinstance(s.guide, str) and s.guide.strip()):
         bad("sampling.guide", "a checkpoint's path (autoguidance's weaker model) or null")
+    if s.decoder is not None and not (isinstance(s.decoder, str) and s.decoder.strip()):
+        bad("sampling.decoder", "a checkpoint's path (an unCLIP decoder, configs/unclip/decoder.yaml) or null")
 
 
 def _validate_sizes(cfg, bad) -> None:
@@ -148,6 +150,8 @@ def _validate_model(cfg, bad) -> None:
     m, s = cfg.model, cfg.sampling
     if s.clip_x0 and cfg.data.vae_checkpoint:
         bad("sampling.clip_x0", "false for latent diffusion (latents are not bounded to [-1, 1])")
+    if s.clip_x0 and m.architecture == "prior":
+        bad("sampling.clip_x0", "false for a prior (CLIP embeddings at unit variance are not bounded to [-1, 1])")
     if m.net.reads_jump_size() and ((s.spacing, s.shift) != ("trailing", 1.0) or s.midpoint is not None):
         bad("sampling.spacing",
             "trailing with sampling.shift 1 and no midpoint for a model that reads its jump size (equal jumps 1/steps)")

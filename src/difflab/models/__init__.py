@@ -16,6 +16,7 @@ from ..infra.validation import ConfigError
 from .dit import DiTConfig, build_dit
 from .layers import NULL_CLASS, NUM_CLASSES, count_parameters
 from .mmdit import MMDiTConfig, build_mmdit
+from .prior import PriorConfig, build_prior
 from .unet import UNetConfig, build_unet
 from .vae import VAEConfig
 
@@ -31,6 +32,7 @@ ARCHITECTURES: dict[str, Architecture] = {
     "unet": Architecture(UNetConfig, build_unet),
     "dit": Architecture(DiTConfig, build_dit),
     "mmdit": Architecture(MMDiTConfig, build_mmdit),
+    "prior": Architecture(PriorConfig, build_prior),  # DALL-E 2's diffusion prior: CLIP image embeddings (unclip.py)
     # Latent diffusion's autoencoder: trained by its own trainer (vae_training.py), built by models.vae.build_vae.
     "vae": Architecture(VAEConfig, None),
 }
