@@ -5,6 +5,7 @@ import torch
 
 from difflab import unclip
 from difflab.config import ConfigError
+from difflab.infra.failures import InputError, UsageError
 from difflab.models.text import IMAGE_EMBED_DIM, ImageEmbeddingCondition, drop_condition, null_condition
 from difflab.training import Trainer
 
@@ -112,3 +113,33 @@ def test_unclip_chains_a_prior_of_embeddings_and_a_decoder_of_images(tmp_path):
         evaluation.evaluate_pipeline(alone, None, 10)
     with pytest.raises(ConfigError, match="sampling.clip_x0"):
         tiny_config(tmp_path, model=TINY_PRIOR, sampling={"clip_x0": True})
+
+
+def test_sample_py_draws_variations_of_real_digits_beside_them(tmp_path, monkeypatch):
+    import numpy as np
+    from PIL import Image
+
+    from difflab.commands import sample
+    from difflab.data import tensor_to_uint8
+
+    x, y = tiny_data(64)
+    trainer = Trainer(tiny_config(tmp_path, model=TINY_DECODER, training={"max_steps": 2}),
+                      data=(x, embeddings_of(y)), quiet=True)
+    trainer.fit()
+    monkeypatch.setattr(unclip, "load_split", synthetic_split)
+    monkeypatch.setattr(unclip, "image_embeddings_of", lambda x, *a, **k: x.flatten(1)[:, :IMAGE_EMBED_DIM])
+    out = tmp_path / "variations.png"
+    ckpt = str(trainer.out_dir / "checkpoints" / "last.pt")
+    assert sample.main(["--checkpoint", ckpt, "--variations", "--digits", "37", "--n", "2", "--steps", "2",
+                        "--out", str(out), "--device", "cpu"]) == 0
+    grid = np.asarray(Image.open(out))[::2, ::2]  # saved at scale 2
+    assert grid.shape == (2 * 30 + 2, 3 * 30 + 2)  # a row per digit: the original and 2 variations
+    originals = tensor_to_uint8(unclip.test_images_of([3, 7]))
+    assert np.array_equal(grid[2:30, 2:30], originals[0]) and np.array_equal(grid[32:60, 2:30], originals[1])
+    with pytest.raises(UsageError, match="one or the other"):
+        sample.main(["--checkpoint", ckpt, "--variations", "--prompt", "a 3"])
+    labels_ckpt = Trainer(tiny_config(tmp_path / "labels", training={"max_steps": 1}), data=tiny_data(16), quiet=True)
+    labels_ckpt.fit()
+    with pytest.raises(InputError, match="configs/unclip/decoder.yaml"):
+        sample.main(["--checkpoint", str(labels_ckpt.out_dir / "checkpoints" / "last.pt"), "--variations",
+                     "--out", str(tmp_path / "no.png"), "--device", "cpu"])

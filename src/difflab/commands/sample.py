@@ -2,6 +2,9 @@
 
 A model trained on prompts (configs/prompt/) takes them too, a row per prompt:
     python sample.py --checkpoint PATH --prompt "a thin 3" --prompt "a thick, right-slanted 3"
+DALL-E 2 (configs/unclip/): the prior's embeddings drawn by a decoder, or a decoder's variations of real digits:
+    python sample.py --checkpoint PRIOR --set sampling.decoder=DECODER --prompt "a thin 3"
+    python sample.py --checkpoint DECODER --variations --digits 37     (a real test digit, then --n variations)
 """
 
 import argparse
@@ -28,6 +31,8 @@ def check_args(args) -> list:
     if args.n < 1:
         usage("--n: expected a positive integer")
     check_at_most(args.n, MAX_N, "--n", "images per digit or prompt; 10,000 for all ten digits is a FID sample set")
+    if args.variations and args.prompt:
+        usage("--variations draws from real digits' CLIP embeddings, --prompt from words: one or the other")
     for text in args.prompt:  # unknown words fail here, before the checkpoint is loaded
         from difflab.prompts import PromptError, tokenize
 
@@ -82,6 +87,9 @@ def main(argv=None):
     p.add_argument("--digits", default="0123456789", help="which digits, e.g. 3 or 0,1,7")
     p.add_argument("--prompt", action="append", default=[], metavar="TEXT",
                    help='a model trained on prompts: a row of --n images per prompt, e.g. "a thin 3" (repeatable)')
+    p.add_argument("--variations", action="store_true",
+                   help="an unCLIP decoder (configs/unclip/decoder.yaml): a row per digit, a real test image of it "
+                        "then --n images drawn from its CLIP embedding")
     p.add_argument("--out", default=None, help="PNG path (default: beside the experiment's samples)")
     p.add_argument("--save-npz", default=None, metavar="PATH", help="also write x (uint8 N x 28 x 28) and y")
     p.add_argument("--batch-size", type=int, default=None,
@@ -93,6 +101,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     digits = check_args(args)
 
+    import torch
     from tqdm import tqdm
 
     from difflab.infra.outputs import check_output_file, write_bytes_atomic, writing
@@ -110,6 +119,14 @@ def main(argv=None):
                  "or a checkpoint of a config in configs/prompt/")
         texts = [text for text in args.prompt for _ in range(args.n)]
         labels = pipe.prompts(texts)
+    elif args.variations:
+        if pipe.cfg.model.conditioning != "clip_image":
+            fail(f"--variations: {args.checkpoint} does not draw from CLIP image embeddings ({pipe.cfg.name}); "
+                 "use a checkpoint of configs/unclip/decoder.yaml")
+        from difflab.unclip import image_embeddings_of, test_images_of
+
+        originals = test_images_of(digits)
+        labels = image_embeddings_of(originals).repeat_interleave(args.n, dim=0)
     else:
         labels = pipe.default_labels(digits, args.n)
     run = pipe.settings(args.sampler, args.steps, args.cfg_scale, args.batch_size)
@@ -126,8 +143,13 @@ def main(argv=None):
     with tqdm(total=run.steps * batches, unit="step", desc=f"{run.sampler} x{run.steps}") as bar:
         result = pipe.generate(labels, sampler=run.sampler, steps=run.steps, cfg_scale=run.cfg_scale,
                                seed=args.seed, batch_size=run.batch_size, callback=lambda *a: bar.update(1))
+    images, nrow = result.images, args.n
+    if args.variations:  # each row: the real digit, then what the decoder drew from its embedding
+        images = torch.cat([torch.cat([o[None], result.images[i * args.n: (i + 1) * args.n]])
+                            for i, o in enumerate(originals)])
+        nrow = args.n + 1
     with writing(out):  # a disk that filled meanwhile: one line with the free space, no half PNG
-        save_grid(result.images, out, nrow=args.n)
+        save_grid(images, out, nrow=nrow)
     print(f"wrote {out} ({len(labels)} images, {result.nfe} model evaluations, {result.seconds:.1f} s)")
     if args.save_npz:
         with writing(args.save_npz, kept=f"{out} was written"):
