@@ -9,7 +9,7 @@ QUICK_IMAGES ?= 38400
 QUICK_STEPS ?= 20
 DATASET ?= mnist   # or fashion_mnist: `make quickstart DATASET=fashion_mnist` (Debian's dataset-fashion-mnist)
 
-.PHONY: install install-test install-demo install-browser data classifier quickstart test compare compare-all fewstep fewstep-shipped fewstep-seeds curves demo weights
+.PHONY: install install-test install-demo install-browser data classifier quickstart test compare compare-all fewstep fewstep-shipped fewstep-seeds curves encoders encoder-study unclip-study demo weights
 
 install:
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install "torch==$(TORCH_VERSION)"
@@ -131,6 +131,20 @@ fewstep-seeds: install data
 # each point. About 1.5 hours a U-Net on 2 CPU cores: run it again to continue (models published are not retrained).
 curves: install data
 	$(PYTHON) benchmarks/curves.py
+
+# The pretrained text encoders of issue 47 (docs/encoders.md): the tiny CLIP and the masked language model, trained
+# once and cached in data/encoders/ (about 5 minutes on 2 CPU cores), measured into docs/results/text_encoders.json.
+encoders: install data
+	$(PYTHON) benchmarks/text_encoders.py
+
+# Which text encoder reads prompts best (joint, frozen CLIP, frozen MLM; 3 seeds), and DALL-E 2 against SD1 at
+# equal parameters (3 seeds): docs/results/encoder_study.json, unclip_study.json, unclip_decoder.json. Resumable;
+# about 2.5 and 1.5 hours on 2 CPU cores (the second reuses the first's SD1 runs).
+encoder-study: encoders
+	bash benchmarks/encoder_study.sh
+
+unclip-study: encoders
+	bash benchmarks/unclip_study.sh
 
 # The few-step study (issue 27), after `make compare`: the SD2 U-Net it trained is the teacher of
 # consistency distillation; consistency training and the shortcut MMDiT train from scratch. Each

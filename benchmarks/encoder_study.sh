@@ -17,7 +17,7 @@ N=${N:-1000}
 PER_PROMPT=${PER_PROMPT:-20}
 SEEDS=${SEEDS:-3}
 PUBLISH=${PUBLISH-encoder_study}  # empty: list the scores, publish nothing
-PYTHON=${PYTHON:-python3}
+source benchmarks/lib.sh  # train_once, score_once, PYTHON
 declare -A CONFIG=([joint]=sd1_unet_crossattn [clip]=sd1_unet_clip_frozen [mlm]=sd1_unet_mlm_frozen)
 declare -A LABEL=([joint]="text encoder trained with it" [clip]="CLIP text tower, frozen"
                   [mlm]="masked language model, frozen")
@@ -28,18 +28,10 @@ for seed in $(seq 0 $((SEEDS - 1))); do
     name=${CONFIG[$kind]}
     dir=$OUT/seed$seed
     ckpt=$dir/$name/checkpoints/model_epoch_1.pt
-    if [ ! -f "$ckpt" ]; then
-      echo "$kind, seed $seed: training ($dir.$name.train.log)"
-      $PYTHON train.py --config "configs/prompt/$name.yaml" training.output_dir="$dir" training.epochs=1 \
-          training.max_images="$IMAGES" training.seed="$seed" --overwrite > "$dir.$name.train.log" 2>&1 \
-          || { echo "$kind, seed $seed: training failed, see $dir.$name.train.log"; exit 1; }
-    fi
+    train_once "$kind, seed $seed" "$ckpt" "$dir.$name.train.log" --config "configs/prompt/$name.yaml" \
+        training.output_dir="$dir" training.epochs=1 training.max_images="$IMAGES" training.seed="$seed"
     scores=$dir/$name.json
-    if [ ! -s "$scores" ]; then
-      echo "$kind, seed $seed: scoring (N = $N, $PER_PROMPT images a held-out prompt)"
-      $PYTHON evaluate.py --checkpoint "$ckpt" --n "$N" --adherence-per-prompt "$PER_PROMPT" --out "$scores" \
-          > /dev/null 2> "$scores.log" || { rm -f "$scores"; echo "$kind, seed $seed: scoring failed, see $scores.log"; exit 1; }
-    fi
+    score_once "$kind, seed $seed" "$scores" --checkpoint "$ckpt" --n "$N" --adherence-per-prompt "$PER_PROMPT"
     labels+=("SD1 U-Net, ${LABEL[$kind]}, seed $seed=$scores")
   done
 done

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# DALL-E 2 against SD1 at equal parameters (issue 47, docs/encoders.md): for training seeds 0, 1, 2,
+#   the unCLIP decoder (configs/unclip/decoder.yaml) and prior (configs/unclip/prior.yaml), 60,000 images each,
+#   scored as a text-to-image model (the prior's embeddings drawn by the decoder; N images and the held-out
+#   prompts' hit rates and CLIP score, as benchmarks/encoder_study.sh scores SD1), and the decoder alone, drawing
+#   from real test digits' CLIP embeddings (how faithful its variations are);
+#   the prompted SD1 U-Net of the same seed (the encoder study's "joint" run, trained here if it is missing).
+# Publishes docs/results/unclip_study.json (SD1 and unCLIP side by side, "adherence over seeds") and
+# docs/results/unclip_decoder.json (the decoder alone). Resumable.
+#   bash benchmarks/unclip_study.sh        (about 1.5 hours on 2 CPU cores, more if SD1 is not trained yet)
+#   IMAGES=640 N=20 PER_PROMPT=1 SEEDS=1 OUT=/tmp/unclip ENCODER_STUDY=/tmp/unclip PUBLISH= bash benchmarks/unclip_study.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-experiments/unclip_study}
+ENCODER_STUDY=${ENCODER_STUDY:-experiments/encoder_study}  # where SD1's prompted runs are (encoder_study.sh)
+IMAGES=${IMAGES:-60000}
+N=${N:-1000}
+PER_PROMPT=${PER_PROMPT:-20}
+SEEDS=${SEEDS:-3}
+PUBLISH=${PUBLISH-unclip_study}  # empty: list the scores, publish nothing
+source benchmarks/lib.sh  # train_once, score_once, PYTHON
+chained=() decoders=()
+for seed in $(seq 0 $((SEEDS - 1))); do
+  run=(training.epochs=1 training.max_images="$IMAGES" training.seed="$seed")
+  sd1=$ENCODER_STUDY/seed$seed/sd1_unet_crossattn/checkpoints/model_epoch_1.pt
+  train_once "SD1, seed $seed" "$sd1" "$ENCODER_STUDY/seed$seed.sd1_unet_crossattn.train.log" \
+      --config configs/prompt/sd1_unet_crossattn.yaml training.output_dir="$ENCODER_STUDY/seed$seed" "${run[@]}"
+  score_once "SD1, seed $seed" "$ENCODER_STUDY/seed$seed/sd1_unet_crossattn.json" --checkpoint "$sd1" --n "$N" \
+      --adherence-per-prompt "$PER_PROMPT"
+  dir=$OUT/seed$seed
+  for stage in decoder prior; do
+    train_once "unCLIP $stage, seed $seed" "$dir/$stage/checkpoints/model_epoch_1.pt" "$dir.$stage.train.log" \
+        --config "configs/unclip/$stage.yaml" training.output_dir="$dir" "${run[@]}"
+  done
+  decoder=$dir/decoder/checkpoints/model_epoch_1.pt
+  score_once "unCLIP decoder alone, seed $seed" "$dir/decoder.json" --checkpoint "$decoder" --n "$N"
+  score_once "unCLIP, seed $seed" "$dir/unclip.json" --checkpoint "$dir/prior/checkpoints/model_epoch_1.pt" \
+      --set sampling.decoder="$decoder" --n "$N" --adherence-per-prompt "$PER_PROMPT"
+  chained+=("SD1 U-Net reading the prompt, seed $seed=$ENCODER_STUDY/seed$seed/sd1_unet_crossattn.json"
+            "unCLIP: prior, then decoder, seed $seed=$dir/unclip.json")
+  decoders+=("unCLIP decoder from a real test digit's CLIP embedding, seed $seed=$dir/decoder.json")
+done
+if [ -n "$PUBLISH" ]; then
+  $PYTHON compare_models.py --evaluations "${chained[@]}" --as "$PUBLISH"
+  $PYTHON compare_models.py --evaluations "${decoders[@]}" --as unclip_decoder
+else
+  printf '%s\n' "${chained[@]}" "${decoders[@]}"
+fi
