@@ -173,3 +173,31 @@ def test_a_prompt_model_draws_the_prompt_and_a_label_model_its_digit(models, tmp
     assert not np.array_equal(other.grid, a.grid)  # one word changed the images
     with pytest.raises(DemoInputError, match="prompt: unknown word 'bold'"):
         generate(both, model=prompt_model, **FAST, prompt="a bold 7")
+
+
+def test_an_unclip_decoder_shows_a_real_digit_and_its_variations(tmp_path, monkeypatch):
+    """Issue 47: a model of CLIP image embeddings draws variations of one real test digit, shown first; the seed
+    picks which digit."""
+    import torch
+
+    from conftest import synthetic_split
+    from difflab import unclip
+    from difflab.data import tensor_to_uint8
+
+    monkeypatch.setattr(unclip, "load_split", synthetic_split)
+    monkeypatch.setattr(unclip, "image_embeddings_of", lambda x, *a, **k: torch.nn.functional.normalize(
+        x.flatten(1)[:, 100:164] + 1.0, dim=-1))  # a stand-in for the tiny CLIP's image tower
+    x, y = tiny_data(32)
+    cfg = tiny_config(tmp_path, model={"conditioning": "clip_image", "text_dim": 16, "text_heads": 2,
+                                       "cross_attention_levels": [1], "pooled_text": True},
+                      training={"max_steps": 3})
+    trainer = Trainer(cfg, data=(x, unclip.image_embeddings_of(x)), quiet=True)
+    trainer.fit()
+    decoder = load_models([trainer.out_dir / "checkpoints" / "last.pt"], "cpu")
+    panel = generate(decoder, model=first(decoder), **{**FAST, "digit": 3, "n_images": 3})[0]
+    assert "variations of a real test 3" in panel.summary()
+    real = np.kron(tensor_to_uint8(unclip.test_images_of([3]))[0], np.ones((3, 3), np.uint8))
+    assert np.array_equal(cell(panel.grid, 0, 0), real)  # the first image is the real digit
+    assert panel.grid.shape[1] == 3 * (2 + 30 * 4)  # then the 3 variations
+    other = generate(decoder, model=first(decoder), **{**FAST, "digit": 3, "n_images": 3, "seed": 1})[0]
+    assert not np.array_equal(cell(other.grid, 0, 0), real)  # another seed, another real 3

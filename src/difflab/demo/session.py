@@ -290,14 +290,26 @@ def _start(pipe: Pipeline, steps: int) -> tuple[float, float]:
     return float(t0), float(pipe.path.sigma(t0))
 
 
+def variations_of(digit: int, seed: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(a real test image of `digit` (1, 1, 28, 28), its CLIP embedding n times): what an unCLIP decoder is given
+    to draw variations from. The seed picks which test image, so each seed shows another real digit."""
+    from ..unclip import image_embeddings_of, test_images_of
+
+    original = test_images_of([digit] * (seed % 50 + 1))[-1:]  # the (seed mod 50)-th test image of the digit
+    return original, image_embeddings_of(original).repeat(n, 1)
+
+
 def _sample(name: str, pipe: Pipeline, req: Request, noise: torch.Tensor, on_step: Callable[[int], None]) -> Panel:
     """Run one model and record the trajectory of the first images at a few steps only.
 
     Pipeline.generate(trajectory=True) would keep every step of every image: for 1000 steps
     x 64 images that is hundreds of megabytes, so the callback keeps just what is shown.
     """
+    original = None
     if req.prompt and pipe.reads_prompts:
         labels = pipe.prompts([req.prompt] * req.n_images)
+    elif pipe.cfg.model.conditioning == "clip_image":  # unCLIP's decoder: variations of one real test digit
+        original, labels = variations_of(req.digit, req.seed, req.n_images)
     else:
         labels = pipe.default_labels([req.digit], req.n_images)
     keep, trajectory = _frames_to_keep(req.steps), []
@@ -314,12 +326,16 @@ def _sample(name: str, pipe: Pipeline, req: Request, noise: torch.Tensor, on_ste
     trajectory.append((0.0, result.images[:GIF_IMAGES], result.images[:GIF_IMAGES]))
     unconditional = labels.ndim == 1 and bool((labels == NULL_CLASS).all())
     asked = f'prompt "{req.prompt}"' if req.prompt and pipe.reads_prompts else f"digit {req.digit}"
+    if original is not None:
+        asked = (f"variations of a real test {req.digit} (the first image; the seed picks which {req.digit}), "
+                 "drawn from its CLIP embedding")
     if req.prompt and not pipe.reads_prompts and not unconditional:
         asked += " (this model reads class labels, not prompts)"
     settings = (f"{'any digit (unconditional model)' if unconditional else asked}, "
                 f"{run.sampler}, {plural(run.steps, 'step')}, guidance {run.cfg_scale:g}, "
                 f"seed {req.seed}, {plural(req.n_images, 'image')}")
-    return Panel(name, grid_array(result.images, nrow=min(8, req.n_images), scale=3), _strip(trajectory),
+    shown = result.images if original is None else torch.cat([original, result.images])
+    return Panel(name, grid_array(shown, nrow=min(8, len(shown)), scale=3), _strip(trajectory),
                  _gif(trajectory), steps=req.steps, gif_steps=len(keep), seconds=result.seconds, nfe=result.nfe,
                  settings=settings, note=few_steps_hint(pipe, req.steps))
 
