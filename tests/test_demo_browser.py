@@ -278,3 +278,42 @@ def test_picking_a_few_step_model_sets_its_own_sampler_and_steps(browser, tmp_pa
         assert click_generate(page, seed=5) == ""
         assert "consistency, 2 steps, guidance 1" in text(page, "summary-a"), text(page, "summary-a")
         page.context.close()
+
+
+def test_an_unclip_decoder_draws_variations_of_a_real_digit(browser, tmp_path, monkeypatch):
+    """Issue 47: served, a model of CLIP image embeddings shows a real test digit and what it draws from its
+    embedding. The demo reads the data folder DIFFLAB_DATA names: the MNIST file, and a tiny CLIP cached there
+    under the default settings (the real one takes minutes to train)."""
+    skip_without_tools()
+    import dataclasses
+
+    import torch
+
+    from difflab import clip
+    from difflab.data import load_split
+    from difflab.infra.model_cache import save_cached
+    from difflab.training import Trainer
+
+    data = ROOT / "data" / "mnist.npz"
+    if not data.is_file():
+        pytest.skip(f"needs {data} (python setup_mnist.py)")
+    folder = tmp_path / "data"
+    folder.mkdir()
+    (folder / "mnist.npz").symlink_to(data)
+    tiny_clip = clip.train_clip(*load_split("train", data_dir=folder), clip.CLIPSettings(epochs=1, train_subset=512))
+    save_cached(tiny_clip, *clip.clip_paths(folder), clip.CACHE_FORMAT,
+                {"settings": dataclasses.asdict(clip.CLIPSettings())})
+    monkeypatch.setenv("DIFFLAB_DATA", str(folder))
+    x, _ = tiny_data(32)
+    cfg = tiny_config(tmp_path, model={"conditioning": "clip_image", "text_dim": 16, "text_heads": 2,
+                                       "cross_attention_levels": [1], "pooled_text": True},
+                      training={"max_steps": 3})
+    cfg.name = "tiny_decoder"
+    trainer = Trainer(cfg, data=(x, torch.nn.functional.normalize(torch.randn(32, 64), dim=-1)), quiet=True)
+    trainer.fit()
+    with serve([trainer.out_dir / "checkpoints" / "last.pt"], tmp_path) as demo:
+        page = open_page(browser, demo.url)
+        set_images(page, 2)
+        assert click_generate(page, digit=4, seed=2, steps=3) == "", demo.log()
+        assert "variations of a real test 4" in text(page, "summary-a"), text(page, "summary-a")
+        page.context.close()
