@@ -38,13 +38,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from . import attributes, prompts
 from .classifier import conv_block, random_shift
 from .data import load_split, resolve_data_dir, tensor_to_uint8
 from .infra.model_cache import load_or_train
 from .models.text import IMAGE_EMBED_DIM, TextEncoder
+from .optim import fit_one_cycle
 
 CACHE_FORMAT = 1  # bump when the architecture or the file layout changes
 
@@ -134,24 +134,17 @@ def train_clip(images: torch.Tensor, digits: torch.Tensor, settings: CLIPSetting
         torch.manual_seed(settings.seed)
         gen = torch.Generator().manual_seed(settings.seed)
         model = TinyCLIP().to(device)
-        opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, settings.lr, total_steps=settings.epochs * steps_per_epoch)
-        model.train()
-        for epoch in range(settings.epochs):
-            texts = prompts.random_prompts(digits.numpy(), bins, seed=settings.seed * 1000 + epoch)
-            tokens = prompts.encode(texts).to(device)
+
+        def epoch_losses(epoch):  # a fresh prompt for every image, a fresh order, fresh shifts
+            tokens = prompts.encode(prompts.random_prompts(digits.numpy(), bins, seed=settings.seed * 1000 + epoch))
+            tokens = tokens.to(device)
             order = torch.randperm(len(images), generator=gen).to(device)
-            bar = tqdm(range(steps_per_epoch), desc=f"CLIP epoch {epoch + 1}/{settings.epochs}")
-            for i in bar:
+            for i in range(steps_per_epoch):
                 idx = order[i * settings.batch_size: (i + 1) * settings.batch_size]
                 x = random_shift(images[idx], settings.max_shift, gen)
-                loss = contrastive_loss(model(x, tokens[idx]), tokens[idx])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                if i % 20 == 0:
-                    bar.set_postfix(loss=f"{loss.item():.3f}", temperature=f"{1 / model.logit_scale.exp().item():.3f}")
+                yield contrastive_loss(model(x, tokens[idx]), tokens[idx])
+
+        fit_one_cycle(model, settings, steps_per_epoch, epoch_losses, "CLIP")
     return model.eval()
 
 

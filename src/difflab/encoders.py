@@ -29,13 +29,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from . import prompts
 from .data import load_split, resolve_data_dir, tensor_to_uint8
 from .infra.checkpoint import load_weights
 from .infra.model_cache import load_or_train
 from .models.text import PAD_ID, START_ID, TextEncoder
+from .optim import fit_one_cycle
 
 CACHE_FORMAT = 1  # bump when the architecture or the file layout changes
 FROZEN = ("clip", "mlm")  # model.text_encoder values whose weights come from here
@@ -110,22 +110,15 @@ def train_mlm(images: torch.Tensor, digits: torch.Tensor, settings: MLMSettings)
         torch.manual_seed(settings.seed)
         gen = torch.Generator().manual_seed(settings.seed)
         model = MaskedLM()
-        opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, settings.lr, total_steps=settings.epochs * steps_per_epoch)
-        model.train()
-        for epoch in range(settings.epochs):
+
+        def epoch_losses(epoch):  # a fresh drawing of every prompt, a fresh order, fresh hidden words
             tokens = corpus(digits, bins, seed=settings.seed * 1000 + epoch)
             order = torch.randperm(len(tokens), generator=gen)
-            bar = tqdm(range(steps_per_epoch), desc=f"masked LM epoch {epoch + 1}/{settings.epochs}")
-            for i in bar:
+            for i in range(steps_per_epoch):
                 batch = tokens[order[i * settings.batch_size: (i + 1) * settings.batch_size]]
-                loss = mlm_loss(model, batch, choose_hidden(batch, settings.mask_rate, gen))
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                if i % 20 == 0:
-                    bar.set_postfix(loss=f"{loss.item():.3f}")
+                yield mlm_loss(model, batch, choose_hidden(batch, settings.mask_rate, gen))
+
+        fit_one_cycle(model, settings, steps_per_epoch, epoch_losses, "masked LM")
     return model.eval()
 
 

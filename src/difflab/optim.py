@@ -63,3 +63,24 @@ class EMA:
             p_ema.lerp_(p.detach(), 1 - d)
         for b_ema, b in zip(self.model.buffers(), model.buffers()):
             b_ema.copy_(b)
+
+
+def fit_one_cycle(model: torch.nn.Module, settings, steps_per_epoch: int, epoch_losses, desc: str) -> None:
+    """Train a small network once: AdamW, a one-cycle learning rate (Smith & Topin 2017) peaking at settings.lr,
+    settings.epochs epochs of steps_per_epoch steps. The pretrained encoders (the tiny CLIP, the masked language
+    model) train this way; `epoch_losses(epoch)` yields each step's loss, computed when the step asks for it."""
+    from tqdm import tqdm
+
+    opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, settings.lr, total_steps=settings.epochs * steps_per_epoch)
+    model.train()
+    for epoch in range(settings.epochs):
+        bar = tqdm(epoch_losses(epoch), total=steps_per_epoch, desc=f"{desc} epoch {epoch + 1}/{settings.epochs}")
+        for i, loss in enumerate(bar):
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            if i % 20 == 0:
+                bar.set_postfix(loss=f"{loss.item():.3f}")
+    model.eval()
