@@ -41,14 +41,18 @@ NEWER = {"configs/fewstep/sd2_ect.yaml": "configs/unified_sd2_unet_v.yaml",
          "configs/fewstep/sd3_meanflow.yaml": "configs/fewstep/sd3_shortcut.yaml",
          # issue 47: the prompted U-Net reading a frozen, pretrained text encoder (same network, weight for weight)
          "configs/prompt/sd1_unet_clip_frozen.yaml": "configs/prompt/sd1_unet_crossattn.yaml",
-         "configs/prompt/sd1_unet_mlm_frozen.yaml": "configs/prompt/sd1_unet_crossattn.yaml"}
+         "configs/prompt/sd1_unet_mlm_frozen.yaml": "configs/prompt/sd1_unet_crossattn.yaml",
+         # issue 48: SD1 trained on reframed digits (data.reframe), the same network
+         "configs/microcond/sd1_reframed.yaml": "configs/unified_sd1_unet_eps.yaml"}
 
 # Networks new since the record (no older checkpoint can hold them): DALL-E 2's decoder and prior (issue 47).
-NEW_NETWORKS = {"configs/unclip/decoder.yaml", "configs/unclip/prior.yaml"}
+NEW_NETWORKS = {"configs/unclip/decoder.yaml", "configs/unclip/prior.yaml",
+                "configs/microcond/sdxl_microcond.yaml"}  # and SDXL's micro-conditioning (issue 48)
 
 # Model keys added after the record, with the value every config of the record has (the old network).
 ADDED = {"hourglass": False,  # issue 46: HDiT's token merging in the DiT and the MMDiT
-         "text_encoder": "joint"}  # issue 47: which text encoder reads the prompt (difflab.encoders)
+         "text_encoder": "joint",  # issue 47: which text encoder reads the prompt (difflab.encoders)
+         "micro_conditioning": False}  # issue 48: SDXL's size and crop conditioning (difflab.microcond)
 
 
 def test_every_config_of_the_repository_is_in_the_record():

@@ -31,7 +31,8 @@ SHORTCUT = dict(model={"architecture": "mmdit", "hidden_size": 32, "depth": 1, "
 
 # The config a VAE checkpoint stored before issue 43 (item 3), as written by Config.to_dict() then.
 VAE_KEYS = {"architecture", "conditioning", "text_dim", "text_depth", "text_heads", "channels", "channel_mult",
-            "num_res_blocks", "latent_channels", "kl_weight"}
+            "num_res_blocks", "latent_channels", "kl_weight",
+            "text_encoder"}  # shared by every architecture since issue 47 (an old config gets the default, joint)
 STORED_VAE_CONFIG = {
     "name": "tiny",
     "data": {"dataset": "mnist", "data_dir": None, "vae_checkpoint": None, "vae_config": None, "limit": None},
@@ -129,7 +130,8 @@ def test_old_vae_configs_and_checkpoints_still_load(tmp_path):
     # Stored again, the model section keeps the VAE's own keys with their values (the other architectures'
     # keys, stored by every checkpoint before issue 43, are dropped); every other section is as it was.
     again = stored.to_dict()
-    assert again["model"] == {k: v for k, v in STORED_VAE_CONFIG["model"].items() if k in VAE_KEYS}
+    assert again["model"] == {**{k: v for k, v in STORED_VAE_CONFIG["model"].items() if k in VAE_KEYS},
+                              "text_encoder": "joint"}
     for section, values in STORED_VAE_CONFIG.items():  # settings added since (sampling.midpoint) take defaults
         if section != "model":
             assert {k: again[section][k] for k in values} == values if isinstance(values, dict) else \

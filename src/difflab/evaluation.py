@@ -224,7 +224,7 @@ def asked_for(pipe, n: int, prompts: str = "digit", data_dir=None) -> tuple[torc
 
         return labels, test_embeddings_of(labels.tolist(), data_dir)
     if not pipe.reads_prompts:
-        return labels, labels
+        return labels, pipe.framed(labels)  # SDXL's micro-conditions, if told: asked for centred, full size
     if prompts == "captions":
         digits, texts = captions(n, data_dir)
         return torch.as_tensor(digits, dtype=torch.long), pipe.prompts(texts)
@@ -284,6 +284,10 @@ def evaluate_pipeline(
     scores = evaluate_images(
         result.images, None if unconditional else labels, classifier, data_dir=data_dir
     )
+    if pipe.cfg.data.reframe:  # SDXL's problem: how many digits come out cut off or tiny, asked for centred
+        from difflab.microcond import framing_shares
+
+        scores["framing"] = framing_shares(result.images)
     return {
         **scores,
         "sampler": run.sampler,

@@ -37,6 +37,13 @@ def load_training_data(cfg: Config, device: torch.device):
     if not cfg.data.vae_checkpoint:
         x, y = load_split("train", dataset=cfg.data.dataset, data_dir=cfg.data.data_dir, device=device)
         x, y = x[: cfg.data.limit], y[: cfg.data.limit]  # data.limit: the first N images only
+        if cfg.data.reframe:  # SDXL's problem: every digit at a random size and crop (difflab.microcond)
+            from .microcond import framed_training_set
+
+            x, framings = framed_training_set(x.cpu())
+            x = x.to(device)
+            if cfg.model.net.micro_conditioning:  # and the model is told them: (label, size, top, left)
+                y = torch.cat([y[:, None], framings.to(y.device)], dim=1)
         if cfg.model.conditioning == "prompt":  # a prompt per image instead of its label (difflab.prompts)
             from .prompts import training_prompts
 

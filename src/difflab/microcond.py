@@ -83,3 +83,11 @@ def framing(images: np.ndarray) -> dict[str, np.ndarray]:
     edge = rows[:, [0, -1]].any(1) | cols[:, [0, -1]].any(1)
     return {"height": height, "centre_row": (first_r + last_r) / 2, "centre_col": (first_c + last_c) / 2,
             "cut_off": edge, "tiny": (height > 0) & (height < TINY)}
+
+
+def framing_shares(images: torch.Tensor) -> dict[str, float]:
+    """The shares of images (N, 1, 28, 28) in [-1, 1] whose digit is cut off or tiny (framing())."""
+    from .data import tensor_to_uint8
+
+    measured = framing(tensor_to_uint8(images))
+    return {"cut_off": float(measured["cut_off"].mean()), "tiny": float(measured["tiny"].mean())}

@@ -223,7 +223,15 @@ class Pipeline:
 
             return test_embeddings_of([d for d in digits for _ in range(n_per_digit)], self.cfg.data.data_dir)
         labels = torch.tensor([d for d in digits for _ in range(n_per_digit)], dtype=torch.long)
-        return torch.full_like(labels, NULL_CLASS) if is_unconditional(self.cfg) else labels
+        labels = torch.full_like(labels, NULL_CLASS) if is_unconditional(self.cfg) else labels
+        return self.framed(labels)
+
+    def framed(self, labels: torch.Tensor, framing: Sequence[int] = (28, 0, 0)) -> torch.Tensor:
+        """Labels (N,) as a model told SDXL's micro-conditions reads them, (N, 4): (label, size, top, left),
+        by default MNIST's own framing, "centred, full size" (difflab.microcond.CENTRED); others pass through."""
+        if not getattr(self.cfg.model.net, "micro_conditioning", False):
+            return labels
+        return torch.cat([labels[:, None], torch.tensor(framing, dtype=torch.long).expand(len(labels), 3)], dim=1)
 
     @property
     def reads_prompts(self) -> bool:

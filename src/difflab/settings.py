@@ -23,6 +23,8 @@ class DataConfig:
     # The config that trains that VAE: train.py trains it first when vae_checkpoint does not exist yet.
     vae_config: Optional[str] = None
     limit: Optional[int] = None  # use only the first N training images (quick experiments, tests)
+    # SDXL's problem made on MNIST (difflab.microcond): every training digit at a random size and crop
+    reframe: bool = False
 
 
 class NetConfig:

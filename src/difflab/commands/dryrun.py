@@ -114,6 +114,8 @@ def activation_bytes(model: torch.nn.Module, cfg: Config, shape: tuple, batch: i
                 y = torch.zeros((batch, MAX_TOKENS) if prompt else (batch,), dtype=torch.long)
                 if cfg.model.conditioning == "clip_image":  # DALL-E 2's decoder reads a CLIP image embedding
                     y = torch.zeros((batch, IMAGE_EMBED_DIM))
+                if getattr(cfg.model.net, "micro_conditioning", False):  # (label, size, top, left): SDXL's
+                    y = torch.zeros((batch, 4), dtype=torch.long)
                 model(x, torch.empty(batch), y)
     except Exception:  # noqa: BLE001 -- an op meta tensors lack: the estimate is a help, never why a run fails
         return None

@@ -31,6 +31,8 @@ def check_args(args) -> list:
     if args.n < 1:
         usage("--n: expected a positive integer")
     check_at_most(args.n, MAX_N, "--n", "images per digit or prompt; 10,000 for all ten digits is a FID sample set")
+    if args.framing is not None:
+        args.framing = parse_framing(args.framing)
     if args.variations and args.prompt:
         usage("--variations draws from real digits' CLIP embeddings, --prompt from words: one or the other")
     for text in args.prompt:  # unknown words fail here, before the checkpoint is loaded
@@ -54,9 +56,26 @@ def check_args(args) -> list:
     return digits
 
 
-def npz_bytes(result, texts=None) -> bytes:
+def parse_framing(text: str) -> tuple[int, int, int]:
+    """--framing SIZE,TOP,LEFT: three integers within what the reframed training digits had (difflab.microcond)."""
+    from difflab.microcond import SIZE, SIZE_MAX, SIZE_MIN
+
+    try:
+        size, top, left = (int(v) for v in text.split(","))
+    except ValueError:
+        usage(f"--framing: expected three integers SIZE,TOP,LEFT such as 28,0,0, got {text[:40]!r}")
+    lo, hi = round(SIZE * SIZE_MIN), round(SIZE * SIZE_MAX)
+    slack = range(0, size - SIZE + 1) if size >= SIZE else range(size - SIZE, 1)
+    if not lo <= size <= hi or top not in slack or left not in slack:
+        usage(f"--framing: SIZE in {lo}..{hi}, and TOP and LEFT in {slack.start}..{slack.stop - 1} for that size "
+              f"(the framings the model was trained on), got {text[:40]!r}")
+    return size, top, left
+
+
+def npz_bytes(result, texts=None, digits=None) -> bytes:
     """x (uint8 N x 28 x 28) and y (the digits asked for) as the bytes of an .npz file; with prompts,
-    y is the digit each prompt names (10 if none) and `prompts` holds the texts."""
+    y is the digit each prompt names (10 if none) and `prompts` holds the texts. `digits`: y when the model was
+    given more than a label per image (an unCLIP decoder's embeddings, SDXL's micro-conditions)."""
     import numpy as np
 
     from difflab.data import tensor_to_uint8
@@ -65,7 +84,8 @@ def npz_bytes(result, texts=None) -> bytes:
 
     buffer = io.BytesIO()  # np.savez on a path would append ".npz" to a name without it
     if texts is None:
-        np.savez(buffer, x=tensor_to_uint8(result.images), y=result.labels.numpy().astype(np.int64))
+        y = result.labels if digits is None else digits
+        np.savez(buffer, x=tensor_to_uint8(result.images), y=y.numpy().astype(np.int64))
     else:
         digits = [NULL_CLASS if parse(t)[0] is None else parse(t)[0] for t in texts]
         np.savez(buffer, x=tensor_to_uint8(result.images), y=np.array(digits, np.int64), prompts=np.array(texts))
@@ -90,6 +110,9 @@ def main(argv=None):
     p.add_argument("--variations", action="store_true",
                    help="an unCLIP decoder (configs/unclip/decoder.yaml): a row per digit, a real test image of it "
                         "then --n images drawn from its CLIP embedding")
+    p.add_argument("--framing", default=None, metavar="SIZE,TOP,LEFT",
+                   help="a model told SDXL's micro-conditions (configs/microcond/sdxl_microcond.yaml): the digit's "
+                        "canvas size (14-45) and crop corner to ask for (default 28,0,0: MNIST's own framing)")
     p.add_argument("--out", default=None, help="PNG path (default: beside the experiment's samples)")
     p.add_argument("--save-npz", default=None, metavar="PATH", help="also write x (uint8 N x 28 x 28) and y")
     p.add_argument("--batch-size", type=int, default=None,
@@ -129,6 +152,11 @@ def main(argv=None):
         labels = image_embeddings_of(originals).repeat_interleave(args.n, dim=0)
     else:
         labels = pipe.default_labels(digits, args.n)
+    if args.framing is not None:
+        if not getattr(pipe.cfg.model.net, "micro_conditioning", False):
+            fail(f"--framing: {args.checkpoint} was not told digits' sizes and crops ({pipe.cfg.name}); use a "
+                 "checkpoint of configs/microcond/sdxl_microcond.yaml")
+        labels = pipe.framed(labels[:, 0], args.framing)
     run = pipe.settings(args.sampler, args.steps, args.cfg_scale, args.batch_size)
     check_steps(run.steps, "sampling.steps (the checkpoint's, or --set)")
     beside = Path("samples") if args.checkpoint in SHIPPED else ckpt.parent.parent / "samples"  # not into weights/
@@ -153,7 +181,8 @@ def main(argv=None):
     print(f"wrote {out} ({len(labels)} images, {result.nfe} model evaluations, {result.seconds:.1f} s)")
     if args.save_npz:
         with writing(args.save_npz, kept=f"{out} was written"):
-            write_bytes_atomic(args.save_npz, npz_bytes(result, texts))
+            asked = None if texts or labels.ndim == 1 else torch.tensor([d for d in digits for _ in range(args.n)])
+            write_bytes_atomic(args.save_npz, npz_bytes(result, texts, asked))
         print(f"wrote {args.save_npz}")
     return 0
 

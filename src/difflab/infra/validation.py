@@ -162,6 +162,11 @@ def _validate_model(cfg, bad) -> None:
                 bad(key, "a positive integer")
         if m.text_dim % m.text_heads:
             bad("model.text_dim", f"a multiple of model.text_heads ({m.text_heads})")
+    if cfg.data.reframe and (m.conditioning != "class" or cfg.data.vae_checkpoint):
+        bad("data.reframe", "false for a model of prompts, image embeddings or latents (reframed digits: class labels)")
+    if getattr(m.net, "micro_conditioning", False) and not cfg.data.reframe:
+        bad("model.micro_conditioning", "false unless data.reframe is true (it tells the model each digit's size "
+                                        "and crop)")
     if m.text_encoder != "joint" and m.conditioning != "prompt":
         bad("model.text_encoder", "joint for a model of class labels or image embeddings (a text encoder reads "
                                   "prompts: model.conditioning prompt)")

@@ -60,6 +60,21 @@ class LabelEmbedder(nn.Module):
         return self.table(y)  # (B, dim)
 
 
+class FramingEmbedder(nn.Module):
+    """SDXL's micro-conditions -> a vector for the time embedding (Podell et al. 2023, Sec. 2.2): each integer
+    (the digit's canvas size, the crop's top and left, difflab.microcond) through the sinusoidal features
+    timesteps get, concatenated, then a 2-layer MLP. Offsets are shifted by 32 to be non-negative."""
+
+    def __init__(self, dim: int, freq_dim: int = 64, values: int = 3):
+        super().__init__()
+        self.freq_dim = freq_dim
+        self.mlp = nn.Sequential(nn.Linear(values * freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+
+    def forward(self, framing: torch.Tensor) -> torch.Tensor:
+        feats = [timestep_embedding(v.float() + 32, self.freq_dim) for v in framing.unbind(1)]  # each (B, freq)
+        return self.mlp(torch.cat(feats, dim=1))  # (B, dim)
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..settings import ModelConfig, NetConfig, level_indices, positive
-from .layers import LabelEmbedder, TimestepEmbedder
+from .layers import FramingEmbedder, LabelEmbedder, TimestepEmbedder
 from .text import TextEncoder, build_text_encoder
 
 
@@ -37,6 +37,9 @@ class UNetConfig(NetConfig):
     num_heads: int = 4
     cross_attention_levels: list = field(default_factory=lambda: [2])  # levels that read the prompt
     pooled_text: bool = False  # also add the pooled prompt to the time embedding (SDXL; SD1 did not)
+    # SDXL's micro-conditioning (Podell et al. 2023, Sec. 2.2): the digit's size and crop (data.reframe), told
+    # through Fourier features added to the time embedding; the condition is then (label, size, top, left)
+    micro_conditioning: bool = False
 
     def problems(self, model: ModelConfig) -> Iterator[tuple[str, str]]:
         yield from positive(channels=self.channels, num_heads=self.num_heads)
@@ -176,6 +179,7 @@ class UNet(nn.Module):
         text: Optional[TextEncoder] = None,
         cross_attention_levels: tuple = (),
         pooled_text: bool = False,
+        micro_conditioning: bool = False,
     ):
         super().__init__()
         emb_dim = 4 * channels
@@ -187,6 +191,7 @@ class UNet(nn.Module):
         # SDXL's addition (Podell et al. 2023, Sec. 2.1): the pooled prompt also joins the time embedding,
         # so every ResBlock hears the prompt, as every ResBlock hears a class label
         self.pooled_embed = nn.Linear(text.dim, emb_dim) if text is not None and pooled_text else None
+        self.framing_embed = FramingEmbedder(emb_dim) if micro_conditioning else None
 
         def reads_prompt(level, ch):  # a cross-attention layer where this level reads the prompt
             return ([CrossAttention(ch, text.dim, num_heads)] if text is not None and level in cross_attention_levels
@@ -243,6 +248,9 @@ class UNet(nn.Module):
         """y: class labels (B,), or prompt tokens (B, L) for a model with a text encoder."""
         emb = self.time_embed(t)  # (B, 4 * channels)
         prompt = ()
+        if self.framing_embed is not None:  # (label, size, top, left): SDXL's micro-conditioning
+            emb = emb + self.framing_embed(y[:, 1:])
+            y = y[:, 0]
         if self.text is None:
             emb = emb + self.label_embed(y)
         else:
@@ -277,4 +285,5 @@ def build_unet(cfg: ModelConfig, in_channels: int, image_size: int) -> UNet:
         text=build_text_encoder(cfg),
         cross_attention_levels=tuple(u.cross_attention_levels),
         pooled_text=u.pooled_text,
+        micro_conditioning=u.micro_conditioning,
     )
