@@ -265,3 +265,19 @@ def test_learning_curves_put_each_models_epochs_on_one_row_with_the_cost_of_its_
     assert lines[3] == "| DiT | 1.08 | 5.38 (97.0%) |  | 60,000 images, 0.06 PFLOP, 0.5 CPU h |"  # not yet at epoch 2
     with pytest.raises(ValueError, match="no training record"):
         report.render("learning curves", {"kind": "evaluations", "rows": [{"label": "x @ epoch 1", "fid": 1.0}]})
+
+
+def test_reframed_models_over_seeds_show_their_cut_off_and_tiny_digits():
+    def framed(cut_off, tiny):
+        return {**evaluation(6.0, 0.95), "framing": {"cut_off": cut_off, "tiny": tiny}}
+
+    results = page_tables.gather_evaluations({"told nothing, seed 0": framed(0.30, 0.10),
+                                              "told, seed 0": framed(0.02, 0.01),
+                                              "told nothing, seed 1": framed(0.20, 0.12),
+                                              "told, seed 1": framed(0.04, 0.01)})
+    lines = report.render("framing over seeds", results).splitlines()
+    assert lines[0] == "| asked for MNIST's own framing | told nothing (2 seeds) | told (2 seeds) |"
+    assert "| digits cut off by the canvas | 25.0% +- 7.1 | 3.0% +- 1.4 |" in lines
+    assert "| tiny digits (under 12 rows of ink) | 11.0% +- 1.4 | 1.0% +- 0.0 |" in lines
+    with pytest.raises(ValueError, match="no framing in: plain"):
+        report.render("framing over seeds", page_tables.gather_evaluations({"plain": evaluation(5.0, 0.97)}))

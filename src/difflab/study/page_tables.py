@@ -12,6 +12,7 @@ which writes docs/results/latent_guidance.json (report.publish) and fills the pa
     <!-- generated from docs/results/x.json: adherence over seeds -->         a column per model, its seeds' mean
     <!-- generated from docs/results/x.json: curves over seeds -->            few-step curves, each seed's mean
     <!-- generated from docs/results/x.json: learning curves -->             quality against training, a row per model
+    <!-- generated from docs/results/x.json: framing over seeds -->          cut-off and tiny digits, a column per model
 
 so its numbers are checked by tests/test_docs.py like the study's (report.py renders every kind).
 """
@@ -20,6 +21,8 @@ from __future__ import annotations
 
 import re
 import statistics
+
+from ..microcond import TINY
 
 SEED = re.compile(r",\s*seed \d+$")  # "SD1 cross-attention, seed 2": seed 2 of the model "SD1 cross-attention"
 
@@ -222,6 +225,32 @@ def adherence_over_seeds(results: dict) -> str:
     lines.append("| sampling | " + " | ".join(sampling(seeds) for seeds in models.values()) + " |")
     return ("\n".join(lines) + f"\n\nMean +- sample standard deviation over training seeds; for each seed "
             f"{first['per_prompt']} images for each of {first['prompts']} held-out prompts.\n")
+
+
+def framing_over_seeds(results: dict) -> str:
+    """Models trained on reframed digits (difflab.microcond) over training seeds: a column per model, the seeds'
+    mean +- spread of FID, digit accuracy and the shares of cut-off and tiny digits, asked for MNIST's framing."""
+    missing = [r["label"] for r in results["rows"] if not r.get("framing")]
+    if missing:
+        raise ValueError(f"no framing in: {', '.join(missing)} (evaluate a model trained with data.reframe)")
+    models: dict[str, list] = {}
+    for r in results["rows"]:
+        models.setdefault(SEED.sub("", r["label"]), []).append(r)
+    first = results["rows"][0]
+    measures = [(f"FID (floor {first['fid_floor']:.2f}, N = {first['n']})", lambda r: r["fid"], False),
+                ("digit accuracy", lambda r: r["accuracy"], True),
+                ("digits cut off by the canvas", lambda r: r["framing"]["cut_off"], True),
+                (f"tiny digits (under {TINY} rows of ink)", lambda r: r["framing"]["tiny"], True)]
+
+    def cell(values: list, percent: bool) -> str:
+        spread = statistics.stdev(values) if len(values) > 1 else 0.0
+        return spread_text(statistics.fmean(values), spread, len(values), percent)
+
+    lines = ["| asked for MNIST's own framing | " + " | ".join(f"{m} ({len(s)} seeds)" for m, s in models.items())
+             + " |", "|---" * (len(models) + 1) + "|"]
+    lines += [f"| {name} | " + " | ".join(cell([value(r) for r in seeds], percent) for seeds in models.values()) + " |"
+              for name, value, percent in measures]
+    return "\n".join(lines) + "\n\nMean +- sample standard deviation over training seeds.\n"
 
 
 def gather_evaluations(labelled: dict) -> dict:
