@@ -35,8 +35,4 @@ for seed in $(seq 0 $((SEEDS - 1))); do
     labels+=("SD1 U-Net, ${LABEL[$kind]}, seed $seed=$scores")
   done
 done
-if [ -n "$PUBLISH" ]; then
-  $PYTHON compare_models.py --evaluations "${labels[@]}" --as "$PUBLISH"
-else
-  printf '%s\n' "${labels[@]}"
-fi
+publish "$PUBLISH" "${labels[@]}"

@@ -21,3 +21,15 @@ score_once() {
   $PYTHON evaluate.py "$@" --out "$scores" > /dev/null 2> "$scores.log" \
     || { rm -f "$scores"; echo "$what: scoring failed, see $scores.log"; exit 1; }
 }
+
+# publish NAME LABEL=SCORES.json...: the scores as docs/results/NAME.json (compare_models.py --as NAME, which
+# regenerates the blocks that name it), or, where NAME is empty, the labels and files listed for the caller
+publish() {
+  local name=$1
+  shift
+  if [ -n "$name" ]; then
+    $PYTHON compare_models.py --evaluations "$@" --as "$name"
+  else
+    printf '%s\n' "$@"
+  fi
+}

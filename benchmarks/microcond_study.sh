@@ -26,8 +26,4 @@ for seed in $(seq 0 $((SEEDS - 1))); do
     labels+=("${LABEL[$name]}, seed $seed=$dir/$name.json")
   done
 done
-if [ -n "$PUBLISH" ]; then
-  $PYTHON compare_models.py --evaluations "${labels[@]}" --as "$PUBLISH"
-else
-  printf '%s\n' "${labels[@]}"
-fi
+publish "$PUBLISH" "${labels[@]}"

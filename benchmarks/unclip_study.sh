@@ -40,9 +40,5 @@ for seed in $(seq 0 $((SEEDS - 1))); do
             "unCLIP: prior, then decoder, seed $seed=$dir/unclip.json")
   decoders+=("unCLIP decoder from a real test digit's CLIP embedding, seed $seed=$dir/decoder.json")
 done
-if [ -n "$PUBLISH" ]; then
-  $PYTHON compare_models.py --evaluations "${chained[@]}" --as "$PUBLISH"
-  $PYTHON compare_models.py --evaluations "${decoders[@]}" --as unclip_decoder
-else
-  printf '%s\n' "${chained[@]}" "${decoders[@]}"
-fi
+publish "$PUBLISH" "${chained[@]}"
+publish "${PUBLISH:+unclip_decoder}" "${decoders[@]}"
