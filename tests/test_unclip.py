@@ -15,6 +15,14 @@ TINY_DECODER = {"conditioning": "clip_image", "text_dim": 16, "text_heads": 2, "
                 "pooled_text": True}
 
 
+@pytest.fixture(autouse=True)
+def no_real_clip(monkeypatch):
+    """Never the cached tiny CLIP (a new checkout has none: it would train for minutes): synthetic test digits,
+    and their pixels as their "embeddings". Training a decoder draws its grid from these too."""
+    monkeypatch.setattr(unclip, "load_split", synthetic_split)
+    monkeypatch.setattr(unclip, "image_embeddings_of", lambda x, *a, **k: x.flatten(1)[:, :IMAGE_EMBED_DIM])
+
+
 def embeddings_of(y: torch.Tensor) -> torch.Tensor:
     """Stand-ins for CLIP embeddings: a unit vector per digit."""
     return torch.nn.functional.normalize(torch.eye(10, IMAGE_EMBED_DIM)[y] + 0.1, dim=-1)
@@ -45,8 +53,6 @@ def test_a_decoder_trains_on_embeddings_and_draws_what_it_is_given(tmp_path, mon
     other = pipe.generate(embeddings_of(torch.tensor([4, 1, 8])), steps=3, seed=0, cfg_scale=2.0).images
     assert not torch.allclose(out[0], other[0]) and torch.allclose(out[1:], other[1:], atol=1e-5)  # per image
     # scored and shown with real test digits' embeddings, the k-th seven being the k-th test seven
-    monkeypatch.setattr(unclip, "load_split", synthetic_split)
-    monkeypatch.setattr(unclip, "image_embeddings_of", lambda x, *a, **k: x.flatten(1)[:, :IMAGE_EMBED_DIM])
     images = unclip.test_images_of([7, 7, 2])
     _, ty = synthetic_split("test")
     assert not torch.equal(images[0], images[1])
@@ -126,8 +132,6 @@ def test_sample_py_draws_variations_of_real_digits_beside_them(tmp_path, monkeyp
     trainer = Trainer(tiny_config(tmp_path, model=TINY_DECODER, training={"max_steps": 2}),
                       data=(x, embeddings_of(y)), quiet=True)
     trainer.fit()
-    monkeypatch.setattr(unclip, "load_split", synthetic_split)
-    monkeypatch.setattr(unclip, "image_embeddings_of", lambda x, *a, **k: x.flatten(1)[:, :IMAGE_EMBED_DIM])
     out = tmp_path / "variations.png"
     ckpt = str(trainer.out_dir / "checkpoints" / "last.pt")
     assert sample.main(["--checkpoint", ckpt, "--variations", "--digits", "37", "--n", "2", "--steps", "2",
