@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from difflab.data import DATASETS, DataError, load_split, resolve_data_dir
 from difflab.evaluation import conditional_accuracy
+from difflab.convnet import conv_block, random_shift  # noqa: F401  (random_shift: also difflab.classifier's)
 from difflab.infra.model_cache import load_or_train, save_cached
 from difflab.infra.untrusted import shown
 
@@ -33,16 +34,6 @@ FEATURE_DIM = 128
 # --------------------------------------------------------------------------
 # The classifier
 # --------------------------------------------------------------------------
-
-
-def conv_block(c_in: int, c_out: int) -> nn.Sequential:
-    """3x3 conv -> BatchNorm -> ReLU -> 2x2 max-pool (halves the resolution)."""
-    return nn.Sequential(
-        nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
-        nn.BatchNorm2d(c_out),
-        nn.ReLU(inplace=True),
-        nn.MaxPool2d(2),
-    )
 
 
 class MNISTClassifier(nn.Module):
@@ -88,21 +79,6 @@ class TrainSettings:
     lr: float = 3e-3  # peak of the one-cycle schedule (Smith & Topin 2017)
     max_shift: int = 2  # augmentation: random translations of up to +-2 pixels
     train_subset: Optional[int] = None  # None: all 60k training images
-
-
-def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
-    """Translate each image by its own (dy, dx) in [-max_shift, max_shift], filling with -1."""
-    if max_shift == 0:
-        return x
-    n, _, h, w = x.shape
-    s = max_shift
-    padded = F.pad(x, (s, s, s, s), value=-1.0)  # (N, 1, H+2s, W+2s), -1 is background
-    dy = torch.randint(0, 2 * s + 1, (n,), generator=generator).to(x.device)
-    dx = torch.randint(0, 2 * s + 1, (n,), generator=generator).to(x.device)
-    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, :, None]  # (N, H, 1)
-    cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, :]  # (N, 1, W)
-    batch = torch.arange(n, device=x.device)[:, None, None]
-    return padded[batch, 0, rows, cols][:, None]  # (N, 1, H, W)
 
 
 def train_classifier(

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import attributes, prompts
-from .classifier import conv_block, random_shift
+from .convnet import conv_block, random_shift
 from .data import load_split, resolve_data_dir, tensor_to_uint8
 from .infra.model_cache import load_or_train
 from .models.text import IMAGE_EMBED_DIM, TextEncoder

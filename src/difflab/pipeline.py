@@ -187,9 +187,7 @@ class Pipeline:
             info["guide"] = cfg.sampling.guide
         decoder = None
         if cfg.sampling.decoder:  # DALL-E 2: the prior's embeddings are drawn by this decoder (unclip.py)
-            from .unclip import load_decoder
-
-            decoder = load_decoder(cfg, Path(cfg.sampling.decoder), device, use_ema)
+            decoder = cls.decoder_pipeline(cfg, Path(cfg.sampling.decoder), device, use_ema)
             info["decoder"] = cfg.sampling.decoder
         return cls(model.to(device), cfg, device, vae=vae, info=info, guide=guide, decoder=decoder)
 
@@ -209,6 +207,18 @@ class Pipeline:
         if cfg.model.net.reads_jump_size() or guide.cfg.model.net.reads_jump_size():
             raise ConfigError(f"sampling.guide={path}: autoguidance of a model told its jump size is not supported")
         return guide.model
+
+    @classmethod
+    def decoder_pipeline(cls, prior_cfg: Config, path: Path, device: torch.device, use_ema: bool) -> "Pipeline":
+        """The unCLIP decoder a prior's embeddings go to (sampling.decoder=CKPT), checked to read CLIP embeddings."""
+        if prior_cfg.model.architecture != "prior":
+            raise ConfigError(f"sampling.decoder={path}: only a prior (model.architecture: prior) hands its samples "
+                              f"to a decoder; {prior_cfg.name} draws images itself")
+        decoder = cls.from_checkpoint(path, device, use_ema)
+        if decoder.cfg.model.conditioning != "clip_image":
+            raise ConfigError(f"sampling.decoder={path}: {decoder.cfg.name} does not draw from CLIP image embeddings "
+                              "(its model.conditioning is not clip_image; configs/unclip/decoder.yaml trains one)")
+        return decoder
 
     def default_labels(self, digits: Sequence[int], n_per_digit: int) -> torch.Tensor:
         """A row of `n_per_digit` for each digit; only the null class if the model is unconditional.

@@ -17,7 +17,6 @@ embeddings, the condition a decoder is scored and shown with.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
@@ -68,18 +67,3 @@ def prior_data(x: torch.Tensor, data_dir=None, device: Optional[torch.device] = 
 def embeddings_from_prior(samples: torch.Tensor) -> torch.Tensor:
     """A prior's samples (N, E, 1, 1) -> unit CLIP image embeddings (N, E), what the decoder was trained on."""
     return F.normalize(samples.flatten(1), dim=-1)
-
-
-def load_decoder(prior_cfg, path: Path, device, use_ema: bool = True):
-    """The decoder pipeline a prior's embeddings go to (sampling.decoder=CKPT), checked to read CLIP embeddings."""
-    from .config import ConfigError
-    from .pipeline import Pipeline
-
-    if prior_cfg.model.architecture != "prior":
-        raise ConfigError(f"sampling.decoder={path}: only a prior (model.architecture: prior) hands its samples to a "
-                          f"decoder; {prior_cfg.name} draws images itself")
-    decoder = Pipeline.from_checkpoint(path, device, use_ema)
-    if decoder.cfg.model.conditioning != "clip_image":
-        raise ConfigError(f"sampling.decoder={path}: {decoder.cfg.name} does not draw from CLIP image embeddings "
-                          "(its model.conditioning is not clip_image; configs/unclip/decoder.yaml trains one)")
-    return decoder
