@@ -184,7 +184,9 @@ def main(argv=None) -> int:
                 train_until(out, label, epoch, args)
             done.append((f"{label} @ epoch {epoch}", score(out, scores, label, epoch, args, gflop)))
             if args.publish and epoch in todo:
-                publish(done + later_rows(scores, labels[labels.index(label) + 1:], points), args.publish)
+                rest = [e for e in points if e > epoch]  # this model's later points, scored before, and later models'
+                publish(done + later_rows(scores, [label], rest) + later_rows(scores, labels[labels.index(label) + 1:],
+                                                                               points), args.publish)
     if args.publish:
         publish(done, args.publish)
     else:
