@@ -184,9 +184,10 @@ def main(argv=None) -> int:
                 train_until(out, label, epoch, args)
             done.append((f"{label} @ epoch {epoch}", score(out, scores, label, epoch, args, gflop)))
             if args.publish and epoch in todo:
-                rest = [e for e in points if e > epoch]  # this model's later points, scored before, and later models'
-                publish(done + later_rows(scores, [label], rest) + later_rows(scores, labels[labels.index(label) + 1:],
-                                                                               points), args.publish)
+                # with this model's later points scored before, and the later models' (both recovered)
+                later = later_rows(scores, [label], [e for e in points if e > epoch])
+                later += later_rows(scores, labels[labels.index(label) + 1:], points)
+                publish(done + later, args.publish)
     if args.publish:
         publish(done, args.publish)
     else:

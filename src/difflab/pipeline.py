@@ -18,6 +18,7 @@ from .config import ConfigError, config_from_dict, parse_override
 from .settings import Config
 from .guidance import make_denoiser
 from .models import ARCHITECTURES, NULL_CLASS, build_model, count_parameters
+from .microcond import CENTRED
 from .models.text import IMAGE_EMBED_DIM
 from .prompts import encode, write
 from .objectives import build_objective
@@ -236,7 +237,7 @@ class Pipeline:
         labels = torch.full_like(labels, NULL_CLASS) if is_unconditional(self.cfg) else labels
         return self.framed(labels)
 
-    def framed(self, labels: torch.Tensor, framing: Sequence[int] = (28, 0, 0)) -> torch.Tensor:
+    def framed(self, labels: torch.Tensor, framing: Sequence[int] = CENTRED) -> torch.Tensor:
         """Labels (N,) as a model told SDXL's micro-conditions reads them, (N, 4): (label, size, top, left),
         by default MNIST's own framing, "centred, full size" (difflab.microcond.CENTRED); others pass through."""
         if not getattr(self.cfg.model.net, "micro_conditioning", False):
