@@ -47,12 +47,15 @@ NEWER = {"configs/fewstep/sd2_ect.yaml": "configs/unified_sd2_unet_v.yaml",
 
 # Networks new since the record (no older checkpoint can hold them): DALL-E 2's decoder and prior (issue 47).
 NEW_NETWORKS = {"configs/unclip/decoder.yaml", "configs/unclip/prior.yaml",
-                "configs/microcond/sdxl_microcond.yaml"}  # and SDXL's micro-conditioning (issue 48)
+                "configs/microcond/sdxl_microcond.yaml",  # and SDXL's micro-conditioning (issue 48)
+                # and Imagen's cascade (issue 48): a 14x14 base, super-resolution with and without augmentation
+                "configs/cascade/base_14.yaml", "configs/cascade/sr_28.yaml", "configs/cascade/sr_28_no_aug.yaml"}
 
 # Model keys added after the record, with the value every config of the record has (the old network).
 ADDED = {"hourglass": False,  # issue 46: HDiT's token merging in the DiT and the MMDiT
          "text_encoder": "joint",  # issue 47: which text encoder reads the prompt (difflab.encoders)
-         "micro_conditioning": False}  # issue 48: SDXL's size and crop conditioning (difflab.microcond)
+         "micro_conditioning": False,  # issue 48: SDXL's size and crop conditioning (difflab.microcond)
+         "low_resolution": 0}  # issue 48: a cascade's super-resolution stage (difflab.cascade)
 
 
 def test_every_config_of_the_repository_is_in_the_record():

@@ -15,7 +15,7 @@ from typing import Any, Optional, Union
 
 import yaml
 
-from .settings import (Config, DataConfig, DiffusionConfig, FewStepConfig, ModelConfig, SamplingConfig,
+from .settings import (CascadeConfig, Config, DataConfig, DiffusionConfig, FewStepConfig, ModelConfig, SamplingConfig,
                        TrainingConfig)
 from .infra.untrusted import StructureError, check_structure, shown
 from .infra.validation import ConfigError, validate
@@ -48,6 +48,7 @@ _SECTION_CLASSES = {
     "training": TrainingConfig,
     "sampling": SamplingConfig,
     "fewstep": FewStepConfig,
+    "cascade": CascadeConfig,
 }
 
 # Values that must come from a fixed set.
@@ -60,6 +61,7 @@ _CHOICES = {
     ("training", "precision"): PRECISIONS,
     ("training", "on_nonfinite"): ("stop", "skip"),
     ("fewstep", "method"): FEW_STEP_METHODS,
+    ("sampling", "low_res_from"): ("base", "real"),
     ("fewstep", "schedule"): ("grid", "ect"),
     ("fewstep", "weighting"): ("uniform", "snr"),
 }

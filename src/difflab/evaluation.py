@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from difflab.cascade import IMAGE_SIZE
 from difflab.data import load_split, resolve_data_dir
 from difflab.prompts import PROMPT_SETS, captions, write
 from difflab.metrics import feature_statistics, fid_from_statistics, precision_recall
@@ -234,8 +235,8 @@ def asked_for(pipe, n: int, prompts: str = "digit", data_dir=None) -> tuple[torc
 def generate_with_bar(pipe, condition, run, *, seed: int, progress: bool = True, **options):
     """pipe.generate with the resolved settings `run` (Pipeline.settings) and one progress bar over every
     batch's steps (the callback fires once per step)."""
-    batches = -(-len(condition) // run.batch_size)
-    with tqdm(total=run.steps * batches, unit="step", desc=f"{run.sampler} x{run.steps}", disable=not progress) as bar:
+    total = pipe.callbacks(len(condition), run)  # every batch's steps, and a cascade's base's or a prior's decoder's
+    with tqdm(total=total, unit="step", desc=f"{run.sampler} x{run.steps}", disable=not progress) as bar:
         return pipe.generate(
             condition, sampler=run.sampler, steps=run.steps, cfg_scale=run.cfg_scale, seed=seed,
             batch_size=run.batch_size, callback=lambda *_: bar.update(1), **options,
@@ -281,9 +282,12 @@ def evaluate_pipeline(
     result = generate_with_bar(pipe, condition, run, seed=seed, progress=progress, **options)
     if not torch.isfinite(result.images).all():  # clamp keeps NaN: say so instead of a silent FID
         raise FloatingPointError(f"{run.sampler} x{run.steps} produced non-finite pixels")
-    scores = evaluate_images(
-        result.images, None if unconditional else labels, classifier, data_dir=data_dir
-    )
+    images, small = result.images, result.images.shape[-1] < IMAGE_SIZE
+    if small:  # a cascade's base alone (data.resolution 14): scored enlarged bilinearly, as the judge reads 28x28
+        from difflab.cascade import upsample
+
+        images = upsample(images)
+    scores = evaluate_images(images, None if unconditional else labels, classifier, data_dir=data_dir)
     if pipe.cfg.data.reframe:  # SDXL's problem: how many digits come out cut off or tiny, asked for centred
         from difflab.microcond import framing_shares
 
@@ -297,4 +301,15 @@ def evaluate_pipeline(
         "seconds": round(result.seconds, 3),
         "device": str(pipe.device),
         **({"prompts": prompts} if pipe.reads_prompts else {}),
+        **({"cascade": cascade_entry(pipe, small)} if small or pipe.super_resolves(pipe.cfg) else {}),
     }
+
+
+def cascade_entry(pipe, small: bool) -> dict:
+    """What evaluate.py says of a cascade's stage (difflab.cascade): a base scored alone, enlarged bilinearly to 28x28;
+    or a super-resolution stage, with where its input came from, the augmentation level and both stages' sizes."""
+    if small:
+        return {"stage": "base", "resolution": pipe.cfg.data.resolution, "scored": "enlarged bilinearly to 28x28"}
+    return {"stage": "super-resolution", "low_res_from": pipe.cfg.sampling.low_res_from,
+            "aug_level": pipe.cfg.sampling.aug_level, "base": pipe.info.get("base"),
+            "stage_params": pipe.info.get("stage_params")}

@@ -37,6 +37,10 @@ def load_training_data(cfg: Config, device: torch.device):
     if not cfg.data.vae_checkpoint:
         x, y = load_split("train", dataset=cfg.data.dataset, data_dir=cfg.data.data_dir, device=device)
         x, y = x[: cfg.data.limit], y[: cfg.data.limit]  # data.limit: the first N images only
+        if cfg.data.resolution != x.shape[-1]:  # a cascade's base: the digits shrunk (difflab.cascade)
+            from .cascade import downsample
+
+            x = downsample(x, cfg.data.resolution)
         if cfg.data.reframe:  # SDXL's problem: every digit at a random size and crop (difflab.microcond)
             from .microcond import framed_training_set
 
@@ -115,8 +119,9 @@ def vae_folders(checkpoint: Union[str, Path]) -> list[Path]:
     return list(dict.fromkeys([run_root, Path.cwd().resolve(), resolve_data_dir().resolve()]))
 
 
-def checkpoint_vae(stored: str, checkpoint: Union[str, Path]) -> Path:
-    """The VAE file a latent model's stored data.vae_checkpoint means here, inside vae_folders only.
+def checkpoint_vae(stored: str, checkpoint: Union[str, Path], what: str = "VAE") -> Path:
+    """The VAE file a latent model's stored data.vae_checkpoint means here, inside vae_folders only (and, `what`
+    named otherwise, any file a stored config names beside it: a cascade's base stage, difflab.cascade).
 
     Tried in turn: the path as written (the usual case: the run tree where it was trained), then
     relative to each folder, then its last three parts (<vae run>/checkpoints/<file>) in each, for
@@ -125,7 +130,7 @@ def checkpoint_vae(stored: str, checkpoint: Union[str, Path]) -> Path:
     """
     name = Path(stored)
     if name.suffix not in VAE_SUFFIXES:
-        raise CheckpointError(f"{checkpoint}: its config names the VAE {shown(stored, 60)}, not a .pt or "
+        raise CheckpointError(f"{checkpoint}: its config names the {what} {shown(stored, 60)}, not a .pt or "
                               f".safetensors file; refused")
     folders = vae_folders(checkpoint)
     tail = Path(*[p for p in name.parts if p not in (name.anchor, "..", ".")][-3:])
@@ -138,9 +143,9 @@ def checkpoint_vae(stored: str, checkpoint: Union[str, Path]) -> Path:
             continue
         if any(found.is_relative_to(root) for root in folders) and found.is_file():
             return found
-    raise CheckpointError(f"{checkpoint}: its config names the VAE {shown(stored, 60)}, not found in "
-                          f"{', '.join(map(str, folders))} (where a checkpoint's VAE is looked for); "
-                          f"put it there as <vae run>/checkpoints/{shown(tail.name, 40)}")
+    raise CheckpointError(f"{checkpoint}: its config names the {what} {shown(stored, 60)}, not found in "
+                          f"{', '.join(map(str, folders))} (where a checkpoint's {what} is looked for); "
+                          f"put it there as <{what.split()[0].lower()} run>/checkpoints/{shown(tail.name, 40)}")
 
 
 def describe_vae(cfg: Config) -> dict:

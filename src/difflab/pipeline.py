@@ -18,6 +18,7 @@ from .config import ConfigError, config_from_dict, parse_override
 from .settings import Config
 from .guidance import make_denoiser
 from .models import ARCHITECTURES, NULL_CLASS, build_model, count_parameters
+from .cascade import sampling_condition
 from .microcond import CENTRED
 from .models.text import IMAGE_EMBED_DIM
 from .prompts import encode, write
@@ -93,7 +94,7 @@ def sample_shape(cfg: Config, vae=None) -> tuple[int, int, int]:
         return vae.latent_shape
     if cfg.model.architecture == "prior":  # DALL-E 2's prior: a CLIP image embedding (unclip.py)
         return (IMAGE_EMBED_DIM, 1, 1)
-    return (1, 28, 28)
+    return (1, cfg.data.resolution, cfg.data.resolution)  # 28, or smaller for a cascade's base (cascade.py)
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,7 @@ class GenerationResult:
     nfe: int  # model evaluations (a CFG step counts once)
     seconds: float
     trajectory: list = field(default_factory=list)  # [(t, x_t, x0_hat)] when asked for
+    low_res: Optional[torch.Tensor] = None  # a cascade's: what its super-resolution stage enlarged (N, 1, h, w)
 
 
 class Pipeline:
@@ -121,9 +123,10 @@ class Pipeline:
 
     def __init__(self, model: torch.nn.Module, cfg: Config, device: torch.device, vae=None,
                  info: Optional[dict] = None, guide: Optional[torch.nn.Module] = None,
-                 decoder: Optional["Pipeline"] = None):
+                 decoder: Optional["Pipeline"] = None, base: Optional["Pipeline"] = None):
         self.model, self.cfg, self.device, self.vae = model.eval(), cfg, device, vae
         self.decoder = decoder  # a DALL-E 2 prior's decoder pipeline, which draws its embeddings (sampling.decoder)
+        self.base = base  # a cascade's base stage, whose samples a super-resolution stage enlarges (cascade.base)
         self.guide = None if guide is None else guide.eval()  # autoguidance's weaker model (sampling.guide)
         self.objective = build_objective(cfg.diffusion.target)
         self.path = build_path(cfg.diffusion)
@@ -190,7 +193,28 @@ class Pipeline:
         if cfg.sampling.decoder:  # DALL-E 2: the prior's embeddings are drawn by this decoder (unclip.py)
             decoder = cls.decoder_pipeline(cfg, Path(cfg.sampling.decoder), device, use_ema)
             info["decoder"] = cfg.sampling.decoder
-        return cls(model.to(device), cfg, device, vae=vae, info=info, guide=guide, decoder=decoder)
+        base = None
+        if cls.super_resolves(cfg) and cfg.sampling.low_res_from == "base":  # Imagen: the base draws, this enlarges
+            base = cls.base_pipeline(cfg, Path(path), device, use_ema)
+            info["base"], info["stage_params"] = str(base.info["checkpoint"]), [base.info["params"], info["params"]]
+            info["params"] += base.info["params"]  # the cascade's, both stages
+        return cls(model.to(device), cfg, device, vae=vae, info=info, guide=guide, decoder=decoder, base=base)
+
+    @staticmethod
+    def super_resolves(cfg: Config) -> bool:
+        """A cascade's super-resolution stage (model.low_resolution, difflab.cascade)."""
+        return bool(getattr(cfg.model.net, "low_resolution", 0))
+
+    @classmethod
+    def base_pipeline(cls, cfg: Config, path: Path, device: torch.device, use_ema: bool) -> "Pipeline":
+        """The base stage a super-resolution checkpoint names (cascade.base, looked for in this user's folders only),
+        checked to draw the digits it enlarges."""
+        from .cascade import base_checkpoint, check_base
+
+        file = base_checkpoint(cfg, path)
+        base = cls.from_checkpoint(file, device, use_ema)
+        check_base(base.cfg, cfg, file)
+        return base
 
     @classmethod
     def guide_model(cls, cfg: Config, path: Path, device: torch.device, use_ema: bool, vae) -> torch.nn.Module:
@@ -205,6 +229,9 @@ class Pipeline:
         if mismatch:
             raise ConfigError(f"sampling.guide={path}: its {', '.join(mismatch)} differ from the model's; autoguidance "
                               "needs a weaker version of the same model (an earlier checkpoint of the run, say)")
+        if cls.super_resolves(cfg) or cls.super_resolves(guide.cfg):
+            raise ConfigError(f"sampling.guide={path}: autoguidance of a cascade's super-resolution stage is not "
+                              "supported")
         if cfg.model.net.reads_jump_size() or guide.cfg.model.net.reads_jump_size():
             raise ConfigError(f"sampling.guide={path}: autoguidance of a model told its jump size is not supported")
         return guide.model
@@ -299,12 +326,17 @@ class Pipeline:
         if self.cfg.model.net.reads_jump_size():  # a shortcut model jumps 1/steps at each of its equal steps
             model = functools.partial(self.model, d=1000.0 / run.steps)
         x_all = self.initial_noise(len(labels), seed) if noise is None else noise.cpu()
-        start, outs, nfe, traj = time.perf_counter(), [], 0, []
+        start, outs, nfe, calls, traj = time.perf_counter(), [], 0, 0, []
+        low_res, condition = None, {}
+        if self.super_resolves(self.cfg):  # Imagen's cascade: the base draws small, this stage enlarges (cascade.py)
+            low_res, nfe = self.low_res_images(labels, seed, callback)
+            condition = sampling_condition(low_res, self.cfg.sampling.aug_level, seed, self.path)
         for lo in range(0, len(labels), run.batch_size):
             y = labels[lo : lo + run.batch_size].to(self.device)
             x = x_all[lo : lo + run.batch_size].to(self.device)
-            denoiser = make_denoiser(model, self.objective, self.path, y, self.cfg.sampling, run.cfg_scale,
-                                     guide=self.guide)
+            here = {key: value[lo : lo + run.batch_size].to(self.device) for key, value in condition.items()}
+            denoiser = make_denoiser(functools.partial(model, **here) if here else model, self.objective, self.path,
+                                     y, self.cfg.sampling, run.cfg_scale, guide=self.guide)
 
             def cb(i, t, x_t, x0):
                 if trajectory and lo == 0:
@@ -315,16 +347,39 @@ class Pipeline:
             gens = image_generators(seed, lo, lo + len(y))  # a stochastic sampler's noise, per image
             x0 = SAMPLERS[run.sampler](denoiser, x, times, self.path, generator=gens, callback=cb, **options)
             outs.append(x0.cpu() if prior else self.decode(x0).clamp(-1, 1).cpu())
-            nfe = denoiser.calls
+            calls = denoiser.calls
+        nfe += calls
         if trajectory:
             traj.append((0.0, outs[0], outs[0]))
         images = torch.cat(outs)
         if prior and self.decoder is not None:  # unCLIP: text -> CLIP image embedding (this) -> image (the decoder)
             from .unclip import embeddings_from_prior
 
-            drawn = self.decoder.generate(embeddings_from_prior(images), seed=seed)
+            drawn = self.decoder.generate(embeddings_from_prior(images), seed=seed, callback=callback)
             images, nfe = drawn.images, nfe + drawn.nfe
-        return GenerationResult(images, labels.cpu(), nfe, time.perf_counter() - start, traj)
+        return GenerationResult(images, labels.cpu(), nfe, time.perf_counter() - start, traj, low_res)
+
+    def low_res_images(self, labels: torch.Tensor, seed: int, callback: Optional[Callable] = None
+                       ) -> tuple[torch.Tensor, int]:
+        """A super-resolution stage's input, (N, 1, h, w) in [-1, 1], and the model evaluations it took: the base
+        stage's samples for these labels (its own settings, this seed), or real test digits shrunk where there is no
+        base (sampling.low_res_from: real; the grids of training, drawn before the base exists)."""
+        if self.base is not None:
+            drawn = self.base.generate(labels, seed=seed, callback=callback)
+            return drawn.images, drawn.nfe
+        from .cascade import real_low_res
+
+        digits = [d if d < NULL_CLASS else i % NULL_CLASS for i, d in enumerate(labels.tolist())]
+        return real_low_res(digits, self.cfg.model.net.low_resolution, self.cfg.data.data_dir), 0
+
+    def callbacks(self, n: int, run: SamplingSettings) -> int:
+        """How many times generate() calls its callback for n images with the settings `run`: once per step of each
+        batch, and so for the stage before (a cascade's base) or after (a prior's decoder): a progress bar's total."""
+        count = run.steps * -(-n // run.batch_size)
+        for stage in (self.base, self.decoder):
+            if stage is not None:
+                count += stage.callbacks(n, stage.settings())
+        return count
 
     def _plan(self, sampler: str, steps: int, options: dict) -> tuple[list, dict]:
         """The time grid, and the sampler's own options (DDIM's eta): each as asked, else the config's."""

@@ -25,6 +25,8 @@ class DataConfig:
     limit: Optional[int] = None  # use only the first N training images (quick experiments, tests)
     # SDXL's problem made on MNIST (difflab.microcond): every training digit at a random size and crop
     reframe: bool = False
+    # Imagen's cascade (difflab.cascade): train at this resolution, the digits shrunk by area averaging (28: MNIST's)
+    resolution: int = 28
 
 
 class NetConfig:
@@ -140,6 +142,11 @@ class SamplingConfig:
     # DALL-E 2: the decoder that draws a prior's CLIP image embeddings (unclip.py); as guide, only as a sampling
     # override (--set sampling.decoder=CKPT), never read from a stored config
     decoder: Optional[str] = None
+    # a cascade's super-resolution stage (difflab.cascade): the noise level its low-resolution input is augmented
+    # to while sampling (Ho et al. 2021, Sec. 4.1), and where that input comes from: the base stage's samples
+    # ("base", the cascade), or real test digits shrunk ("real": what the stage does with a perfect base)
+    aug_level: float = 0.0
+    low_res_from: str = "base"
     clip_x0: bool = False  # clamp the predicted x0 to [-1, 1] each step (DDPM's sampler); pixels only
     n_per_class: int = 8
 
@@ -168,6 +175,18 @@ class FewStepConfig:
 
 
 @dataclass
+class CascadeConfig:
+    """A cascade's super-resolution stage (difflab.cascade; Ho et al. 2021, Saharia et al. 2022); the U-Net reads
+    the low-resolution image through model.low_resolution. Unused by every other model."""
+
+    base: Optional[str] = None  # the base stage's checkpoint, whose samples this stage enlarges when sampling
+    base_config: Optional[str] = None  # the config that trains it: train.py trains the base first when it is missing
+    # noise conditioning augmentation: in training, the low-resolution input is noised to a level s ~ U(0, noise_aug)
+    # on the model's own noise path, and the model is told s (0: none, the ablation of CDM, Ho et al. 2021, Sec. 4.1)
+    noise_aug: float = 0.0
+
+
+@dataclass
 class Config:
     name: str = "experiment"
     data: DataConfig = field(default_factory=DataConfig)
@@ -176,6 +195,7 @@ class Config:
     training: TrainingConfig = field(default_factory=TrainingConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     fewstep: FewStepConfig = field(default_factory=FewStepConfig)
+    cascade: CascadeConfig = field(default_factory=CascadeConfig)
 
     def to_dict(self) -> dict:
         """Plain values, as config.json and checkpoints store them: the architecture's settings sit beside

@@ -15,6 +15,7 @@ from typing import Callable, Optional
 
 import torch
 
+from .cascade import training_condition
 from .config import ConfigError
 from .settings import Config
 from .infra.distributed import DistInfo
@@ -42,6 +43,8 @@ def diffusion_batch_loss(x0: Tensor, y: Tensor, draws: Draws, *, model: Callable
     """
     t = draws.sliced(partial(sample_training_t, cfg.diffusion))  # (B,)
     eps = draws.randn(*x0.shape[1:])
+    if getattr(cfg.model.net, "low_resolution", 0):  # a cascade's super-resolution stage: its low-resolution input
+        model = partial(model, **training_condition(x0, draws, cfg, path))
     # Label dropout for classifier-free guidance (Ho & Salimans 2022, Algorithm 1).
     y = drop_condition(y, draws.rand() < cfg.training.cfg_dropout_prob)  # the null class, or the empty prompt
     loss, per_sample = diffusion_loss(model, path, objective, x0, y, t, eps, cfg.training.min_snr_gamma)

@@ -44,11 +44,9 @@ def _network(cfg: Config) -> tuple[torch.nn.Module, tuple[int, int, int], dict]:
         from ..models.vae import build_vae
 
         return _on_meta(lambda: build_vae(cfg.model)), (1, 28, 28), {}
-    c, size, extra = 1, 28, {}
-    if cfg.model.architecture == "prior":  # DALL-E 2's prior: a CLIP image embedding, (E, 1, 1)
-        from ..pipeline import sample_shape
+    from ..pipeline import sample_shape
 
-        c, size, _ = sample_shape(cfg)
+    (c, size, _), extra = sample_shape(cfg), {}  # pixels at data.resolution, or DALL-E 2's prior's (E, 1, 1)
     if cfg.data.vae_checkpoint:
         from ..latent import describe_vae
 
@@ -116,7 +114,9 @@ def activation_bytes(model: torch.nn.Module, cfg: Config, shape: tuple, batch: i
                     y = torch.zeros((batch, IMAGE_EMBED_DIM))
                 if getattr(cfg.model.net, "micro_conditioning", False):  # (label, size, top, left): SDXL's
                     y = torch.zeros((batch, 4), dtype=torch.long)
-                model(x, torch.empty(batch), y)
+                low = getattr(cfg.model.net, "low_resolution", 0)  # a cascade's super-resolution stage
+                extra = {"low": torch.empty(batch, 1, low, low), "aug": torch.empty(batch)} if low else {}
+                model(x, torch.empty(batch), y, **extra)
     except Exception:  # noqa: BLE001 -- an op meta tensors lack: the estimate is a help, never why a run fails
         return None
     return sum(saved)

@@ -17,7 +17,10 @@ Samples N images (evenly over the digits 0-9) and prints one JSON object on stdo
   its "clip" entry: their CLIP score (Hessel et al. 2021) with the tiny CLIP of src/difflab/clip.py,
   real images' score with their own prompts, and how the score agrees with the hit rates;
 - framing (models trained on reframed digits only, data.reframe, else null): the shares of the N images whose
-  digit is cut off by the canvas or tiny (src/difflab/microcond.py), asked for MNIST's own framing.
+  digit is cut off by the canvas or tiny (src/difflab/microcond.py), asked for MNIST's own framing;
+- cascade (a cascade's stages only, src/difflab/cascade.py, else null): a base alone is scored enlarged to 28x28;
+  a super-resolution stage says where its input came from (the base's samples, or real digits shrunk), the
+  augmentation level and both stages' parameters.
 
 `--samples FILE.npz` scores images saved by `sample.py --save-npz` instead. Progress goes
 to stderr, so `python evaluate.py ... > scores.json` keeps stdout clean.
@@ -37,7 +40,7 @@ from difflab.infra.failures import fail, usage
 # The keys of every answer, in the order they are printed; what does not apply is null.
 KEYS = ("fid", "fid_floor", "accuracy", "per_digit_accuracy", "precision", "recall", "n",
         "sampler", "steps", "nfe", "cfg_scale", "seconds", "device", "checkpoint", "samples", "config",
-        "prompts", "adherence", "framing")  # fmt: skip
+        "prompts", "adherence", "framing", "cascade")  # fmt: skip
 MIN_IMAGES = 4  # FID needs a covariance, precision/recall the 3 nearest neighbours of each point
 # FID compares the N images with the MNIST test set, and precision/recall with N of its images: it has
 # 10,000, so more samples add time, not accuracy (and 10^9 ends in an allocator traceback).

@@ -5,6 +5,8 @@ A model trained on prompts (configs/prompt/) takes them too, a row per prompt:
 DALL-E 2 (configs/unclip/): the prior's embeddings drawn by a decoder, or a decoder's variations of real digits:
     python sample.py --checkpoint PRIOR --set sampling.decoder=DECODER --prompt "a thin 3"
     python sample.py --checkpoint DECODER --variations --digits 37     (a real test digit, then --n variations)
+Imagen's cascade (configs/cascade/): the base stage draws 14x14, the super-resolution stage 28x28; --stages shows both:
+    python sample.py --checkpoint experiments/sr_28/checkpoints/last.pt --stages
 """
 
 import argparse
@@ -113,6 +115,9 @@ def main(argv=None):
     p.add_argument("--framing", default=None, metavar="SIZE,TOP,LEFT",
                    help="a model told SDXL's micro-conditions (configs/microcond/sdxl_microcond.yaml): the digit's "
                         "canvas size (14-45) and crop corner to ask for (default 28,0,0: MNIST's own framing)")
+    p.add_argument("--stages", action="store_true",
+                   help="a cascade's super-resolution stage (configs/cascade/): for each digit a row of what the base "
+                        "drew (14x14, shown enlarged), then a row of what this stage drew from it")
     p.add_argument("--out", default=None, help="PNG path (default: beside the experiment's samples)")
     p.add_argument("--save-npz", default=None, metavar="PATH", help="also write x (uint8 N x 28 x 28) and y")
     p.add_argument("--batch-size", type=int, default=None,
@@ -157,6 +162,9 @@ def main(argv=None):
             fail(f"--framing: {args.checkpoint} was not told digits' sizes and crops ({pipe.cfg.name}); use a "
                  "checkpoint of configs/microcond/sdxl_microcond.yaml")
         labels = pipe.framed(labels[:, 0], args.framing)
+    if args.stages and not pipe.super_resolves(pipe.cfg):
+        fail(f"--stages: {args.checkpoint} is not a cascade's super-resolution stage ({pipe.cfg.name}); use a "
+             "checkpoint of configs/cascade/sr_28.yaml")
     run = pipe.settings(args.sampler, args.steps, args.cfg_scale, args.batch_size)
     check_steps(run.steps, "sampling.steps (the checkpoint's, or --set)")
     beside = Path("samples") if args.checkpoint in SHIPPED else ckpt.parent.parent / "samples"  # not into weights/
@@ -167,8 +175,7 @@ def main(argv=None):
     if args.save_npz:
         check_output_file(args.save_npz, "--save-npz")
 
-    batches = -(-len(labels) // run.batch_size)
-    with tqdm(total=run.steps * batches, unit="step", desc=f"{run.sampler} x{run.steps}") as bar:
+    with tqdm(total=pipe.callbacks(len(labels), run), unit="step", desc=f"{run.sampler} x{run.steps}") as bar:
         result = pipe.generate(labels, sampler=run.sampler, steps=run.steps, cfg_scale=run.cfg_scale,
                                seed=args.seed, batch_size=run.batch_size, callback=lambda *a: bar.update(1))
     images, nrow = result.images, args.n
@@ -176,6 +183,12 @@ def main(argv=None):
         images = torch.cat([torch.cat([o[None], result.images[i * args.n: (i + 1) * args.n]])
                             for i, o in enumerate(originals)])
         nrow = args.n + 1
+    if args.stages:  # each digit: a row of the base's drawings (enlarged, blocky: 14x14 pixels), then the cascade's
+        from difflab.cascade import IMAGE_SIZE
+
+        small = torch.nn.functional.interpolate(result.low_res, size=IMAGE_SIZE, mode="nearest")
+        images = torch.cat([torch.cat([small[i: i + args.n], images[i: i + args.n]])
+                            for i in range(0, len(images), args.n)])
     with writing(out):  # a disk that filled meanwhile: one line with the free space, no half PNG
         save_grid(images, out, nrow=nrow)
     print(f"wrote {out} ({len(labels)} images, {result.nfe} model evaluations, {result.seconds:.1f} s)")

@@ -60,6 +60,10 @@ def main(argv=None):
         from difflab.vae_training import train_vae_first
 
         train_vae_first(cfg)  # latent diffusion's stage 1, on a fresh clone
+    if cfg.cascade.base and cfg.cascade.base_config and not Path(cfg.cascade.base).is_file():
+        from difflab.cascade import train_base_first
+
+        train_base_first(cfg)  # a cascade's stage 1, on a fresh clone
     trainer = make_trainer(cfg)
     if args.resume:
         path = resume(trainer, args.resume)

@@ -299,6 +299,15 @@ def variations_of(digit: int, seed: int, n: int) -> tuple[torch.Tensor, torch.Te
     return original, image_embeddings_of(original).repeat(n, 1)
 
 
+def stages_grid(low_res: torch.Tensor, images: torch.Tensor, nrow: int) -> torch.Tensor:
+    """A cascade's two stages as one grid of rows of `nrow`: a row of the base's drawings (enlarged without smoothing,
+    so their pixels show), then the row the super-resolution stage drew from them, and so on."""
+    from ..cascade import IMAGE_SIZE
+
+    small = torch.nn.functional.interpolate(low_res, size=IMAGE_SIZE, mode="nearest")
+    return torch.cat([torch.cat([small[i: i + nrow], images[i: i + nrow]]) for i in range(0, len(images), nrow)])
+
+
 def _sample(name: str, pipe: Pipeline, req: Request, noise: torch.Tensor, on_step: Callable[[int], None]) -> Panel:
     """Run one model and record the trajectory of the first images at a few steps only.
 
@@ -314,7 +323,11 @@ def _sample(name: str, pipe: Pipeline, req: Request, noise: torch.Tensor, on_ste
         labels = pipe.default_labels([req.digit], req.n_images)
     keep, trajectory = _frames_to_keep(req.steps), []
 
+    final_size = sample_shape(pipe.cfg, pipe.vae)[-1]
+
     def callback(i, t, x_t, x0_hat):
+        if x_t.shape[-1] != final_size:  # a cascade's base stage, on its own steps: not this panel's trajectory
+            return
         if i in keep:
             k = GIF_IMAGES
             trajectory.append((t, pipe.decode(x_t[:k]).cpu(), pipe.decode(x0_hat[:k]).clamp(-1, 1).cpu()))
@@ -334,8 +347,13 @@ def _sample(name: str, pipe: Pipeline, req: Request, noise: torch.Tensor, on_ste
     settings = (f"{'any digit (unconditional model)' if unconditional else asked}, "
                 f"{run.sampler}, {plural(run.steps, 'step')}, guidance {run.cfg_scale:g}, "
                 f"seed {req.seed}, {plural(req.n_images, 'image')}")
-    shown = result.images if original is None else torch.cat([original, result.images])
-    return Panel(name, grid_array(shown, nrow=min(8, len(shown)), scale=3), _strip(trajectory),
+    shown, nrow = (result.images if original is None else torch.cat([original, result.images])), min(8, len(labels))
+    if result.low_res is not None:  # Imagen's cascade: the base's 14x14 drawings above what this stage made of them
+        shown, nrow = stages_grid(result.low_res, result.images, nrow), nrow
+        asked += (f"; top rows: the base stage's {result.low_res.shape[-1]}x{result.low_res.shape[-1]} drawings, "
+                  "below each: the super-resolution stage's 28x28 image drawn from it")
+    return Panel(name, grid_array(shown, nrow=nrow if original is None else min(8, len(shown)), scale=3),
+                 _strip(trajectory),
                  _gif(trajectory), steps=req.steps, gif_steps=len(keep), seconds=result.seconds, nfe=result.nfe,
                  settings=settings, note=few_steps_hint(pipe, req.steps))
 

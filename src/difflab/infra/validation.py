@@ -64,6 +64,7 @@ def validate(cfg, source: str, choices: dict) -> None:
     for key, expected in cfg.model.net.problems(cfg.model):  # each architecture checks its own (models/*.py)
         bad(f"model.{key}", expected)
     _validate_fewstep(cfg, bad)
+    _validate_cascade(cfg, bad)
 
 
 def _validate_ranges(cfg, bad) -> None:
@@ -204,3 +205,35 @@ def _validate_fewstep(cfg, bad) -> None:
         return
     if cfg.diffusion.target == "x0":  # f = c_skip x + c_out F needs c_skip(0) = 1; x0-prediction has c_skip = 0
         bad("diffusion.target", "eps, v or flow for a consistency model (x0-prediction misses f(x, 0) = x)")
+
+
+CASCADE_RESOLUTIONS = (7, 14, 28)  # 28 / 4, 28 / 2, MNIST's own: what area averaging shrinks a digit to exactly
+
+
+def _validate_cascade(cfg, bad) -> None:
+    """Imagen's cascade (difflab.cascade): a base at a lower data.resolution, a super-resolution stage that reads its
+    samples (model.low_resolution) and is trained on real digits shrunk to that size, augmented by cascade.noise_aug."""
+    c, s, res = cfg.cascade, cfg.sampling, cfg.data.resolution
+    low = getattr(cfg.model.net, "low_resolution", 0)
+    if res not in CASCADE_RESOLUTIONS:
+        bad("data.resolution", f"one of {', '.join(map(str, CASCADE_RESOLUTIONS))} (28 divided by 1, 2 or 4)")
+    if res != 28 and (cfg.data.vae_checkpoint or cfg.data.reframe or cfg.model.conditioning != "class"):
+        bad("data.resolution", "28 for latents, reframed digits, prompts or image embeddings (a cascade's base "
+                               "draws class-conditioned digits)")
+    if low and (low not in CASCADE_RESOLUTIONS or low >= res):
+        bad("model.low_resolution", f"0, or one of {', '.join(str(r) for r in CASCADE_RESOLUTIONS if r < res)} "
+                                    f"(below data.resolution = {res})")
+    if low and (cfg.data.vae_checkpoint or cfg.data.reframe or cfg.model.conditioning != "class"):
+        bad("model.low_resolution", "0 for latents, reframed digits, prompts or image embeddings")
+    if not 0 <= c.noise_aug <= 1:
+        bad("cascade.noise_aug", "a number in [0, 1] (the largest noise level t the low-resolution input gets)")
+    if not 0 <= s.aug_level <= 1:
+        bad("sampling.aug_level", "a number in [0, 1] (the noise level t the base's samples get)")
+    if not low:
+        for key, value in {"cascade.base": c.base, "cascade.base_config": c.base_config,
+                           "cascade.noise_aug": c.noise_aug, "sampling.aug_level": s.aug_level}.items():
+            if value:
+                bad(key, "unset for a model that is not a super-resolution stage (model.low_resolution: 0)")
+    for key, value in {"cascade.base": c.base, "cascade.base_config": c.base_config}.items():
+        if value is not None and not (isinstance(value, str) and value.strip()):
+            bad(key, "a path or null")

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..cascade import upsample
 from ..settings import ModelConfig, NetConfig, level_indices, positive
 from .layers import FramingEmbedder, LabelEmbedder, TimestepEmbedder
 from .text import TextEncoder, build_text_encoder
@@ -40,6 +41,10 @@ class UNetConfig(NetConfig):
     # SDXL's micro-conditioning (Podell et al. 2023, Sec. 2.2): the digit's size and crop (data.reframe), told
     # through Fourier features added to the time embedding; the condition is then (label, size, top, left)
     micro_conditioning: bool = False
+    # A cascade's super-resolution stage (difflab.cascade; Ho et al. 2021): also read a low_resolution x
+    # low_resolution image, upsampled and concatenated to x_t as extra input channels, and its augmentation level
+    # s through a second timestep embedding (0: an ordinary U-Net)
+    low_resolution: int = 0
 
     def problems(self, model: ModelConfig) -> Iterator[tuple[str, str]]:
         yield from positive(channels=self.channels, num_heads=self.num_heads)
@@ -180,6 +185,7 @@ class UNet(nn.Module):
         cross_attention_levels: tuple = (),
         pooled_text: bool = False,
         micro_conditioning: bool = False,
+        low_resolution: int = 0,
     ):
         super().__init__()
         emb_dim = 4 * channels
@@ -192,6 +198,10 @@ class UNet(nn.Module):
         # so every ResBlock hears the prompt, as every ResBlock hears a class label
         self.pooled_embed = nn.Linear(text.dim, emb_dim) if text is not None and pooled_text else None
         self.framing_embed = FramingEmbedder(emb_dim) if micro_conditioning else None
+        # A super-resolution stage (CDM, Ho et al. 2021, Sec. 3): the upsampled low-resolution image enters beside
+        # x_t as more input channels, and its noise augmentation level s joins the time embedding (Sec. 4.1)
+        self.low_resolution = low_resolution
+        self.aug_embed = TimestepEmbedder(emb_dim, freq_dim=channels) if low_resolution else None
 
         def reads_prompt(level, ch):  # a cross-attention layer where this level reads the prompt
             return ([CrossAttention(ch, text.dim, num_heads)] if text is not None and level in cross_attention_levels
@@ -202,7 +212,7 @@ class UNet(nn.Module):
             block.extend([SelfAttention(c_out, num_heads)] if level in attention_levels else [])
             return block.extend(reads_prompt(level, c_out))
 
-        self.conv_in = nn.Conv2d(in_channels, channels, 3, padding=1)
+        self.conv_in = nn.Conv2d(in_channels * (2 if low_resolution else 1), channels, 3, padding=1)
 
         # Down path: remember every block's output channels for the skips.
         self.down = nn.ModuleList()
@@ -244,9 +254,19 @@ class UNet(nn.Module):
                 h = layer(h)
         return h
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """y: class labels (B,), or prompt tokens (B, L) for a model with a text encoder."""
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, low: Optional[torch.Tensor] = None,
+                aug: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """y: class labels (B,), or prompt tokens (B, L) for a model with a text encoder. A super-resolution stage
+        also reads `low` (B', C, h, w), the low-resolution image, and `aug` (B',), its augmentation level x 1000;
+        B' = B / 2 when guidance doubled the batch (both halves enlarge the same images)."""
         emb = self.time_embed(t)  # (B, 4 * channels)
+        if self.aug_embed is not None:
+            if low is None or aug is None:
+                raise ValueError("a super-resolution U-Net (model.low_resolution) needs the low-resolution image")
+            repeat = len(x) // len(low)  # 2 under classifier-free guidance: [conditional, unconditional]
+            low, aug = low.repeat(repeat, 1, 1, 1), aug.repeat(repeat)
+            emb = emb + self.aug_embed(aug)
+            x = torch.cat([x, upsample(low, x.shape[-1])], dim=1)  # (B, 2C, 28, 28)
         prompt = ()
         if self.framing_embed is not None:  # (label, size, top, left): SDXL's micro-conditioning
             emb = emb + self.framing_embed(y[:, 1:])
@@ -286,4 +306,5 @@ def build_unet(cfg: ModelConfig, in_channels: int, image_size: int) -> UNet:
         cross_attention_levels=tuple(u.cross_attention_levels),
         pooled_text=u.pooled_text,
         micro_conditioning=u.micro_conditioning,
+        low_resolution=u.low_resolution,
     )
