@@ -317,3 +317,37 @@ def test_an_unclip_decoder_draws_variations_of_a_real_digit(browser, tmp_path, m
         assert click_generate(page, digit=4, seed=2, steps=3) == "", demo.log()
         assert "variations of a real test 4" in text(page, "summary-a"), text(page, "summary-a")
         page.context.close()
+
+
+def test_a_cascade_shows_the_base_stages_drawings_above_what_it_enlarged_them_to(browser, tmp_path):
+    """Issue 48: served, a super-resolution stage runs the whole cascade and shows both stages: a row of the base's
+    14x14 drawings (enlarged) above the row of 28x28 images drawn from them, so two rows for two images."""
+    skip_without_tools()
+    import io
+
+    from PIL import Image
+
+    from difflab import cascade
+    from difflab.training import Trainer
+
+    x, y = tiny_data(32)
+    base_cfg = tiny_config(tmp_path, data={"resolution": 14}, model={"channel_mult": [1, 2]},
+                           training={"max_steps": 2})
+    base_cfg.name = "tiny_base"
+    base = Trainer(base_cfg, data=(cascade.downsample(x, 14), y), quiet=True)
+    base.fit()
+    sr_cfg = tiny_config(tmp_path, model={"low_resolution": 14}, training={"max_steps": 2},
+                         cascade={"base": str(base.out_dir / "checkpoints" / "last.pt"), "noise_aug": 0.5},
+                         sampling={"aug_level": 0.2})
+    sr_cfg.name = "tiny_sr"
+    sr = Trainer(sr_cfg, data=(x, y), quiet=True)
+    sr.fit()
+    with serve([sr.out_dir / "checkpoints" / "last.pt", base.out_dir / "checkpoints" / "last.pt"], tmp_path) as demo:
+        page = open_page(browser, demo.url)
+        set_images(page, 2)
+        assert click_generate(page, digit=3, seed=4, steps=2) == "", demo.log()
+        summary = text(page, "summary-a")
+        assert "the base stage's 14x14 drawings" in summary, summary
+        grid = Image.open(io.BytesIO(image_bytes(page, "grid-a")))
+        assert grid.height > 1.5 * grid.width / 2, grid.size  # two rows of two: the base's, then the enlarged
+        page.context.close()

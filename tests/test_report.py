@@ -281,3 +281,17 @@ def test_reframed_models_over_seeds_show_their_cut_off_and_tiny_digits():
     assert "| tiny digits (under 12 rows of ink) | 11.0% +- 1.4 | 1.0% +- 0.0 |" in lines
     with pytest.raises(ValueError, match="no framing in: plain"):
         report.render("framing over seeds", page_tables.gather_evaluations({"plain": evaluation(5.0, 0.97)}))
+
+
+def test_a_pages_models_over_seeds_show_each_models_mean_and_spread():
+    results = page_tables.gather_evaluations({"one stage, seed 0": evaluation(6.0, 0.95),
+                                              "cascade, seed 0": evaluation(4.0, 0.97),
+                                              "one stage, seed 1": evaluation(8.0, 0.97),
+                                              "cascade, seed 1": evaluation(5.0, 0.99),
+                                              "cascade, at level 0.4": evaluation(7.5, None)})
+    lines = report.render("evaluations over seeds", results).splitlines()
+    assert lines[0] == "| | seeds | FID | accuracy | sampling |"
+    assert lines[2] == "| one stage | 2 | 7.00 +- 1.41 | 96.0% +- 1.4 | ddim x50, CFG 1.5 |"  # rows in order first seen
+    assert lines[3] == "| cascade | 2 | 4.50 +- 0.71 | 98.0% +- 1.4 | ddim x50, CFG 1.5 |"
+    assert lines[4] == "| cascade, at level 0.4 | 1 | 7.50 | n/a | ddim x50, CFG 1.5 |"  # one seed: no spread
+    assert lines[-1] == "Mean +- sample standard deviation over training seeds; N = 500, floor 5.45."

@@ -2,13 +2,13 @@
 
 A *base* model draws a digit at 14x14 (data.resolution: 14), where a step is cheap and the whole digit fits in a
 few positions; a *super-resolution* model draws the 28x28 digit conditioned on the base's image, upsampled to 28x28
-and given to the U-Net as an extra input channel (model.low_resolution: 14; CDM, Sec. 3; SR3, Saharia et al. 2021):
+and given to the U-Net as an extra input channel (model.low_resolution: 14; CDM; SR3, Saharia et al. 2021):
 
-    label --base (14x14 diffusion)--> small --upsample, noise to level s--> z_s --SR (28x28 diffusion | z_s, s)--> image
+    label --base (14x14 diffusion)--> small --noise to level s--> z_s --upsample, SR (28x28 diffusion | z_s, s)--> image
 
 The super-resolution stage trains on real digits shrunk to 14x14, but samples from the base's drawings, which are
-never quite real ones: the mismatch compounds. CDM's answer (Ho et al. 2021, Sec. 4.1, "Gaussian conditioning
-augmentation"; Imagen, Sec. 2.5) is *noise conditioning augmentation*: in training, noise the low-resolution input
+never quite real ones: the mismatch compounds. CDM's answer (Ho et al. 2021, "Gaussian conditioning
+augmentation"; Imagen, Sec. 2.4) is *noise conditioning augmentation*: in training, noise the low-resolution input
 to a random level s on the forward process, z_s = alpha(s) x_low + sigma(s) eps, and tell the model s; when
 sampling, noise the base's image to one fixed level (sampling.aug_level). Noise hides the small ways the base's
 images differ from real ones, and the model learns to fill in what the noise hid. cascade.noise_aug: 0 trains
@@ -46,7 +46,7 @@ def upsample(x: torch.Tensor, size: int = IMAGE_SIZE) -> torch.Tensor:
 
 
 def augment(low: torch.Tensor, s: torch.Tensor, eps: torch.Tensor, path) -> torch.Tensor:
-    """Noise conditioning augmentation (Ho et al. 2021, Sec. 4.1): z_s = alpha(s) x_low + sigma(s) eps on the model's
+    """Noise conditioning augmentation (Ho et al. 2021): z_s = alpha(s) x_low + sigma(s) eps on the model's
     own noise path, s (N,) in [0, 1]; s = 0 leaves the image as it is."""
     a, sigma = path.alpha(s).view(-1, 1, 1, 1), path.sigma(s).view(-1, 1, 1, 1)
     return torch.where(s.view(-1, 1, 1, 1) > 0, a * low + sigma * eps, low)

@@ -143,7 +143,7 @@ class SamplingConfig:
     # override (--set sampling.decoder=CKPT), never read from a stored config
     decoder: Optional[str] = None
     # a cascade's super-resolution stage (difflab.cascade): the noise level its low-resolution input is augmented
-    # to while sampling (Ho et al. 2021, Sec. 4.1), and where that input comes from: the base stage's samples
+    # to while sampling (Ho et al. 2021), and where that input comes from: the base stage's samples
     # ("base", the cascade), or real test digits shrunk ("real": what the stage does with a perfect base)
     aug_level: float = 0.0
     low_res_from: str = "base"
@@ -182,7 +182,7 @@ class CascadeConfig:
     base: Optional[str] = None  # the base stage's checkpoint, whose samples this stage enlarges when sampling
     base_config: Optional[str] = None  # the config that trains it: train.py trains the base first when it is missing
     # noise conditioning augmentation: in training, the low-resolution input is noised to a level s ~ U(0, noise_aug)
-    # on the model's own noise path, and the model is told s (0: none, the ablation of CDM, Ho et al. 2021, Sec. 4.1)
+    # on the model's own noise path, and the model is told s (0: none, the ablation of CDM, Ho et al. 2021)
     noise_aug: float = 0.0
 
 

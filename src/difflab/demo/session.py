@@ -344,14 +344,14 @@ def _sample(name: str, pipe: Pipeline, req: Request, noise: torch.Tensor, on_ste
                  "drawn from its CLIP embedding")
     if req.prompt and not pipe.reads_prompts and not unconditional:
         asked += " (this model reads class labels, not prompts)"
+    shown, nrow = (result.images if original is None else torch.cat([original, result.images])), min(8, len(labels))
+    if result.low_res is not None:  # Imagen's cascade: the base's 14x14 drawings above what this stage made of them
+        shown = stages_grid(result.low_res, result.images, nrow)
+        asked += (f"; top rows: the base stage's {result.low_res.shape[-1]}x{result.low_res.shape[-1]} drawings, "
+                  "below each: the super-resolution stage's 28x28 image drawn from it")
     settings = (f"{'any digit (unconditional model)' if unconditional else asked}, "
                 f"{run.sampler}, {plural(run.steps, 'step')}, guidance {run.cfg_scale:g}, "
                 f"seed {req.seed}, {plural(req.n_images, 'image')}")
-    shown, nrow = (result.images if original is None else torch.cat([original, result.images])), min(8, len(labels))
-    if result.low_res is not None:  # Imagen's cascade: the base's 14x14 drawings above what this stage made of them
-        shown, nrow = stages_grid(result.low_res, result.images, nrow), nrow
-        asked += (f"; top rows: the base stage's {result.low_res.shape[-1]}x{result.low_res.shape[-1]} drawings, "
-                  "below each: the super-resolution stage's 28x28 image drawn from it")
     return Panel(name, grid_array(shown, nrow=nrow if original is None else min(8, len(shown)), scale=3),
                  _strip(trajectory),
                  _gif(trajectory), steps=req.steps, gif_steps=len(keep), seconds=result.seconds, nfe=result.nfe,

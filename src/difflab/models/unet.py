@@ -198,8 +198,8 @@ class UNet(nn.Module):
         # so every ResBlock hears the prompt, as every ResBlock hears a class label
         self.pooled_embed = nn.Linear(text.dim, emb_dim) if text is not None and pooled_text else None
         self.framing_embed = FramingEmbedder(emb_dim) if micro_conditioning else None
-        # A super-resolution stage (CDM, Ho et al. 2021, Sec. 3): the upsampled low-resolution image enters beside
-        # x_t as more input channels, and its noise augmentation level s joins the time embedding (Sec. 4.1)
+        # A super-resolution stage (CDM, Ho et al. 2021; SR3): the upsampled low-resolution image enters beside
+        # x_t as more input channels, and its noise augmentation level s joins the time embedding
         self.low_resolution = low_resolution
         self.aug_embed = TimestepEmbedder(emb_dim, freq_dim=channels) if low_resolution else None
 

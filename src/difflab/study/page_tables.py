@@ -9,6 +9,7 @@ which writes docs/results/latent_guidance.json (report.publish) and fills the pa
 
     <!-- generated from docs/results/latent_guidance.json: evaluations -->   a row per output
     <!-- generated from docs/results/latent_guidance.json: adherence -->     a column per model of prompts
+    <!-- generated from docs/results/x.json: evaluations over seeds -->       a row per model, its seeds' mean
     <!-- generated from docs/results/x.json: adherence over seeds -->         a column per model, its seeds' mean
     <!-- generated from docs/results/x.json: curves over seeds -->            few-step curves, each seed's mean
     <!-- generated from docs/results/x.json: learning curves -->             quality against training, a row per model
@@ -87,10 +88,9 @@ def curves_over_seeds(results: dict) -> str:
             if not seeds:
                 cells.append("")
                 continue
-            cell = spread_text(statistics.fmean(fids), statistics.stdev(fids) if len(fids) > 1 else 0.0, len(fids))
+            cell = over_seeds(fids)
             if None not in accuracies:
-                spread = statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0
-                cell += f" ({spread_text(statistics.fmean(accuracies), spread, len(accuracies), percent=True)})"
+                cell += f" ({over_seeds(accuracies, percent=True)})"
             cells.append(cell)
         seeds = min(len(v) for v in by_steps.values())
         lines.append(f"| {name} | {seeds} | " + " | ".join(cells) + " |")
@@ -137,6 +137,35 @@ def spread_text(mean: float, spread: float, seeds: int, percent: bool = False) -
     """A mean over training seeds and its spread: "82.4% +- 2.1", "9.31 +- 2.08"; one seed: the mean alone."""
     scale, unit, digits = (100, "%", 1) if percent else (1, "", 2)
     return f"{scale * mean:.{digits}f}{unit}" + (f" +- {scale * spread:.{digits}f}" if seeds > 1 else "")
+
+
+def over_seeds(values: list, percent: bool = False) -> str:
+    """One measure of one model over its training seeds: mean +- sample standard deviation (spread_text)."""
+    spread = statistics.stdev(values) if len(values) > 1 else 0.0
+    return spread_text(statistics.fmean(values), spread, len(values), percent)
+
+
+def by_model(rows: list) -> dict:
+    """Rows labelled "<model>, seed <k>" grouped by model, in the order first seen."""
+    models: dict[str, list] = {}
+    for r in rows:
+        models.setdefault(SEED.sub("", r["label"]), []).append(r)
+    return models
+
+
+def evaluations_over_seeds(results: dict) -> str:
+    """A page's own measurements over training seeds: a row per model (outputs labelled "<model>, seed <k>"), FID and
+    digit accuracy as mean +- sample standard deviation over its seeds, and how many seeds; a label without a seed is
+    a model of one."""
+    lines = ["| | seeds | FID | accuracy | sampling |", "|---|---|---|---|---|"]
+    for name, seeds in by_model(results["rows"]).items():
+        accuracy = "n/a" if any(r["accuracy"] is None for r in seeds) else over_seeds([r["accuracy"] for r in seeds],
+                                                                                        True)
+        sampling = " / ".join(sorted({f"{r['sampler']} x{r['steps']}, CFG {r['cfg_scale']:g}" for r in seeds}))
+        lines.append(f"| {name} | {len(seeds)} | {over_seeds([r['fid'] for r in seeds])} | {accuracy} | {sampling} |")
+    first = results["rows"][0]
+    return ("\n".join(lines) + f"\n\nMean +- sample standard deviation over training seeds; N = {first['n']}, floor "
+            f"{first['fid_floor']:.2f}.\n")
 
 
 def with_adherence(rows: list) -> list:
@@ -189,9 +218,7 @@ def adherence_over_seeds(results: dict) -> str:
     flip a single-seed comparison; the spread says how far apart two models must be to be ordered.
     """
     rows = with_adherence(results["rows"])
-    models: dict[str, list] = {}
-    for r in rows:
-        models.setdefault(SEED.sub("", r["label"]), []).append(r)
+    models = by_model(rows)
     first = rows[0]["adherence"]
     fid = f'FID from "a <digit>" (floor {rows[0]["fid_floor"]:.2f}, N = {rows[0]["n"]})'
     measures = [(fid, lambda r: r["fid"], False),
@@ -211,16 +238,13 @@ def adherence_over_seeds(results: dict) -> str:
                      ("CLIP score's correlation over the prompts with following everything asked",
                       lambda r: r["adherence"]["clip"]["correlation_over_prompts"], False)]
 
-    def cell(values: list, percent: bool) -> str:
-        spread = statistics.stdev(values) if len(values) > 1 else 0.0
-        return spread_text(statistics.fmean(values), spread, len(values), percent)
-
     def sampling(seeds: list) -> str:
         return " / ".join(sorted({f"{r['sampler']} x{r['steps']}, CFG {r['cfg_scale']:g}" for r in seeds}))
 
     lines = ["| | " + " | ".join(f"{m} ({len(seeds)} seeds)" for m, seeds in models.items()) + " |",
              "|---" * (len(models) + 1) + "|"]
-    lines += [f"| {name} | " + " | ".join(cell([value(r) for r in seeds], percent) for seeds in models.values()) + " |"
+    lines += [f"| {name} | " + " | ".join(over_seeds([value(r) for r in seeds], percent) for seeds in models.values())
+              + " |"
               for name, value, percent in measures]
     lines.append("| sampling | " + " | ".join(sampling(seeds) for seeds in models.values()) + " |")
     return ("\n".join(lines) + f"\n\nMean +- sample standard deviation over training seeds; for each seed "
@@ -233,22 +257,17 @@ def framing_over_seeds(results: dict) -> str:
     missing = [r["label"] for r in results["rows"] if not r.get("framing")]
     if missing:
         raise ValueError(f"no framing in: {', '.join(missing)} (evaluate a model trained with data.reframe)")
-    models: dict[str, list] = {}
-    for r in results["rows"]:
-        models.setdefault(SEED.sub("", r["label"]), []).append(r)
+    models = by_model(results["rows"])
     first = results["rows"][0]
     measures = [(f"FID (floor {first['fid_floor']:.2f}, N = {first['n']})", lambda r: r["fid"], False),
                 ("digit accuracy", lambda r: r["accuracy"], True),
                 ("digits cut off by the canvas", lambda r: r["framing"]["cut_off"], True),
                 (f"tiny digits (under {TINY} rows of ink)", lambda r: r["framing"]["tiny"], True)]
 
-    def cell(values: list, percent: bool) -> str:
-        spread = statistics.stdev(values) if len(values) > 1 else 0.0
-        return spread_text(statistics.fmean(values), spread, len(values), percent)
-
     lines = ["| asked for MNIST's own framing | " + " | ".join(f"{m} ({len(s)} seeds)" for m, s in models.items())
              + " |", "|---" * (len(models) + 1) + "|"]
-    lines += [f"| {name} | " + " | ".join(cell([value(r) for r in seeds], percent) for seeds in models.values()) + " |"
+    lines += [f"| {name} | " + " | ".join(over_seeds([value(r) for r in seeds], percent) for seeds in models.values())
+              + " |"
               for name, value, percent in measures]
     return "\n".join(lines) + "\n\nMean +- sample standard deviation over training seeds.\n"
 

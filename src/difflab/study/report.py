@@ -16,8 +16,9 @@ present, saying whether the two models' seed spreads overlap and naming every se
 their configs differ), `effect <config name>` (a milestone page's measured effect against the step
 before it), `sweeps` (FID and accuracy against
 the guidance scale and the number of steps, first seed), `timing` (where the study's time went),
-and a page's own measurements, `evaluations`, `curves` (few-step curves), `curves over seeds`, `learning curves`,
-`adherence`, `adherence over seeds` and `framing over seeds` (src/difflab/study/page_tables.py).
+and a page's own measurements, `evaluations`, `evaluations over seeds`, `curves` (few-step curves), `curves over
+seeds`, `learning curves`, `adherence`, `adherence over seeds` and `framing over seeds`
+(src/difflab/study/page_tables.py).
 tests/test_docs.py renders every block again from the committed json and checks it against the page, and checks
 each row's sampler, steps, guidance and parameter count
 against the config of the same name: a page cannot quote a number the json does not hold,
@@ -39,8 +40,8 @@ from typing import Optional
 from ..infra.outputs import write_error, write_together
 from .config_diff import config_changes  # every setting two configs differ in
 from .page_tables import (  # a page's own measurements
-    adherence, adherence_over_seeds, curves, curves_over_seeds, evaluations, framing_over_seeds, learning_curves,
-    spread_text)
+    adherence, adherence_over_seeds, curves, curves_over_seeds, evaluations, evaluations_over_seeds, framing_over_seeds,
+    learning_curves, spread_text)
 from ..infra.untrusted import StructureError, check_structure, one_line, shown
 
 # The story's order, and the name each config goes by in a table.
@@ -273,8 +274,9 @@ def fewstep(results: dict) -> str:
 RENDERERS = {
     "table": lambda r: table(r["rows"]), "orderings": lambda r: orderings(r["rows"]), "timing": timing,
     "sweeps": sweeps, "fewstep": fewstep, "evaluations": evaluations, "curves": curves, "adherence": adherence,
-    "adherence over seeds": adherence_over_seeds, "curves over seeds": curves_over_seeds,
-    "learning curves": learning_curves, "framing over seeds": framing_over_seeds,
+    "evaluations over seeds": evaluations_over_seeds, "adherence over seeds": adherence_over_seeds,
+    "curves over seeds": curves_over_seeds, "learning curves": learning_curves,
+    "framing over seeds": framing_over_seeds,
 }
 
 
