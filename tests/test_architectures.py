@@ -49,7 +49,9 @@ NEWER = {"configs/fewstep/sd2_ect.yaml": "configs/unified_sd2_unet_v.yaml",
 NEW_NETWORKS = {"configs/unclip/decoder.yaml", "configs/unclip/prior.yaml",
                 "configs/microcond/sdxl_microcond.yaml",  # and SDXL's micro-conditioning (issue 48)
                 # and Imagen's cascade (issue 48): a 14x14 base, super-resolution with and without augmentation
-                "configs/cascade/base_14.yaml", "configs/cascade/sr_28.yaml", "configs/cascade/sr_28_no_aug.yaml"}
+                "configs/cascade/base_14.yaml", "configs/cascade/sr_28.yaml", "configs/cascade/sr_28_no_aug.yaml",
+                # and SDXL's refiner (issue 48): a half-size SD1 base and an expert of its low noise levels
+                "configs/refiner/sdxl_base.yaml", "configs/refiner/sdxl_refiner.yaml"}
 
 # Model keys added after the record, with the value every config of the record has (the old network).
 ADDED = {"hourglass": False,  # issue 46: HDiT's token merging in the DiT and the MMDiT

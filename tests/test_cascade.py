@@ -51,6 +51,9 @@ def test_the_configs_refuse_what_a_cascade_cannot_be(tmp_path):
         ({"model": SR, "sampling": {"aug_level": -0.1}}, "sampling.aug_level"),
         ({"sampling": {"aug_level": 0.2}}, "sampling.aug_level"),
         ({"model": SR, "sampling": {"low_res_from": "elsewhere"}}, "sampling.low_res_from"),
+        ({"cascade": {"refine_below": 1.0}}, "cascade.refine_below"),  # a refiner of every level is no expert
+        ({"model": SR, "cascade": {"refine_below": 0.2}}, "cascade.refine_below"),
+        ({"cascade": {"base": "b/checkpoints/last.pt"}}, "cascade.base"),  # neither a refiner nor a SR stage
     ]:
         with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
             tiny_config(tmp_path, **sections)
@@ -175,3 +178,108 @@ def test_train_py_trains_the_base_first_when_it_is_missing(tmp_path, monkeypatch
                                        "cascade": {"base": str(base), "base_config": str(base_yaml)}}))
     assert train.main(["--config", str(sr_yaml), f"training.output_dir={tmp_path / 'runs'}"]) == 0
     assert base.is_file() and (tmp_path / "runs" / "sr" / "checkpoints" / "last.pt").is_file()
+
+
+# ---------------------------------------------------------------- SDXL's refiner: an expert of the low noise levels
+
+
+def test_a_refiner_trains_only_below_its_level_and_takes_over_there():
+    t = torch.arange(1, 1001).float() / 1000  # every level of a discrete draw k / T
+    squeezed = cascade.refiner_times(t, 0.2, 1000, discrete=True)
+    k = (squeezed * 1000).round()
+    assert torch.allclose(squeezed * 1000, k, atol=1e-3) and k.min() == 1 and k.max() == 200  # on the grid, 1..200
+    assert torch.equal(torch.bincount(k.long())[1:], torch.full((200,), 5))  # each as often: still uniform
+    assert torch.allclose(cascade.refiner_times(torch.tensor([0.5, 1.0]), 0.2, 1000, discrete=False),
+                          torch.tensor([0.1, 0.2]))
+
+    def base(x, t, y):
+        return torch.zeros_like(x)
+
+    def refiner(x, t, y):
+        return torch.ones_like(x)
+
+    network = cascade.hand_over(base, refiner, 0.2)
+    x = torch.randn(3, 1, 4, 4)
+    assert network(x, torch.full((3,), 500.0), None).sum() == 0  # a noisy step: the base's
+    assert network(x, torch.full((3,), 199.0), None).mean() == 1  # below 0.2 x 1000: the refiner's
+    mixed = network(x, torch.tensor([500.0, 100.0, 200.0]), None)
+    assert mixed[:, 0, 0, 0].tolist() == [0.0, 1.0, 0.0]  # image by image; 200 is the base's (t >= refine_below)
+
+
+def test_a_refiners_training_draws_only_low_noise_levels(tmp_path):
+    from difflab.loop import Draws
+    from difflab.models import build_model
+    from difflab.objectives import build_objective
+    from difflab.training import diffusion_batch_loss
+
+    cfg = tiny_config(tmp_path, cascade={"base": "b/checkpoints/last.pt", "refine_below": 0.1})
+    x0, y = tiny_data(64)
+    draws = Draws(torch.Generator().manual_seed(0), 64, slice(0, 64), torch.device("cpu"))
+    net = build_model(cfg.model, in_channels=1, image_size=28)
+    *_, t = diffusion_batch_loss(x0, y, draws, model=net, path=build_path(cfg.diffusion),
+                                 objective=build_objective(cfg.diffusion.target), cfg=cfg)
+    assert t.max() <= 0.1 and t.min() > 0 and len(t.unique()) > 20
+
+
+@pytest.fixture
+def refiner(tmp_path):
+    """A tiny base and a refiner of the levels below 0.5 that names it, trained a few steps each."""
+    from difflab.training import Trainer
+
+    x, y = tiny_data(48)
+    base_cfg = tiny_config(tmp_path, training={"max_steps": 2})
+    base_cfg.name = "base"
+    base = Trainer(base_cfg, data=(x, y), quiet=True)
+    base.fit()
+    base_ckpt = base.out_dir / "checkpoints" / "last.pt"
+    cfg = tiny_config(tmp_path, cascade={"base": str(base_ckpt), "refine_below": 0.5}, training={"max_steps": 2})
+    cfg.name = "refiner"
+    trainer = Trainer(cfg, data=(x, y), quiet=True)
+    trainer.fit()
+    return base_ckpt, trainer.out_dir / "checkpoints" / "last.pt"
+
+
+def test_sampling_a_refiner_runs_its_base_on_the_noisy_steps_and_itself_on_the_rest(refiner, tmp_path, fake_mnist):
+    from difflab import evaluation
+    from difflab.infra.checkpoint import load_checkpoint, save_checkpoint
+    from difflab.pipeline import Pipeline
+
+    base_ckpt, ref_ckpt = refiner
+    pipe = Pipeline.from_checkpoint(ref_ckpt, "cpu")
+    assert pipe.base is not None and pipe.info["params"] == sum(pipe.info["stage_params"])
+    labels = torch.tensor([2, 5, 5, 9])
+    images = pipe.generate(labels, seed=1, steps=4).images
+    assert pipe.generate(labels, seed=1, steps=4).nfe == 4  # one network evaluation per step, whichever network
+    assert pipe.callbacks(4, pipe.settings(steps=4, batch_size=4)) == 4  # the base's steps are the same steps
+    for part in (pipe.base.model, pipe.model):  # both networks draw part of every image
+        with torch.no_grad():
+            saved = [p.clone() for p in part.parameters()]
+            for p in part.parameters():
+                p.add_(0.05 * torch.randn_like(p))
+            assert not torch.allclose(pipe.generate(labels, seed=1, steps=4).images, images, atol=1e-4)
+            for p, s in zip(part.parameters(), saved):
+                p.copy_(s)
+    assert torch.equal(pipe.generate(labels, seed=1, steps=4).images, images)
+    scores = evaluation.evaluate_pipeline(pipe, fake_mnist, 10, steps=2)
+    assert scores["cascade"]["stage"] == "refiner" and scores["cascade"]["refine_below"] == 0.5
+
+    state = load_checkpoint(ref_ckpt)
+    base_state = load_checkpoint(base_ckpt)
+    base_state["config"]["diffusion"]["target"] = "v"  # another objective: its steps are not the refiner's to finish
+    save_checkpoint(base_state, tmp_path / "v_base.pt")
+    state["config"]["cascade"]["base"] = str(tmp_path / "v_base.pt")
+    save_checkpoint(state, tmp_path / "mismatched.pt")
+    with pytest.raises(ConfigError, match="diffusion section"):
+        Pipeline.from_checkpoint(tmp_path / "mismatched.pt", "cpu")
+
+
+def test_train_py_refuses_a_refiner_without_its_base(tmp_path):
+    import yaml
+
+    from difflab.commands import train
+
+    path = tmp_path / "refiner.yaml"
+    path.write_text(yaml.safe_dump({"cascade": {"base": str(tmp_path / "none" / "checkpoints" / "last.pt"),
+                                                "refine_below": 0.2}}))
+    with pytest.raises(ConfigError, match="is a refiner"):
+        train.main(["--config", str(path), f"training.output_dir={tmp_path}"])

@@ -14,7 +14,13 @@ sampling, noise the base's image to one fixed level (sampling.aug_level). Noise 
 images differ from real ones, and the model learns to fill in what the noise hid. cascade.noise_aug: 0 trains
 without it, the ablation the CDM paper shows is the key to cascades.
 
-Both stages are ordinary diffusion models through train.py; the super-resolution config names its base
+A *refiner* (SDXL, Podell et al. 2023; eDiff-I's experts, Balaji et al. 2022) is the same idea along the noise
+levels instead of the resolution: a base takes the sampling steps of high noise, where the layout is decided, and
+hands its trajectory to an expert trained only on the low noise levels t < cascade.refine_below, where the detail is:
+
+    label --base (t from 1 down to refine_below)--> x_t --refiner (t from refine_below down to 0)--> image
+
+Both stages are ordinary diffusion models through train.py; the second stage's config names its base
 (cascade.base, and cascade.base_config that trains it first on a fresh clone), and sampling runs the whole chain
 (pipeline.Pipeline.generate; sample.py --stages shows both).
 """
@@ -76,6 +82,33 @@ def real_low_res(digits, size: int, data_dir=None) -> torch.Tensor:
     return downsample(test_images_of([int(d) for d in digits], data_dir), size)
 
 
+def refiner_times(t: torch.Tensor, refine_below: float, num_timesteps: int, discrete: bool) -> torch.Tensor:
+    """A refiner's training times: the config's draw of t in (0, 1] squeezed into (0, refine_below], so the expert
+    learns only the low noise levels it will be handed (eDiff-I's experts, Balaji et al. 2022). A discrete draw k / T
+    stays on the grid: ceil(k refine_below) / T, uniform over 1..refine_below T when T refine_below is whole."""
+    if discrete:
+        return torch.ceil(t * num_timesteps * refine_below - 1e-6).clamp(min=1) / num_timesteps
+    return t * refine_below
+
+
+def hand_over(base, refiner, refine_below: float):
+    """The network a refiner's sampler calls (model(x, t * 1000, y, ...)): the base at noise levels t >= refine_below,
+    the refiner below, image by image (SDXL's base hands its latents to the refiner for the last steps, Podell et al.
+    2023; eDiff-I switches experts by noise level). A sampler's step has one t for the whole batch, so one of the two
+    runs; a batch of mixed levels runs both and keeps each image's own."""
+
+    def network(x: torch.Tensor, t: torch.Tensor, y, **kwargs) -> torch.Tensor:
+        low = (t < refine_below * 1000).view(-1)
+        if bool(low.all()):
+            return refiner(x, t, y, **kwargs)
+        if not bool(low.any()):
+            return base(x, t, y, **kwargs)
+        mask = low.view(-1, *[1] * (x.ndim - 1))
+        return torch.where(mask, refiner(x, t, y, **kwargs), base(x, t, y, **kwargs))
+
+    return network
+
+
 def base_checkpoint(cfg: Config, checkpoint: Path) -> Path:
     """The base stage's file a super-resolution checkpoint's stored cascade.base means here: looked for only in this
     user's folders, as a latent model's VAE is (latent.checkpoint_vae)."""
@@ -83,14 +116,31 @@ def base_checkpoint(cfg: Config, checkpoint: Path) -> Path:
     from .latent import checkpoint_vae
 
     if not cfg.cascade.base:
-        raise CheckpointError(f"{checkpoint}: a super-resolution stage whose config names no base (cascade.base)")
+        raise CheckpointError(f"{checkpoint}: a super-resolution stage or refiner whose config names no base "
+                              "(cascade.base)")
     return checkpoint_vae(cfg.cascade.base, checkpoint, what="base stage")
 
 
 def check_base(base_cfg: Config, sr_cfg: Config, path) -> None:
-    """A base must draw what the super-resolution stage was trained to enlarge: that size, those labels."""
+    """A base must draw what the super-resolution stage was trained to enlarge: that size, those labels; or, for a
+    refiner, be a model of the same noise path, condition and samples, whose trajectory the refiner can finish."""
     from .config import ConfigError
 
+    if sr_cfg.cascade.refine_below:
+        mismatch = [what for what, same in (
+            ("diffusion section (objective and noise path)", base_cfg.diffusion == sr_cfg.diffusion),
+            ("conditioning", base_cfg.model.conditioning == sr_cfg.model.conditioning),
+            ("data (resolution, latents, framing)", base_cfg.data.resolution == sr_cfg.data.resolution
+             and base_cfg.data.vae_checkpoint == sr_cfg.data.vae_checkpoint
+             and base_cfg.data.reframe == sr_cfg.data.reframe),
+        ) if not same]
+        kind = (base_cfg.cascade.refine_below or getattr(base_cfg.model.net, "low_resolution", 0)
+                or base_cfg.model.architecture == "prior" or base_cfg.fewstep.method != "none")
+        if mismatch or kind:
+            raise ConfigError(f"cascade.base={path}: its {', '.join(mismatch) or 'kind'} differ from the refiner "
+                              f"{sr_cfg.name}'s; a refiner finishes the steps of an ordinary diffusion model of the "
+                              "same path, condition and samples")
+        return
     low = sr_cfg.model.net.low_resolution
     if base_cfg.data.resolution != low or base_cfg.model.conditioning != "class":
         raise ConfigError(f"cascade.base={path}: draws {base_cfg.data.resolution}x{base_cfg.data.resolution} images "
@@ -112,11 +162,12 @@ def train_base_first(cfg: Config) -> Optional[Path]:
                                                              if cfg.data.data_dir else [])
     base_cfg = dataclasses.replace(load_config(cfg.cascade.base_config, overrides), name=path.parents[1].name)
     check_base(base_cfg, cfg, cfg.cascade.base_config)
-    print(f"no base stage at {path} yet: training it first (stage 1 of the cascade; the same as `python train.py "
+    print(f"no base stage at {path} yet: training it first (stage 1; the same as `python train.py "
           f"--config {cfg.cascade.base_config} {' '.join(overrides)}`)")
     trainer = build_trainer(base_cfg)
     trainer.fit()
     if trainer.interrupted:
         raise KeyboardInterrupt
-    print(f"base stage trained: {path}; now the super-resolution stage (stage 2)")
+    print(f"base stage trained: {path}; now the {'refiner' if cfg.cascade.refine_below else 'super-resolution stage'} "
+          "(stage 2)")
     return path

@@ -301,15 +301,20 @@ def evaluate_pipeline(
         "seconds": round(result.seconds, 3),
         "device": str(pipe.device),
         **({"prompts": prompts} if pipe.reads_prompts else {}),
-        **({"cascade": cascade_entry(pipe, small)} if small or pipe.super_resolves(pipe.cfg) else {}),
+        **({"cascade": cascade_entry(pipe, small)} if small or pipe.super_resolves(pipe.cfg) or pipe.refines(pipe.cfg)
+           else {}),
     }
 
 
 def cascade_entry(pipe, small: bool) -> dict:
     """What evaluate.py says of a cascade's stage (difflab.cascade): a base scored alone, enlarged bilinearly to 28x28;
-    or a super-resolution stage, with where its input came from, the augmentation level and both stages' sizes."""
+    a super-resolution stage, with where its input came from, the augmentation level and both stages' sizes; or a
+    refiner (SDXL), with the noise level where it takes over and both stages' sizes."""
     if small:
         return {"stage": "base", "resolution": pipe.cfg.data.resolution, "scored": "enlarged bilinearly to 28x28"}
+    if pipe.refines(pipe.cfg):
+        return {"stage": "refiner", "refine_below": pipe.cfg.cascade.refine_below, "base": pipe.info.get("base"),
+                "stage_params": pipe.info.get("stage_params")}
     return {"stage": "super-resolution", "low_res_from": pipe.cfg.sampling.low_res_from,
             "aug_level": pipe.cfg.sampling.aug_level, "base": pipe.info.get("base"),
             "stage_params": pipe.info.get("stage_params")}

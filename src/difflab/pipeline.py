@@ -18,7 +18,7 @@ from .config import ConfigError, config_from_dict, parse_override
 from .settings import Config
 from .guidance import make_denoiser
 from .models import ARCHITECTURES, NULL_CLASS, build_model, count_parameters
-from .cascade import sampling_condition
+from .cascade import hand_over, sampling_condition
 from .microcond import CENTRED
 from .models.text import IMAGE_EMBED_DIM
 from .prompts import encode, write
@@ -194,7 +194,8 @@ class Pipeline:
             decoder = cls.decoder_pipeline(cfg, Path(cfg.sampling.decoder), device, use_ema)
             info["decoder"] = cfg.sampling.decoder
         base = None
-        if cls.super_resolves(cfg) and cfg.sampling.low_res_from == "base":  # Imagen: the base draws, this enlarges
+        if (cls.super_resolves(cfg) and cfg.sampling.low_res_from == "base") or cls.refines(cfg):
+            # Imagen: the base draws, this enlarges; SDXL: the base takes the noisy steps, this refiner the rest
             base = cls.base_pipeline(cfg, Path(path), device, use_ema)
             info["base"], info["stage_params"] = str(base.info["checkpoint"]), [base.info["params"], info["params"]]
             info["params"] += base.info["params"]  # the cascade's, both stages
@@ -205,10 +206,15 @@ class Pipeline:
         """A cascade's super-resolution stage (model.low_resolution, difflab.cascade)."""
         return bool(getattr(cfg.model.net, "low_resolution", 0))
 
+    @staticmethod
+    def refines(cfg: Config) -> bool:
+        """A refiner: an expert of the low noise levels that finishes its base's steps (cascade.refine_below)."""
+        return bool(cfg.cascade.refine_below)
+
     @classmethod
     def base_pipeline(cls, cfg: Config, path: Path, device: torch.device, use_ema: bool) -> "Pipeline":
-        """The base stage a super-resolution checkpoint names (cascade.base, looked for in this user's folders only),
-        checked to draw the digits it enlarges."""
+        """The base stage a super-resolution checkpoint or a refiner names (cascade.base, looked for in this user's
+        folders only), checked to draw the digits it enlarges, or to be a model whose steps the refiner can finish."""
         from .cascade import base_checkpoint, check_base
 
         file = base_checkpoint(cfg, path)
@@ -229,9 +235,9 @@ class Pipeline:
         if mismatch:
             raise ConfigError(f"sampling.guide={path}: its {', '.join(mismatch)} differ from the model's; autoguidance "
                               "needs a weaker version of the same model (an earlier checkpoint of the run, say)")
-        if cls.super_resolves(cfg) or cls.super_resolves(guide.cfg):
-            raise ConfigError(f"sampling.guide={path}: autoguidance of a cascade's super-resolution stage is not "
-                              "supported")
+        if any(stage(c) for stage in (cls.super_resolves, cls.refines) for c in (cfg, guide.cfg)):
+            raise ConfigError(f"sampling.guide={path}: autoguidance of a cascade's super-resolution stage or a "
+                              "refiner is not supported")
         if cfg.model.net.reads_jump_size() or guide.cfg.model.net.reads_jump_size():
             raise ConfigError(f"sampling.guide={path}: autoguidance of a model told its jump size is not supported")
         return guide.model
@@ -325,6 +331,8 @@ class Pipeline:
         model = self.model
         if self.cfg.model.net.reads_jump_size():  # a shortcut model jumps 1/steps at each of its equal steps
             model = functools.partial(self.model, d=1000.0 / run.steps)
+        if self.refines(self.cfg):  # SDXL's refiner: the base's network above refine_below, this one below
+            model = hand_over(self.base.model, model, self.cfg.cascade.refine_below)
         x_all = self.initial_noise(len(labels), seed) if noise is None else noise.cpu()
         start, outs, nfe, calls, traj = time.perf_counter(), [], 0, 0, []
         low_res, condition = None, {}
@@ -376,7 +384,7 @@ class Pipeline:
         """How many times generate() calls its callback for n images with the settings `run`: once per step of each
         batch, and so for the stage before (a cascade's base) or after (a prior's decoder): a progress bar's total."""
         count = run.steps * -(-n // run.batch_size)
-        for stage in (self.base, self.decoder):
+        for stage in (None if self.refines(self.cfg) else self.base, self.decoder):  # a refiner's base: same steps
             if stage is not None:
                 count += stage.callbacks(n, stage.settings())
         return count

@@ -176,14 +176,18 @@ class FewStepConfig:
 
 @dataclass
 class CascadeConfig:
-    """A cascade's super-resolution stage (difflab.cascade; Ho et al. 2021, Saharia et al. 2022); the U-Net reads
-    the low-resolution image through model.low_resolution. Unused by every other model."""
+    """A model that works after a base (difflab.cascade): a cascade's super-resolution stage (Ho et al. 2021, Saharia
+    et al. 2022; the U-Net reads the low-resolution image through model.low_resolution), or a refiner (refine_below,
+    SDXL's refiner and eDiff-I's experts). Unused by every other model."""
 
-    base: Optional[str] = None  # the base stage's checkpoint, whose samples this stage enlarges when sampling
+    base: Optional[str] = None  # the base's checkpoint: whose samples this stage enlarges, or whose steps it finishes
     base_config: Optional[str] = None  # the config that trains it: train.py trains the base first when it is missing
     # noise conditioning augmentation: in training, the low-resolution input is noised to a level s ~ U(0, noise_aug)
     # on the model's own noise path, and the model is told s (0: none, the ablation of CDM, Ho et al. 2021)
     noise_aug: float = 0.0
+    # a refiner (Podell et al. 2023; Balaji et al. 2022): an expert of the low noise levels t < refine_below, trained
+    # only there; sampling, the base takes the steps above and hands its trajectory over (0: not a refiner)
+    refine_below: float = 0.0
 
 
 @dataclass

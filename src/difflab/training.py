@@ -15,7 +15,7 @@ from typing import Callable, Optional
 
 import torch
 
-from .cascade import training_condition
+from .cascade import refiner_times, training_condition
 from .config import ConfigError
 from .settings import Config
 from .infra.distributed import DistInfo
@@ -42,6 +42,9 @@ def diffusion_batch_loss(x0: Tensor, y: Tensor, draws: Draws, *, model: Callable
     training.cfg_dropout_prob so that one network is also the unconditional model of guidance.
     """
     t = draws.sliced(partial(sample_training_t, cfg.diffusion))  # (B,)
+    if cfg.cascade.refine_below:  # a refiner (SDXL): an expert of the low noise levels only
+        t = refiner_times(t, cfg.cascade.refine_below, cfg.diffusion.num_timesteps,
+                          cfg.diffusion.t_sampling == "uniform_discrete")
     eps = draws.randn(*x0.shape[1:])
     if getattr(cfg.model.net, "low_resolution", 0):  # a cascade's super-resolution stage: its low-resolution input
         model = partial(model, **training_condition(x0, draws, cfg, path))
@@ -137,8 +140,11 @@ class Trainer(TrainingLoop):
         return what
 
     def pipeline(self) -> Pipeline:
-        """The EMA model as a sampling pipeline."""
-        return Pipeline(self.ema.model, self.cfg, self.device, vae=self.vae)
+        """The EMA model as a sampling pipeline; a refiner's with its base, which takes the noisy steps."""
+        base = None
+        if Pipeline.refines(self.cfg):
+            base = Pipeline.base_pipeline(self.cfg, self.out_dir, self.device, use_ema=True)
+        return Pipeline(self.ema.model, self.cfg, self.device, vae=self.vae, base=base)
 
     def save_samples(self, tag: str) -> Optional[Path]:
         if not self.dist.is_main or self.cfg.model.architecture == "prior":  # a prior draws embeddings, not images

@@ -20,7 +20,8 @@ Samples N images (evenly over the digits 0-9) and prints one JSON object on stdo
   digit is cut off by the canvas or tiny (src/difflab/microcond.py), asked for MNIST's own framing;
 - cascade (a cascade's stages only, src/difflab/cascade.py, else null): a base alone is scored enlarged to 28x28;
   a super-resolution stage says where its input came from (the base's samples, or real digits shrunk), the
-  augmentation level and both stages' parameters.
+  augmentation level and both stages' parameters; a refiner (cascade.refine_below), the noise level where it
+  takes over from its base and both stages' parameters.
 
 `--samples FILE.npz` scores images saved by `sample.py --save-npz` instead. Progress goes
 to stderr, so `python evaluate.py ... > scores.json` keeps stdout clean.

@@ -64,6 +64,12 @@ def main(argv=None):
         from difflab.cascade import train_base_first
 
         train_base_first(cfg)  # a cascade's stage 1, on a fresh clone
+    if cfg.cascade.refine_below and not (cfg.cascade.base and Path(cfg.cascade.base).is_file()):
+        from difflab.config import ConfigError
+
+        raise ConfigError(f"{cfg.name} is a refiner: the grids it draws while training start from its base's steps, "
+                          f"and there is no base at cascade.base={cfg.cascade.base} (name one, or cascade.base_config "
+                          "to train it first)")
     trainer = make_trainer(cfg)
     if args.resume:
         path = resume(trainer, args.resume)

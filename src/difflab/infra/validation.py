@@ -229,11 +229,20 @@ def _validate_cascade(cfg, bad) -> None:
         bad("cascade.noise_aug", "a number in [0, 1] (the largest noise level t the low-resolution input gets)")
     if not 0 <= s.aug_level <= 1:
         bad("sampling.aug_level", "a number in [0, 1] (the noise level t the base's samples get)")
+    if not 0 <= c.refine_below < 1:
+        bad("cascade.refine_below", "a number in [0, 1) (the noise level t below which a refiner takes over)")
+    if c.refine_below and low:
+        bad("cascade.refine_below", "0 for a super-resolution stage (a refiner draws at its base's resolution)")
+    if c.refine_below and (cfg.model.architecture == "prior" or cfg.fewstep.method != "none"):
+        bad("cascade.refine_below", "0 for a prior or a few-step model (a refiner finishes a diffusion model's steps)")
     if not low:
-        for key, value in {"cascade.base": c.base, "cascade.base_config": c.base_config,
-                           "cascade.noise_aug": c.noise_aug, "sampling.aug_level": s.aug_level}.items():
+        unset = {"cascade.noise_aug": c.noise_aug, "sampling.aug_level": s.aug_level}
+        if not c.refine_below:
+            unset.update({"cascade.base": c.base, "cascade.base_config": c.base_config})
+        for key, value in unset.items():
             if value:
-                bad(key, "unset for a model that is not a super-resolution stage (model.low_resolution: 0)")
+                bad(key, "unset for a model that is not a super-resolution stage (model.low_resolution: 0)"
+                    + ("" if key.startswith(("cascade.noise", "sampling")) else " or a refiner (cascade.refine_below)"))
     for key, value in {"cascade.base": c.base, "cascade.base_config": c.base_config}.items():
         if value is not None and not (isinstance(value, str) and value.strip()):
             bad(key, "a path or null")
