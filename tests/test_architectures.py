@@ -100,7 +100,8 @@ def test_a_checkpoint_written_before_samples_as_one_written_now(tmp_path):
 
 def test_a_key_of_another_architecture_is_refused_in_a_file():
     config = ROOT / "configs/unified_sd2_unet_v.yaml"
-    with pytest.raises(ConfigError, match="model.hidden_size: a setting of dit, mmdit and prior, not of unet"):
+    with pytest.raises(ConfigError,
+                       match="model.hidden_size: a setting of dit, mmdit, video_dit and prior, not of unet"):
         load_config(config, ["model.hidden_size=64"])
     with pytest.raises(ConfigError, match="model.channels: a setting of unet and vae, not of mmdit"):
         load_config(ROOT / "configs/unified_sd3_mmdit_flow.yaml", ["model.channels=8"])
@@ -108,7 +109,8 @@ def test_a_key_of_another_architecture_is_refused_in_a_file():
         load_config(config, ["model.chanels=8"])
     with pytest.raises(ConfigError, match="model.net: unknown key"):  # the section is a name in code, not in YAML
         load_config(config, ["model.net={channels: 8}"])
-    with pytest.raises(ConfigError, match="model.architecture: expected one of unet, dit, mmdit, prior, vae, got 'res"):
+    with pytest.raises(ConfigError,
+                       match="model.architecture: expected one of unet, dit, mmdit, video_dit, prior, vae, got 'res"):
         load_config(config, ["model.architecture=resnet"])
 
 

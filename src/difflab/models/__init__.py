@@ -19,6 +19,7 @@ from .mmdit import MMDiTConfig, build_mmdit
 from .prior import PriorConfig, build_prior
 from .unet import UNetConfig, build_unet
 from .vae import VAEConfig
+from .video_dit import VideoDiTConfig, build_video_dit
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,7 @@ ARCHITECTURES: dict[str, Architecture] = {
     "unet": Architecture(UNetConfig, build_unet),
     "dit": Architecture(DiTConfig, build_dit),
     "mmdit": Architecture(MMDiTConfig, build_mmdit),
+    "video_dit": Architecture(VideoDiTConfig, build_video_dit),  # clips of Moving MNIST (issue 49)
     "prior": Architecture(PriorConfig, build_prior),  # DALL-E 2's diffusion prior: CLIP image embeddings (unclip.py)
     # Latent diffusion's autoencoder: trained by its own trainer (vae_training.py), built by models.vae.build_vae.
     "vae": Architecture(VAEConfig, None),

@@ -19,10 +19,12 @@ from torch import nn
 
 from ..prompts import MAX_TOKENS, TOKEN, VOCAB
 from .layers import NULL_CLASS
+from .video_dit import MOTION_COLUMNS, null_motion
 
 PAD_ID, START_ID = TOKEN["<pad>"], TOKEN["<start>"]
 FRAMED_COLUMNS = 4  # a class label with SDXL's micro-conditions: (label, size, top, left) (difflab.microcond)
-assert MAX_TOKENS != FRAMED_COLUMNS  # prompts (B, MAX_TOKENS) and framed labels (B, 4) are told apart by width
+# prompts (B, MAX_TOKENS), framed labels (B, 4) and clips' motions (B, 3) are told apart by width
+assert MAX_TOKENS not in (FRAMED_COLUMNS, MOTION_COLUMNS)
 
 
 class TextEncoder(nn.Module):
@@ -80,12 +82,15 @@ def null_condition(y: torch.Tensor) -> torch.Tensor:
 
     Class labels (B,): the null class. Prompts (B, L): the empty prompt, the start token alone. Image embeddings
     (B, E), floating point: zeros. Labels with SDXL's micro-conditions (B, 4), (label, size, top, left): the null
-    class with the same size and crop, which SDXL does not drop for guidance either.
+    class with the same size and crop, which SDXL does not drop for guidance either. A clip's motion (B, 3), (digit,
+    direction, speed) of Moving MNIST: the null of each.
     """
     if y.is_floating_point():
         return torch.zeros_like(y)
     if y.ndim == 2 and y.shape[1] == FRAMED_COLUMNS:
         return torch.cat([torch.full_like(y[:, :1], NULL_CLASS), y[:, 1:]], dim=1)
+    if y.ndim == 2 and y.shape[1] == MOTION_COLUMNS:  # a clip's (digit, direction, speed): all three dropped
+        return null_motion(y)
     if y.ndim == 1:
         return torch.full_like(y, NULL_CLASS)
     null = torch.full_like(y, PAD_ID)

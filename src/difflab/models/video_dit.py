@@ -1,0 +1,161 @@
+"""A video DiT on spacetime patches (issue 49): Sora's recipe (Brooks et al. 2024) on Moving MNIST.
+
+Sora's report describes a diffusion transformer whose tokens are *spacetime patches*: the video cut into blocks
+of `tubelet` frames x `patch_size` x `patch_size` pixels, each block one token, so a clip is a sequence like any
+other and the DiT of Peebles & Xie 2023 applies unchanged (ViViT's tubelet embedding, Arnab et al. 2021):
+
+    (B, C, F, H, W) --Conv3d, stride (tubelet, p, p)--> (B, F/tubelet * H/p * W/p, D) tokens in (t, y, x) order
+
+Positions are factorised: the 2D sine-cosine table of the image DiT for (y, x), plus a 1D one for t (Latte,
+Ma et al. 2024). Attention is the one choice a video model adds (model.attention):
+
+    full        every token attends to every other, across space and time: T^2 pairs, T = frames x positions
+    factorised  blocks alternate: spatial attention within each frame, then temporal attention across the frames
+                at each position (TimeSformer's divided space-time attention, Bertasius et al. 2021; Latte):
+                far fewer pairs, the same weights (a block's attention layer is the same size either way)
+
+The condition is the clip's prompt, "a 7 moving left quickly", read as its three words that vary (digit,
+direction, speed: difflab.moving_mnist), each embedded, summed and added to the time embedding, adaLN-Zero as in
+the DiT; classifier-free guidance drops all three at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from ..settings import ModelConfig, NetConfig, positive
+from .dit import DiTBlock
+from .layers import (NULL_CLASS, NUM_CLASSES, FinalLayer, TimestepEmbedder, init_linears, sincos_pos_embed_2d,
+                     zero_modulations)
+
+ATTENTIONS = ("full", "factorised")
+DIRECTIONS, SPEEDS = 4, 2  # difflab.moving_mnist.DIRECTIONS, SPEEDS (kept in step by a test)
+MOTION_COLUMNS = 3  # a clip's condition (B, 3): digit, direction, speed; the last index of each is its null
+
+
+@dataclass
+class VideoDiTConfig(NetConfig):
+    """model: settings of `architecture: video_dit` (issue 49)."""
+
+    frames: int = 8
+    hidden_size: int = 128
+    depth: int = 6
+    num_heads: int = 4
+    patch_size: int = 4  # pixels per side of a spacetime patch
+    tubelet: int = 2  # frames per spacetime patch
+    mlp_ratio: float = 4.0
+    attention: str = "factorised"  # full | factorised
+
+    CPU_SAMPLING_BATCH = 8
+
+    def problems(self, model: ModelConfig) -> Iterator[tuple[str, str]]:
+        yield from positive(frames=self.frames, hidden_size=self.hidden_size, depth=self.depth,
+                            num_heads=self.num_heads, patch_size=self.patch_size, tubelet=self.tubelet,
+                            mlp_ratio=self.mlp_ratio)
+        if self.attention not in ATTENTIONS:
+            yield "attention", "one of " + ", ".join(ATTENTIONS)
+        if self.num_heads > 0 and self.hidden_size % self.num_heads:
+            yield "hidden_size", f"a multiple of model.num_heads ({self.num_heads})"
+        if self.hidden_size % 4:
+            yield "hidden_size", "a multiple of 4 (sine-cosine positions)"
+        if self.tubelet > 0 and self.frames % self.tubelet:
+            yield "frames", f"a multiple of model.tubelet ({self.tubelet})"
+        if model.conditioning != "class":
+            yield "conditioning", "class for the video DiT (its condition is the clip's digit, direction and speed)"
+
+
+def sincos_1d(dim: int, length: int) -> torch.Tensor:
+    """The 1D sine-cosine embedding of positions 0..length-1 (Vaswani et al. 2017, Sec. 3.5), (length, dim)."""
+    half = dim // 2
+    omega = 1.0 / 10000 ** (torch.arange(half, dtype=torch.float64) / half)
+    angles = torch.arange(length, dtype=torch.float64)[:, None] * omega[None]
+    return torch.cat([torch.sin(angles), torch.cos(angles)], dim=1).float()
+
+
+class MotionEmbedder(nn.Module):
+    """(B, 3) digit, direction, speed -> (B, D): one table each, summed; each table's last row is its null."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.digit = nn.Embedding(NUM_CLASSES + 1, dim)
+        self.direction = nn.Embedding(DIRECTIONS + 1, dim)
+        self.speed = nn.Embedding(SPEEDS + 1, dim)
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        return self.digit(y[:, 0]) + self.direction(y[:, 1]) + self.speed(y[:, 2])  # (B, D)
+
+
+def null_motion(y: torch.Tensor) -> torch.Tensor:
+    """The null condition of a clip: no digit, no direction, no speed (classifier-free guidance drops them all)."""
+    return torch.tensor([NULL_CLASS, DIRECTIONS, SPEEDS], dtype=y.dtype, device=y.device).expand_as(y)
+
+
+class VideoDiT(nn.Module):
+    """Spacetime patches, factorised positions, DiT blocks with full or factorised attention, unpatchify."""
+
+    def __init__(self, in_channels: int, image_size: int, frames: int, hidden_size: int, depth: int,
+                 num_heads: int, patch_size: int, tubelet: int, mlp_ratio: float = 4.0, attention: str = "factorised"):
+        super().__init__()
+        self.in_channels, self.patch, self.tubelet, self.attention = in_channels, patch_size, tubelet, attention
+        self.grid, self.times = image_size // patch_size, frames // tubelet  # tokens per side, per clip in time
+        kernel = (tubelet, patch_size, patch_size)
+        self.patch_embed = nn.Conv3d(in_channels, hidden_size, kernel_size=kernel, stride=kernel)
+        space = sincos_pos_embed_2d(hidden_size, self.grid, self.grid)[0]  # (S, D)
+        time = sincos_1d(hidden_size, self.times)  # (Ft, D)
+        self.register_buffer("pos_embed", (time[:, None] + space[None]).flatten(0, 1)[None], persistent=False)
+        self.t_embed = TimestepEmbedder(hidden_size)
+        self.y_embed = MotionEmbedder(hidden_size)
+        self.blocks = nn.ModuleList(DiTBlock(hidden_size, num_heads, mlp_ratio) for _ in range(depth))
+        self.final = FinalLayer(hidden_size, 1, in_channels * tubelet * patch_size * patch_size)
+        # DiT's initialisation (dit.py): Xavier Linears, small embeddings, every block's modulation zeroed
+        nn.init.xavier_uniform_(self.patch_embed.weight.view(hidden_size, -1))
+        nn.init.zeros_(self.patch_embed.bias)
+        init_linears(self.blocks)
+        init_linears(self.t_embed)
+        for table in (self.y_embed.digit, self.y_embed.direction, self.y_embed.speed):
+            nn.init.normal_(table.weight, std=0.02)
+        zero_modulations(self.blocks)
+
+    def attend(self, block: DiTBlock, i: int, h: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """One block over (B, Ft * S, D) tokens: all of them, or (factorised) within each frame at even blocks
+        and across the frames at each position at odd ones; the MLP is per token either way."""
+        if self.attention == "full":
+            return block(h, c)
+        B, D, Ft, S = h.shape[0], h.shape[-1], self.times, self.grid * self.grid
+        if i % 2 == 0:  # spatial: each frame its own sequence of S tokens
+            out = block(h.reshape(B * Ft, S, D), c.repeat_interleave(Ft, 0))  # (B Ft, S, D)
+            return out.reshape(B, Ft * S, D)
+        h = h.reshape(B, Ft, S, D).transpose(1, 2).reshape(B * S, Ft, D)  # temporal: each position's Ft tokens
+        out = block(h, c.repeat_interleave(S, 0))  # (B S, Ft, D)
+        return out.reshape(B, S, Ft, D).transpose(1, 2).reshape(B, Ft * S, D)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """x: (B, C, F, H, W), t: (B,) scaled to [0, 1000], y: (B, 3) digit, direction, speed."""
+        B, C, F, H, W = x.shape
+        h = self.patch_embed(x).flatten(2).transpose(1, 2) + self.pos_embed  # (B, Ft * S, D), (t, y, x) order
+        c = self.t_embed(t) + self.y_embed(y)  # (B, D)
+        for i, block in enumerate(self.blocks):
+            h = self.attend(block, i, h, c)  # (B, Ft * S, D)
+        h = self.final(h, c)  # (B, T, C * tubelet * p * p)
+        return unpatchify_3d(h, C, self.tubelet, self.patch, self.times, self.grid)  # (B, C, F, H, W)
+
+
+def unpatchify_3d(h: torch.Tensor, channels: int, tubelet: int, patch: int, times: int, grid: int) -> torch.Tensor:
+    """(B, Ft * g * g, C * q * p * p) tokens in (t, y, x) order -> (B, C, Ft q, g p, g p): each token's values,
+    ordered (C, q, p, p) as a Conv3d's kernel is, back to its block of frames and pixels."""
+    B, q, p = h.shape[0], tubelet, patch
+    h = h.view(B, times, grid, grid, channels, q, p, p)  # (B, Ft, h, w, C, q, p, p)
+    return h.permute(0, 4, 1, 5, 2, 6, 3, 7).reshape(B, channels, times * q, grid * p, grid * p)
+
+
+def build_video_dit(cfg: ModelConfig, in_channels: int, image_size: int) -> VideoDiT:
+    """The video DiT from the `model:` section of a config: its settings are the constructor's arguments."""
+    net = cfg.net
+    if image_size % net.patch_size:
+        raise ValueError(f"image_size {image_size} is not divisible by patch_size {net.patch_size}")
+    return VideoDiT(in_channels=in_channels, image_size=image_size, **dataclasses.asdict(net))
