@@ -64,3 +64,59 @@ def test_a_clips_condition_is_its_digit_direction_and_speed_all_dropped_for_guid
     x, t = torch.randn(2, 1, 2, 16, 16), torch.full((2,), 300.0)
     outs = [model(x, t, torch.tensor([[7, d, s]] * 2)) for d, s in ((0, 0), (1, 0), (0, 1))]
     assert not torch.allclose(outs[0], outs[1]) and not torch.allclose(outs[0], outs[2])  # each part is read
+
+
+VIDEO = {"architecture": "video_dit", "frames": 8, "hidden_size": 32, "depth": 2, "num_heads": 2, "patch_size": 8,
+         "tubelet": 4}
+
+
+def synthetic_split(split, data_dir=None):
+    """Stand-in for moving_mnist.load_split: blobs for digits, the split's own motions (the first 64)."""
+    import numpy as np
+
+    from test_moving_mnist import blobs
+
+    motion = moving_mnist.motions(split, np.zeros(moving_mnist.SPLITS[split][0]))[:64]
+    return moving_mnist.tiles(blobs(64)), motion, np.arange(64) % 10
+
+
+def test_train_py_trains_a_video_dit_on_clips_and_the_pipeline_draws_clips(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from conftest import tiny_config
+    from difflab.latent import load_training_data
+    from difflab.pipeline import Pipeline
+    from difflab.training import Trainer
+
+    monkeypatch.setattr(moving_mnist, "load_split", synthetic_split)
+    cfg = tiny_config(tmp_path, data={"dataset": "moving_mnist"}, model=VIDEO, training={"max_steps": 2},
+                      diffusion={"target": "flow", "schedule": "flow"}, sampling={"sampler": "euler", "steps": 2})
+    (x, y), _ = load_training_data(cfg, torch.device("cpu"))
+    assert x.shape == (64, 1, 8, 32, 32) and x.dtype == torch.uint8  # bytes: a quarter of floats' memory
+    assert y.shape == (64, 3) and torch.equal(y[:, 1], torch.from_numpy(synthetic_split("train")[1][:, 1]))
+    trainer = Trainer(cfg, data=(x, y), quiet=True)
+    batch, _ = trainer.batch(0)
+    assert batch.dtype == torch.float32 and batch.min() >= -1 and batch.max() <= 1 and batch.max() > 0.5
+    trainer.fit()
+    grid = Image.open(trainer.out_dir / "samples" / "epoch_001.png")
+    assert grid.width < grid.height  # ten clips, one per row, each a row of eight frames: taller than wide
+    pipe = Pipeline.from_checkpoint(trainer.out_dir / "checkpoints" / "last.pt", "cpu")
+    labels = pipe.default_labels([3, 8], 2)
+    assert labels.tolist() == [[3, 0, 0], [3, 1, 0], [8, 1, 0], [8, 2, 0]]  # each digit moving each way in turn
+    clips = pipe.generate(labels, seed=0).images
+    assert clips.shape == (4, 1, 8, 32, 32) and torch.isfinite(clips).all()
+
+
+def test_clips_and_the_video_dit_go_together_and_nothing_else_with_them(tmp_path):
+    import pytest
+
+    from conftest import tiny_config
+    from difflab.config import ConfigError
+
+    flow = {"diffusion": {"target": "flow", "schedule": "flow"}}
+    for sections, key in [({"data": {"dataset": "moving_mnist"}}, "model.architecture"),  # a U-Net on clips
+                          ({"model": VIDEO}, "data.dataset"),  # a video DiT on images
+                          ({"data": {"dataset": "moving_mnist"}, "model": {**VIDEO, "frames": 4}}, "model.frames"),
+                          ({"data": {"dataset": "moving_mnist"}, "model": {**VIDEO, "tubelet": 3}}, "model.frames")]:
+        with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+            tiny_config(tmp_path, **sections, **flow)

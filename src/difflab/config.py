@@ -33,7 +33,7 @@ MAX_CONFIG_DEPTH = 8
 # one function and one entry there. The names below select a branch inside one function.
 T_SAMPLINGS = ("uniform_discrete", "uniform", "logit_normal")
 SPACINGS = ("leading", "trailing")
-DATASETS = ("mnist", "fashion_mnist")
+DATASETS = ("mnist", "fashion_mnist", "moving_mnist")  # the last: clips made from MNIST (moving_mnist.py)
 PRECISIONS = ("fp32", "bf16")
 CONDITIONINGS = ("class", "prompt", "clip_image")
 TEXT_ENCODERS = ("joint", "clip", "mlm")  # difflab.encoders

@@ -34,6 +34,11 @@ DEFAULT_VAE_CONFIG = "configs/reference/vae_mnist.yaml"
 
 def load_training_data(cfg: Config, device: torch.device):
     """((x, y), vae): pixels and None, or the scaled latents of every training image and the VAE."""
+    if cfg.data.dataset == "moving_mnist":  # clips (N, 1, F, H, W) as bytes, and each one's (digit, direction, speed)
+        from .moving_mnist import training_clips
+
+        x, y = training_clips(cfg.data.data_dir, cfg.data.limit)
+        return (x.to(device), y.to(device)), None
     if not cfg.data.vae_checkpoint:
         x, y = load_split("train", dataset=cfg.data.dataset, data_dir=cfg.data.data_dir, device=device)
         x, y = x[: cfg.data.limit], y[: cfg.data.limit]  # data.limit: the first N images only

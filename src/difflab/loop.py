@@ -184,7 +184,10 @@ class TrainingLoop:
         # This rank's slice of the global batch: ranks see disjoint images.
         start = pos * self.global_batch + self.dist.rank * self.batch_size
         idx = self._perm[1][start : start + self.batch_size]
-        return self.x[idx], self.y[idx]
+        x = self.x[idx]
+        if x.dtype == torch.uint8:  # a dataset kept as bytes (Moving MNIST's clips): [0, 255] -> [-1, 1]
+            x = x.float() / 127.5 - 1
+        return x, self.y[idx]
 
     def draws(self) -> Draws:
         """The next step's random numbers from the run's noise generator: this rank's share of the global batch's."""

@@ -119,6 +119,23 @@ def render(digit_tiles: np.ndarray, motion: np.ndarray) -> np.ndarray:
     return clips
 
 
+def training_clips(data_dir=None, limit=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training split as the video DiT trains on it: clips (N, 1, FRAMES, CANVAS, CANVAS) uint8 (60,000 clips
+    are 0.5 GB as bytes, four times that as floats: the training loop converts each batch) and conditions (N, 3),
+    (digit, direction, speed); `limit`: the first clips only."""
+    digit_tiles, motion, labels = load_split("train", data_dir)
+    motion, labels = motion[:limit], labels[:limit]
+    clips = torch.from_numpy(render(digit_tiles, motion))[:, None]
+    return clips, torch.from_numpy(np.stack([labels, motion[:, DIRECTION], motion[:, SPEED]], axis=1))
+
+
+def conditions(digits, n_per_digit: int) -> torch.Tensor:
+    """(N, 3) conditions for a grid: n_per_digit clips of each digit, cycling through the directions and speeds."""
+    motions = [(d, s) for s in range(len(SPEEDS)) for d in range(len(DIRECTIONS))]
+    rows = [(digit, *motions[(i + k) % len(motions)]) for i, digit in enumerate(digits) for k in range(n_per_digit)]
+    return torch.tensor(rows, dtype=torch.long)
+
+
 def prompt(digit: int, direction: int, speed: int) -> str:
     """What a clip is asked for: 'a 7 moving left quickly'."""
     return f"a {digit} moving {list(DIRECTIONS)[direction]} {list(SPEEDS)[speed]}"

@@ -88,8 +88,12 @@ def is_unconditional(cfg: Config) -> bool:
     return cfg.training.cfg_dropout_prob >= 1.0
 
 
-def sample_shape(cfg: Config, vae=None) -> tuple[int, int, int]:
-    """(C, H, W) of what diffusion runs on: pixels, or the VAE's latents."""
+def sample_shape(cfg: Config, vae=None) -> tuple[int, ...]:
+    """(C, H, W) of what diffusion runs on: pixels, or the VAE's latents; (C, F, H, W) for a clip."""
+    if cfg.model.architecture == "video_dit":  # Moving MNIST's clips (moving_mnist.py)
+        from .moving_mnist import CANVAS
+
+        return (1, cfg.model.net.frames, CANVAS, CANVAS)
     if vae is not None:
         return vae.latent_shape
     if cfg.model.architecture == "prior":  # DALL-E 2's prior: a CLIP image embedding (unclip.py)
@@ -176,8 +180,8 @@ class Pipeline:
                                       f"{vae_file} has {vae.scale_factor:.5f}); retrain or restore that VAE")
             cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, vae_checkpoint=str(vae_file)))
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, data_dir=None))
-        c, h, _ = sample_shape(cfg, vae)
-        model = build_model(cfg.model, in_channels=c, image_size=h)
+        shape = sample_shape(cfg, vae)
+        model = build_model(cfg.model, in_channels=shape[0], image_size=shape[-1])
         ema = use_ema and state.get("ema") is not None
         weights = state["ema"] if ema else state["model"]
         check_finite(weights, path, "EMA weights" if ema else "raw (non-EMA) weights")
@@ -262,6 +266,10 @@ class Pipeline:
         """
         if self.reads_prompts:
             return self.prompts([write(d, {}) for d in digits for _ in range(n_per_digit)])
+        if self.cfg.model.architecture == "video_dit":  # clips: each digit moving each way in turn
+            from .moving_mnist import conditions
+
+            return conditions(digits, n_per_digit)
         if self.cfg.model.conditioning == "clip_image":  # a decoder: CLIP embeddings of real test images of the digit
             from .unclip import test_embeddings_of
 

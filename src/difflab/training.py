@@ -26,7 +26,7 @@ from .objectives import build_objective, diffusion_loss
 from .pipeline import Pipeline
 from .schedules import build_path, sample_training_t
 from .infra.speed import choose_batch_size
-from .visualize import save_grid
+from .visualize import frames_of, save_grid
 
 T_BINS = 10  # the loss is also logged per tenth of [0, 1] in t (minRF's habit)
 
@@ -90,7 +90,7 @@ class Trainer(TrainingLoop):
             self.vae = load_vae(cfg.data.vae_checkpoint, self.device)
         x = data[0]
         torch.manual_seed(tc.seed)  # the initial weights: the same on every rank
-        model = build_model(cfg.model, in_channels=x.shape[1], image_size=x.shape[2]).to(self.device)
+        model = build_model(cfg.model, in_channels=x.shape[1], image_size=x.shape[-1]).to(self.device)
         if cfg.model.conditioning == "prompt" and cfg.model.text_encoder != "joint":  # frozen, pretrained
             from .encoders import load_frozen_text
 
@@ -150,9 +150,13 @@ class Trainer(TrainingLoop):
         if not self.dist.is_main or self.cfg.model.architecture == "prior":  # a prior draws embeddings, not images
             return None
         pipe = self.pipeline()
+        path = self.out_dir / self.pictures / f"{tag}.png"
+        if self.cfg.model.architecture == "video_dit":  # a clip per digit, each a row of its frames
+            result = pipe.generate(pipe.default_labels(range(10), 1), seed=self.cfg.training.seed)
+            return save_grid(frames_of(result.images), path, nrow=result.images.shape[2])
         labels = pipe.default_labels(range(10), self.cfg.sampling.n_per_class)
         result = pipe.generate(labels, seed=self.cfg.training.seed)
-        return save_grid(result.images, self.out_dir / self.pictures / f"{tag}.png", nrow=self.cfg.sampling.n_per_class)
+        return save_grid(result.images, path, nrow=self.cfg.sampling.n_per_class)
 
     def draw(self, tag: str) -> Optional[Path]:
         return self.save_samples(tag)

@@ -54,6 +54,11 @@ def save_grid(images: torch.Tensor, path: Union[str, Path], nrow: int = 8, scale
     return write_bytes_atomic(path, encoded.getvalue())
 
 
+def frames_of(clips: torch.Tensor) -> torch.Tensor:
+    """Clips (N, C, F, H, W) -> their frames (N F, C, H, W) in order: a grid of nrow=F shows a clip per row."""
+    return clips.transpose(1, 2).flatten(0, 1)
+
+
 def trajectory_frames(trajectory: Sequence, n: int = 8, scale: int = 2) -> list[np.ndarray]:
     """One frame per step: the top row shows x_t, the bottom row the predicted x0, for `n` samples."""
     frames = []

@@ -8,6 +8,7 @@ estimate such a run builds, loads the data, and dies at its first step with an a
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Optional
 
@@ -38,21 +39,24 @@ def _on_meta(build):
         raise ConfigError(f"model: too large to build ({str(e).splitlines()[0][:120]})") from None
 
 
-def _network(cfg: Config) -> tuple[torch.nn.Module, tuple[int, int, int], dict]:
-    """(the network on the meta device, the (C, H, W) it trains on, what describe() adds about a VAE)."""
+def _network(cfg: Config) -> tuple[torch.nn.Module, tuple[int, ...], dict]:
+    """(the network on the meta device, the (C, H, W) or (C, F, H, W) it trains on, what describe() adds about a
+    VAE)."""
     if trainer_name(cfg) == "vae":  # latent diffusion's first stage: it trains on the pixels
         from ..models.vae import build_vae
 
         return _on_meta(lambda: build_vae(cfg.model)), (1, 28, 28), {}
     from ..pipeline import sample_shape
 
-    (c, size, _), extra = sample_shape(cfg), {}  # pixels at data.resolution, or DALL-E 2's prior's (E, 1, 1)
+    shape, extra = sample_shape(cfg), {}  # pixels at data.resolution, DALL-E 2's prior's (E, 1, 1), or clips
+    c, size = shape[0], shape[-1]
     if cfg.data.vae_checkpoint:
         from ..latent import describe_vae
 
         extra = describe_vae(cfg)  # vae_params: reported apart from the diffusion model's
         c, size, _ = extra["latent_shape"]
-    return _on_meta(lambda: build_model(cfg.model, in_channels=c, image_size=size)), (c, size, size), extra
+    shape = (c, size, size) if len(shape) == 3 else shape
+    return _on_meta(lambda: build_model(cfg.model, in_channels=c, image_size=size)), shape, extra
 
 
 def describe(cfg: Config) -> dict:
@@ -114,6 +118,8 @@ def activation_bytes(model: torch.nn.Module, cfg: Config, shape: tuple, batch: i
                     y = torch.zeros((batch, IMAGE_EMBED_DIM))
                 if getattr(cfg.model.net, "micro_conditioning", False):  # (label, size, top, left): SDXL's
                     y = torch.zeros((batch, 4), dtype=torch.long)
+                if cfg.model.architecture == "video_dit":  # a clip's (digit, direction, speed)
+                    y = torch.zeros((batch, 3), dtype=torch.long)
                 low = getattr(cfg.model.net, "low_resolution", 0)  # a cascade's super-resolution stage
                 extra = {"low": torch.empty(batch, 1, low, low), "aug": torch.empty(batch)} if low else {}
                 model(x, torch.empty(batch), y, **extra)
@@ -129,12 +135,13 @@ def estimate_training_memory(cfg: Config, network: Optional[tuple] = None) -> di
     batch, params = training_batch(cfg), count_parameters(model)
     dataset = TRAIN_IMAGES.get(cfg.data.dataset, 60_000)
     images = min(cfg.data.limit or dataset, dataset)
-    pixels = shape[0] * shape[1] * shape[2]
+    pixels = math.prod(shape)
     activations = activation_bytes(model, cfg, shape, batch)
     parts = {
         "states": params * BYTES_PER_PARAMETER,
         "activations": activations or 0,
-        "data": images * pixels * 4,  # the whole training set lives on the device (loop.TrainingLoop.batch)
+        # the whole training set lives on the device (loop.TrainingLoop.batch): floats, or clips as bytes
+        "data": images * pixels * (1 if cfg.data.dataset == "moving_mnist" else 4),
     }
     return {"params": params, "batch": batch, "activations_known": activations is not None, **parts,
             "total": sum(parts.values())}

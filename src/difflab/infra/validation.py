@@ -16,7 +16,7 @@ MAX_TIMESTEPS = 10_000
 MAX_N_PER_CLASS = 100
 # - training.batch_size: a batch is drawn from the training images; MNIST and Fashion-MNIST have 60,000
 #   each (data.limit keeps fewer), and a batch larger than them has nothing to be drawn from.
-TRAIN_IMAGES = {"mnist": 60_000, "fashion_mnist": 60_000}
+TRAIN_IMAGES = {"mnist": 60_000, "fashion_mnist": 60_000, "moving_mnist": 60_000}  # clips, for the last
 # - sampling steps: the models are trained on a 1000-step discretisation (diffusion.num_timesteps). DDPM's
 #   full chain is exactly 1000 steps, and "leading" spacing cannot place more distinct times, so beyond it only
 #   the run time grows (about linearly). A config may name more; what samples (a command, the demo) refuses them.
@@ -65,6 +65,7 @@ def validate(cfg, source: str, choices: dict) -> None:
         bad(f"model.{key}", expected)
     _validate_fewstep(cfg, bad)
     _validate_cascade(cfg, bad)
+    _validate_video(cfg, bad)
 
 
 def _validate_ranges(cfg, bad) -> None:
@@ -205,6 +206,21 @@ def _validate_fewstep(cfg, bad) -> None:
         return
     if cfg.diffusion.target == "x0":  # f = c_skip x + c_out F needs c_skip(0) = 1; x0-prediction has c_skip = 0
         bad("diffusion.target", "eps, v or flow for a consistency model (x0-prediction misses f(x, 0) = x)")
+
+
+def _validate_video(cfg, bad) -> None:
+    """Clips (difflab.moving_mnist) are drawn by the video DiT, and the video DiT draws nothing else."""
+    from ..moving_mnist import FRAMES
+
+    video, clips = cfg.model.architecture == "video_dit", cfg.data.dataset == "moving_mnist"
+    if video != clips:
+        bad("data.dataset" if video else "model.architecture",
+            "moving_mnist with model.architecture: video_dit, and the one with the other")
+    if video and cfg.model.net.frames != FRAMES:
+        bad("model.frames", f"{FRAMES}, the frames of a Moving MNIST clip")
+    if video and (cfg.data.vae_checkpoint or cfg.data.reframe or cfg.data.resolution != 28
+                  or cfg.cascade.refine_below or cfg.fewstep.method != "none"):
+        bad("model.architecture", "a video DiT on pixels, without latents, reframing, a cascade or few-step training")
 
 
 CASCADE_RESOLUTIONS = (7, 14, 28)  # 28 / 4, 28 / 2, MNIST's own: what area averaging shrinks a digit to exactly
