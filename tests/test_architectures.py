@@ -51,7 +51,9 @@ NEW_NETWORKS = {"configs/unclip/decoder.yaml", "configs/unclip/prior.yaml",
                 # and Imagen's cascade (issue 48): a 14x14 base, super-resolution with and without augmentation
                 "configs/cascade/base_14.yaml", "configs/cascade/sr_28.yaml", "configs/cascade/sr_28_no_aug.yaml",
                 # and SDXL's refiner (issue 48): a half-size SD1 base and an expert of its low noise levels
-                "configs/refiner/sdxl_base.yaml", "configs/refiner/sdxl_refiner.yaml"}
+                "configs/refiner/sdxl_base.yaml", "configs/refiner/sdxl_refiner.yaml",
+                # and Sora's video DiT on Moving MNIST (issue 49), factorised and full space-time attention
+                "configs/video/sora_moving_mnist.yaml", "configs/video/sora_full_attention.yaml"}
 
 # Model keys added after the record, with the value every config of the record has (the old network).
 ADDED = {"hourglass": False,  # issue 46: HDiT's token merging in the DiT and the MMDiT

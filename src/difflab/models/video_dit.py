@@ -28,6 +28,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
+from ..moving_mnist import FRAMES
 from ..settings import ModelConfig, NetConfig, positive
 from .dit import DiTBlock
 from .layers import (NULL_CLASS, NUM_CLASSES, FinalLayer, TimestepEmbedder, init_linears, sincos_pos_embed_2d,
@@ -63,6 +64,8 @@ class VideoDiTConfig(NetConfig):
             yield "hidden_size", f"a multiple of model.num_heads ({self.num_heads})"
         if self.hidden_size % 4:
             yield "hidden_size", "a multiple of 4 (sine-cosine positions)"
+        if self.frames != FRAMES:
+            yield "frames", f"{FRAMES}, the frames of a Moving MNIST clip"
         if self.tubelet > 0 and self.frames % self.tubelet:
             yield "frames", f"a multiple of model.tubelet ({self.tubelet})"
         if model.conditioning != "class":
