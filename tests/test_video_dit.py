@@ -106,6 +106,21 @@ def test_train_py_trains_a_video_dit_on_clips_and_the_pipeline_draws_clips(tmp_p
     clips = pipe.generate(labels, seed=0).images
     assert clips.shape == (4, 1, 8, 32, 32) and torch.isfinite(clips).all()
 
+    from difflab.commands import sample
+
+    out = tmp_path / "clips.png"
+    ckpt = str(trainer.out_dir / "checkpoints" / "last.pt")
+    assert sample.main(["--checkpoint", ckpt, "--prompt", "a 7 moving up quickly", "--prompt", "a 1 moving left slowly",
+                        "--n", "3", "--steps", "2", "--out", str(out)]) == 0
+    gif = Image.open(out.with_suffix(".gif"))
+    assert gif.n_frames == 8 and Image.open(out).size == (2 * (8 * 34 + 2), 2 * (6 * 34 + 2))  # 6 rows of 8 frames
+    import pytest
+
+    from difflab.infra.failures import InputError
+
+    with pytest.raises(InputError, match="a <digit> moving <left"):  # another form: the one clips' prompts take
+        sample.main(["--checkpoint", ckpt, "--prompt", "a thin 7", "--steps", "2", "--out", str(out)])
+
 
 def test_clips_and_the_video_dit_go_together_and_nothing_else_with_them(tmp_path):
     import pytest

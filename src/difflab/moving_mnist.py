@@ -141,6 +141,19 @@ def prompt(digit: int, direction: int, speed: int) -> str:
     return f"a {digit} moving {list(DIRECTIONS)[direction]} {list(SPEEDS)[speed]}"
 
 
+PROMPT_FORM = f"a <digit> moving <{'|'.join(DIRECTIONS)}> <{'|'.join(SPEEDS)}>"
+
+
+def parse_prompt(text: str) -> tuple[int, int, int]:
+    """'a 7 moving left quickly' -> (7, 0, 1): a clip's prompt back to its (digit, direction, speed); ValueError
+    naming the form for anything else (the prompts have one form, so reading them takes no trained encoder)."""
+    words = text.lower().replace(",", " ").split()
+    if (len(words) != 5 or words[0] != "a" or not (len(words[1]) == 1 and words[1].isdigit())
+            or words[2] != "moving" or words[3] not in DIRECTIONS or words[4] not in SPEEDS):
+        raise ValueError(f"{text!r} is not a clip's prompt: {PROMPT_FORM}, e.g. 'a 7 moving left quickly'")
+    return int(words[1]), list(DIRECTIONS).index(words[3]), list(SPEEDS).index(words[4])
+
+
 def centroids(clips: torch.Tensor) -> torch.Tensor:
     """(N, F, H, W) clips in [-1, 1] (or uint8) -> (N, F, 2) centres of mass (y, x) of their ink; a blank frame's
     centre is the canvas's."""

@@ -59,6 +59,14 @@ def frames_of(clips: torch.Tensor) -> torch.Tensor:
     return clips.transpose(1, 2).flatten(0, 1)
 
 
+def clip_gif(clips: torch.Tensor, nrow: int, scale: int = 2, ms: int = 150) -> bytes:
+    """An animated GIF of clips (N, C, F, H, W) in [-1, 1]: frame f shows every clip's frame f in a grid."""
+    frames = [Image.fromarray(grid_array(clips[:, :, f], nrow, scale=scale)) for f in range(clips.shape[2])]
+    buf = io.BytesIO()
+    frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:], duration=ms, loop=0)
+    return buf.getvalue()
+
+
 def trajectory_frames(trajectory: Sequence, n: int = 8, scale: int = 2) -> list[np.ndarray]:
     """One frame per step: the top row shows x_t, the bottom row the predicted x0, for `n` samples."""
     frames = []

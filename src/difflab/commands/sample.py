@@ -7,6 +7,8 @@ DALL-E 2 (configs/unclip/): the prior's embeddings drawn by a decoder, or a deco
     python sample.py --checkpoint DECODER --variations --digits 37     (a real test digit, then --n variations)
 Imagen's cascade (configs/cascade/): the base stage draws 14x14, the super-resolution stage 28x28; --stages shows both:
     python sample.py --checkpoint experiments/sr_28/checkpoints/last.pt --stages
+A video DiT (configs/video/): a row of frames per clip in the PNG, and the clips playing in a GIF beside it:
+    python sample.py --checkpoint experiments/sora_moving_mnist/checkpoints/last.pt --prompt "a 7 moving left quickly"
 """
 
 import argparse
@@ -38,8 +40,14 @@ def check_args(args) -> list:
     if args.variations and args.prompt:
         usage("--variations draws from real digits' CLIP embeddings, --prompt from words: one or the other")
     for text in args.prompt:  # unknown words fail here, before the checkpoint is loaded
+        from difflab.moving_mnist import parse_prompt
         from difflab.prompts import PromptError, tokenize
 
+        try:
+            parse_prompt(text)  # a clip's "a 7 moving left quickly"
+            continue
+        except ValueError:
+            pass
         try:
             tokenize(text)
         except PromptError as e:
@@ -141,7 +149,17 @@ def main(argv=None):
     ckpt = checkpoint_path(args.checkpoint)
     pipe = Pipeline.from_checkpoint(ckpt, args.device, use_ema=not args.no_ema, sampling=args.sampling)
     texts = None
-    if args.prompt:
+    video = pipe.cfg.model.architecture == "video_dit"
+    if video and args.save_npz:
+        fail(f"--save-npz: images only ({pipe.cfg.name} draws clips: its PNG and GIF are what it writes)")
+    if video and args.prompt:  # a clip's prompt: (digit, direction, speed)
+        from difflab.moving_mnist import parse_prompt
+
+        try:
+            labels = torch.tensor([parse_prompt(text) for text in args.prompt for _ in range(args.n)])
+        except ValueError as e:
+            fail(f"--prompt: {e}")
+    elif args.prompt:
         if not pipe.reads_prompts:
             fail(f"--prompt: {args.checkpoint} was trained on class labels ({pipe.cfg.name}); use --digits, "
                  "or a checkpoint of a config in configs/prompt/")
@@ -189,9 +207,19 @@ def main(argv=None):
         small = torch.nn.functional.interpolate(result.low_res, size=IMAGE_SIZE, mode="nearest")
         images = torch.cat([torch.cat([small[i: i + args.n], images[i: i + args.n]])
                             for i in range(0, len(images), args.n)])
+    if video:  # clips: a row of frames per clip in the PNG, and the clips playing side by side in a GIF
+        from difflab.visualize import clip_gif, frames_of
+
+        gif = out.with_suffix(".gif")
+        check_output_file(gif, "--out (its .gif)")
+        with writing(gif):
+            write_bytes_atomic(gif, clip_gif(images, nrow=min(len(images), args.n)))
+        images, nrow = frames_of(images), images.shape[2]
+        print(f"wrote {gif} ({len(labels)} clips playing)")
     with writing(out):  # a disk that filled meanwhile: one line with the free space, no half PNG
         save_grid(images, out, nrow=nrow)
-    print(f"wrote {out} ({len(labels)} images, {result.nfe} model evaluations, {result.seconds:.1f} s)")
+    print(f"wrote {out} ({len(labels)} {'clips' if video else 'images'}, {result.nfe} model evaluations, "
+          f"{result.seconds:.1f} s)")
     if args.save_npz:
         with writing(args.save_npz, kept=f"{out} was written"):
             asked = None if texts or labels.ndim == 1 else torch.tensor([d for d in digits for _ in range(args.n)])
