@@ -1,5 +1,6 @@
 """The video DiT (issue 49, difflab.models.video_dit): spacetime patches, full or factorised attention."""
 
+import pytest
 import torch
 
 from difflab import moving_mnist
@@ -80,7 +81,7 @@ def synthetic_split(split, data_dir=None):
     return moving_mnist.tiles(blobs(64)), motion, np.arange(64) % 10
 
 
-def test_train_py_trains_a_video_dit_on_clips_and_the_pipeline_draws_clips(tmp_path, monkeypatch):
+def test_train_py_trains_a_video_dit_on_clips_and_the_pipeline_draws_clips(tmp_path, monkeypatch, fake_mnist):
     from PIL import Image
 
     from conftest import tiny_config
@@ -106,16 +107,22 @@ def test_train_py_trains_a_video_dit_on_clips_and_the_pipeline_draws_clips(tmp_p
     clips = pipe.generate(labels, seed=0).images
     assert clips.shape == (4, 1, 8, 32, 32) and torch.isfinite(clips).all()
 
+    from difflab import evaluation
+
+    scores = evaluation.evaluate_pipeline(pipe, fake_mnist, 8, steps=2, progress=False)
+    assert scores["n"] == 8 and scores["video"]["frames"] == 8 and scores["fid"] > scores["fid_floor"]
+    assert scores["video"]["real"]["direction_accuracy"] == 1  # the held-out clips move as their prompts say
+    with pytest.raises(ValueError, match="4 to 1000 held-out clips"):
+        evaluation.evaluate_pipeline(pipe, fake_mnist, 1001, steps=2, progress=False)
+
     from difflab.commands import sample
 
     out = tmp_path / "clips.png"
     ckpt = str(trainer.out_dir / "checkpoints" / "last.pt")
     assert sample.main(["--checkpoint", ckpt, "--prompt", "a 7 moving up quickly", "--prompt", "a 1 moving left slowly",
                         "--n", "3", "--steps", "2", "--out", str(out)]) == 0
-    gif = Image.open(out.with_suffix(".gif"))
+    gif = Image.open(out.with_suffix(".gif"))  # the clips playing
     assert gif.n_frames == 8 and Image.open(out).size == (2 * (8 * 34 + 2), 2 * (6 * 34 + 2))  # 6 rows of 8 frames
-    import pytest
-
     from difflab.infra.failures import InputError
 
     with pytest.raises(InputError, match="a <digit> moving <left"):  # another form: the one clips' prompts take
@@ -123,8 +130,6 @@ def test_train_py_trains_a_video_dit_on_clips_and_the_pipeline_draws_clips(tmp_p
 
 
 def test_clips_and_the_video_dit_go_together_and_nothing_else_with_them(tmp_path):
-    import pytest
-
     from conftest import tiny_config
     from difflab.config import ConfigError
 
@@ -135,3 +140,36 @@ def test_clips_and_the_video_dit_go_together_and_nothing_else_with_them(tmp_path
                           ({"data": {"dataset": "moving_mnist"}, "model": {**VIDEO, "tubelet": 3}}, "model.frames")]:
         with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
             tiny_config(tmp_path, **sections, **flow)
+
+
+def test_real_clips_score_as_what_they_are_and_a_still_digit_moves_nowhere(monkeypatch):
+    """evaluation.clip_scores with a stand-in judge that reads the blob's size as its digit: real clips keep their
+    digit in every frame and move as asked; the same digit held still keeps its identity but not its motion."""
+    import numpy as np
+
+    from difflab import evaluation
+
+    tiles, motion, labels = synthetic_split("test")
+    clips = torch.from_numpy(moving_mnist.render(tiles, motion))[:, None].float() / 127.5 - 1
+    asked = torch.from_numpy(np.stack([labels, motion[:, 1], motion[:, 2]], 1))
+
+    class SizeJudge(torch.nn.Module):  # features: the ink's area; the "digit": the clip's own label, by area
+        def __init__(self):
+            super().__init__()
+            self.device_marker = torch.nn.Parameter(torch.zeros(1))  # where it runs (evaluation._inference)
+            self.area = {round(float(((c[0, 0] + 1) / 2).sum()), 1): int(d) for c, d in zip(clips, labels)}
+
+        def features(self, x):
+            return ((x + 1) / 2).sum((1, 2, 3))[:, None].repeat(1, 2)
+
+        def classify(self, f):
+            return torch.nn.functional.one_hot(torch.tensor([self.area.get(round(float(a), 1), 0) for a in f[:, 0]]),
+                                               10).float()
+
+    monkeypatch.setattr(evaluation, "features", lambda clf, images, batch_size=500: clf.features(images))
+    scores, feats = evaluation.clip_scores(clips, asked, SizeJudge())
+    assert feats.shape == (64 * 8, 2)
+    assert scores["direction_accuracy"] == 1 and scores["speed_accuracy"] == 1
+    assert scores["identity_consistent"] == 1 and scores["frame_accuracy"] == scores["identity_correct"]
+    still, _ = evaluation.clip_scores(clips[:, :, :1].repeat(1, 1, 8, 1, 1), asked, SizeJudge())
+    assert still["identity_consistent"] == 1 and still["speed_accuracy"] == (asked[:, 2] == 0).float().mean()

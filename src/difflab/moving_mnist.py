@@ -168,6 +168,17 @@ def centroids(clips: torch.Tensor) -> torch.Tensor:
     return torch.stack([torch.where(blank, centre, y), torch.where(blank, centre, x)], -1)
 
 
+def judge_view(clips: torch.Tensor) -> torch.Tensor:
+    """Clips (N, 1, F, H, W) in [-1, 1] -> their frames as the MNIST judge reads digits, (N F, 1, 28, 28): a 28x28
+    window centred on each frame's centroid of ink (MNIST centres its digits by their centre of mass), the canvas
+    continued with background where the window leaves it."""
+    frames = clips[:, 0].flatten(0, 1)  # (N F, H, W)
+    centre = centroids(frames[:, None])[:, 0].round().long()  # (N F, 2)
+    pad = 14
+    padded = torch.nn.functional.pad(frames, (pad, pad, pad, pad), value=-1.0)
+    return torch.stack([padded[i, y:y + 28, x:x + 28] for i, (y, x) in enumerate(centre.tolist())])[:, None]
+
+
 def motion_of(clips: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Direction and speed (indices into DIRECTIONS and SPEEDS) read back from each clip's centroid track: the
     direction of the displacement over the first CLEAR frames, and the speed nearest its median step."""

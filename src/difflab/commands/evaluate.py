@@ -21,7 +21,12 @@ Samples N images (evenly over the digits 0-9) and prints one JSON object on stdo
 - cascade (a cascade's stages only, src/difflab/cascade.py, else null): a base alone is scored enlarged to 28x28;
   a super-resolution stage says where its input came from (the base's samples, or real digits shrunk), the
   augmentation level and both stages' parameters; a refiner (cascade.refine_below), the noise level where it
-  takes over from its base and both stages' parameters.
+  takes over from its base and both stages' parameters;
+- video (a video DiT's clips only, configs/video/, else null): asked for the first N held-out clips' prompts, fid
+  and accuracy are of their frames as the judge reads them (a window centred on the ink); here, whether each clip
+  keeps one digit (identity_consistent) and the one asked for (identity_correct), moves the way asked
+  (direction_accuracy) at the speed asked (speed_accuracy, from the ink's centroid track), and the same of the
+  real held-out clips (real); N at most 1,000 (the held-out clips).
 
 `--samples FILE.npz` scores images saved by `sample.py --save-npz` instead. Progress goes
 to stderr, so `python evaluate.py ... > scores.json` keeps stdout clean.
@@ -41,7 +46,7 @@ from difflab.infra.failures import fail, usage
 # The keys of every answer, in the order they are printed; what does not apply is null.
 KEYS = ("fid", "fid_floor", "accuracy", "per_digit_accuracy", "precision", "recall", "n",
         "sampler", "steps", "nfe", "cfg_scale", "seconds", "device", "checkpoint", "samples", "config",
-        "prompts", "adherence", "framing", "cascade")  # fmt: skip
+        "prompts", "adherence", "framing", "cascade", "video")  # fmt: skip
 MIN_IMAGES = 4  # FID needs a covariance, precision/recall the 3 nearest neighbours of each point
 # FID compares the N images with the MNIST test set, and precision/recall with N of its images: it has
 # 10,000, so more samples add time, not accuracy (and 10^9 ends in an allocator traceback).
@@ -124,8 +129,9 @@ def evaluate_checkpoint(checkpoint, classifier=None, n: int = 5000, *, sampler: 
     run = pipe.settings(sampler, steps, cfg_scale, batch_size)
     check_steps(run.steps, "sampling.steps (the checkpoint's, or --set)")
     data_dir = data_dir or pipe.cfg.data.data_dir
-    if classifier is None:  # each dataset has its own judge, trained and cached on first use
-        classifier = quiet_load_classifier(data_dir, pipe.device, pipe.cfg.data.dataset)
+    if classifier is None:  # each dataset has its own judge, trained and cached on first use (MNIST's for its clips)
+        judged = "mnist" if pipe.cfg.data.dataset == "moving_mnist" else pipe.cfg.data.dataset
+        classifier = quiet_load_classifier(data_dir, pipe.device, judged)
     try:
         scores = ev.evaluate_pipeline(pipe, classifier, n, sampler=run.sampler, steps=run.steps,
                                       cfg_scale=run.cfg_scale, seed=seed, batch_size=run.batch_size,
