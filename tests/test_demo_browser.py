@@ -351,3 +351,45 @@ def test_a_cascade_shows_the_base_stages_drawings_above_what_it_enlarged_them_to
         grid = Image.open(io.BytesIO(image_bytes(page, "grid-a")))
         assert grid.height > 1.5 * grid.width / 2, grid.size  # two rows of two: the base's, then the enlarged
         page.context.close()
+
+
+def test_a_video_dit_plays_the_clips_its_prompt_asks_for(browser, tmp_path):
+    """Issue 49: served, a video DiT reads a clip's prompt from the prompt box, shows a row of frames per clip and
+    plays the clips (an animated GIF of as many frames as a clip has)."""
+    skip_without_tools()
+    import base64
+    import io
+
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from difflab import moving_mnist
+    from difflab.training import Trainer
+
+    motion = moving_mnist.motions("test", np.zeros(1000))[:32]
+    digits = np.zeros((32, 28, 28), dtype=np.uint8)
+    digits[:, 8:20, 10:18] = 255
+    clips = torch.from_numpy(moving_mnist.render(moving_mnist.tiles(digits), motion))[:, None]
+    y = torch.from_numpy(np.stack([np.arange(32) % 10, motion[:, 1], motion[:, 2]], 1))
+    cfg = tiny_config(tmp_path, data={"dataset": "moving_mnist"}, training={"max_steps": 2},
+                      model={"architecture": "video_dit", "hidden_size": 32, "depth": 2, "num_heads": 2,
+                             "patch_size": 8, "tubelet": 4},
+                      diffusion={"target": "flow", "schedule": "flow"}, sampling={"sampler": "euler", "steps": 2})
+    cfg.name = "tiny_video"
+    trainer = Trainer(cfg, data=(clips, y), quiet=True)
+    trainer.fit()
+    with serve([trainer.out_dir / "checkpoints" / "last.pt"], tmp_path) as demo:
+        page = open_page(browser, demo.url)
+        set_images(page, 2)
+        page.fill("#prompt textarea, #prompt input", "a 7 moving left quickly")
+        assert click_generate(page, seed=1, steps=2) == "", demo.log()
+        summary = text(page, "summary-a")
+        assert 'prompt "a 7 moving left quickly"' in summary and "2 clips" in summary, summary
+        assert page.get_attribute("#gif-a img", "alt") == "clips playing"
+        src = page.get_attribute("#gif-a img", "src")
+        gif = Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1])))
+        assert gif.n_frames == moving_mnist.FRAMES
+        grid = Image.open(io.BytesIO(image_bytes(page, "grid-a")))
+        assert grid.width > 3 * grid.height  # two clips: two rows of eight frames
+        page.context.close()

@@ -74,10 +74,11 @@ def _gif_html(panel: Panel) -> str:
     """The animation inline as a data: URL (no file to write or serve), its caption saying which steps it shows."""
     shown = ("Every step" if panel.gif_steps == panel.steps
              else f"{panel.gif_steps} of the {panel.steps} steps, evenly spaced")
-    return ('<figure><img alt="denoising animation" '
+    caption = panel.gif_caption or f"{shown}, animated (up to {GIF_IMAGES} images): x_t above, predicted x0 below"
+    alt = "clips playing" if panel.gif_caption else "denoising animation"
+    return (f'<figure><img alt="{alt}" '
             f'src="data:image/gif;base64,{base64.b64encode(panel.gif).decode()}">'
-            f"<figcaption>{shown}, animated (up to {GIF_IMAGES} images): x_t above, predicted x0 below"
-            "</figcaption></figure>")
+            f"<figcaption>{caption}</figcaption></figure>")
 
 
 def _outputs(panel: Optional[Panel]) -> list:
@@ -157,7 +158,8 @@ def _controls(first: dict, any_prompts: bool) -> dict:
         digit=gr.Number(value=3, label="Digit (0-9)", elem_id="digit"),
         prompt=gr.Textbox("", label="Prompt", elem_id="prompt", visible=any_prompts, max_lines=1,
                           placeholder="a thick, right-slanted 7",
-                          info="for models trained on prompts (configs/prompt/); it names the digit"),
+                          info="for models trained on prompts (configs/prompt/), or a video DiT's clips "
+                               "(configs/video/: 'a 7 moving left quickly'); it names the digit"),
         cfg_scale=gr.Slider(0, MAX_CFG, value=first["cfg_scale"], step=0.5, label="Guidance scale",
                             info="1 = no guidance; higher = more like the digit, less varied", elem_id="cfg"),
         steps=gr.Number(value=default_steps, label=steps_label(default_images, first["sampler"]),
@@ -187,7 +189,8 @@ def build_app(models: dict[str, Pipeline]):
             model_b = gr.Dropdown(names, value=names[-1], label="Second model", visible=False, scale=3)
         with gr.Row():
             with gr.Column(scale=1, min_width=260):
-                c = _controls(model_defaults(models[names[0]]), any(p.reads_prompts for p in models.values()))
+                prompted = any(p.reads_prompts or p.cfg.model.architecture == "video_dit" for p in models.values())
+                c = _controls(model_defaults(models[names[0]]), prompted)
                 button = gr.Button("Generate", variant="primary", elem_id="generate")
             with gr.Column(scale=3):
                 status = gr.Markdown(elem_id="status")

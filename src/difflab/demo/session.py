@@ -23,12 +23,13 @@ from PIL import Image
 from ..infra.checkpoint import epoch_checkpoints
 from ..samplers import SAMPLERS, TWO_EVALUATIONS
 from ..models import NULL_CLASS
+from ..moving_mnist import PROMPT_FORM, parse_prompt
 from ..prompts import PromptError, parse, tokenize
 from ..pipeline import Pipeline, sample_shape
 from ..schedules import time_grid
 from ..infra.untrusted import shown
 from ..infra.validation import MAX_STEPS, cfg_scale_ok, steps_ok
-from ..visualize import grid_array, trajectory_frames
+from ..visualize import clip_gif, frames_of, grid_array, trajectory_frames
 
 # Limits that keep one request from occupying the server for minutes (steps: validation.MAX_STEPS, as for
 # the commands). The unit of work is one image through the model once: images x steps, doubled for Heun
@@ -70,6 +71,7 @@ class Panel:
     nfe: int  # model evaluations (a guided step counts once: both halves share a batch)
     settings: str  # the values used, one line
     note: str = ""
+    gif_caption: str = ""  # what the animation shows, where it is not the denoising steps (a video model's clips)
 
     def summary(self) -> str:
         text = f"**{self.model}**: {self.settings}. {plural(self.nfe, 'model evaluation')} in {self.seconds:.2f} s."
@@ -225,6 +227,14 @@ def check_request(models: dict, *, model, digit, cfg_scale, steps, sampler, seed
     return Request(model, digit, cfg_scale, steps, sampler, seed, n_images, compare_with or None, prompt)
 
 
+def _is_clip_prompt(text: str) -> bool:
+    try:
+        parse_prompt(text)
+        return True
+    except ValueError:
+        return False
+
+
 def _prompt(raw, problems: list) -> str:
     """The prompt box: empty, or at most MAX_PROMPT_CHARS of words the tokenizer knows (difflab.prompts)."""
     if raw is None or raw == "":
@@ -235,6 +245,11 @@ def _prompt(raw, problems: list) -> str:
     if len(raw) > MAX_PROMPT_CHARS:
         problems.append(f"prompt: expected at most {MAX_PROMPT_CHARS} characters, got {len(raw):,} ({_got(raw)})")
         return ""
+    try:
+        parse_prompt(raw)  # a clip's prompt, "a 7 moving left quickly" (difflab.moving_mnist)
+        return raw.strip()
+    except ValueError:
+        pass
     try:
         tokenize(raw)
     except PromptError as e:
@@ -314,8 +329,11 @@ def _sample(name: str, pipe: Pipeline, req: Request, noise: torch.Tensor, on_ste
     Pipeline.generate(trajectory=True) would keep every step of every image: for 1000 steps
     x 64 images that is hundreds of megabytes, so the callback keeps just what is shown.
     """
-    original = None
-    if req.prompt and pipe.reads_prompts:
+    original, video = None, pipe.cfg.model.architecture == "video_dit"
+    clip_prompt = video and bool(req.prompt) and _is_clip_prompt(req.prompt)
+    if clip_prompt:  # a video DiT's prompt: (digit, direction, speed)
+        labels = torch.tensor([parse_prompt(req.prompt)] * req.n_images)
+    elif req.prompt and pipe.reads_prompts:
         labels = pipe.prompts([req.prompt] * req.n_images)
     elif pipe.cfg.model.conditioning == "clip_image":  # unCLIP's decoder: variations of one real test digit
         original, labels = variations_of(req.digit, req.seed, req.n_images)
@@ -330,20 +348,26 @@ def _sample(name: str, pipe: Pipeline, req: Request, noise: torch.Tensor, on_ste
             return
         if i in keep:
             k = GIF_IMAGES
+            if video:  # clips: the trajectory of their first frames
+                x_t, x0_hat = x_t[:, :, 0], x0_hat[:, :, 0]
             trajectory.append((t, pipe.decode(x_t[:k]).cpu(), pipe.decode(x0_hat[:k]).clamp(-1, 1).cpu()))
         on_step(i)
 
     run = pipe.settings(req.sampler, req.steps, req.cfg_scale)
     result = pipe.generate(labels, sampler=run.sampler, steps=run.steps, cfg_scale=run.cfg_scale,
                            batch_size=run.batch_size, seed=req.seed, noise=noise, callback=callback)
-    trajectory.append((0.0, result.images[:GIF_IMAGES], result.images[:GIF_IMAGES]))
+    last = result.images[:GIF_IMAGES, :, 0] if video else result.images[:GIF_IMAGES]
+    trajectory.append((0.0, last, last))
     unconditional = labels.ndim == 1 and bool((labels == NULL_CLASS).all())
-    asked = f'prompt "{req.prompt}"' if req.prompt and pipe.reads_prompts else f"digit {req.digit}"
+    asked = f'prompt "{req.prompt}"' if req.prompt and (pipe.reads_prompts or clip_prompt) else f"digit {req.digit}"
+    if video and not clip_prompt:
+        asked += " moving each way in turn"
     if original is not None:
         asked = (f"variations of a real test {req.digit} (the first image; the seed picks which {req.digit}), "
                  "drawn from its CLIP embedding")
-    if req.prompt and not pipe.reads_prompts and not unconditional:
-        asked += " (this model reads class labels, not prompts)"
+    if req.prompt and not (pipe.reads_prompts or clip_prompt) and not unconditional:
+        asked += (f" (this model reads prompts of the form {PROMPT_FORM}, not that one)" if video
+                  else " (this model reads class labels, not prompts)")
     shown, nrow = (result.images if original is None else torch.cat([original, result.images])), min(8, len(labels))
     if result.low_res is not None:  # Imagen's cascade: the base's 14x14 drawings above what this stage made of them
         shown = stages_grid(result.low_res, result.images, nrow)
@@ -351,7 +375,15 @@ def _sample(name: str, pipe: Pipeline, req: Request, noise: torch.Tensor, on_ste
                   "below each: the super-resolution stage's 28x28 image drawn from it")
     settings = (f"{'any digit (unconditional model)' if unconditional else asked}, "
                 f"{run.sampler}, {plural(run.steps, 'step')}, guidance {run.cfg_scale:g}, "
-                f"seed {req.seed}, {plural(req.n_images, 'image')}")
+                f"seed {req.seed}, {plural(req.n_images, 'clip' if video else 'image')}")
+    if video:  # a row of frames per clip, and the clips playing instead of the denoising steps
+        clips = result.images[:GIF_IMAGES]
+        return Panel(name, grid_array(frames_of(result.images), nrow=result.images.shape[2], scale=3),
+                     _strip(trajectory), clip_gif(clips, nrow=min(4, len(clips)), scale=3), steps=req.steps,
+                     gif_steps=len(keep), seconds=result.seconds, nfe=result.nfe, settings=settings,
+                     note=few_steps_hint(pipe, req.steps),
+                     gif_caption=f"The first {plural(len(clips), 'clip')} playing, {result.images.shape[2]} frames "
+                                 "each (the strip: their first frames' denoising)")
     return Panel(name, grid_array(shown, nrow=nrow if original is None else min(8, len(shown)), scale=3),
                  _strip(trajectory),
                  _gif(trajectory), steps=req.steps, gif_steps=len(keep), seconds=result.seconds, nfe=result.nfe,
