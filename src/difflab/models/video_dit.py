@@ -31,8 +31,8 @@ from torch import nn
 from ..moving_mnist import FRAMES
 from ..settings import ModelConfig, NetConfig, positive
 from .dit import DiTBlock
-from .layers import (NULL_CLASS, NUM_CLASSES, FinalLayer, TimestepEmbedder, init_linears, sincos_pos_embed_2d,
-                     zero_modulations)
+from .layers import (NULL_CLASS, NUM_CLASSES, FinalLayer, TimestepEmbedder, attention, init_linears,
+                     sincos_pos_embed_2d, zero_modulations)
 
 ATTENTIONS = ("full", "factorised")
 DIRECTIONS, SPEEDS = 4, 2  # difflab.moving_mnist.DIRECTIONS, SPEEDS (kept in step by a test)
@@ -125,17 +125,32 @@ class VideoDiT(nn.Module):
         zero_modulations(self.blocks)
 
     def attend(self, block: DiTBlock, i: int, h: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        """One block over (B, Ft * S, D) tokens: all of them, or (factorised) within each frame at even blocks
-        and across the frames at each position at odd ones; the MLP is per token either way."""
+        """One DiT block over (B, Ft * S, D) tokens, attention over all of them, or (factorised) within each frame
+        at even blocks and across the frames at each position at odd ones; all else is per token either way."""
         if self.attention == "full":
             return block(h, c)
-        B, D, Ft, S = h.shape[0], h.shape[-1], self.times, self.grid * self.grid
-        if i % 2 == 0:  # spatial: each frame its own sequence of S tokens
-            out = block(h.reshape(B * Ft, S, D), c.repeat_interleave(Ft, 0))  # (B Ft, S, D)
-            return out.reshape(B, Ft * S, D)
-        h = h.reshape(B, Ft, S, D).transpose(1, 2).reshape(B * S, Ft, D)  # temporal: each position's Ft tokens
-        out = block(h, c.repeat_interleave(S, 0))  # (B S, Ft, D)
-        return out.reshape(B, S, Ft, D).transpose(1, 2).reshape(B, Ft * S, D)
+        axis = "space" if i % 2 == 0 else "time"
+        attn_mod, mlp_mod = block.mod(c)  # each field (B, 1, D)
+        q, k, v = (self.group(a, axis) for a in block.qkv(attn_mod.apply(block.norm1(h))))  # (B', H, T', Dh)
+        out = self.ungroup(attention(q, k, v), axis, len(h))  # (B, Ft * S, D)
+        h = h + attn_mod.gate * block.proj(out)
+        return h + mlp_mod.gate * block.mlp(mlp_mod.apply(block.norm2(h)))
+
+    def group(self, a: torch.Tensor, axis: str) -> torch.Tensor:
+        """Queries, keys or values (B, H, Ft * S, Dh) as the sequences one attention sees: each frame's S tokens
+        (space: (B Ft, H, S, Dh)) or each position's Ft tokens (time: (B S, H, Ft, Dh))."""
+        B, H, _, Dh = a.shape
+        a = a.view(B, H, self.times, self.grid * self.grid, Dh)
+        if axis == "space":
+            return a.transpose(1, 2).reshape(B * self.times, H, -1, Dh)
+        return a.permute(0, 3, 1, 2, 4).reshape(-1, H, self.times, Dh)
+
+    def ungroup(self, out: torch.Tensor, axis: str, batch: int) -> torch.Tensor:
+        """Attention's output (B', T', D), heads merged, grouped by `axis`: back to tokens (B, Ft * S, D)."""
+        D, S = out.shape[-1], self.grid * self.grid
+        if axis == "space":  # (B Ft, S, D): already in (t, y, x) order
+            return out.reshape(batch, self.times * S, D)
+        return out.view(batch, S, self.times, D).transpose(1, 2).reshape(batch, self.times * S, D)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """x: (B, C, F, H, W), t: (B,) scaled to [0, 1000], y: (B, 3) digit, direction, speed."""
