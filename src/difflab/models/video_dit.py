@@ -6,12 +6,13 @@ other and the DiT of Peebles & Xie 2023 applies unchanged (ViViT's tubelet embed
 
     (B, C, F, H, W) --Conv3d, stride (tubelet, p, p)--> (B, F/tubelet * H/p * W/p, D) tokens in (t, y, x) order
 
-Positions are factorised: the 2D sine-cosine table of the image DiT for (y, x), plus a 1D one for t (Latte,
-Ma et al. 2024). Attention is the one choice a video model adds (model.attention):
+Positions are factorised: the 2D sine-cosine table of the image DiT for (y, x), plus a 1D one for t. Attention is
+the one choice a video model adds (model.attention):
 
     full        every token attends to every other, across space and time: T^2 pairs, T = frames x positions
     factorised  blocks alternate: spatial attention within each frame, then temporal attention across the frames
-                at each position (TimeSformer's divided space-time attention, Bertasius et al. 2021; Latte):
+                at each position (TimeSformer's divided space-time attention, Bertasius et al. 2021; alternating
+                blocks as in Latte, Ma et al. 2024):
                 far fewer pairs, the same weights (a block's attention layer is the same size either way)
 
 The condition is the clip's prompt, "a 7 moving left quickly", read as its three words that vary (digit,
