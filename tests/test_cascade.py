@@ -83,18 +83,23 @@ def test_the_network_reads_the_low_resolution_image_and_guidance_enlarges_the_sa
 
 @pytest.fixture
 def stages(tmp_path):
-    """A tiny base (14x14) and super-resolution stage (naming the base's checkpoint), trained a few steps each."""
+    return train_stages(tmp_path)
+
+
+def train_stages(tmp_path, steps: int = 3):
+    """A tiny base (14x14) and super-resolution stage (naming the base's checkpoint), trained a few steps each;
+    their checkpoints (also the demo's browser test's)."""
     from difflab.training import Trainer
 
     x, y = tiny_data(48)
     base_cfg = tiny_config(tmp_path, data={"resolution": 14}, model={"channel_mult": [1, 2]},
-                           training={"max_steps": 3})
+                           training={"max_steps": steps})
     base_cfg.name = "base"
     base = Trainer(base_cfg, data=(cascade.downsample(x, 14), y), quiet=True)
     base.fit()
     base_ckpt = base.out_dir / "checkpoints" / "last.pt"
     sr_cfg = tiny_config(tmp_path, model=SR, cascade={"base": str(base_ckpt), "noise_aug": 0.5},
-                         sampling={"aug_level": 0.2}, training={"max_steps": 3})
+                         sampling={"aug_level": 0.2}, training={"max_steps": steps})
     sr_cfg.name = "sr"
     sr = Trainer(sr_cfg, data=(x, y), quiet=True)
     sr.fit()

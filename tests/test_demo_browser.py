@@ -327,22 +327,10 @@ def test_a_cascade_shows_the_base_stages_drawings_above_what_it_enlarged_them_to
 
     from PIL import Image
 
-    from difflab import cascade
-    from difflab.training import Trainer
+    from test_cascade import train_stages
 
-    x, y = tiny_data(32)
-    base_cfg = tiny_config(tmp_path, data={"resolution": 14}, model={"channel_mult": [1, 2]},
-                           training={"max_steps": 2})
-    base_cfg.name = "tiny_base"
-    base = Trainer(base_cfg, data=(cascade.downsample(x, 14), y), quiet=True)
-    base.fit()
-    sr_cfg = tiny_config(tmp_path, model={"low_resolution": 14}, training={"max_steps": 2},
-                         cascade={"base": str(base.out_dir / "checkpoints" / "last.pt"), "noise_aug": 0.5},
-                         sampling={"aug_level": 0.2})
-    sr_cfg.name = "tiny_sr"
-    sr = Trainer(sr_cfg, data=(x, y), quiet=True)
-    sr.fit()
-    with serve([sr.out_dir / "checkpoints" / "last.pt", base.out_dir / "checkpoints" / "last.pt"], tmp_path) as demo:
+    base_ckpt, sr_ckpt = train_stages(tmp_path, steps=2)
+    with serve([sr_ckpt, base_ckpt], tmp_path) as demo:
         page = open_page(browser, demo.url)
         set_images(page, 2)
         assert click_generate(page, digit=3, seed=4, steps=2) == "", demo.log()

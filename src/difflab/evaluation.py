@@ -297,16 +297,18 @@ def evaluate_pipeline(
         scores["framing"] = framing_shares(result.images)
     return {
         **scores,
-        "sampler": run.sampler,
-        "steps": run.steps,
-        "nfe": result.nfe,
-        "cfg_scale": run.cfg_scale,
-        "seconds": round(result.seconds, 3),
-        "device": str(pipe.device),
+        **how_sampled(pipe, run, result),
         **({"prompts": prompts} if pipe.reads_prompts else {}),
         **({"cascade": cascade_entry(pipe, small)} if small or pipe.super_resolves(pipe.cfg) or pipe.refines(pipe.cfg)
            else {}),
     }
+
+
+def how_sampled(pipe, run, result) -> dict:
+    """The sampling settings used (Pipeline.settings), the model evaluations per image (a CFG step counts once, as in
+    the papers), the seconds of sampling alone, and the device: what every score says beside its numbers."""
+    return {"sampler": run.sampler, "steps": run.steps, "nfe": result.nfe, "cfg_scale": run.cfg_scale,
+            "seconds": round(result.seconds, 3), "device": str(pipe.device)}
 
 
 def cascade_entry(pipe, small: bool) -> dict:
@@ -390,12 +392,7 @@ def evaluate_clips(pipe, classifier: nn.Module, n: int, *, sampler: Optional[str
         "n": n,
         "video": {**scores, "frames": result.images.shape[2], "real": {k: v for k, v in real.items()
                                                                      if k != "per_digit_accuracy"}},
-        "sampler": run.sampler,
-        "steps": run.steps,
-        "nfe": result.nfe,
-        "cfg_scale": run.cfg_scale,
-        "seconds": round(result.seconds, 3),
-        "device": str(pipe.device),
+        **how_sampled(pipe, run, result),
     }
 
 
