@@ -143,11 +143,11 @@ def test_clips_and_the_video_dit_go_together_and_nothing_else_with_them(tmp_path
 
 
 def test_real_clips_score_as_what_they_are_and_a_still_digit_moves_nowhere(monkeypatch):
-    """evaluation.clip_scores with a stand-in judge that reads the blob's size as its digit: real clips keep their
+    """video_scores.clip_scores with a stand-in judge that reads the blob's size as its digit: real clips keep their
     digit in every frame and move as asked; the same digit held still keeps its identity but not its motion."""
     import numpy as np
 
-    from difflab import evaluation
+    from difflab import video_scores
 
     tiles, motion, labels = synthetic_split("test")
     clips = torch.from_numpy(moving_mnist.render(tiles, motion))[:, None].float() / 127.5 - 1
@@ -156,7 +156,7 @@ def test_real_clips_score_as_what_they_are_and_a_still_digit_moves_nowhere(monke
     class SizeJudge(torch.nn.Module):  # features: the ink's area; the "digit": the clip's own label, by area
         def __init__(self):
             super().__init__()
-            self.device_marker = torch.nn.Parameter(torch.zeros(1))  # where it runs (evaluation._inference)
+            self.device_marker = torch.nn.Parameter(torch.zeros(1))  # where it runs (evaluation.on_its_device)
             self.area = {round(float(((c[0, 0] + 1) / 2).sum()), 1): int(d) for c, d in zip(clips, labels)}
 
         def features(self, x):
@@ -166,10 +166,10 @@ def test_real_clips_score_as_what_they_are_and_a_still_digit_moves_nowhere(monke
             return torch.nn.functional.one_hot(torch.tensor([self.area.get(round(float(a), 1), 0) for a in f[:, 0]]),
                                                10).float()
 
-    monkeypatch.setattr(evaluation, "features", lambda clf, images, batch_size=500: clf.features(images))
-    scores, feats = evaluation.clip_scores(clips, asked, SizeJudge())
+    monkeypatch.setattr(video_scores, "features", lambda clf, images, batch_size=500: clf.features(images))
+    scores, feats = video_scores.clip_scores(clips, asked, SizeJudge())
     assert feats.shape == (64 * 8, 2)
     assert scores["direction_accuracy"] == 1 and scores["speed_accuracy"] == 1
     assert scores["identity_consistent"] == 1 and scores["frame_accuracy"] == scores["identity_correct"]
-    still, _ = evaluation.clip_scores(clips[:, :, :1].repeat(1, 1, 8, 1, 1), asked, SizeJudge())
+    still, _ = video_scores.clip_scores(clips[:, :, :1].repeat(1, 1, 8, 1, 1), asked, SizeJudge())
     assert still["identity_consistent"] == 1 and still["speed_accuracy"] == (asked[:, 2] == 0).float().mean()

@@ -37,7 +37,7 @@ from difflab.metrics import feature_statistics, fid_from_statistics, precision_r
 
 
 @contextmanager
-def _inference(model: nn.Module) -> Iterator[torch.device]:
+def on_its_device(model: nn.Module) -> Iterator[torch.device]:
     """Eval mode (BatchNorm running stats, no dropout) and no_grad; restores the mode after."""
     was_training = model.training
     model.eval()
@@ -52,7 +52,7 @@ def _batched(fn: Callable, classifier: nn.Module, images: torch.Tensor, batch_si
     """Apply fn(batch) over images in inference mode; returns a float32 CPU tensor."""
     if images.ndim != 4 or images.shape[1:] != (1, 28, 28):
         raise ValueError(f"expected images of shape (N, 1, 28, 28), got {tuple(images.shape)}")
-    with _inference(classifier) as device:
+    with on_its_device(classifier) as device:
         out = [fn(images[i : i + batch_size].to(device).float()).cpu() for i in range(0, len(images), batch_size)]
     return torch.cat(out).float()
 
@@ -70,7 +70,7 @@ def conditional_accuracy(
     Returns (overall accuracy, {digit: accuracy}) for the digits present in labels.
     """
     labels = _check_labels(labels, len(images))
-    return _accuracy(predicted_digits(classifier, images, batch_size), labels)
+    return accuracy_of(predicted_digits(classifier, images, batch_size), labels)
 
 
 def predicted_digits(classifier: nn.Module, images: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
@@ -88,7 +88,7 @@ def _check_labels(labels: torch.Tensor, n: int) -> torch.Tensor:
     return labels
 
 
-def _accuracy(predictions: torch.Tensor, labels: torch.Tensor) -> tuple[float, dict[int, float]]:
+def accuracy_of(predictions: torch.Tensor, labels: torch.Tensor) -> tuple[float, dict[int, float]]:
     """Overall and per-digit fraction of predictions equal to labels."""
     correct = (predictions.cpu() == labels).double()
     per_digit = {int(d): correct[labels == d].mean().item() for d in labels.unique()}
@@ -180,9 +180,9 @@ def evaluate_images(
     precision, recall = precision_recall(ref_subset, fake)
     accuracy, per_digit = None, {}
     if labels is not None:  # logits from the features already computed: one pass over the images
-        with _inference(classifier) as device:
+        with on_its_device(classifier) as device:
             predictions = classifier.classify(fake.to(device)).argmax(1)
-        accuracy, per_digit = _accuracy(predictions, labels)
+        accuracy, per_digit = accuracy_of(predictions, labels)
     return {
         "fid": fid_from_statistics(*feature_statistics(fake), *ref_stats),
         "fid_floor": _fid_floor(classifier, reference, n, data_dir, batch_size),
@@ -271,6 +271,8 @@ def evaluate_pipeline(
     from difflab.pipeline import is_unconditional  # here: the pipeline imports every model
 
     if pipe.cfg.model.architecture == "video_dit":  # clips of Moving MNIST: scored frame by frame and as motion
+        from difflab.video_scores import evaluate_clips
+
         return evaluate_clips(pipe, classifier, n, sampler=sampler, steps=steps, cfg_scale=cfg_scale, seed=seed,
                               batch_size=batch_size, data_dir=data_dir, progress=progress, **options)
     if pipe.cfg.data.dataset != judged_dataset(classifier):
@@ -323,78 +325,3 @@ def cascade_entry(pipe, small: bool) -> dict:
     return {"stage": "super-resolution", "low_res_from": pipe.cfg.sampling.low_res_from,
             "aug_level": pipe.cfg.sampling.aug_level, "base": pipe.info.get("base"),
             "stage_params": pipe.info.get("stage_params")}
-
-
-# --------------------------------------------------------------------------
-# Clips (issue 49): the video DiT on Moving MNIST (difflab.moving_mnist)
-# --------------------------------------------------------------------------
-
-
-def clip_scores(clips: torch.Tensor, asked: torch.Tensor, classifier: nn.Module) -> tuple[dict, torch.Tensor]:
-    """What the MNIST judge and the centroid track say of clips (N, 1, F, H, W) asked for `asked` (N, 3), (digit,
-    direction, speed): each frame's digit, the clip's identity and its motion; and the frames' judge features."""
-    from difflab.moving_mnist import judge_view, motion_of
-
-    frames = judge_view(clips)  # (N F, 1, 28, 28)
-    feats = features(classifier, frames)
-    with _inference(classifier) as device:
-        digits = classifier.classify(feats.to(device)).argmax(1).cpu().view(len(clips), -1)  # (N, F)
-    direction, speed = motion_of(clips[:, 0])  # (N, F, H, W): the one channel
-    digit = asked[:, 0:1]
-    _, per_digit = _accuracy(digits.flatten(), digit.expand_as(digits).flatten())
-    return {
-        "frame_accuracy": (digits == digit).float().mean().item(),  # each frame's digit, the one asked for
-        "per_digit_accuracy": per_digit,
-        "identity_consistent": (digits == digits[:, :1]).all(1).float().mean().item(),  # one digit all through
-        "identity_correct": (digits == digit).all(1).float().mean().item(),  # and the one asked for
-        "direction_accuracy": (direction == asked[:, 1]).float().mean().item(),
-        "speed_accuracy": (speed == asked[:, 2]).float().mean().item(),
-    }, feats
-
-
-def evaluate_clips(pipe, classifier: nn.Module, n: int, *, sampler: Optional[str] = None, steps: Optional[int] = None,
-                   cfg_scale: Optional[float] = None, seed: int = 0, batch_size: Optional[int] = None,
-                   data_dir: Optional[Union[str, Path]] = None, progress: bool = True, **options) -> dict:
-    """A video DiT asked for the first n held-out clips' prompts (the test digits' motions): per-frame digit
-    accuracy with the MNIST judge (fid and accuracy keep their meaning: frames, read as the judge reads digits),
-    whether each clip keeps one digit (identity) and moves as asked (direction and speed, from the ink's centroid
-    track), and the same measures of the real held-out clips, the ceiling (its `real` entry). The frame FID is
-    against the real held-out clips' frames; its floor, the real training clips' frames against them."""
-    import numpy as np
-
-    from difflab import moving_mnist as mm
-
-    if judged_dataset(classifier) != "mnist":
-        raise ValueError("clips of Moving MNIST are judged by the MNIST classifier")
-    held_out = mm.SPLITS["test"][0]
-    if not MIN_CLIPS <= n <= held_out:
-        raise ValueError(f"a video model is scored on {MIN_CLIPS} to {held_out} held-out clips, not {n}")
-    tiles, motion, labels = mm.load_split("test", data_dir)
-    asked = torch.from_numpy(np.stack([labels, motion[:, mm.DIRECTION], motion[:, mm.SPEED]], 1))[:n]
-    run = pipe.settings(sampler, steps, cfg_scale, batch_size)
-    result = generate_with_bar(pipe, asked, run, seed=seed, progress=progress, **options)
-    if not torch.isfinite(result.images).all():
-        raise FloatingPointError(f"{run.sampler} x{run.steps} produced non-finite pixels")
-    scores, fake = clip_scores(result.images, asked, classifier)
-
-    def clips_of(t, m):
-        return torch.from_numpy(mm.render(t, m))[:, None].float() / 127.5 - 1
-
-    real, real_feats = clip_scores(clips_of(tiles, motion[:n]), asked, classifier)
-    train_tiles, train_motion, _ = mm.load_split("train", data_dir)
-    train_feats = features(classifier, mm.judge_view(clips_of(train_tiles, train_motion[:n])))
-    stats = feature_statistics(real_feats)
-    return {
-        "fid": fid_from_statistics(*feature_statistics(fake), *stats),
-        "fid_floor": fid_from_statistics(*feature_statistics(train_feats), *stats),
-        "accuracy": scores["frame_accuracy"],
-        "per_digit_accuracy": scores.pop("per_digit_accuracy"),
-        "n": n,
-        "video": {**scores, "frames": result.images.shape[2], "real": {k: v for k, v in real.items()
-                                                                     if k != "per_digit_accuracy"}},
-        **how_sampled(pipe, run, result),
-    }
-
-
-MIN_CLIPS = 4  # FID needs a covariance
-
