@@ -122,6 +122,16 @@ class GenerationResult:
     low_res: Optional[torch.Tensor] = None  # a cascade's: what its super-resolution stage enlarged (N, 1, h, w)
 
 
+
+def readable_path(path) -> str:
+    """`path` relative to the working folder when it lies inside it (a results file then names no one's home
+    folder), else as it is."""
+    path = Path(path)
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
 class Pipeline:
     """Everything needed to turn noise into digits."""
 
@@ -201,7 +211,8 @@ class Pipeline:
         if (cls.super_resolves(cfg) and cfg.sampling.low_res_from == "base") or cls.refines(cfg):
             # Imagen: the base draws, this enlarges; SDXL: the base takes the noisy steps, this refiner the rest
             base = cls.base_pipeline(cfg, Path(path), device, use_ema)
-            info["base"], info["stage_params"] = str(base.info["checkpoint"]), [base.info["params"], info["params"]]
+            info["base"] = readable_path(base.info["checkpoint"])  # as it is shown in results: not /home/you/...
+            info["stage_params"] = [base.info["params"], info["params"]]
             info["params"] += base.info["params"]  # the cascade's, both stages
         return cls(model.to(device), cfg, device, vae=vae, info=info, guide=guide, decoder=decoder, base=base)
 
