@@ -173,3 +173,52 @@ def test_real_clips_score_as_what_they_are_and_a_still_digit_moves_nowhere(monke
     assert scores["identity_consistent"] == 1 and scores["frame_accuracy"] == scores["identity_correct"]
     still, _ = video_scores.clip_scores(clips[:, :, :1].repeat(1, 1, 8, 1, 1), asked, SizeJudge())
     assert still["identity_consistent"] == 1 and still["speed_accuracy"] == (asked[:, 2] == 0).float().mean()
+
+
+def test_image_to_video_reads_the_given_first_frame_and_a_text_model_refuses_one():
+    from difflab.models.video_dit import given_first_frames
+
+    model = randomised(video_dit(frames=2, tubelet=1, first_frame=0.25))
+    assert model.patch_embed.in_channels == 2  # x_t and the given frame, side by side
+    x, t, y = torch.randn(2, 1, 2, 16, 16), torch.full((2,), 300.0), torch.tensor([[7, 0, 1]] * 2)
+    frame = torch.rand(2, 1, 16, 16) * 2 - 1
+    given, none, zeros = model(x, t, y, first=frame), model(x, t, y), model(x, t, y, first=torch.zeros_like(frame))
+    assert not torch.allclose(given, none) and torch.equal(none, zeros)  # no frame given: zeros, an empty frame
+    doubled = model(torch.cat([x, x]), t.repeat(2), y.repeat(2, 1), first=frame)  # guidance: both halves given it
+    assert torch.allclose(doubled[:2], given, atol=1e-5) and torch.allclose(doubled[2:], given, atol=1e-5)
+    clips = torch.randn(3, 1, 8, 4, 4)
+    chosen = given_first_frames(clips, torch.tensor([True, False, True]))
+    assert torch.equal(chosen[0], clips[0, :, 0]) and torch.equal(chosen[2], clips[2, :, 0]) and not chosen[1].any()
+    with pytest.raises(ValueError, match="first frame"):
+        video_dit(frames=2, tubelet=1)(x, t, y, first=frame)
+
+
+def test_image_to_video_trains_samples_and_scores_from_held_out_first_frames(tmp_path, monkeypatch, fake_mnist):
+    from conftest import tiny_config
+    from difflab import evaluation
+    from difflab.pipeline import Pipeline
+    from difflab.training import Trainer
+
+    monkeypatch.setattr(moving_mnist, "load_split", synthetic_split)
+    cfg = tiny_config(tmp_path, data={"dataset": "moving_mnist"}, model={**VIDEO, "first_frame": 0.5},
+                      training={"max_steps": 2}, diffusion={"target": "flow", "schedule": "flow"},
+                      sampling={"sampler": "euler", "steps": 2})
+    trainer = Trainer(cfg, quiet=True)
+    trainer.fit()
+    ckpt = trainer.out_dir / "checkpoints" / "last.pt"
+    pipe = Pipeline.from_checkpoint(ckpt, "cpu", sampling=["sampling.first_frame=true"])
+    labels = torch.tensor([[3, 0, 0], [3, 1, 1], [8, 2, 0]])
+    frames = moving_mnist.first_frames([3, 3, 8])
+    tiles, motion, digits = synthetic_split("test")
+    assert frames.shape == (3, 1, 32, 32) and frames.min() == -1 and frames.max() > 0
+    assert not torch.equal(frames[0], frames[1])  # two 3s: two held-out clips of 3, their first frames
+    assert torch.equal(frames[2, 0], torch.from_numpy(moving_mnist.render(tiles, motion[[8]])[0, 0]).float() / 127.5 - 1)
+    drawn = pipe.generate(labels, seed=0)
+    assert torch.equal(drawn.images, pipe.generate(labels, seed=0, first_frames=frames).images)
+    assert not torch.equal(drawn.images, pipe.generate(labels, seed=0, first_frames=-frames).images)
+    scores = evaluation.evaluate_pipeline(pipe, fake_mnist, 8, steps=2, progress=False)
+    assert scores["video"]["first_frame_given"] and 0 < scores["video"]["first_frame_error"] <= 1
+    text_only = tiny_config(tmp_path / "t", data={"dataset": "moving_mnist"}, model=VIDEO, training={"max_steps": 1},
+                            diffusion={"target": "flow", "schedule": "flow"}, sampling={"first_frame": True})
+    with pytest.raises(ValueError, match="not trained to be given a first frame"):
+        Pipeline(build_model(text_only.model, 1, 32), text_only, torch.device("cpu")).generate(labels, steps=1)

@@ -136,6 +136,20 @@ def conditions(digits, n_per_digit: int) -> torch.Tensor:
     return torch.tensor(rows, dtype=torch.long)
 
 
+def first_frames(digits, data_dir=None) -> torch.Tensor:
+    """Image-to-video's given frames (N, 1, CANVAS, CANVAS) in [-1, 1]: for each digit asked, the first frame of a
+    held-out clip of it (the k-th time a digit is asked, its k-th held-out clip: the same frames every time)."""
+    digit_tiles, motion, labels = load_split("test", data_dir)
+    seen: dict = {}
+    picks = []
+    for d in (int(d) for d in digits):
+        of_digit = np.flatnonzero(labels == d)
+        picks.append(of_digit[seen.get(d, 0) % len(of_digit)])
+        seen[d] = seen.get(d, 0) + 1
+    frames = render(digit_tiles, motion[np.array(picks, dtype=np.int64)])[:, :1]  # (N, 1, CANVAS, CANVAS)
+    return torch.from_numpy(frames).float() / 127.5 - 1
+
+
 def prompt(digit: int, direction: int, speed: int) -> str:
     """What a clip is asked for: 'a 7 moving left quickly'."""
     return f"a {digit} moving {list(DIRECTIONS)[direction]} {list(SPEEDS)[speed]}"

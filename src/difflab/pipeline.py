@@ -338,10 +338,12 @@ class Pipeline:
         batch_size: Optional[int] = None,
         trajectory: bool = False,
         callback: Optional[Callable] = None,
+        first_frames: Optional[torch.Tensor] = None,
         **options,
     ) -> GenerationResult:
         """Sample one image per label, with the settings `self.settings` resolves from the unset ones
-        (the config's; the images are the same for any batch_size)."""
+        (the config's; the images are the same for any batch_size). A video DiT of image-to-video is given
+        `first_frames` (N, 1, H, W), or with sampling.first_frame a held-out clip's first frame of each digit."""
         run = self.settings(sampler, steps, cfg_scale, batch_size)
         times, options = self._plan(run.sampler, run.steps, options)
         prior = self.cfg.model.architecture == "prior"
@@ -358,6 +360,8 @@ class Pipeline:
         if self.super_resolves(self.cfg):  # Imagen's cascade: the base draws small, this stage enlarges (cascade.py)
             low_res, nfe = self.low_res_images(labels, seed, callback)
             condition = sampling_condition(low_res, self.cfg.sampling.aug_level, seed, self.path)
+        if first_frames is not None or self.cfg.sampling.first_frame:  # image-to-video (models/video_dit.py)
+            condition = {"first": self.first_frames(labels) if first_frames is None else first_frames.cpu()}
         for lo in range(0, len(labels), run.batch_size):
             y = labels[lo : lo + run.batch_size].to(self.device)
             x = x_all[lo : lo + run.batch_size].to(self.device)
@@ -385,6 +389,16 @@ class Pipeline:
             drawn = self.decoder.generate(embeddings_from_prior(images), seed=seed, callback=callback)
             images, nfe = drawn.images, nfe + drawn.nfe
         return GenerationResult(images, labels.cpu(), nfe, time.perf_counter() - start, traj, low_res)
+
+    def first_frames(self, labels: torch.Tensor) -> torch.Tensor:
+        """Image-to-video's given frames for clips asked for `labels` (N, 3): a held-out clip's first frame of each
+        digit (moving_mnist.first_frames)."""
+        if not getattr(self.cfg.model.net, "first_frame", 0):
+            raise ValueError(f"sampling.first_frame: {self.cfg.name} was not trained to be given a first frame "
+                             "(model.first_frame: 0); use a checkpoint of configs/video/sora_moving_mnist.yaml")
+        from .moving_mnist import first_frames
+
+        return first_frames(labels[:, 0].tolist(), self.cfg.data.data_dir)
 
     def low_res_images(self, labels: torch.Tensor, seed: int, callback: Optional[Callable] = None
                        ) -> tuple[torch.Tensor, int]:

@@ -147,6 +147,9 @@ class SamplingConfig:
     # ("base", the cascade), or real test digits shrunk ("real": what the stage does with a perfect base)
     aug_level: float = 0.0
     low_res_from: str = "base"
+    # image-to-video (a video DiT trained with model.first_frame > 0): each clip is given a first frame, that of a
+    # held-out clip of the digit asked for (moving_mnist.first_frames), and draws the motion from it
+    first_frame: bool = False
     clip_x0: bool = False  # clamp the predicted x0 to [-1, 1] each step (DDPM's sampler); pixels only
     n_per_class: int = 8
 

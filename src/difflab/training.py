@@ -22,6 +22,7 @@ from .infra.distributed import DistInfo
 from .loop import Draws, Loss, TrainingLoop
 from .models import build_model
 from .models.text import drop_condition
+from .models.video_dit import given_first_frames
 from .objectives import build_objective, diffusion_loss
 from .pipeline import Pipeline
 from .schedules import build_path, sample_training_t
@@ -48,6 +49,8 @@ def diffusion_batch_loss(x0: Tensor, y: Tensor, draws: Draws, *, model: Callable
     eps = draws.randn(*x0.shape[1:])
     if getattr(cfg.model.net, "low_resolution", 0):  # a cascade's super-resolution stage: its low-resolution input
         model = partial(model, **training_condition(x0, draws, cfg, path))
+    if getattr(cfg.model.net, "first_frame", 0):  # image-to-video: a share of the clips is given its first frame
+        model = partial(model, first=given_first_frames(x0, draws.rand() < cfg.model.net.first_frame))
     # Label dropout for classifier-free guidance (Ho & Salimans 2022, Algorithm 1).
     y = drop_condition(y, draws.rand() < cfg.training.cfg_dropout_prob)  # the null class, or the empty prompt
     loss, per_sample = diffusion_loss(model, path, objective, x0, y, t, eps, cfg.training.min_snr_gamma)

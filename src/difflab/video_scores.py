@@ -48,7 +48,10 @@ def evaluate_clips(pipe, classifier: nn.Module, n: int, *, sampler: Optional[str
     accuracy with the MNIST judge (fid and accuracy keep their meaning: frames, read as the judge reads digits),
     whether each clip keeps one digit (identity) and moves as asked (direction and speed, from the ink's centroid
     track), and the same measures of the real held-out clips, the ceiling (its `real` entry). The frame FID is
-    against the real held-out clips' frames; its floor, the real training clips' frames against them."""
+    against the real held-out clips' frames; its floor, the real training clips' frames against them.
+
+    Image-to-video (sampling.first_frame): each clip is given its held-out clip's own first frame, and the video
+    entry adds how far the drawn first frame is from it (mean absolute pixel difference, pixels in [0, 1])."""
     if judged_dataset(classifier) != "mnist":
         raise ValueError("clips of Moving MNIST are judged by the MNIST classifier")
     held_out = mm.SPLITS["test"][0]
@@ -57,15 +60,19 @@ def evaluate_clips(pipe, classifier: nn.Module, n: int, *, sampler: Optional[str
     tiles, motion, labels = mm.load_split("test", data_dir)
     asked = torch.from_numpy(np.stack([labels, motion[:, mm.DIRECTION], motion[:, mm.SPEED]], 1))[:n]
     run = pipe.settings(sampler, steps, cfg_scale, batch_size)
-    result = generate_with_bar(pipe, asked, run, seed=seed, progress=progress, **options)
-    if not torch.isfinite(result.images).all():
-        raise FloatingPointError(f"{run.sampler} x{run.steps} produced non-finite pixels")
-    scores, fake = clip_scores(result.images, asked, classifier)
 
     def clips_of(t, m):
         return torch.from_numpy(mm.render(t, m))[:, None].float() / 127.5 - 1
 
-    real, real_feats = clip_scores(clips_of(tiles, motion[:n]), asked, classifier)
+    real_clips = clips_of(tiles, motion[:n])  # (n, 1, F, H, W)
+    given = real_clips[:, :, 0] if pipe.cfg.sampling.first_frame else None  # image-to-video: each its own frame
+    result = generate_with_bar(pipe, asked, run, seed=seed, progress=progress, first_frames=given, **options)
+    if not torch.isfinite(result.images).all():
+        raise FloatingPointError(f"{run.sampler} x{run.steps} produced non-finite pixels")
+    scores, fake = clip_scores(result.images, asked, classifier)
+    if given is not None:
+        scores["first_frame_error"] = ((result.images[:, :, 0] - given).abs().mean() / 2).item()
+    real, real_feats = clip_scores(real_clips, asked, classifier)
     train_tiles, train_motion, _ = mm.load_split("train", data_dir)
     train_feats = features(classifier, mm.judge_view(clips_of(train_tiles, train_motion[:n])))
     stats = feature_statistics(real_feats)
@@ -75,7 +82,7 @@ def evaluate_clips(pipe, classifier: nn.Module, n: int, *, sampler: Optional[str
         "accuracy": scores["frame_accuracy"],
         "per_digit_accuracy": scores.pop("per_digit_accuracy"),
         "n": n,
-        "video": {**scores, "frames": result.images.shape[2], "real": {k: v for k, v in real.items()
-                                                                     if k != "per_digit_accuracy"}},
+        "video": {**scores, "frames": result.images.shape[2], "first_frame_given": given is not None,
+                  "real": {k: v for k, v in real.items() if k != "per_digit_accuracy"}},
         **how_sampled(pipe, run, result),
     }

@@ -18,13 +18,20 @@ the one choice a video model adds (model.attention):
 The condition is the clip's prompt, "a 7 moving left quickly", read as its three words that vary (digit,
 direction, speed: difflab.moving_mnist), each embedded, summed and added to the time embedding, adaLN-Zero as in
 the DiT; classifier-free guidance drops all three at once.
+
+Image-to-video, Sora's second mode (model.first_frame > 0): the clip's first frame, when given, is a second input
+channel beside x_t, in frame 0 of an otherwise empty clip (zeros: grey, which no frame of Moving MNIST is, so "not
+given" is unambiguous). This is the concatenation by which image-to-video models read their image (Stable Video
+Diffusion, Blattmann et al. 2023) and by which the cascade's super-resolution stage reads its small image
+(cascade.py). In training a share model.first_frame of the clips is given its own first frame, so one network
+learns both modes; guidance drops the prompt, never the frame.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterator, Optional
 
 import torch
 from torch import nn
@@ -52,6 +59,7 @@ class VideoDiTConfig(NetConfig):
     tubelet: int = 2  # frames per spacetime patch
     mlp_ratio: float = 4.0
     attention: str = "factorised"  # full | factorised
+    first_frame: float = 0.0  # image-to-video: the share of training clips given their first frame (0: text only)
 
     CPU_SAMPLING_BATCH = 8
 
@@ -59,6 +67,8 @@ class VideoDiTConfig(NetConfig):
         yield from positive(frames=self.frames, hidden_size=self.hidden_size, depth=self.depth,
                             num_heads=self.num_heads, patch_size=self.patch_size, tubelet=self.tubelet,
                             mlp_ratio=self.mlp_ratio)
+        if not 0.0 <= self.first_frame <= 1.0:
+            yield "first_frame", "a share of the training clips, in [0, 1]"
         if self.attention not in ATTENTIONS:
             yield "attention", "one of " + ", ".join(ATTENTIONS)
         if self.num_heads > 0 and self.hidden_size % self.num_heads:
@@ -103,12 +113,15 @@ class VideoDiT(nn.Module):
     """Spacetime patches, factorised positions, DiT blocks with full or factorised attention, unpatchify."""
 
     def __init__(self, in_channels: int, image_size: int, frames: int, hidden_size: int, depth: int,
-                 num_heads: int, patch_size: int, tubelet: int, mlp_ratio: float = 4.0, attention: str = "factorised"):
+                 num_heads: int, patch_size: int, tubelet: int, mlp_ratio: float = 4.0, attention: str = "factorised",
+                 first_frame: float = 0.0):
         super().__init__()
         self.in_channels, self.patch, self.tubelet, self.attention = in_channels, patch_size, tubelet, attention
         self.grid, self.times = image_size // patch_size, frames // tubelet  # tokens per side, per clip in time
+        self.reads_first_frame = first_frame > 0  # image-to-video: x_t and the given first frame, side by side
         kernel = (tubelet, patch_size, patch_size)
-        self.patch_embed = nn.Conv3d(in_channels, hidden_size, kernel_size=kernel, stride=kernel)
+        inputs = in_channels * (2 if self.reads_first_frame else 1)
+        self.patch_embed = nn.Conv3d(inputs, hidden_size, kernel_size=kernel, stride=kernel)
         space = sincos_pos_embed_2d(hidden_size, self.grid, self.grid)[0]  # (S, D)
         time = sincos_1d(hidden_size, self.times)  # (Ft, D)
         self.register_buffer("pos_embed", (time[:, None] + space[None]).flatten(0, 1)[None], persistent=False)
@@ -153,15 +166,31 @@ class VideoDiT(nn.Module):
             return out.reshape(batch, self.times * S, D)
         return out.view(batch, S, self.times, D).transpose(1, 2).reshape(batch, self.times * S, D)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """x: (B, C, F, H, W), t: (B,) scaled to [0, 1000], y: (B, 3) digit, direction, speed."""
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, first: Optional[torch.Tensor] = None
+                ) -> torch.Tensor:
+        """x: (B, C, F, H, W), t: (B,) scaled to [0, 1000], y: (B, 3) digit, direction, speed. A model of
+        image-to-video also reads `first` (B', C, H, W), each clip's given first frame, zeros where none is given
+        (None: none at all); B' = B / 2 when guidance doubled the batch (both halves are given the same frames)."""
         B, C, F, H, W = x.shape
+        if self.reads_first_frame:
+            given = torch.zeros_like(x)  # (B, C, F, H, W): frame 0 the given frame, every other frame empty
+            if first is not None:
+                given[:, :, 0] = first.repeat(B // len(first), 1, 1, 1)
+            x = torch.cat([x, given], dim=1)  # (B, 2C, F, H, W)
+        elif first is not None:
+            raise ValueError("this video DiT was not trained to be given a first frame (model.first_frame: 0)")
         h = self.patch_embed(x).flatten(2).transpose(1, 2) + self.pos_embed  # (B, Ft * S, D), (t, y, x) order
         c = self.t_embed(t) + self.y_embed(y)  # (B, D)
         for i, block in enumerate(self.blocks):
             h = self.attend(block, i, h, c)  # (B, Ft * S, D)
         h = self.final(h, c)  # (B, T, C * tubelet * p * p)
         return unpatchify_3d(h, C, self.tubelet, self.patch, self.times, self.grid)  # (B, C, F, H, W)
+
+
+def given_first_frames(x0: torch.Tensor, given: torch.Tensor) -> torch.Tensor:
+    """Training clips (B, C, F, H, W) -> what a model of image-to-video is given beside x_t (B, C, H, W): each clip's
+    own first frame where `given` (B,) is true, zeros (no frame) elsewhere."""
+    return torch.where(given.view(-1, 1, 1, 1), x0[:, :, 0], torch.zeros_like(x0[:, :, 0]))
 
 
 def unpatchify_3d(h: torch.Tensor, channels: int, tubelet: int, patch: int, times: int, grid: int) -> torch.Tensor:
