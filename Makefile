@@ -9,7 +9,7 @@ QUICK_IMAGES ?= 38400
 QUICK_STEPS ?= 20
 DATASET ?= mnist   # or fashion_mnist: `make quickstart DATASET=fashion_mnist` (Debian's dataset-fashion-mnist)
 
-.PHONY: install install-test install-demo install-browser data classifier quickstart test compare compare-all fewstep fewstep-shipped fewstep-seeds curves encoders encoder-study unclip-study microcond-study cascade-study refiner-study demo weights
+.PHONY: install install-test install-demo install-browser data classifier quickstart test compare compare-all fewstep fewstep-shipped fewstep-seeds curves encoders encoder-study unclip-study microcond-study cascade-study refiner-study video-study demo weights
 
 install:
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install "torch==$(TORCH_VERSION)"
@@ -161,6 +161,10 @@ cascade-study: install data classifier
 # the same parameters and images, 3 seeds: docs/results/refiner.json. About an hour and a quarter; resumable.
 refiner-study: install data classifier
 	bash benchmarks/refiner_study.sh
+
+# Sora on MNIST (issue 49, docs/video.md): the video DiT trained within 60 minutes (and at lr 0.001), scored as clips
+video-study: install data classifier
+	bash benchmarks/video_study.sh
 
 # The few-step study (issue 27), after `make compare`: the SD2 U-Net it trained is the teacher of
 # consistency distillation; consistency training and the shortcut MMDiT train from scratch. Each

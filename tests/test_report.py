@@ -295,3 +295,25 @@ def test_a_pages_models_over_seeds_show_each_models_mean_and_spread():
     assert lines[3] == "| cascade | 2 | 4.50 +- 0.71 | 98.0% +- 1.4 | ddim x50, CFG 1.5 |"
     assert lines[4] == "| cascade, at level 0.4 | 1 | 7.50 | n/a | ddim x50, CFG 1.5 |"  # one seed: no spread
     assert lines[-1] == "Mean +- sample standard deviation over training seeds; N = 500, floor 5.45."
+
+
+def test_clips_put_each_video_model_in_a_column_beside_the_real_clips():
+    def scored(accuracy, first_frame_error=None):
+        real = {"frame_accuracy": 0.99, "identity_consistent": 0.97, "identity_correct": 0.96,
+                "direction_accuracy": 1.0, "speed_accuracy": 1.0}
+        video = {**{k: v - 0.1 for k, v in real.items()}, "frame_accuracy": accuracy, "real": real, "frames": 8,
+                 "first_frame_given": first_frame_error is not None}
+        if first_frame_error is not None:
+            video["first_frame_error"] = first_frame_error
+        return {**evaluation(12.0, accuracy, n=400), "seconds": 100.0, "video": video}
+
+    results = page_tables.gather_evaluations({"text to video": scored(0.93), "image to video": scored(0.95, 0.021)})
+    lines = report.render("clips", results).splitlines()
+    assert lines[0] == "| | text to video | image to video | real held-out clips |"
+    assert lines[2] == "| frame FID (floor 5.45) | 12.00 | 12.00 | - |"
+    assert "| digit accuracy, frame by frame | 93.0% | 95.0% | 99.0% |" in lines
+    assert "| moving the direction asked | 90.0% | 90.0% | 100.0% |" in lines
+    assert "| first frame given, its mean pixel error | - | 2.1% | - |" in lines  # only where one was given
+    assert "| seconds to draw a clip | 0.25 | 0.25 | - |" in lines
+    with pytest.raises(ValueError, match="no video scores in: plain"):
+        report.render("clips", page_tables.gather_evaluations({"plain": evaluation(5.0, 0.97)}))

@@ -14,6 +14,7 @@ which writes docs/results/latent_guidance.json (report.publish) and fills the pa
     <!-- generated from docs/results/x.json: curves over seeds -->            few-step curves, each seed's mean
     <!-- generated from docs/results/x.json: learning curves -->             quality against training, a row per model
     <!-- generated from docs/results/x.json: framing over seeds -->          cut-off and tiny digits, a column per model
+    <!-- generated from docs/results/x.json: clips -->                       a video model's clips, a column per output
 
 so its numbers are checked by tests/test_docs.py like the study's (report.py renders every kind).
 """
@@ -270,6 +271,36 @@ def framing_over_seeds(results: dict) -> str:
               + " |"
               for name, value, percent in measures]
     return "\n".join(lines) + "\n\nMean +- sample standard deviation over training seeds.\n"
+
+
+def clips(results: dict) -> str:
+    """Video DiTs' clips (difflab.video_scores): a column per evaluate.py output, and the real held-out clips' own
+    scores (the first output's `real` entry), the ceiling, beside them; a row per measure."""
+    missing = [r["label"] for r in results["rows"] if not r.get("video")]
+    if missing:
+        raise ValueError(f"no video scores in: {', '.join(missing)} (evaluate a video DiT's checkpoint)")
+    rows, real = results["rows"], results["rows"][0]["video"]["real"]
+
+    def pct(value) -> str:
+        return "-" if value is None else f"{100 * value:.1f}%"
+
+    measures = [("digit accuracy, frame by frame", "frame_accuracy"),
+                ("one digit in every frame", "identity_consistent"),
+                ("the digit asked for in every frame", "identity_correct"),
+                ("moving the direction asked", "direction_accuracy"), ("at the speed asked", "speed_accuracy")]
+    lines = ["| | " + " | ".join(r["label"] for r in rows) + " | real held-out clips |",
+             "|---" * (len(rows) + 2) + "|",
+             f"| frame FID (floor {rows[0]['fid_floor']:.2f}) | " + " | ".join(f"{r['fid']:.2f}" for r in rows)
+             + " | - |"]
+    lines += [f"| {name} | " + " | ".join(pct(r["video"][key]) for r in rows) + f" | {pct(real[key])} |"
+              for name, key in measures]
+    lines.append("| first frame given, its mean pixel error | "
+                 + " | ".join(pct(r["video"].get("first_frame_error")) for r in rows) + " | - |")
+    lines.append("| sampling | " + " | ".join(f"{r['sampler']} x{r['steps']}, CFG {r['cfg_scale']:g}" for r in rows)
+                 + " | - |")
+    lines.append("| seconds to draw a clip | " + " | ".join(f"{r['seconds'] / r['n']:.2f}" for r in rows) + " | - |")
+    return ("\n".join(lines) + f"\n\nN = {rows[0]['n']} clips each, asked for the first held-out clips' prompts; "
+            "pixel errors with pixels in [0, 1].\n")
 
 
 def gather_evaluations(labelled: dict) -> dict:

@@ -40,8 +40,8 @@ from typing import Optional
 from ..infra.outputs import write_error, write_together
 from .config_diff import config_changes  # every setting two configs differ in
 from .page_tables import (  # a page's own measurements
-    adherence, adherence_over_seeds, curves, curves_over_seeds, evaluations, evaluations_over_seeds, framing_over_seeds,
-    learning_curves, spread_text)
+    adherence, adherence_over_seeds, clips, curves, curves_over_seeds, evaluations, evaluations_over_seeds,
+    framing_over_seeds, learning_curves, spread_text)
 from ..infra.untrusted import StructureError, check_structure, one_line, shown
 
 # The story's order, and the name each config goes by in a table.
@@ -276,7 +276,7 @@ RENDERERS = {
     "sweeps": sweeps, "fewstep": fewstep, "evaluations": evaluations, "curves": curves, "adherence": adherence,
     "evaluations over seeds": evaluations_over_seeds, "adherence over seeds": adherence_over_seeds,
     "curves over seeds": curves_over_seeds, "learning curves": learning_curves,
-    "framing over seeds": framing_over_seeds,
+    "framing over seeds": framing_over_seeds, "clips": clips,
 }
 
 
