@@ -212,7 +212,8 @@ def test_image_to_video_trains_samples_and_scores_from_held_out_first_frames(tmp
     tiles, motion, digits = synthetic_split("test")
     assert frames.shape == (3, 1, 32, 32) and frames.min() == -1 and frames.max() > 0
     assert not torch.equal(frames[0], frames[1])  # two 3s: two held-out clips of 3, their first frames
-    assert torch.equal(frames[2, 0], torch.from_numpy(moving_mnist.render(tiles, motion[[8]])[0, 0]).float() / 127.5 - 1)
+    first_of_8 = torch.from_numpy(moving_mnist.render(tiles, motion[[8]])[0, 0]).float() / 127.5 - 1
+    assert torch.equal(frames[2, 0], first_of_8)
     drawn = pipe.generate(labels, seed=0)
     assert torch.equal(drawn.images, pipe.generate(labels, seed=0, first_frames=frames).images)
     assert not torch.equal(drawn.images, pipe.generate(labels, seed=0, first_frames=-frames).images)
