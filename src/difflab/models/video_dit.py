@@ -60,6 +60,7 @@ class VideoDiTConfig(NetConfig):
     mlp_ratio: float = 4.0
     attention: str = "factorised"  # full | factorised
     first_frame: float = 0.0  # image-to-video: the share of training clips given their first frame (0: text only)
+    qk_norm: bool = False  # RMS-normalise queries and keys (SD3.5): lr 0.008 diverged without it (docs/video.md)
 
     CPU_SAMPLING_BATCH = 8
 
@@ -114,7 +115,7 @@ class VideoDiT(nn.Module):
 
     def __init__(self, in_channels: int, image_size: int, frames: int, hidden_size: int, depth: int,
                  num_heads: int, patch_size: int, tubelet: int, mlp_ratio: float = 4.0, attention: str = "factorised",
-                 first_frame: float = 0.0):
+                 first_frame: float = 0.0, qk_norm: bool = False):
         super().__init__()
         self.in_channels, self.patch, self.tubelet, self.attention = in_channels, patch_size, tubelet, attention
         self.grid, self.times = image_size // patch_size, frames // tubelet  # tokens per side, per clip in time
@@ -127,7 +128,7 @@ class VideoDiT(nn.Module):
         self.register_buffer("pos_embed", (time[:, None] + space[None]).flatten(0, 1)[None], persistent=False)
         self.t_embed = TimestepEmbedder(hidden_size)
         self.y_embed = MotionEmbedder(hidden_size)
-        self.blocks = nn.ModuleList(DiTBlock(hidden_size, num_heads, mlp_ratio) for _ in range(depth))
+        self.blocks = nn.ModuleList(DiTBlock(hidden_size, num_heads, mlp_ratio, qk_norm) for _ in range(depth))
         self.final = FinalLayer(hidden_size, 1, in_channels * tubelet * patch_size * patch_size)
         # DiT's initialisation (dit.py): Xavier Linears, small embeddings, every block's modulation zeroed
         nn.init.xavier_uniform_(self.patch_embed.weight.view(hidden_size, -1))
