@@ -2,6 +2,7 @@
 
     python benchmarks/video_attention.py                     # training clips/s and sampling s/clip, both kinds
     python benchmarks/video_attention.py --steps 5 --rounds 3
+    python benchmarks/video_attention.py --out docs/results/video_attention.json   # what docs/video.md quotes
 
 The two configs of configs/video/ have the same weights and differ in which tokens attend to which: every one to
 every other (full: 256 x 256 pairs a block) or within a frame, then across the frames at one position (factorised).
@@ -12,6 +13,7 @@ sampling batch of 8).
 """
 
 import argparse
+import json
 import statistics
 import sys
 import time
@@ -84,6 +86,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=10, help="training steps per round")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--sample-steps", type=int, default=50)
+    p.add_argument("--out", type=Path, help="also write the numbers printed to this JSON file")
     args = p.parse_args()
     torch.manual_seed(0)
     models, opts = {}, {}
@@ -100,14 +103,22 @@ def main() -> None:
             times[name].append(train_seconds(models[name], opts[name], x, t, y, args.steps))
     print(f"video DiT, {count_parameters(models['full']):,} parameters, {torch.get_num_threads()} threads, "
           f"batch {args.batch}, {args.rounds} rounds of {args.steps} steps")
-    rate = {}
+    rate, measured = {}, {}
     for name in CONFIGS:
         rate[name] = args.batch * args.steps / statistics.median(times[name])
         linear, attn = flops_per_clip(models[name], x, t, y) / 1e9, attention_flops(models[name]) / 1e9
         sample = sample_seconds(models[name], 8, args.sample_steps) / 8
         print(f"  {name:10s} training {rate[name]:6.1f} clips/s   {linear + attn:5.2f} GFLOP per training clip "
               f"({attn:.2f} of it attention)   sampling {sample:5.2f} s per clip ({args.sample_steps} guided steps)")
-    print(f"  factorised / full training speed: {rate['factorised'] / rate['full']:.2f}x")
+        measured[name] = {"training_clips_per_s": rate[name], "gflop_per_training_clip": linear + attn,
+                          "attention_gflop": attn, "sampling_s_per_clip": sample}
+    speedup = rate["factorised"] / rate["full"]
+    print(f"  factorised / full training speed: {speedup:.2f}x")
+    if args.out:
+        args.out.write_text(json.dumps({"kind": "video attention", "threads": torch.get_num_threads(),
+                                        "batch": args.batch, "sample_steps": args.sample_steps,
+                                        "speedup": speedup, **measured}, indent=1) + "\n")
+        print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":
