@@ -9,8 +9,8 @@
 # Publishes docs/results/video.json (the `clips` block of docs/video.md). Resumable: each run and score is kept and
 # skipped when rerun.
 #   bash benchmarks/video_study.sh       (about three hours on 2 CPU cores: two trainings, four scores)
-#   FULL_IMAGES=115000 bash benchmarks/video_study.sh     adds full attention (python benchmarks/video_attention.py:
-#                                                        how much slower it trains, so how many clips in the minutes)
+#   FULL_IMAGES=106000 bash benchmarks/video_study.sh     adds full attention at the factorised run's training FLOPs
+#       (benchmarks/video_attention.py: 2.43 GFLOP a clip against 1.91, so 135,000 x 1.91 / 2.43 clips)
 #   IMAGES=64 N=8 OUT=/tmp/vs PUBLISH= bash benchmarks/video_study.sh    a smoke test
 set -euo pipefail
 cd "$(dirname "$0")/.."
