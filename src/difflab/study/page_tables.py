@@ -29,6 +29,11 @@ from ..microcond import TINY
 SEED = re.compile(r",\s*seed \d+$")  # "SD1 cross-attention, seed 2": seed 2 of the model "SD1 cross-attention"
 
 
+def sampling_text(r: dict) -> str:
+    """How an evaluate.py output was sampled: "euler x50, CFG 1.5"."""
+    return f"{r['sampler']} x{r['steps']}, CFG {r['cfg_scale']:g}"
+
+
 def evaluations(results: dict) -> str:
     """A page's own measurements: one row per evaluate.py output (`--out FILE.json`), under the label it was given.
 
@@ -162,7 +167,7 @@ def evaluations_over_seeds(results: dict) -> str:
     for name, seeds in by_model(results["rows"]).items():
         accuracy = "n/a" if any(r["accuracy"] is None for r in seeds) else over_seeds([r["accuracy"] for r in seeds],
                                                                                         True)
-        sampling = " / ".join(sorted({f"{r['sampler']} x{r['steps']}, CFG {r['cfg_scale']:g}" for r in seeds}))
+        sampling = " / ".join(sorted({sampling_text(r) for r in seeds}))
         lines.append(f"| {name} | {len(seeds)} | {over_seeds([r['fid'] for r in seeds])} | {accuracy} | {sampling} |")
     first = results["rows"][0]
     return ("\n".join(lines) + f"\n\nMean +- sample standard deviation over training seeds; N = {first['n']}, floor "
@@ -240,7 +245,7 @@ def adherence_over_seeds(results: dict) -> str:
                       lambda r: r["adherence"]["clip"]["correlation_over_prompts"], False)]
 
     def sampling(seeds: list) -> str:
-        return " / ".join(sorted({f"{r['sampler']} x{r['steps']}, CFG {r['cfg_scale']:g}" for r in seeds}))
+        return " / ".join(sorted({sampling_text(r) for r in seeds}))
 
     lines = ["| | " + " | ".join(f"{m} ({len(seeds)} seeds)" for m, seeds in models.items()) + " |",
              "|---" * (len(models) + 1) + "|"]
@@ -296,7 +301,7 @@ def clips(results: dict) -> str:
               for name, key in measures]
     lines.append("| first frame given, its mean pixel error | "
                  + " | ".join(pct(r["video"].get("first_frame_error")) for r in rows) + " | - |")
-    lines.append("| sampling | " + " | ".join(f"{r['sampler']} x{r['steps']}, CFG {r['cfg_scale']:g}" for r in rows)
+    lines.append("| sampling | " + " | ".join(sampling_text(r) for r in rows)
                  + " | - |")
     lines.append("| seconds to draw a clip | " + " | ".join(f"{r['seconds'] / r['n']:.2f}" for r in rows) + " | - |")
     return ("\n".join(lines) + f"\n\nN = {rows[0]['n']} clips each, asked for the first held-out clips' prompts; "
