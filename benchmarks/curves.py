@@ -18,8 +18,9 @@ A model half-trained on a machine that is gone starts again from its first epoch
 
 Each score file gains a "training" record (epoch, run length, images, wall and CPU seconds of training from the
 checkpoint: CPU seconds, summed over the process's threads, do not count the time a run was paused; GFLOP per
-training image from torch.utils.flop_counter) before the scores are published as docs/results/<--publish>.json
-(block `learning curves`) with the figure docs/images/learning_curves.png, after every scored point.
+training image from difflab.infra.speed.flop_counter, attention included) before the scores are published as
+docs/results/<--publish>.json (block `learning curves`) with the figure docs/images/learning_curves.png, after every
+scored point.
 """
 
 from __future__ import annotations

@@ -22,9 +22,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
 import torch  # noqa: E402
-from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from difflab.config import load_config  # noqa: E402
+from difflab.infra.speed import training_flops  # noqa: E402
 from difflab.models.vae import build_vae  # noqa: E402
 from difflab.training import Trainer  # noqa: E402
 
@@ -46,10 +46,7 @@ def images_per_s(trainer: Trainer, steps: int) -> float:
 def gflop_per_image(trainer: Trainer) -> float:
     """FLOPs of one training step's forward and backward, per image (multiply-add = 2 FLOPs)."""
     x, y = trainer.x[: trainer.batch_size], trainer.y[: trainer.batch_size]
-    with FlopCounterMode(display=False) as counter:
-        trainer.model(x, torch.rand(len(x)) * 1000, y).pow(2).mean().backward()
-    trainer.model.zero_grad(set_to_none=True)
-    return counter.get_total_flops() / len(x) / 1e9
+    return training_flops(trainer.model, x, torch.rand(len(x)) * 1000, y) / len(x) / 1e9
 
 
 @torch.no_grad()

@@ -1,5 +1,6 @@
 """`train_throughput.py --all`: FLOPs, images/s and achieved GFLOP/s for every config."""
 
+import json
 import statistics
 import sys
 import time
@@ -9,15 +10,25 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
 import torch  # noqa: E402
-from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from difflab.config import load_config  # noqa: E402
+from difflab.infra.speed import training_flops  # noqa: E402
 from difflab.models import build_model, count_parameters  # noqa: E402
 
 CONFIGS = ["configs/unified_sd1_unet_eps.yaml", "configs/unified_sd2_unet_v.yaml",
            "configs/unified_sd3_mmdit_flow.yaml", "configs/reference/ddpm_original.yaml",
            "configs/reference/unet_x0_prediction.yaml", "configs/reference/unet_flow.yaml",
            "configs/reference/dit_transformer.yaml"]
+
+
+# the shapes the docs' FLOP tables compare besides the configs themselves (docs/dit.md, docs/lab/)
+VARIANTS = [("dit_transformer, 4x4 patches", "configs/reference/dit_transformer.yaml", ["model.patch_size=4"]),
+            ("unified_sd3_mmdit_flow, 4 joint blocks", "configs/unified_sd3_mmdit_flow.yaml",
+             ["model.depth=4", "model.single_depth=0"]),
+            ("unified_sd3_mmdit_flow, 4 joint blocks, 4x4 patches", "configs/unified_sd3_mmdit_flow.yaml",
+             ["model.depth=4", "model.single_depth=0", "model.patch_size=4"]),
+            ("unified_sd3_mmdit_flow, hourglass", "configs/unified_sd3_mmdit_flow.yaml", ["model.hourglass=true"]),
+            ("dit_transformer, hourglass", "configs/reference/dit_transformer.yaml", ["model.hourglass=true"])]
 
 
 def matmul_peak(n: int = 2048, reps: int = 10) -> float:
@@ -31,11 +42,8 @@ def matmul_peak(n: int = 2048, reps: int = 10) -> float:
 
 
 def flops_per_image(model, shape) -> float:
-    x, t, y = torch.randn(1, *shape), torch.full((1,), 500.0), torch.tensor([3])
-    with FlopCounterMode(display=False) as counter:
-        model(x, t, y).pow(2).mean().backward()
-    model.zero_grad(set_to_none=True)
-    return counter.get_total_flops()
+    """FLOPs of one image's training forward and backward, attention included (difflab.infra.speed.flop_counter)."""
+    return training_flops(model, torch.randn(1, *shape), torch.full((1,), 500.0), torch.tensor([3]))
 
 
 def train_speed(model, shape, batch: int, steps: int, rounds: int) -> float:
@@ -94,6 +102,25 @@ class _Peer(torch.nn.Module):
 
     def forward(self, x, t, y):
         return self.net(x, t, class_labels=y).sample
+
+
+def run_flops(args) -> int:
+    """`--flops`: parameters and GFLOP per training image of every config and VARIANTS, nothing timed (seconds)."""
+    print("| network | params | tokens or positions | GFLOP / train image |\n|---|---|---|---|")
+    rows = []
+    for name, path, overrides in [(Path(c).stem, c, []) for c in CONFIGS] + VARIANTS:
+        cfg = load_config(ROOT / path, overrides)
+        model = build_model(cfg.model)
+        patch = getattr(cfg.model.net, "patch_size", None)
+        where = f"{(28 // patch) ** 2} tokens" if patch else "28x28 pixels"
+        rows.append({"network": name, "config": path, "overrides": overrides, "params": count_parameters(model),
+                     "inputs": where, "gflop_per_training_image": round(flops_per_image(model, (1, 28, 28)) / 1e9, 4)})
+        print(f"| {name} | {rows[-1]['params']:,} | {where} | {rows[-1]['gflop_per_training_image']:.2f} |")
+    if args.out:
+        args.out.write_text(json.dumps({"kind": "flops", "counter": "difflab.infra.speed.flop_counter",
+                                        "rows": rows}, indent=2) + "\n")
+        print(f"wrote {args.out}")
+    return 0
 
 
 def run_table(args) -> int:

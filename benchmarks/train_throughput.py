@@ -3,15 +3,19 @@
     python benchmarks/train_throughput.py                 # SD1: train.py's loop vs a bare loop
     python benchmarks/train_throughput.py --config configs/unified_sd2_unet_v.yaml --steps 20
     python benchmarks/train_throughput.py --all [--compile] [--peer]
+    python benchmarks/train_throughput.py --flops         # GFLOP per training image of every network, in seconds
+    python benchmarks/train_throughput.py --flops --out docs/results/flops.json    # what the docs quote
 
 Default: train.py's loop against a bare forward/backward/step loop on the same model
 and batch. Rounds of the two alternate, so a noisy machine slows both alike; the
 medians and their ratio are printed. The loop's overhead (EMA, clipping, LR schedule,
 batch indexing, logging) should stay under 10% on the CPU.
 
---all: per config, parameters, FLOPs per training image (torch.utils.flop_counter),
+--all: per config, parameters, FLOPs per training image (difflab.infra.speed.flop_counter),
 images/s eager (and compiled with --compile), the GFLOP/s achieved against this
-machine's fp32 matmul peak measured in the same run, and sampling images/s.
+machine's fp32 matmul peak measured in the same run, and sampling images/s. FLOPs are
+counted by difflab.infra.speed.flop_counter: torch's counter, told what attention costs on
+a CPU (torch alone counts it as nothing there). --flops prints only the FLOP table.
 --peer adds diffusers' UNet2DModel configured to our SD1 U-Net's parameter count
 (pip install diffusers), timed with the same bare loop; --peer alone times ours and it in
 alternating rounds and prints their ratio.
@@ -63,17 +67,19 @@ def main():
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--all", action="store_true", help="a table over every config")
+    p.add_argument("--flops", action="store_true", help="only the FLOPs per training image of every network")
+    p.add_argument("--out", type=Path, help="with --flops: also write the table to this JSON file")
     p.add_argument("--compile", action="store_true", help="with --all: also time torch.compile")
     p.add_argument("--peer", action="store_true",
                    help="with --all: a row for diffusers' UNet2DModel; alone: ours against it in alternating rounds")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.all or args.peer:
+    if args.all or args.peer or args.flops:
         sys.path.insert(0, str(Path(__file__).resolve().parent))
-        from throughput_table import run_peer, run_table
+        from throughput_table import run_flops, run_peer, run_table
 
-        return run_table(args) if args.all else run_peer(args)
+        return run_flops(args) if args.flops else run_table(args) if args.all else run_peer(args)
 
     with tempfile.TemporaryDirectory() as tmp:
         cfg = load_config(args.config, [f"training.output_dir={tmp}", "training.device=cpu",

@@ -6,7 +6,7 @@ Times one training step (forward, MSE, backward, AdamW; the bare loop of train_t
 the SD3 MMDiT and the DiT as configured, and of the two transformers with `model.hourglass: true` (HDiT,
 Crowson et al. 2024: the blocks between the first and the last run on 2x2-merged tokens). The rows alternate
 round by round, so a noisy machine slows all alike; it prints parameters, GFLOP per training image
-(torch.utils.flop_counter), the median images/s and its ratio to the U-Net's. Run it alone: two CPU-heavy
+(difflab.infra.speed.flop_counter), the median images/s and its ratio to the U-Net's. Run it alone: two CPU-heavy
 processes on 2 cores slow each other ten-fold.
 """
 

@@ -7,7 +7,7 @@
 The two configs of configs/video/ have the same weights and differ in which tokens attend to which: every one to
 every other (full: 256 x 256 pairs a block) or within a frame, then across the frames at one position (factorised).
 Rounds of the two alternate, so a noisy machine slows both alike; the medians and their ratio are printed, with the
-FLOPs of one training clip (torch.utils.flop_counter, plus the attention products it does not count on a CPU) and
+FLOPs of one training clip (difflab.infra.speed.flop_counter; the attention products' share counted by hand) and
 the seconds to sample one clip (50 Euler steps, guided: one network call of a doubled batch per step, at the CPU's
 sampling batch of 8).
 """
@@ -58,18 +58,16 @@ def sample_seconds(model, n: int, steps: int) -> float:
 
 
 def flops_per_clip(model, x, t, y) -> float:
-    from torch.utils.flop_counter import FlopCounterMode
+    """FLOPs of one training clip, attention included (difflab.infra.speed.flop_counter)."""
+    from difflab.infra.speed import training_flops
 
-    with FlopCounterMode(display=False) as counter:
-        model(x[:1], t[:1], y[:1]).pow(2).mean().backward()
-    model.zero_grad(set_to_none=True)
-    return counter.get_total_flops()
+    return training_flops(model, x[:1], t[:1], y[:1])
 
 
 def attention_flops(model) -> float:
-    """Training FLOPs per clip of the attention products q k^T and (softmax) v, which torch's counter misses on a
-    CPU (scaled_dot_product_attention is not counted): 2 products x 2 FLOPs per multiply-add x query-key pairs x
-    width, forward and backward (x 3)."""
+    """Training FLOPs per clip of the attention products q k^T and (softmax) v, counted by hand (the share of
+    flops_per_clip's total that attention is): 2 products x 2 FLOPs per multiply-add x query-key pairs x width,
+    forward and backward (x 3)."""
     T, S, Ft = model.times * model.grid ** 2, model.grid ** 2, model.times
     width = model.pos_embed.shape[-1]
     blocks = len(model.blocks)
@@ -106,11 +104,11 @@ def main() -> None:
     rate, measured = {}, {}
     for name in CONFIGS:
         rate[name] = args.batch * args.steps / statistics.median(times[name])
-        linear, attn = flops_per_clip(models[name], x, t, y) / 1e9, attention_flops(models[name]) / 1e9
+        total, attn = flops_per_clip(models[name], x, t, y) / 1e9, attention_flops(models[name]) / 1e9
         sample = sample_seconds(models[name], 8, args.sample_steps) / 8
-        print(f"  {name:10s} training {rate[name]:6.1f} clips/s   {linear + attn:5.2f} GFLOP per training clip "
+        print(f"  {name:10s} training {rate[name]:6.1f} clips/s   {total:5.2f} GFLOP per training clip "
               f"({attn:.2f} of it attention)   sampling {sample:5.2f} s per clip ({args.sample_steps} guided steps)")
-        measured[name] = {"training_clips_per_s": rate[name], "gflop_per_training_clip": linear + attn,
+        measured[name] = {"training_clips_per_s": rate[name], "gflop_per_training_clip": total,
                           "attention_gflop": attn, "sampling_s_per_clip": sample}
     speedup = rate["factorised"] / rate["full"]
     print(f"  factorised / full training speed: {speedup:.2f}x")

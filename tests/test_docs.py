@@ -62,7 +62,7 @@ PUBLISHED = sorted((ROOT / "docs" / "results").glob("*.json"))
 # A study's rows describe configs as they are now; a page's own measurements (kind "evaluations") are
 # evaluate.py outputs with sampling changed on purpose, and keep their checkpoint and settings instead.
 # Results that measure something other than configs' models: a page's own evaluations, encoders, data, costs
-NOT_STUDIES = ("evaluations", "text encoders", "framing data", "framing requests", "video attention")
+NOT_STUDIES = ("evaluations", "text encoders", "framing data", "framing requests", "video attention", "flops")
 STUDIES = [p for p in PUBLISHED if json.loads(p.read_text()).get("kind") not in NOT_STUDIES]
 
 

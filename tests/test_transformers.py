@@ -303,3 +303,37 @@ def test_an_hourglass_needs_an_even_token_grid_and_three_blocks(name):
     with pytest.raises(ConfigError, match="model.hourglass: expected bool, got 2"):
         load_config(root / config, ["model.hourglass=2"])
     assert load_config(root / config, ["model.hourglass=true"]).model.net.hourglass is True
+
+
+def test_flop_counter_counts_attention_on_the_cpu():
+    """torch's own counter has no formula for the CPU attention kernel (it counts it as nothing); difflab's adds
+    2 products x 2 FLOPs per multiply-add x query-key pairs x head width, forward, and twice that backward."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from difflab.infra.speed import training_flops
+
+    class Attend(torch.nn.Module):
+        def forward(self, x, t, y):  # (B, heads, tokens, width): attention alone, nothing else to count
+            return F.scaled_dot_product_attention(x, x, x)
+
+    batch, heads, tokens, width = 2, 3, 50, 8
+    x = torch.randn(batch, heads, tokens, width, requires_grad=True)
+    expected = 3 * 2 * 2 * batch * heads * tokens * tokens * width
+    assert training_flops(Attend(), x, None, None) == expected
+    with FlopCounterMode(display=False) as plain:  # what the project counted before: if torch learns it, drop ours
+        F.scaled_dot_product_attention(x, x, x).pow(2).mean().backward()
+    assert plain.get_total_flops() < expected
+
+
+@pytest.mark.parametrize("name", ["dit", "mmdit"])
+def test_a_transformers_flops_grow_faster_than_linearly_in_tokens(name):
+    """Halving the patch side quadruples the tokens: the Linears' FLOPs grow 4x, attention's 16x, so the whole
+    network's more than 4x (counted with attention; without it, the ratio would be 4x at most)."""
+    from difflab.infra.speed import training_flops
+
+    flops = {}
+    for patch in (2, 4):
+        torch.manual_seed(0)
+        model = BUILDERS[name](settings(name, patch_size=patch, **TINY), 1, 28)
+        flops[patch] = training_flops(model, torch.randn(1, 1, 28, 28), torch.full((1,), 500.0), torch.tensor([3]))
+    assert flops[2] > 4.2 * flops[4]
