@@ -1,4 +1,4 @@
-"""Guidance of 2024 against plain CFG, on the milestones of the learning curves (issue 46, part 2; docs/why_they_changed.md).
+"""Guidance of 2024 against plain CFG, on the learning curves' milestones (issue 46, part 2; docs/why_they_changed.md).
 
 For each milestone (SD1, SD2, SD3) this takes the run of benchmarks/curves.py at its best scored epoch (the lowest
 FID) and samples it three ways, each with the config's own sampler and steps:
