@@ -25,7 +25,7 @@ def flop_counter() -> FlopCounterMode:
 
     On a CPU, F.scaled_dot_product_attention runs a kernel (_scaled_dot_product_flash_attention_for_cpu) that
     torch's counter has no formula for, so it counted the products q k^T and (softmax) v as 0 FLOPs: a
-    transformer's FLOPs came out about a third short (the SD3 MMDiT's 1.22 GFLOP per training image as 0.91).
+    transformer's FLOPs came out about a quarter short (the SD3 MMDiT's 1.18 GFLOP per training image as 0.91).
     This counter gives that kernel torch's own formula for attention (2 products, 2 FLOPs per multiply-add) and its
     backward twice that, as for any matrix product: model FLOPs, the work the maths needs, as the scaling-law
     papers count it (Kaplan et al. 2020, Sec. 2.1), not the kernel's recomputation of the scores."""
