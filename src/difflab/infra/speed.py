@@ -7,20 +7,21 @@ import time
 from typing import Callable
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from .validation import ConfigError
 
 
 def _sdpa_forward_flops(query, key, value, *args, out_shape=None, **kwargs) -> int:
+    from torch.utils.flop_counter import sdpa_flop_count
+
     return sdpa_flop_count(query, key, value)  # the shapes: FlopCounterMode passes shapes to a formula
 
 
 def _sdpa_backward_flops(grad_out, query, key, value, *args, out_shape=None, **kwargs) -> int:
-    return 2 * sdpa_flop_count(query, key, value)
+    return 2 * _sdpa_forward_flops(query, key, value)
 
 
-def flop_counter() -> FlopCounterMode:
+def flop_counter():
     """torch's FlopCounterMode, told what attention costs on a CPU.
 
     On a CPU, F.scaled_dot_product_attention runs a kernel (_scaled_dot_product_flash_attention_for_cpu) that
@@ -29,6 +30,8 @@ def flop_counter() -> FlopCounterMode:
     This counter gives that kernel torch's own formula for attention (2 products, 2 FLOPs per multiply-add) and its
     backward twice that, as for any matrix product: model FLOPs, the work the maths needs, as the scaling-law
     papers count it (Kaplan et al. 2020, Sec. 2.1), not the kernel's recomputation of the scores."""
+    from torch.utils.flop_counter import FlopCounterMode  # measuring only: not on the training loop's start-up
+
     aten = torch.ops.aten
     return FlopCounterMode(display=False, custom_mapping={
         aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_forward_flops,
