@@ -8,7 +8,8 @@
 #   on seed 0, each stage given real test digits shrunk to 14x14 instead of the base's drawings (a perfect base: an
 #   upper bound whose FID flatters, the inputs being the test set's own digits), and the augmented stage sampled at
 #   other augmentation levels (sampling.aug_level), which is how the config's level was chosen.
-# Publishes docs/results/cascade.json. Resumable.
+# Publishes docs/results/cascade.json. Resumable, and on a new clone it scores only the rows docs/results/cascade.json
+# lacks (lib.sh's restore_published; delete a row's file to measure it again, or RESTORE=0 for all of them).
 #   bash benchmarks/cascade_study.sh       (about an hour and a half on 2 CPU cores)
 #   IMAGES=640 N=20 SEEDS=1 LEVELS=0.5 OUT=/tmp/cs PUBLISH= bash benchmarks/cascade_study.sh    a smoke test
 set -euo pipefail
@@ -19,35 +20,47 @@ N=${N:-1000}
 SEEDS=${SEEDS:-3}
 LEVELS=${LEVELS:-0.0 0.1 0.4}  # besides the config's 0.2
 PUBLISH=${PUBLISH-cascade}  # empty: list the scores, publish nothing
-source benchmarks/lib.sh  # train_once, score_once, PYTHON
+source benchmarks/lib.sh  # train_once, score_once, restore_published, missing, PYTHON
 HALF=$((IMAGES / 2))
 declare -A LABEL=([sr_28]="cascade, augmented" [sr_28_no_aug]="cascade, not augmented")
-labels=()
+labels=()  # LABEL=SCORES.json, in the published table's order
+for seed in $(seq 0 $((SEEDS - 1))); do
+  labels+=("base 14x14 alone, enlarged, seed $seed=$OUT/seed$seed/base_14.json")
+  for name in sr_28 sr_28_no_aug; do labels+=("${LABEL[$name]}, seed $seed=$OUT/seed$seed/$name.json"); done
+done
+for name in sr_28 sr_28_no_aug; do
+  labels+=("${LABEL[$name]}, given real 14x14 digits, seed 0=$OUT/seed0/$name.real.json")
+done
+for level in $LEVELS; do
+  labels+=("cascade, augmented, sampled at level $level, seed 0=$OUT/seed0/sr_28.aug$level.json")
+done
+restore_published "$PUBLISH" "$N" "${labels[@]}"  # a new clone scores only what docs/results/ does not hold
+
+extras=("$OUT"/seed0/sr_28.real.json "$OUT"/seed0/sr_28_no_aug.real.json)
+for level in $LEVELS; do extras+=("$OUT/seed0/sr_28.aug$level.json"); done
 for seed in $(seq 0 $((SEEDS - 1))); do
   dir=$OUT/seed$seed
+  needed=("$dir/base_14.json" "$dir/sr_28.json" "$dir/sr_28_no_aug.json")
+  [ "$seed" = 0 ] && needed+=("${extras[@]}")
+  missing "${needed[@]}" || continue  # every score of this seed is in hand: nothing to train
   budget=(training.output_dir="$dir" training.epochs=1 training.seed="$seed")
   base=$dir/base_14/checkpoints/model_epoch_1.pt
   train_once "base, seed $seed" "$base" "$dir.base_14.train.log" --config configs/cascade/base_14.yaml \
       "${budget[@]}" training.max_images="$HALF"
   score_once "base, seed $seed" "$dir/base_14.json" --checkpoint "$base" --n "$N"
-  labels+=("base 14x14 alone, enlarged, seed $seed=$dir/base_14.json")
-
   for name in sr_28 sr_28_no_aug; do
     sr=$dir/$name/checkpoints/model_epoch_1.pt
     train_once "$name, seed $seed" "$sr" "$dir.$name.train.log" --config "configs/cascade/$name.yaml" \
         "${budget[@]}" training.max_images="$HALF" cascade.base="$base"
     score_once "$name, seed $seed" "$dir/$name.json" --checkpoint "$sr" --n "$N"
-    labels+=("${LABEL[$name]}, seed $seed=$dir/$name.json")
   done
 done
 for name in sr_28 sr_28_no_aug; do  # seed 0's stages given real digits
   score_once "$name on real digits" "$OUT/seed0/$name.real.json" \
       --checkpoint "$OUT/seed0/$name/checkpoints/model_epoch_1.pt" --n "$N" --set sampling.low_res_from=real --set sampling.aug_level=0
-  labels+=("${LABEL[$name]}, given real 14x14 digits, seed 0=$OUT/seed0/$name.real.json")
 done
 for level in $LEVELS; do  # the augmented stage of seed 0 sampled at other levels
   score_once "sr_28 at aug_level $level" "$OUT/seed0/sr_28.aug$level.json" \
       --checkpoint "$OUT/seed0/sr_28/checkpoints/model_epoch_1.pt" --n "$N" --set sampling.aug_level="$level"
-  labels+=("cascade, augmented, sampled at level $level, seed 0=$OUT/seed0/sr_28.aug$level.json")
 done
 publish "$PUBLISH" "${labels[@]}"

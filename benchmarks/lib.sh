@@ -33,3 +33,32 @@ publish() {
     printf '%s\n' "$@"
   fi
 }
+
+# restore_published NAME N LABEL=SCORES.json...: on a machine without a study's files (a new clone), each missing
+# SCORES.json whose LABEL is a row of docs/results/NAME.json scored at N samples is written back from that row, so
+# score_once skips it and the study trains and scores only what was never published (the row came from the same
+# command; a study run at another N, or publishing nothing, restores nothing; RESTORE=0 measures every row again).
+restore_published() {
+  local name=$1 n=$2
+  shift 2
+  [ "${RESTORE:-1}" != 0 ] && [ -n "$name" ] && [ -f "docs/results/$name.json" ] || return 0
+  $PYTHON - "docs/results/$name.json" "$n" "$@" <<'PY'
+import json, pathlib, sys
+rows = {row["label"]: row for row in json.loads(pathlib.Path(sys.argv[1]).read_text()).get("rows", [])
+        if row.get("n") == int(sys.argv[2])}
+for pair in sys.argv[3:]:
+    label, _, path = pair.partition("=")
+    out = pathlib.Path(path)
+    if label in rows and not (out.exists() and out.stat().st_size):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({k: v for k, v in rows[label].items() if k != "label"}, indent=2))
+        print(f"{label}: restored from {sys.argv[1]} (delete {out} to measure it again)")
+PY
+}
+
+# missing FILE...: true when any FILE is missing or empty (a model is trained only if a score still needs it)
+missing() {
+  local f
+  for f in "$@"; do [ -s "$f" ] || return 0; done
+  return 1
+}

@@ -1,0 +1,56 @@
+"""benchmarks/lib.sh, the helpers every study script sources: on a new clone a study restores the rows it has
+already published instead of measuring them again, and restores nothing that was measured another way."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+LIB = Path(__file__).resolve().parents[1] / "benchmarks" / "lib.sh"
+
+
+def bash(script: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", "-c", f"set -euo pipefail; PYTHON={sys.executable}; source {LIB}; {script}"],
+                          cwd=cwd, capture_output=True, text=True, timeout=60)
+
+
+@pytest.fixture
+def published(tmp_path):
+    row = {"fid": 12.5, "fid_floor": 2.38, "accuracy": 0.9, "sampler": "ddim", "steps": 50, "cfg_scale": 1.5}
+    rows = [{"label": "a, seed 0", **row, "n": 1000}, {"label": "b, seed 0", **row, "n": 20},
+            {"label": "c, seed 0", **row, "n": 1000}]
+    (tmp_path / "docs" / "results").mkdir(parents=True)
+    (tmp_path / "docs" / "results" / "demo.json").write_text(json.dumps({"kind": "evaluations", "rows": rows}))
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "c.json").write_text('{"fid": 99}')  # measured here: kept as it is
+    return tmp_path, {r["label"]: r for r in rows}
+
+
+def test_restore_published_writes_back_only_missing_rows_scored_at_the_same_n(published):
+    root, rows = published
+    done = bash('restore_published demo 1000 "a, seed 0=out/a.json" "b, seed 0=out/b.json" '
+                '"c, seed 0=out/c.json" "d, seed 0=out/d.json"', root)
+    assert done.returncode == 0, done.stderr
+    restored = json.loads((root / "out" / "a.json").read_text())
+    assert restored == {k: v for k, v in rows["a, seed 0"].items() if k != "label"}
+    assert not (root / "out" / "b.json").exists()  # published at n = 20, asked at 1000: measured again
+    assert json.loads((root / "out" / "c.json").read_text()) == {"fid": 99}
+    assert not (root / "out" / "d.json").exists()  # never published
+    assert "a, seed 0: restored" in done.stdout and "b, seed 0" not in done.stdout
+
+
+@pytest.mark.parametrize("call", ['restore_published "" 1000', "RESTORE=0 restore_published demo 1000"])
+def test_restore_published_without_a_name_or_with_restore_0_restores_nothing(published, call):
+    root, _ = published
+    done = bash(f'{call} "a, seed 0=out/a.json"', root)
+    assert done.returncode == 0, done.stderr
+    assert not (root / "out" / "a.json").exists()
+
+
+def test_missing_is_true_while_any_file_is_absent_or_empty(tmp_path):
+    (tmp_path / "full").write_text("{}")
+    (tmp_path / "empty").write_text("")
+    answers = {case: bash(f"missing {case}", tmp_path).returncode
+               for case in ("full", "full empty", "full absent")}
+    assert answers == {"full": 1, "full empty": 0, "full absent": 0}
