@@ -6,7 +6,8 @@
 #   from real test digits' CLIP embeddings (how faithful its variations are);
 #   the prompted SD1 U-Net of the same seed (the encoder study's "joint" run, trained here if it is missing).
 # Publishes docs/results/unclip_study.json (SD1 and unCLIP side by side, "adherence over seeds") and
-# docs/results/unclip_decoder.json (the decoder alone). Resumable.
+# docs/results/unclip_decoder.json (the decoder alone), after every seed. Resumable, and on a new clone it measures only
+# the rows those files lack (RESTORE=0: measure them all again).
 #   bash benchmarks/unclip_study.sh        (about 1.5 hours on 2 CPU cores, more if SD1 is not trained yet)
 #   IMAGES=640 N=20 PER_PROMPT=1 SEEDS=1 OUT=/tmp/unclip ENCODER_STUDY=/tmp/unclip PUBLISH= bash benchmarks/unclip_study.sh
 set -euo pipefail
@@ -18,27 +19,38 @@ N=${N:-1000}
 PER_PROMPT=${PER_PROMPT:-20}
 SEEDS=${SEEDS:-3}
 PUBLISH=${PUBLISH-unclip_study}  # empty: list the scores, publish nothing
-source benchmarks/lib.sh  # train_once, score_once, PYTHON
-chained=() decoders=()
+source benchmarks/lib.sh  # train_once, score_once, restore_published, missing, publish, PYTHON
+chained=() decoders=()  # LABEL=SCORES.json for every seed, in the published tables' order
+for seed in $(seq 0 $((SEEDS - 1))); do
+  chained+=("SD1 U-Net reading the prompt, seed $seed=$ENCODER_STUDY/seed$seed/sd1_unet_crossattn.json"
+            "unCLIP: prior, then decoder, seed $seed=$OUT/seed$seed/unclip.json")
+  decoders+=("unCLIP decoder from a real test digit's CLIP embedding, seed $seed=$OUT/seed$seed/decoder.json")
+done
+restore_published "$PUBLISH" "$N" "${chained[@]}"  # a new clone measures only what docs/results/ does not hold
+restore_published "${PUBLISH:+unclip_decoder}" "$N" "${decoders[@]}"
 for seed in $(seq 0 $((SEEDS - 1))); do
   run=(training.epochs=1 training.max_images="$IMAGES" training.seed="$seed")
-  sd1=$ENCODER_STUDY/seed$seed/sd1_unet_crossattn/checkpoints/model_epoch_1.pt
-  train_once "SD1, seed $seed" "$sd1" "$ENCODER_STUDY/seed$seed.sd1_unet_crossattn.train.log" \
-      --config configs/prompt/sd1_unet_crossattn.yaml training.output_dir="$ENCODER_STUDY/seed$seed" "${run[@]}"
-  score_once "SD1, seed $seed" "$ENCODER_STUDY/seed$seed/sd1_unet_crossattn.json" --checkpoint "$sd1" --n "$N" \
-      --adherence-per-prompt "$PER_PROMPT"
+  sd1_scores=$ENCODER_STUDY/seed$seed/sd1_unet_crossattn.json
+  if missing "$sd1_scores"; then
+    sd1=$ENCODER_STUDY/seed$seed/sd1_unet_crossattn/checkpoints/model_epoch_1.pt
+    train_once "SD1, seed $seed" "$sd1" "$ENCODER_STUDY/seed$seed.sd1_unet_crossattn.train.log" \
+        --config configs/prompt/sd1_unet_crossattn.yaml training.output_dir="$ENCODER_STUDY/seed$seed" "${run[@]}"
+    score_once "SD1, seed $seed" "$sd1_scores" --checkpoint "$sd1" --n "$N" --adherence-per-prompt "$PER_PROMPT"
+  fi
   dir=$OUT/seed$seed
-  for stage in decoder prior; do
-    train_once "unCLIP $stage, seed $seed" "$dir/$stage/checkpoints/model_epoch_1.pt" "$dir.$stage.train.log" \
-        --config "configs/unclip/$stage.yaml" training.output_dir="$dir" "${run[@]}"
-  done
   decoder=$dir/decoder/checkpoints/model_epoch_1.pt
-  score_once "unCLIP decoder alone, seed $seed" "$dir/decoder.json" --checkpoint "$decoder" --n "$N"
-  score_once "unCLIP, seed $seed" "$dir/unclip.json" --checkpoint "$dir/prior/checkpoints/model_epoch_1.pt" \
-      --set sampling.decoder="$decoder" --n "$N" --adherence-per-prompt "$PER_PROMPT"
-  chained+=("SD1 U-Net reading the prompt, seed $seed=$ENCODER_STUDY/seed$seed/sd1_unet_crossattn.json"
-            "unCLIP: prior, then decoder, seed $seed=$dir/unclip.json")
-  decoders+=("unCLIP decoder from a real test digit's CLIP embedding, seed $seed=$dir/decoder.json")
+  if missing "$dir/decoder.json" "$dir/unclip.json"; then
+    train_once "unCLIP decoder, seed $seed" "$decoder" "$dir.decoder.train.log" --config configs/unclip/decoder.yaml \
+        training.output_dir="$dir" "${run[@]}"
+    score_once "unCLIP decoder alone, seed $seed" "$dir/decoder.json" --checkpoint "$decoder" --n "$N"
+  fi
+  if missing "$dir/unclip.json"; then
+    train_once "unCLIP prior, seed $seed" "$dir/prior/checkpoints/model_epoch_1.pt" "$dir.prior.train.log" \
+        --config configs/unclip/prior.yaml training.output_dir="$dir" "${run[@]}"
+    score_once "unCLIP, seed $seed" "$dir/unclip.json" --checkpoint "$dir/prior/checkpoints/model_epoch_1.pt" \
+        --set sampling.decoder="$decoder" --n "$N" --adherence-per-prompt "$PER_PROMPT"
+  fi
+  # published after every seed: the seeds done so far, so a study cut short keeps them (restored on a new clone)
+  publish "$PUBLISH" "${chained[@]:0:$((2 * (seed + 1)))}"
+  publish "${PUBLISH:+unclip_decoder}" "${decoders[@]:0:$((seed + 1))}"
 done
-publish "$PUBLISH" "${chained[@]}"
-publish "${PUBLISH:+unclip_decoder}" "${decoders[@]}"
