@@ -1,5 +1,7 @@
 """Imagen's cascade (difflab.cascade): a base at 14x14, a super-resolution stage that reads its drawings."""
 
+import json
+
 import pytest
 import torch
 
@@ -181,8 +183,12 @@ def test_train_py_trains_the_base_first_when_it_is_missing(tmp_path, monkeypatch
     sr_yaml.write_text(yaml.safe_dump({"model": {**small, **SR}, "training": budget,
                                        "sampling": {"steps": 2, "n_per_class": 1},
                                        "cascade": {"base": str(base), "base_config": str(base_yaml)}}))
-    assert train.main(["--config", str(sr_yaml), f"training.output_dir={tmp_path / 'runs'}"]) == 0
+    assert train.main(["--config", str(sr_yaml), f"training.output_dir={tmp_path / 'runs'}", "training.max_steps=3",
+                       "training.seed=5", "training.lr=0.5"]) == 0
     assert base.is_file() and (tmp_path / "runs" / "sr" / "checkpoints" / "last.pt").is_file()
+    # the run's length and seed asked on the command line are the base's too; how the stage learns (lr) is not
+    ran = json.loads((tmp_path / "runs" / "my_base" / "config.json").read_text())["training"]
+    assert (ran["max_steps"], ran["seed"], ran["lr"]) == (3, 5, 2e-3)
 
 
 # ---------------------------------------------------------------- SDXL's refiner: an expert of the low noise levels

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -148,9 +148,17 @@ def check_base(base_cfg: Config, sr_cfg: Config, path) -> None:
                           "of class labels")
 
 
-def train_base_first(cfg: Config) -> Optional[Path]:
+# The command line's settings of a run's length and machine, which the base trained first shares with the stage
+# that asked for it (`train.py --config sr_28.yaml training.max_images=640` trains both on 640 images); how each
+# stage learns (lr, batch size, ...) stays its own config's.
+SHARED_WITH_BASE = ("training.epochs", "training.max_steps", "training.max_images", "training.seed",
+                    "training.device", "training.threads", "training.precision", "training.compile")
+
+
+def train_base_first(cfg: Config, command_line: Sequence[str] = ()) -> Optional[Path]:
     """A cascade's first stage, when cascade.base does not exist yet and cascade.base_config names how to train it
-    (a fresh clone): train it, saying so; as latent diffusion trains its VAE first (vae_training.train_vae_first)."""
+    (a fresh clone): train it, saying so; as latent diffusion trains its VAE first (vae_training.train_vae_first).
+    `command_line`: train.py's overrides; those of SHARED_WITH_BASE apply to the base too."""
     from .config import ConfigError, load_config
     from .trainers import build_trainer
 
@@ -158,8 +166,9 @@ def train_base_first(cfg: Config) -> Optional[Path]:
     if path.name != "last.pt" or path.parent.name != "checkpoints":
         raise ConfigError(f"cascade.base: to train the base first it must end in <name>/checkpoints/last.pt (where "
                           f"train.py writes it), got {path}")
-    overrides = [f"training.output_dir={path.parents[2]}"] + ([f"data.data_dir={cfg.data.data_dir}"]
-                                                             if cfg.data.data_dir else [])
+    shared = [o for o in command_line if o.partition("=")[0].strip() in SHARED_WITH_BASE]
+    overrides = [f"training.output_dir={path.parents[2]}", *shared] + ([f"data.data_dir={cfg.data.data_dir}"]
+                                                                      if cfg.data.data_dir else [])
     base_cfg = dataclasses.replace(load_config(cfg.cascade.base_config, overrides), name=path.parents[1].name)
     check_base(base_cfg, cfg, cfg.cascade.base_config)
     print(f"no base stage at {path} yet: training it first (stage 1; the same as `python train.py "

@@ -63,7 +63,7 @@ def main(argv=None):
     if cfg.cascade.base and cfg.cascade.base_config and not Path(cfg.cascade.base).is_file():
         from difflab.cascade import train_base_first
 
-        train_base_first(cfg)  # a cascade's stage 1, on a fresh clone
+        train_base_first(cfg, args.overrides)  # a cascade's stage 1, on a fresh clone, on the same budget
     if cfg.cascade.refine_below and not (cfg.cascade.base and Path(cfg.cascade.base).is_file()):
         from difflab.config import ConfigError
 
