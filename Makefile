@@ -153,12 +153,12 @@ microcond-study: install data classifier
 
 # Imagen's cascade (issue 48, docs/cascade.md): a 14x14 base and a 28x28 super-resolution stage, with and without
 # noise conditioning augmentation, against SD1 at the same parameters and images, 3 seeds: docs/results/cascade.json.
-# About an hour and a half on 2 CPU cores; resumable.
+# About 50 minutes on 2 quiet CPU cores; resumable.
 cascade-study: install data classifier
 	bash benchmarks/cascade_study.sh
 
 # SDXL's refiner (issue 48, docs/microcond.md): a half-size SD1 and an expert of its low noise levels against SD1 at
-# the same parameters and images, 3 seeds: docs/results/refiner.json. About an hour and a quarter; resumable.
+# the same parameters and images, 3 seeds: docs/results/refiner.json. About 30 minutes; resumable.
 refiner-study: install data classifier
 	bash benchmarks/refiner_study.sh
 

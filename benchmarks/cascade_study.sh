@@ -10,7 +10,7 @@
 #   other augmentation levels (sampling.aug_level), which is how the config's level was chosen.
 # Publishes docs/results/cascade.json. Resumable, and on a new clone it scores only the rows docs/results/cascade.json
 # lacks (lib.sh's restore_published; delete a row's file to measure it again, or RESTORE=0 for all of them).
-#   bash benchmarks/cascade_study.sh       (about an hour and a half on 2 CPU cores)
+#   bash benchmarks/cascade_study.sh       (about 50 minutes on 2 quiet CPU cores)
 #   IMAGES=640 N=20 SEEDS=1 LEVELS=0.5 OUT=/tmp/cs PUBLISH= bash benchmarks/cascade_study.sh    a smoke test
 set -euo pipefail
 cd "$(dirname "$0")/.."
