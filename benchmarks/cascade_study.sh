@@ -36,12 +36,10 @@ for level in $LEVELS; do
 done
 restore_published "$PUBLISH" "$N" "${labels[@]}"  # a new clone scores only what docs/results/ does not hold
 
-extras=("$OUT"/seed0/sr_28.real.json "$OUT"/seed0/sr_28_no_aug.real.json)
-for level in $LEVELS; do extras+=("$OUT/seed0/sr_28.aug$level.json"); done
 for seed in $(seq 0 $((SEEDS - 1))); do
   dir=$OUT/seed$seed
-  needed=("$dir/base_14.json" "$dir/sr_28.json" "$dir/sr_28_no_aug.json")
-  [ "$seed" = 0 ] && needed+=("${extras[@]}")
+  needed=()  # this seed's score files, from the labels
+  for pair in "${labels[@]}"; do [[ ${pair#*=} == "$dir/"* ]] && needed+=("${pair#*=}"); done
   missing "${needed[@]}" || continue  # every score of this seed is in hand: nothing to train
   budget=(training.output_dir="$dir" training.epochs=1 training.seed="$seed")
   base=$dir/base_14/checkpoints/model_epoch_1.pt

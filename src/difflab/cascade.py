@@ -159,14 +159,14 @@ def train_base_first(cfg: Config, command_line: Sequence[str] = ()) -> Optional[
     """A cascade's first stage, when cascade.base does not exist yet and cascade.base_config names how to train it
     (a fresh clone): train it, saying so; as latent diffusion trains its VAE first (vae_training.train_vae_first).
     `command_line`: train.py's overrides; those of SHARED_WITH_BASE apply to the base too."""
-    from .config import ConfigError, load_config
+    from .config import ConfigError, load_config, parse_override
     from .trainers import build_trainer
 
     path = Path(cfg.cascade.base)
     if path.name != "last.pt" or path.parent.name != "checkpoints":
         raise ConfigError(f"cascade.base: to train the base first it must end in <name>/checkpoints/last.pt (where "
                           f"train.py writes it), got {path}")
-    shared = [o for o in command_line if o.partition("=")[0].strip() in SHARED_WITH_BASE]
+    shared = [o for o in command_line if ".".join(parse_override(o)[:2]) in SHARED_WITH_BASE]
     overrides = [f"training.output_dir={path.parents[2]}", *shared] + ([f"data.data_dir={cfg.data.data_dir}"]
                                                                       if cfg.data.data_dir else [])
     base_cfg = dataclasses.replace(load_config(cfg.cascade.base_config, overrides), name=path.parents[1].name)
