@@ -317,3 +317,14 @@ def test_clips_put_each_video_model_in_a_column_beside_the_real_clips():
     assert "| seconds to draw a clip | 0.25 | 0.25 | - |" in lines
     with pytest.raises(ValueError, match="no video scores in: plain"):
         report.render("clips", page_tables.gather_evaluations({"plain": evaluation(5.0, 0.97)}))
+
+
+def test_a_table_judged_on_two_machines_names_both_floors_and_says_so():
+    # each machine trains its own judge; its floor is the judge's fingerprint in every evaluate.py output
+    other_judge = {**evaluation(5.0, 0.97), "fid_floor": 2.38}
+    one_judge = page_tables.gather_evaluations({"a, seed 0": evaluation(6.0, 0.95), "a, seed 1": evaluation(8.0, 0.97)})
+    two_judges = page_tables.gather_evaluations({"a, seed 0": evaluation(6.0, 0.95), "a, seed 1": other_judge})
+    assert report.render("evaluations over seeds", one_judge).splitlines()[-1].endswith("floor 5.45.")
+    last = report.render("evaluations over seeds", two_judges).splitlines()[-1]
+    assert last.endswith("floor 2.38 and 5.45: rows judged on different machines, compare FIDs within one judge.")
+    assert page_tables.floor_text([other_judge, other_judge]) == "2.38"

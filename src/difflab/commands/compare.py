@@ -156,6 +156,7 @@ def publish(results_json, name: str) -> int:
     except ValueError as e:
         fail(f"{e}; no file was changed")
     print(f"wrote docs/results/{name}.json; regenerated blocks in: "
-          + (", ".join(str(p.relative_to(root)) for p in changed) or "no page (none names it yet)"))
+          + (", ".join(str(p.relative_to(root)) for p in changed)
+             or "no page changed (none names it, or its blocks already show these rows)"))
     return 0
 

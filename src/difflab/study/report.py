@@ -41,7 +41,7 @@ from ..infra.outputs import write_error, write_together
 from .config_diff import config_changes  # every setting two configs differ in
 from .page_tables import (  # a page's own measurements
     adherence, adherence_over_seeds, clips, curves, curves_over_seeds, evaluations, evaluations_over_seeds,
-    framing_over_seeds, learning_curves, spread_text)
+    floor_text, framing_over_seeds, learning_curves, spread_text)
 from ..infra.untrusted import StructureError, check_structure, one_line, shown
 
 # The story's order, and the name each config goes by in a table.
@@ -236,8 +236,8 @@ def sweeps(results: dict) -> str:
                      if v in by_value and by_value[v]["accuracy"] is not None
                      else (f"{by_value[v]['fid']:.1f}" if v in by_value else "") for v in values]
             out.append(f"| {title({'model': name})} | " + " | ".join(cells) + " |")
-        floor = next(r["fid_floor"] for rows in per_model.values() for r in rows)
-        out.append(f"\nFID (accuracy) per {label}; floor {floor:.2f} at this n.\n")
+        floor = floor_text([r for rows in per_model.values() for r in rows])
+        out.append(f"\nFID (accuracy) per {label}; floor {floor} at this n.\n")
     return "\n".join(out) + ("\n" if out else "")
 
 
@@ -266,8 +266,8 @@ def fewstep(results: dict) -> str:
             speed += f" ({base['seconds_per_1000'] / r['seconds_per_1000']:.0f}x faster than {title(base)})"
         lines.append(f"| {title(r)} | {images} | " + " | ".join(cells)
                      + f" | {r['fid']:.2f} ({100 * r['accuracy']:.0f}%), {r['nfe']} | {speed} |")
-    floor = results["rows"][0]["fid_floor"]
-    return head + "\n".join(lines) + f"\n\nFID (accuracy) at N = {results['n']} samples per point; floor {floor:.2f}.\n"
+    floor = floor_text(results["rows"])
+    return head + "\n".join(lines) + f"\n\nFID (accuracy) at N = {results['n']} samples per point; floor {floor}.\n"
 
 
 # Each kind of generated block and what renders it from a results json.
