@@ -28,6 +28,11 @@ for seed in $(seq 0 $((SEEDS - 1))); do
 done
 restore_published "$PUBLISH" "$N" "${chained[@]}"  # a new clone measures only what docs/results/ does not hold
 restore_published "${PUBLISH:+unclip_decoder}" "$N" "${decoders[@]}"
+sd1_published=()  # SD1's rows are the encoder study's "joint" runs: a new clone restores them from its table too
+for seed in $(seq 0 $((SEEDS - 1))); do
+  sd1_published+=("SD1 U-Net, text encoder trained with it, seed $seed=$ENCODER_STUDY/seed$seed/sd1_unet_crossattn.json")
+done
+restore_published "${PUBLISH:+encoder_study}" "$N" "${sd1_published[@]}"
 for seed in $(seq 0 $((SEEDS - 1))); do
   run=(training.epochs=1 training.max_images="$IMAGES" training.seed="$seed")
   sd1_scores=$ENCODER_STUDY/seed$seed/sd1_unet_crossattn.json

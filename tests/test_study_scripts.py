@@ -54,3 +54,26 @@ def test_missing_is_true_while_any_file_is_absent_or_empty(tmp_path):
     answers = {case: bash(f"missing {case}", tmp_path).returncode
                for case in ("full", "full empty", "full absent")}
     assert answers == {"full": 1, "full empty": 0, "full absent": 0}
+
+
+def test_the_unclip_study_reuses_the_encoder_studys_published_sd1_runs(tmp_path):
+    """Issue 47: unCLIP is compared with the encoder study's prompted SD1 ("joint") runs; on a new clone those are
+    restored from docs/results/encoder_study.json, so the unCLIP study trains only the prior and the decoder."""
+    repo = LIB.parents[1]
+    (tmp_path / "benchmarks").mkdir()
+    (tmp_path / "docs" / "results").mkdir(parents=True)
+    (tmp_path / "docs" / "results" / "encoder_study.json").write_bytes(
+        (repo / "docs" / "results" / "encoder_study.json").read_bytes())
+    (tmp_path / "benchmarks" / "unclip_study.sh").write_bytes((repo / "benchmarks" / "unclip_study.sh").read_bytes())
+    # the real helpers, with training, scoring and publishing replaced by a line saying what would run
+    (tmp_path / "benchmarks" / "lib.sh").write_text(
+        f"source {LIB}\nPYTHON={sys.executable}\n"
+        'train_once() { echo "TRAIN $1"; }\nscore_once() { echo "SCORE $1"; }\npublish() { :; }\n')
+    done = subprocess.run(["bash", "benchmarks/unclip_study.sh"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=60, env={"PATH": "/usr/bin:/bin", "SEEDS": "2"})
+    assert done.returncode == 0, done.stderr
+    for seed in (0, 1):
+        restored = tmp_path / f"experiments/encoder_study/seed{seed}/sd1_unet_crossattn.json"
+        assert json.loads(restored.read_text())["n"] == 1000
+        assert f"TRAIN SD1, seed {seed}" not in done.stdout
+        assert f"TRAIN unCLIP decoder, seed {seed}" in done.stdout and f"TRAIN unCLIP prior, seed {seed}" in done.stdout
