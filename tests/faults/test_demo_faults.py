@@ -137,8 +137,12 @@ def test_d_long_model_names_are_readable_in_the_pickers(page):
         box.click()  # the open list of choices
         options = page.locator("ul[role=listbox] li")
         options.first.wait_for(timeout=TIMEOUT_MS)
-        cut[label] += [o.inner_text() for o in options.all() if o.evaluate(_OVERFLOWS)]
+        # All the options read in one snapshot: one call per option raced the list changing on a slow machine
+        # (CI waited 30 s for an option that was gone).
+        cut[label] += options.evaluate_all(f"els => els.filter({_OVERFLOWS}).map(e => e.innerText)")
         page.keyboard.press("Escape")
+        # closed before the next picker opens, so the next snapshot holds only the next picker's options
+        page.locator("ul[role=listbox]").wait_for(state="detached", timeout=TIMEOUT_MS)
     record("demo: long model names are cut off in the model pickers", 2, sum(not c for c in cut.values()),
            "1280 px wide page, both pickers, closed and open")
     assert not any(cut.values()), cut
