@@ -5,6 +5,9 @@
 #   prompts' hit rates and CLIP score, as benchmarks/encoder_study.sh scores SD1), and the decoder alone, drawing
 #   from real test digits' CLIP embeddings (how faithful its variations are);
 #   the prompted SD1 U-Net of the same seed (the encoder study's "joint" run, trained here if it is missing).
+# Then one probe of why the chain's digits vary so little (PROBE=0 skips it): seed 0's chain again with the prior
+#   sampled without guidance (sampling.cfg_scale=1.0; the decoder unchanged), published as
+#   docs/results/unclip_prior_guidance.json beside the same seed's chain as configured.
 # Publishes docs/results/unclip_study.json (SD1 and unCLIP side by side, "adherence over seeds") and
 # docs/results/unclip_decoder.json (the decoder alone), after every seed. Resumable, and on a new clone it measures only
 # the rows those files lack (RESTORE=0: measure them all again).
@@ -18,6 +21,7 @@ IMAGES=${IMAGES:-60000}
 N=${N:-1000}
 PER_PROMPT=${PER_PROMPT:-20}
 SEEDS=${SEEDS:-3}
+PROBE=${PROBE:-1}
 PUBLISH=${PUBLISH-unclip_study}  # empty: list the scores, publish nothing
 source benchmarks/lib.sh  # train_once, score_once, restore_published, missing, publish, PYTHON
 chained=() decoders=()  # LABEL=SCORES.json for every seed, in the published tables' order
@@ -59,3 +63,19 @@ for seed in $(seq 0 $((SEEDS - 1))); do
   publish "$PUBLISH" "${chained[@]:0:$((2 * (seed + 1)))}"
   publish "${PUBLISH:+unclip_decoder}" "${decoders[@]:0:$((seed + 1))}"
 done
+if [ "$PROBE" = 1 ]; then  # does guiding the prior cost the chain its variety? (docs/encoders.md section 6)
+  probe=("unCLIP, prior guided at 1.5 (as configured), seed 0=$OUT/seed0/unclip.json"
+         "unCLIP, prior not guided (cfg 1.0), seed 0=$OUT/seed0/unclip_prior_cfg1.json")
+  restore_published "${PUBLISH:+unclip_prior_guidance}" "$N" "${probe[@]}"
+  if missing "$OUT/seed0/unclip_prior_cfg1.json"; then  # a new clone restored seed 0's scores: train its models again
+    run=(training.epochs=1 training.max_images="$IMAGES" training.seed=0)
+    decoder=$OUT/seed0/decoder/checkpoints/model_epoch_1.pt prior=$OUT/seed0/prior/checkpoints/model_epoch_1.pt
+    train_once "unCLIP decoder, seed 0" "$decoder" "$OUT/seed0.decoder.train.log" --config configs/unclip/decoder.yaml \
+        training.output_dir="$OUT/seed0" "${run[@]}"
+    train_once "unCLIP prior, seed 0" "$prior" "$OUT/seed0.prior.train.log" --config configs/unclip/prior.yaml \
+        training.output_dir="$OUT/seed0" "${run[@]}"
+    score_once "unCLIP, prior not guided, seed 0" "$OUT/seed0/unclip_prior_cfg1.json" --checkpoint "$prior" \
+        --set sampling.cfg_scale=1.0 --set sampling.decoder="$decoder" --n "$N" --adherence-per-prompt "$PER_PROMPT"
+  fi
+  publish "${PUBLISH:+unclip_prior_guidance}" "${probe[@]}"
+fi

@@ -77,3 +77,37 @@ def test_the_unclip_study_reuses_the_encoder_studys_published_sd1_runs(tmp_path)
         assert json.loads(restored.read_text())["n"] == 1000
         assert f"TRAIN SD1, seed {seed}" not in done.stdout
         assert f"TRAIN unCLIP decoder, seed {seed}" in done.stdout and f"TRAIN unCLIP prior, seed {seed}" in done.stdout
+
+
+@pytest.mark.parametrize("probe_published", [False, True])
+def test_the_unclip_probe_retrains_seed_0_on_a_new_clone_only_while_its_score_is_unpublished(tmp_path,
+                                                                                          probe_published):
+    """The prior-guidance probe needs seed 0's prior and decoder; a new clone restores every seed's scores and
+    trains nothing for them, so the probe trains seed 0 itself, unless its own row is published too."""
+    repo = LIB.parents[1]
+    (tmp_path / "benchmarks").mkdir()
+    (tmp_path / "docs" / "results").mkdir(parents=True)
+    for name in ("encoder_study", "unclip_study", "unclip_decoder"):
+        (tmp_path / "docs" / "results" / f"{name}.json").write_bytes(
+            (repo / "docs" / "results" / f"{name}.json").read_bytes())
+    if probe_published:
+        row = {"fid": 20.0, "accuracy": 0.99, "n": 1000}
+        rows = [{"label": "unCLIP, prior guided at 1.5 (as configured), seed 0", **row},
+                {"label": "unCLIP, prior not guided (cfg 1.0), seed 0", **row}]
+        (tmp_path / "docs" / "results" / "unclip_prior_guidance.json").write_text(
+            json.dumps({"kind": "evaluations", "rows": rows}))
+    (tmp_path / "benchmarks" / "unclip_study.sh").write_bytes((repo / "benchmarks" / "unclip_study.sh").read_bytes())
+    (tmp_path / "benchmarks" / "lib.sh").write_text(
+        f"source {LIB}\nPYTHON={sys.executable}\n"
+        'train_once() { echo "TRAIN $1"; }\nscore_once() { [ -s "$2" ] || echo "SCORE $1"; }\npublish() { :; }\n')
+    done = subprocess.run(["bash", "benchmarks/unclip_study.sh"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=60, env={"PATH": "/usr/bin:/bin"})
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert not [line for line in lines if line.startswith("TRAIN") and "seed 0" not in line]  # seeds 1, 2: restored
+    trained = [line for line in lines if line.startswith(("TRAIN", "SCORE"))]
+    if probe_published:
+        assert trained == []
+    else:
+        assert trained == ["TRAIN unCLIP decoder, seed 0", "TRAIN unCLIP prior, seed 0",
+                           "SCORE unCLIP, prior not guided, seed 0"]
