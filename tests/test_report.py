@@ -202,6 +202,8 @@ def test_models_of_prompts_over_seeds_are_a_column_each_with_the_seeds_mean_and_
     assert "| sampling | ddim x50, CFG 1.5 | ddim x50, CFG 1.5 / ddim x50, CFG 1.75 |" in lines  # mixed sampling shows
     one = report.render("adherence over seeds", page_tables.gather_evaluations({"cross, seed 0": scored(0.8)}))
     assert "| slant: hit (chance 33.2%) | 80.0% |" in one  # one seed: no spread to quote
+    assert one.startswith("| | cross (1 seed) |") and "Mean +-" not in one and "no spread" in one
+    assert "Mean +- sample standard deviation over training seeds;" in "\n".join(lines)
     with pytest.raises(ValueError, match="no prompt adherence in: labels, seed 0"):
         report.render("adherence over seeds", page_tables.gather_evaluations({"labels, seed 0": evaluation(5.0, 0.97)}))
     assert not any("CLIP score" in line for line in lines)  # scored before the tiny CLIP: no such rows

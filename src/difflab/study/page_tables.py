@@ -228,6 +228,18 @@ def adherence(results: dict) -> str:
     return "\n".join(lines) + f"\n\n{first['per_prompt']} images for each of {first['prompts']} held-out prompts.\n"
 
 
+def seeds_text(seeds: list) -> str:
+    """A column's heading suffix: "(1 seed)", "(3 seeds)"."""
+    return f"({len(seeds)} seed{'' if len(seeds) == 1 else 's'})"
+
+
+def over_seeds_note(models: dict) -> str:
+    """The footnote's first words: what the cells are, over the training seeds the columns hold."""
+    if all(len(seeds) == 1 for seeds in models.values()):
+        return "One training seed per column, so no spread: a small difference may be one seed's noise"
+    return "Mean +- sample standard deviation over training seeds"
+
+
 def adherence_over_seeds(results: dict) -> str:
     """Prompted models over training seeds: a column per model, each measure's mean +- spread over its seeds.
 
@@ -259,13 +271,13 @@ def adherence_over_seeds(results: dict) -> str:
     def sampling(seeds: list) -> str:
         return " / ".join(sorted({sampling_text(r) for r in seeds}))
 
-    lines = ["| | " + " | ".join(f"{m} ({len(seeds)} seeds)" for m, seeds in models.items()) + " |",
+    lines = ["| | " + " | ".join(f"{m} {seeds_text(seeds)}" for m, seeds in models.items()) + " |",
              "|---" * (len(models) + 1) + "|"]
     lines += [f"| {name} | " + " | ".join(over_seeds([value(r) for r in seeds], percent) for seeds in models.values())
               + " |"
               for name, value, percent in measures]
     lines.append("| sampling | " + " | ".join(sampling(seeds) for seeds in models.values()) + " |")
-    return ("\n".join(lines) + f"\n\nMean +- sample standard deviation over training seeds; for each seed "
+    return ("\n".join(lines) + f"\n\n{over_seeds_note(models)}; for each seed "
             f"{first['per_prompt']} images for each of {first['prompts']} held-out prompts.\n")
 
 
@@ -282,12 +294,12 @@ def framing_over_seeds(results: dict) -> str:
                 ("digits cut off by the canvas", lambda r: r["framing"]["cut_off"], True),
                 (f"tiny digits (under {TINY} rows of ink)", lambda r: r["framing"]["tiny"], True)]
 
-    lines = ["| asked for MNIST's own framing | " + " | ".join(f"{m} ({len(s)} seeds)" for m, s in models.items())
+    lines = ["| asked for MNIST's own framing | " + " | ".join(f"{m} {seeds_text(s)}" for m, s in models.items())
              + " |", "|---" * (len(models) + 1) + "|"]
     lines += [f"| {name} | " + " | ".join(over_seeds([value(r) for r in seeds], percent) for seeds in models.values())
               + " |"
               for name, value, percent in measures]
-    return "\n".join(lines) + "\n\nMean +- sample standard deviation over training seeds.\n"
+    return "\n".join(lines) + f"\n\n{over_seeds_note(models)}.\n"
 
 
 def clips(results: dict) -> str:
