@@ -138,8 +138,9 @@ encoders: install data
 	$(PYTHON) benchmarks/text_encoders.py
 
 # Which text encoder reads prompts best (joint, frozen CLIP, frozen MLM; 3 seeds), and DALL-E 2 against SD1 at
-# equal parameters (3 seeds): docs/results/encoder_study.json, unclip_study.json, unclip_decoder.json. Resumable;
-# about 2.5 and 1.5 hours on 2 CPU cores (the second reuses the first's SD1 runs).
+# equal parameters (3 seeds, then a probe of the prior's guidance on seed 0): docs/results/encoder_study.json,
+# unclip_study.json, unclip_decoder.json, unclip_prior_guidance.json. Resumable; about 2.5 hours each on 2 CPU
+# cores (the second reuses the first's SD1 runs; about 45 minutes a seed and 20 for the probe).
 encoder-study: encoders
 	bash benchmarks/encoder_study.sh
 

@@ -11,7 +11,7 @@
 # Publishes docs/results/unclip_study.json (SD1 and unCLIP side by side, "adherence over seeds") and
 # docs/results/unclip_decoder.json (the decoder alone), after every seed. Resumable, and on a new clone it measures only
 # the rows those files lack (RESTORE=0: measure them all again).
-#   bash benchmarks/unclip_study.sh        (about 1.5 hours on 2 CPU cores, more if SD1 is not trained yet)
+#   bash benchmarks/unclip_study.sh        (about 2.5 hours on 2 CPU cores, more if SD1 is not trained yet)
 #   IMAGES=640 N=20 PER_PROMPT=1 SEEDS=1 OUT=/tmp/unclip ENCODER_STUDY=/tmp/unclip PUBLISH= bash benchmarks/unclip_study.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
