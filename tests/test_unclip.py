@@ -101,6 +101,15 @@ def test_unclip_chains_a_prior_of_embeddings_and_a_decoder_of_images(tmp_path):
     assert result.nfe > 2  # the prior's calls and the decoder's
     expected = chained.decoder.generate(unclip.embeddings_from_prior(drawn), seed=0).images
     assert torch.equal(result.images, expected)  # the decoder draws exactly the prior's samples
+    from difflab.evaluation import how_sampled
+    from difflab.study.page_tables import sampling_text
+
+    said = how_sampled(chained, chained.settings(steps=2), result)  # what evaluate.py writes beside the scores
+    d = chained.decoder.cfg.sampling
+    assert said["decoder"] == {"checkpoint": str(decoder_ckpt), "sampler": d.sampler, "steps": d.steps,
+                               "cfg_scale": d.cfg_scale}
+    assert sampling_text(said).endswith(f", decoder {d.sampler} x{d.steps}, CFG {d.cfg_scale:g}")
+    assert "decoder" not in how_sampled(alone, alone.settings(steps=2), result)
 
     state = torch.load(prior_ckpt, weights_only=False)
     state["config"]["sampling"]["decoder"] = str(tmp_path / "someone-elses.pt")

@@ -308,9 +308,15 @@ def evaluate_pipeline(
 
 def how_sampled(pipe, run, result) -> dict:
     """The sampling settings used (Pipeline.settings), the model evaluations per image (a CFG step counts once, as in
-    the papers), the seconds of sampling alone, and the device: what every score says beside its numbers."""
+    the papers), the seconds of sampling alone, and the device: what every score says beside its numbers. A DALL-E 2
+    prior's settings are its own; the decoder that draws its embeddings samples with its config's, recorded apart."""
+    decoder = {}
+    if getattr(pipe, "decoder", None) is not None:
+        d = pipe.decoder.settings()
+        decoder = {"decoder": {"checkpoint": pipe.info.get("decoder"), "sampler": d.sampler, "steps": d.steps,
+                               "cfg_scale": d.cfg_scale}}
     return {"sampler": run.sampler, "steps": run.steps, "nfe": result.nfe, "cfg_scale": run.cfg_scale,
-            "seconds": round(result.seconds, 3), "device": str(pipe.device)}
+            "seconds": round(result.seconds, 3), "device": str(pipe.device), **decoder}
 
 
 def cascade_entry(pipe, small: bool) -> dict:

@@ -43,8 +43,12 @@ def floor_text(rows: list) -> str:
 
 
 def sampling_text(r: dict) -> str:
-    """How an evaluate.py output was sampled: "euler x50, CFG 1.5"."""
-    return f"{r['sampler']} x{r['steps']}, CFG {r['cfg_scale']:g}"
+    """How an evaluate.py output was sampled: "euler x50, CFG 1.5"; a DALL-E 2 chain names its decoder's too."""
+    text = f"{r['sampler']} x{r['steps']}, CFG {r['cfg_scale']:g}"
+    if r.get("decoder"):
+        d = r["decoder"]
+        text = f"prior {text}, decoder {d['sampler']} x{d['steps']}, CFG {d['cfg_scale']:g}"
+    return text
 
 
 def evaluations(results: dict) -> str:
