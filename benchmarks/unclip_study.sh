@@ -24,6 +24,12 @@ SEEDS=${SEEDS:-3}
 PROBE=${PROBE:-1}
 PUBLISH=${PUBLISH-unclip_study}  # empty: list the scores, publish nothing
 source benchmarks/lib.sh  # train_once, score_once, restore_published, missing, publish, PYTHON
+# train_unclip SEED decoder|prior: that seed's stage on IMAGES images (train_once: kept if its checkpoint exists)
+train_unclip() {
+  train_once "unCLIP $2, seed $1" "$OUT/seed$1/$2/checkpoints/model_epoch_1.pt" "$OUT/seed$1.$2.train.log" \
+      --config "configs/unclip/$2.yaml" training.output_dir="$OUT/seed$1" \
+      training.epochs=1 training.max_images="$IMAGES" training.seed="$1"
+}
 chained=() decoders=()  # LABEL=SCORES.json for every seed, in the published tables' order
 for seed in $(seq 0 $((SEEDS - 1))); do
   chained+=("SD1 U-Net reading the prompt, seed $seed=$ENCODER_STUDY/seed$seed/sd1_unet_crossattn.json"
@@ -49,13 +55,11 @@ for seed in $(seq 0 $((SEEDS - 1))); do
   dir=$OUT/seed$seed
   decoder=$dir/decoder/checkpoints/model_epoch_1.pt
   if missing "$dir/decoder.json" "$dir/unclip.json"; then
-    train_once "unCLIP decoder, seed $seed" "$decoder" "$dir.decoder.train.log" --config configs/unclip/decoder.yaml \
-        training.output_dir="$dir" "${run[@]}"
+    train_unclip "$seed" decoder
     score_once "unCLIP decoder alone, seed $seed" "$dir/decoder.json" --checkpoint "$decoder" --n "$N"
   fi
   if missing "$dir/unclip.json"; then
-    train_once "unCLIP prior, seed $seed" "$dir/prior/checkpoints/model_epoch_1.pt" "$dir.prior.train.log" \
-        --config configs/unclip/prior.yaml training.output_dir="$dir" "${run[@]}"
+    train_unclip "$seed" prior
     score_once "unCLIP, seed $seed" "$dir/unclip.json" --checkpoint "$dir/prior/checkpoints/model_epoch_1.pt" \
         --set sampling.decoder="$decoder" --n "$N" --adherence-per-prompt "$PER_PROMPT"
   fi
@@ -68,12 +72,9 @@ if [ "$PROBE" = 1 ]; then  # does guiding the prior cost the chain its variety? 
          "unCLIP, prior not guided (cfg 1.0), seed 0=$OUT/seed0/unclip_prior_cfg1.json")
   restore_published "${PUBLISH:+unclip_prior_guidance}" "$N" "${probe[@]}"
   if missing "$OUT/seed0/unclip_prior_cfg1.json"; then  # a new clone restored seed 0's scores: train its models again
-    run=(training.epochs=1 training.max_images="$IMAGES" training.seed=0)
+    train_unclip 0 decoder
+    train_unclip 0 prior
     decoder=$OUT/seed0/decoder/checkpoints/model_epoch_1.pt prior=$OUT/seed0/prior/checkpoints/model_epoch_1.pt
-    train_once "unCLIP decoder, seed 0" "$decoder" "$OUT/seed0.decoder.train.log" --config configs/unclip/decoder.yaml \
-        training.output_dir="$OUT/seed0" "${run[@]}"
-    train_once "unCLIP prior, seed 0" "$prior" "$OUT/seed0.prior.train.log" --config configs/unclip/prior.yaml \
-        training.output_dir="$OUT/seed0" "${run[@]}"
     score_once "unCLIP, prior not guided, seed 0" "$OUT/seed0/unclip_prior_cfg1.json" --checkpoint "$prior" \
         --set sampling.cfg_scale=1.0 --set sampling.decoder="$decoder" --n "$N" --adherence-per-prompt "$PER_PROMPT"
   fi

@@ -311,7 +311,7 @@ def how_sampled(pipe, run, result) -> dict:
     the papers), the seconds of sampling alone, and the device: what every score says beside its numbers. A DALL-E 2
     prior's settings are its own; the decoder that draws its embeddings samples with its config's, recorded apart."""
     decoder = {}
-    if getattr(pipe, "decoder", None) is not None:
+    if pipe.decoder is not None:
         d = pipe.decoder.settings()
         decoder = {"decoder": {"checkpoint": pipe.info.get("decoder"), "sampler": d.sampler, "steps": d.steps,
                                "cfg_scale": d.cfg_scale}}
